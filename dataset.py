@@ -1,0 +1,340 @@
+"""Datasets, split files and the one preprocessing path shared by training, validation and detection.
+
+`BinaryDataset` (one class: masks 0/1 or 0/255) and `Dataset` (several classes: masks of class
+indices) preload every sample at construction as uint8, already scaled so the longest side is the
+patch size; `load_sample(i)` letterboxes to patch x patch, augments (training only) and normalizes.
+Bad files are found here, before any training, and reported with their path.
+
+Usage:
+    from dataset import BinaryDataset, read_split_file
+    images = read_split_file("training_dataset.txt", "data/sample")
+    train_set = BinaryDataset(pair_masks(images, "data/sample/masks"), patch_size=128, augment=True)
+    image, mask = train_set.load_sample(0)   # float32 3xPxP normalized, float32 1xPxP in {0,1}
+"""
+
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from models import IMAGENET_MEAN, IMAGENET_STD, UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_image(path):
+    """Read an image as uint8 RGB HxWx3, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise UserError(f"image {path} cannot be read (missing, truncated or not an image); "
+                        f"replace it or remove it from the split")
+    return to_rgb8(image, path)
+
+
+def to_rgb8(image, path="image"):
+    """Convert a decoded OpenCV array (BGR order) to uint8 RGB HxWx3."""
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise UserError(f"image {path} has pixel type {image.dtype}; save it as 8- or 16-bit")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise UserError(f"image {path} has {image.shape[2]} channels; use gray, RGB or RGBA")
+
+
+def read_mask(path):
+    """Read a mask as a 2-D array of its stored values (8 or 16 bit, single channel)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None or mask.size == 0:
+        raise UserError(f"mask {path} cannot be read (missing, truncated or not an image); replace it")
+    if mask.ndim == 3:
+        if mask.shape[2] >= 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
+                                       and np.array_equal(mask[..., 0], mask[..., 2])):
+            raise UserError(f"mask {path} is a colour image; save masks as single-channel PNGs of class indices")
+        mask = mask[..., 0]
+    return mask
+
+
+def binary_mask(mask, path):
+    """0/1 or 0/255 masks both become {0,1} uint8; anything else is refused with the fix."""
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+        return (mask > 0).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:8]) + (" ..." if values.size > 8 else "")
+    raise UserError(f"mask {path} has values {shown}: a binary mask must be 0/1 or 0/255 (soft, resized or "
+                    f"JPEG masks: threshold them and save as PNG), or use --classes N for class indices")
+
+
+def class_mask(mask, path, classes, ignore_index=None):
+    """Class-index masks: every value must be a class (0..classes-1) or the ignore index."""
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v >= classes and v != ignore_index]
+    if bad:
+        raise UserError(f"mask {path} has value {bad[0]}, which is neither a class (0..{classes - 1}) nor "
+                        f"--ignore-index ({ignore_index}); fix the mask or the --classes/--ignore-index flags")
+    return mask.astype(np.uint8)
+
+
+# ---------------------------------------------------------------- geometry: the one preprocessing path
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted into the square patch: original size and the scaled size (top-left)."""
+    height: int
+    width: int
+    scaled_height: int
+    scaled_width: int
+
+
+def fit_longest_side(image, size, interpolation=cv2.INTER_AREA):
+    """Resize so the longest side is `size`, keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if new_size == (width, height):
+        return image
+    if scale > 1 and interpolation == cv2.INTER_AREA:
+        interpolation = cv2.INTER_LINEAR
+    return cv2.resize(image, new_size, interpolation=interpolation)
+
+
+def pad_to_square(image, size, value=0):
+    """Pad bottom and right to size x size (the image keeps its top-left corner)."""
+    height, width = image.shape[:2]
+    return cv2.copyMakeBorder(image, 0, size - height, 0, size - width, cv2.BORDER_CONSTANT, value=value)
+
+
+def letterbox(image, size, interpolation=cv2.INTER_AREA):
+    """Fit an image into size x size: scale the longest side to `size`, pad bottom/right with zeros."""
+    scaled = fit_longest_side(image, size, interpolation)
+    box = Letterbox(image.shape[0], image.shape[1], scaled.shape[0], scaled.shape[1])
+    return pad_to_square(scaled, size), box
+
+
+def unletterbox(mask, box):
+    """Undo `letterbox` on a predicted mask: crop the padding, resize (nearest) to the original size."""
+    mask = mask[:box.scaled_height, :box.scaled_width]
+    return cv2.resize(mask, (box.width, box.height), interpolation=cv2.INTER_NEAREST)
+
+
+def check_patch_size(patch_size):
+    if patch_size < 32 or patch_size % 32:
+        raise UserError(f"--patch-size {patch_size} is not a positive multiple of 32, which smp models need; "
+                        f"try {max(32, 32 * round(patch_size / 32))}")
+
+
+def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 HxWx3 RGB -> float32 3xHxW tensor, scaled to [0,1] then standardized."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def preprocess_image(image, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The validation/inference path for one RGB uint8 image: letterbox and normalize.
+
+    Returns (float32 3xPxP tensor, Letterbox). detect.py calls exactly this.
+    """
+    padded, box = letterbox(image, patch_size)
+    return normalize(padded, mean, std), box
+
+
+# ---------------------------------------------------------------- split files and pairing
+
+
+def resolve_image_path(line, data_dir, img_dir="imgs"):
+    """A split-file entry: absolute, relative to the data dir, or a bare name inside the image folder."""
+    path = Path(line)
+    if path.is_absolute():
+        return path
+    candidate = Path(data_dir) / path
+    if candidate.exists() or len(path.parts) > 1:
+        return candidate
+    return Path(data_dir) / img_dir / path
+
+
+def read_split_file(path, data_dir, img_dir="imgs"):
+    """Image paths listed in a split file; blank lines and '#' comments ignored; missing files listed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"split file {path} does not exist; create it (one image path per line) "
+                        f"or use --search-files to split imgs/ and masks/ automatically")
+    images = []
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            images.append(resolve_image_path(line, data_dir, img_dir))
+    missing = [str(image) for image in images if not image.is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(f"split file {path} names {len(missing)} file(s) that do not exist: {shown}; "
+                        f"check --data-dir or fix the list")
+    return images
+
+
+def index_by_stem(folder):
+    """{stem: path} of the image files in a folder; non-image files are an error naming them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"folder {folder} does not exist; check --data-dir, --img-dir and --mask-dir")
+    files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    others = [path.name for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise UserError(f"folder {folder} holds non-image files: {', '.join(others[:10])}; move them out "
+                        f"(images must end in {', '.join(IMAGE_SUFFIXES)})")
+    index = {}
+    for path in files:
+        if path.stem in index:
+            raise UserError(f"folder {folder} has two files with stem '{path.stem}': {index[path.stem].name} "
+                            f"and {path.name}; keep one")
+        index[path.stem] = path
+    return index
+
+
+def pair_masks(images, mask_dir):
+    """[(image, mask)] pairing each image with the mask of the same stem; all orphans listed at once."""
+    masks = index_by_stem(mask_dir)
+    missing = [str(image) for image in images if Path(image).stem not in masks]
+    if missing:
+        raise UserError(f"no mask in {mask_dir} for {len(missing)} image(s): {', '.join(missing[:10])}"
+                        f"{' ...' if len(missing) > 10 else ''}; add masks with the same file stem")
+    return [(Path(image), masks[Path(image).stem]) for image in images]
+
+
+def search_files(data_dir, img_dir="imgs", mask_dir="masks", val_split=0.2, test_split=0.0, seed=0):
+    """Pair imgs/ and masks/ by stem and split them into (train, val, test) lists of pairs."""
+    images = index_by_stem(Path(data_dir) / img_dir)
+    masks = index_by_stem(Path(data_dir) / mask_dir)
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        parts = []
+        if no_mask:
+            parts.append(f"images without a mask: {', '.join(images[s].name for s in no_mask[:20])}")
+        if no_image:
+            parts.append(f"masks without an image: {', '.join(masks[s].name for s in no_image[:20])}")
+        raise UserError(f"--search-files in {data_dir}: {'; '.join(parts)}; add or remove them so every "
+                        f"image has a mask with the same stem")
+    for flag, value in (("--val-split", val_split), ("--test-split", test_split)):
+        if not 0 <= value < 1:
+            raise UserError(f"{flag} {value} must be a fraction in [0, 1)")
+    pairs = [(images[stem], masks[stem]) for stem in sorted(images)]
+    random.Random(seed).shuffle(pairs)
+    n_val, n_test = math.ceil(len(pairs) * val_split), math.floor(len(pairs) * test_split)
+    return pairs[n_val + n_test:], pairs[:n_val], pairs[n_val:n_val + n_test]
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def train_augmentation():
+    """Geometric and photometric augmentation applied to the letterboxed patch (training only)."""
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.5,
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+    ])
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Preloaded (image, mask) pairs; subclasses say how mask values become labels."""
+
+    def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4):
+        check_patch_size(patch_size)
+        self.pairs = [(Path(image), Path(mask)) for image, mask in pairs]
+        self.patch_size = patch_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.transform = train_augmentation() if augment else None
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # cv2 releases the GIL while decoding
+            samples = list(pool.map(self.preload, self.pairs))
+        self.images = [image for image, _ in samples]
+        self.masks = [mask for _, mask in samples]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return self.load_sample(index)
+
+    def convert_mask(self, mask, path):
+        raise NotImplementedError
+
+    def preload(self, pair):
+        """Read, check and shrink one pair to uint8 arrays with the longest side = patch size."""
+        image_path, mask_path = pair
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape[:2]:
+            raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
+                            f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
+        mask = self.convert_mask(mask, mask_path)
+        return (fit_longest_side(image, self.patch_size),
+                fit_longest_side(mask, self.patch_size, cv2.INTER_NEAREST))
+
+    def load_sample(self, index):
+        """Letterbox, augment (training only) and normalize sample `index`."""
+        image = pad_to_square(self.images[index], self.patch_size)
+        mask = pad_to_square(self.masks[index], self.patch_size)
+        if self.transform is not None:
+            augmented = self.transform(image=image, mask=mask)
+            image, mask = augmented["image"], augmented["mask"]
+        return normalize(image, self.mean, self.std), self.mask_tensor(mask)
+
+    def mask_tensor(self, mask):
+        raise NotImplementedError
+
+
+class BinaryDataset(SegmentationDataset):
+    """One foreground class: masks stored as 0/1 or 0/255 become float {0,1} 1xPxP tensors."""
+
+    classes = 1
+
+    def convert_mask(self, mask, path):
+        return binary_mask(mask, path)
+
+    def mask_tensor(self, mask):
+        return torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float()
+
+
+class Dataset(SegmentationDataset):
+    """Several classes: masks are single-channel class indices; returns int64 PxP tensors."""
+
+    def __init__(self, pairs, patch_size, classes, ignore_index=None, **kwargs):
+        if classes < 2:
+            raise UserError(f"Dataset needs --classes >= 2 (got {classes}); use BinaryDataset for one class")
+        self.classes, self.ignore_index = classes, ignore_index
+        super().__init__(pairs, patch_size, **kwargs)
+
+    def convert_mask(self, mask, path):
+        return class_mask(mask, path, self.classes, self.ignore_index)
+
+    def mask_tensor(self, mask):
+        return torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+def make_dataset(pairs, patch_size, classes, ignore_index=None, **kwargs):
+    """BinaryDataset for one class, Dataset for several."""
+    if classes < 1:
+        raise UserError(f"--classes {classes} must be at least 1 (1 = binary foreground/background)")
+    if classes == 1:
+        return BinaryDataset(pairs, patch_size, **kwargs)
+    return Dataset(pairs, patch_size, classes, ignore_index, **kwargs)

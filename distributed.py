@@ -1,0 +1,92 @@
+"""torch.distributed plumbing for train.py: torchrun's environment, device choice and reductions.
+
+A plain `python train.py` runs as a group of one: every helper here then does nothing special, so
+the trainer has a single code path.
+
+Usage:
+    torchrun --nproc_per_node=2 train.py ...          # RANK, LOCAL_RANK, WORLD_SIZE come from torchrun
+"""
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from models import UserError
+
+
+@dataclass(frozen=True)
+class Process:
+    """Where this process stands in the group (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def resolve_device(name="auto", local_rank=0):
+    """'auto' is CUDA (this process's GPU under torchrun) when available, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def setup(device_name="auto", timeout_minutes=30):
+    """Join the process group when launched by torchrun; return (Process, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    process = Process(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    device = resolve_device(device_name, process.local_rank)
+    if process.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                device_id=device if device.type == "cuda" else None)
+    return process, device
+
+
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor over all processes in place (no-op alone) and return it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_process(flag, device):
+    """True on every process when `flag` is true on any of them (e.g. a stop request)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item())
+
+
+def broadcast_object(value):
+    """Rank 0's value on every process."""
+    if not dist.is_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,183 @@
+"""Model factory and checkpoint format, shared by train.py, detect.py and export.py.
+
+A checkpoint describes itself: the weights of the unwrapped model plus everything needed to rebuild
+and feed it (architecture, encoder, classes, input channels, normalization, patch size, class names
+and the resolved training arguments). `detect.py` needs nothing else.
+
+Usage:
+    from models import build_model, load_checkpoint, model_from_checkpoint
+    checkpoint = load_checkpoint("checkpoints/exp/best-checkpoint.pth.tar")
+    model = model_from_checkpoint(checkpoint)
+"""
+
+import difflib
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+
+ARCHITECTURES = {name: cls for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
+ARCHITECTURE_NAMES = [cls.__name__ for cls in ARCHITECTURES.values()]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "unet-segmentation-toolkit"
+CHECKPOINT_VERSION = 1
+MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", "std", "patch_size", "class_names")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints its one-line message and exits with code 2."""
+
+
+def closest(name, choices):
+    """' (did you mean X?)' for the closest of `choices`, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def architecture_class(name):
+    """The smp model class for an architecture name, matched case-insensitively."""
+    for cls in ARCHITECTURES.values():
+        if cls.__name__.lower() == name.lower():
+            return cls
+    raise UserError(f"--model {name} is not an smp architecture{closest(name, ARCHITECTURE_NAMES)}; "
+                    f"choose one of: {', '.join(ARCHITECTURE_NAMES)}")
+
+
+def check_encoder(name):
+    """Refuse an encoder smp does not know, listing the valid names and the closest one."""
+    names = smp.encoders.get_encoder_names()
+    if name in names or name.startswith("tu-"):
+        return
+    raise UserError(f"--encoder {name} is not an smp encoder{closest(name, names)}; valid names: "
+                    f"{', '.join(sorted(names))} (or any timm model as tu-NAME)")
+
+
+def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=None):
+    """Build an smp model. `encoder_weights` is None, 'imagenet' (or another hub name) or a file path.
+
+    When hub weights cannot be downloaded, one warning is printed and the encoder starts from random
+    weights: a run should not die for want of network, but the user must know.
+    """
+    cls = architecture_class(architecture)
+    check_encoder(encoder)
+    weights_file = None
+    if encoder_weights and Path(encoder_weights).suffix in (".pth", ".pt", ".bin", ".safetensors", ".tar"):
+        weights_file, encoder_weights = Path(encoder_weights), None
+        if not weights_file.is_file():
+            raise UserError(f"--encoder-weights {weights_file}: no such file; give 'imagenet', 'none' or a weights file")
+    if encoder_weights:
+        try:
+            return cls(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels,
+                       classes=classes)
+        except (OSError, ConnectionError) as error:  # hub unreachable: offline machine or firewall
+            warnings.warn(f"could not download {encoder_weights} weights for encoder {encoder} "
+                          f"({type(error).__name__}); training continues from random initialization. "
+                          f"Pass --encoder-weights none to skip the download.", stacklevel=2)
+    model = cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
+    if weights_file:
+        load_encoder_weights(model, weights_file)
+    return model
+
+
+def load_encoder_weights(model, path):
+    """Load a local encoder state dict (plain, or a full model's with an 'encoder.' prefix)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if any(key.startswith("encoder.") for key in state):
+        state = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if len(missing) == len(model.encoder.state_dict()):
+        raise UserError(f"--encoder-weights {path}: none of its tensors match encoder {type(model.encoder).__name__}")
+    if missing or unexpected:
+        warnings.warn(f"--encoder-weights {path}: {len(missing)} missing and {len(unexpected)} unexpected keys")
+
+
+def unwrap(model):
+    """The bare model inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def model_meta(architecture, encoder, classes, patch_size, in_channels=3, class_names=None,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The self-description stored in every checkpoint (and in exported ONNX files)."""
+    names = class_names or (["background", "foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)])
+    return {"architecture": architecture_class(architecture).__name__, "encoder": encoder, "classes": classes,
+            "in_channels": in_channels, "mean": list(mean), "std": list(std), "patch_size": patch_size,
+            "class_names": list(names)}
+
+
+def save_checkpoint(path, model, meta, args=None, **state):
+    """Write a checkpoint atomically: a temp file in the same folder, fsync, then rename over `path`.
+
+    A reader (or a crash at any moment) sees either the previous complete file or the new one.
+    """
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": dict(meta),
+               "args": dict(args or {}), "model": unwrap(model).state_dict(), **state}
+    path = Path(path)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(descriptor, 0o666 & ~current_umask())
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with weights_only=True, so a crafted pickle cannot run code.
+
+    Returns our checkpoint dict, or {'model': state_dict} for a file holding weights only.
+    Raises UserError with a one-line message for anything that is not a loadable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0] if "Weights only load failed" not in str(error) else \
+            "it contains objects other than tensors and plain data, which could run code when loaded"
+        raise UserError(f"checkpoint {path} refused: {reason}. Only load checkpoints you trust, "
+                        f"saved by train.py") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint "
+                        f"({str(error).splitlines()[0][:120]}); use a complete file written by train.py") from None
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return data
+    if isinstance(data, dict) and data and all(isinstance(value, torch.Tensor) for value in data.values()):
+        return {"model": data}
+    raise UserError(f"checkpoint {path} was not written by this toolkit (no '{CHECKPOINT_FORMAT}' header "
+                    f"and not a plain state dict); train one with train.py")
+
+
+def model_from_checkpoint(checkpoint, path="checkpoint"):
+    """Rebuild the model described by a checkpoint and load its weights (no download)."""
+    if "meta" not in checkpoint:
+        raise UserError(f"{path} holds weights only, with no architecture; it can fine-tune with "
+                        f"train.py --load-model but detect.py needs a checkpoint written by train.py")
+    meta = checkpoint["meta"]
+    model = build_model(meta["architecture"], meta["encoder"], meta["classes"], meta["in_channels"])
+    model.load_state_dict(checkpoint["model"])
+    return model

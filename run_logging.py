@@ -1,0 +1,157 @@
+"""The record of a training run: results.csv, results.png, prediction grids and the wandb run.
+
+Only rank 0 creates a `RunLogger`; other processes get `NullLogger`, which accepts the same calls.
+
+Usage:
+    logger = RunLogger(run_dir, config, mode="offline", project="unet-segmentation", name="exp")
+    logger.log({"epoch": 1, "lr": 1e-3, "val/dice": 0.9}, step=10)
+    logger.finish()
+"""
+
+import csv
+import netrc
+import os
+from pathlib import Path
+
+import numpy as np
+
+RESULT_COLUMNS = ["epoch", "lr", "train/loss", "train/dice", "train/iou", "val/loss", "val/dice", "val/iou"]
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def wandb_credentials_present():
+    """True when wandb could log in without asking: an API key in the environment or ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode):
+    """'auto' becomes online with credentials, otherwise offline; online without credentials is refused."""
+    from models import UserError
+    if mode in (None, "auto"):
+        return "online" if wandb_credentials_present() else "offline"
+    if mode == "online" and not wandb_credentials_present():
+        raise UserError("--wandb-mode online needs wandb credentials (run `wandb login` or set WANDB_API_KEY); "
+                        "or use --wandb-mode offline and upload later with `wandb sync`")
+    return mode
+
+
+class NullLogger:
+    """What non-zero ranks (and tests) use: every call does nothing."""
+    wandb_id = None
+
+    def log(self, metrics, step=None):
+        pass
+
+    def log_image(self, key, image, step=None, caption=None):
+        pass
+
+    def summary(self, metrics):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+class RunLogger(NullLogger):
+    """Appends metric rows to results.csv, redraws results.png and mirrors everything to wandb."""
+
+    def __init__(self, run_dir, config, mode="offline", project="unet-segmentation", name=None,
+                 wandb_id=None, extra_columns=()):
+        self.run_dir = Path(run_dir)
+        self.csv_path = self.run_dir / "results.csv"
+        self.columns = RESULT_COLUMNS + [c for c in extra_columns if c not in RESULT_COLUMNS]
+        if not self.csv_path.exists():
+            with open(self.csv_path, "w", newline="") as handle:
+                csv.writer(handle).writerow(self.columns)
+        self.run = None
+        if mode != "disabled":
+            import wandb
+            os.environ.setdefault("WANDB_SILENT", "true")
+            settings = wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, silent=True,
+                                      disable_git=True, save_code=False)
+            self.run = wandb.init(project=project, name=name, dir=str(self.run_dir), config=config, mode=mode,
+                                  id=wandb_id, resume="allow" if wandb_id else None, settings=settings)
+        self.wandb_id = self.run.id if self.run else None
+
+    def log(self, metrics, step=None):
+        """Log to wandb; rows that carry val/dice also go to results.csv and the plot."""
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+        if "val/dice" in metrics:
+            with open(self.csv_path, "a", newline="") as handle:
+                csv.writer(handle).writerow([format_value(metrics.get(c, "")) for c in self.columns])
+                handle.flush()
+                os.fsync(handle.fileno())
+            plot_results(self.csv_path, self.run_dir / "results.png")
+
+    def log_image(self, key, image, step=None, caption=None):
+        """An RGB uint8 image to wandb under `key`."""
+        if self.run is not None:
+            import wandb
+            self.run.log({key: wandb.Image(image, caption=caption)}, step=step)
+
+    def summary(self, metrics):
+        if self.run is not None:
+            self.run.summary.update(metrics)
+
+    def finish(self, exit_code=0):
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def format_value(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def plot_results(csv_path, png_path):
+    """Loss, Dice, IoU and LR curves from results.csv, written next to it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [float(row["epoch"]) for row in rows]
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    for axis, metric in zip(axes, ("loss", "dice", "iou")):
+        for split in ("train", "val"):
+            values = [float(row[f"{split}/{metric}"]) if row[f"{split}/{metric}"] else np.nan for row in rows]
+            axis.plot(epochs, values, marker=".", label=split)
+        axis.set_title(metric)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    axes[3].plot(epochs, [float(row["lr"]) for row in rows], marker=".")
+    axes[3].set_title("learning rate")
+    axes[3].set_xlabel("epoch")
+    figure.tight_layout()
+    temp = png_path.with_suffix(".tmp.png")
+    figure.savefig(temp, dpi=80)
+    plt.close(figure)
+    os.replace(temp, png_path)
+
+
+def prediction_grid(images, masks, predictions, classes):
+    """Rows of (image | ground truth | prediction) as one RGB uint8 array."""
+    palette = class_palette(max(classes, 2))
+    rows = []
+    for image, mask, prediction in zip(images, masks, predictions):
+        rows.append(np.concatenate([image, palette[mask], palette[prediction]], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def class_palette(count):
+    """A fixed RGB colour per class; class 0 (background) is black, class 1 white in binary."""
+    if count <= 2:
+        return np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
+    rng = np.random.default_rng(12345)
+    colours = rng.integers(64, 256, size=(count, 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours

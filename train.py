@@ -1,0 +1,617 @@
+"""Train an smp segmentation model on a folder of images and masks.
+
+Usage:
+    python train.py                                          # bundled sample, Unet/resnet34
+    python train.py --encoder resnet18 --patch-size 128 --epochs 20 --encoder-weights none
+    python train.py --data-dir data/mine --search-files --val-split 0.2 --classes 3
+    python train.py --load-model checkpoints/exp/checkpoint.pth.tar    # resume where it stopped
+    torchrun --nproc_per_node=2 train.py --batch-size 8              # 8 images per process
+
+Writes checkpoints/<name>/: best-checkpoint.pth.tar, checkpoint.pth.tar, results.csv, results.png,
+val_predictions.png, test_results.json and the wandb run (online with credentials, else offline).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import distributed
+from dataset import SPLIT_FILES, make_dataset, pair_masks, read_split_file, search_files
+from models import (ARCHITECTURE_NAMES, UserError, architecture_class, build_model, check_encoder,
+                    load_checkpoint, model_meta, save_checkpoint, unwrap)
+from run_logging import NullLogger, RunLogger, prediction_grid, resolve_wandb_mode
+
+REPO = Path(__file__).resolve().parent
+MAX_BAD_STEPS = 20
+RESUME_KEEPS = ("device", "workers", "pin_memory", "wandb_mode", "load_model", "verbose", "data_dir")
+
+
+class EarlyStopping:
+    """YOLO-style: stop when fitness (higher is better) has not improved for `patience` evaluations."""
+
+    def __init__(self, patience=10):
+        self.patience = patience
+        self.best_fitness = -math.inf
+        self.best_epoch = 0
+
+    def __call__(self, epoch, fitness):
+        """Record one evaluation; return True when training should stop."""
+        if fitness > self.best_fitness:
+            self.best_fitness, self.best_epoch = fitness, epoch
+        return self.patience > 0 and epoch - self.best_epoch >= self.patience
+
+    def state_dict(self):
+        return {"patience": self.patience, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        self.patience, self.best_fitness, self.best_epoch = state["patience"], state["best_fitness"], state["best_epoch"]
+
+
+class ConfusionStats:
+    """Summed smp confusion counts (tp, fp, fn, tn per class) and loss; reducible across processes."""
+
+    def __init__(self, classes, ignore_index=None, device="cpu"):
+        self.classes, self.ignore_index = classes, ignore_index
+        self.counts = torch.zeros(4, max(classes, 1), dtype=torch.float64, device=device)
+        self.loss = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x images, images
+
+    def update(self, logits, masks, loss):
+        logits = logits.detach().float()
+        if self.classes == 1:
+            stats = smp.metrics.get_stats(logits, masks.long(), mode="binary", threshold=0.0)
+        else:
+            stats = smp.metrics.get_stats(logits.argmax(1), masks, mode="multiclass",
+                                          num_classes=self.classes, ignore_index=self.ignore_index)
+        self.counts += torch.stack([s.to(self.counts.device).sum(0) for s in stats]).to(torch.float64)
+        self.loss += torch.stack([loss.detach().double() * len(masks), torch.tensor(len(masks), device=loss.device,
+                                                                                     dtype=torch.float64)])
+
+    def compute(self, prefix, class_names=None):
+        """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes."""
+        counts = distributed.all_reduce_sum(self.counts.clone()).cpu()
+        loss = distributed.all_reduce_sum(self.loss.clone()).cpu()
+        tp, fp, fn, tn = (c.unsqueeze(0) for c in counts)
+        dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
+        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
+        metrics = {f"{prefix}/loss": float(loss[0] / max(loss[1], 1)),
+                   f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
+        if self.classes > 1:
+            names = class_names or [str(i) for i in range(self.classes)]
+            for index, name in enumerate(names):
+                metrics[f"{prefix}/dice_{name}"] = float(dice[index])
+                metrics[f"{prefix}/iou_{name}"] = float(iou[index])
+        return metrics
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also for one process) that can skip the batches already done in an epoch."""
+
+    def __init__(self, dataset, shuffle, seed, process, batch_size=1):
+        super().__init__(dataset, num_replicas=process.world_size, rank=process.rank, shuffle=shuffle,
+                         seed=seed, drop_last=shuffle)
+        self.batch_size, self.skip = batch_size, 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip * self.batch_size:])
+
+    def __len__(self):
+        return self.num_samples - self.skip * self.batch_size
+
+
+def resolve_precision(device, use_amp):
+    """(autocast context factory, GradScaler): float16 + scaler on CUDA, bfloat16 on CPU, else plain fp32."""
+    if use_amp and device.type == "cuda":
+        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    if use_amp:
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), torch.amp.GradScaler(device.type, enabled=False)
+    return contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False)
+
+
+def new_run_dir(root, name):
+    """checkpoints/<name>, or <name>2, <name>3... if taken: a new run never overwrites an old one."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(1, 10000):
+        candidate = root / (name if index == 1 else f"{name}{index}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"too many runs named {name} in {root}; choose another --name")
+
+
+def ignore_sigint_in_worker(_):
+    """Ctrl-C goes to the whole process group; the main process handles it, workers must not die of it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class UnetTraining:
+    """Trains one smp model: data, optimizer, schedule, evaluation, early stopping and checkpoints.
+
+    Built from explicit keyword arguments (see `main` for the mapping from the command line).
+    """
+
+    def __init__(self, model, train_set, val_set, test_set=None, *, run_dir, meta, epochs=100, lr=1e-3,
+                 adam_eps=1e-8, weight_decay=1e-2, batch_size=8, workers=2, pin_memory=False, use_amp=False,
+                 clip_grad=255.0, eval_step=None, patience=10, check_best_cooldown=0, ignore_index=None,
+                 save_checkpoints=False, seed=0, device=torch.device("cpu"), process=distributed.Process(),
+                 logger=None, config=None, sync_bn=False, num_preview=4):
+        self.meta, self.config = meta, dict(config or {})
+        self.classes = meta["classes"]
+        self.run_dir, self.process, self.device = Path(run_dir), process, device
+        self.epochs, self.eval_step, self.clip_grad = epochs, eval_step, clip_grad
+        self.check_best_cooldown, self.save_checkpoints = check_best_cooldown, save_checkpoints
+        self.ignore_index, self.num_preview = ignore_index, num_preview
+        self.logger = logger or NullLogger()
+        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
+
+        if sync_bn and process.distributed:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device)
+        if process.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        if len(train_set) < batch_size * process.world_size:
+            raise UserError(f"--batch-size {batch_size} x {process.world_size} process(es) is larger than the "
+                            f"training set ({len(train_set)} images) and incomplete batches are dropped; "
+                            f"lower --batch-size or add images")
+        pin = pin_memory and device.type == "cuda"
+        loader_options = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                              worker_init_fn=ignore_sigint_in_worker if workers > 0 else None)
+        self.train_sampler = ResumableSampler(train_set, True, seed, process, batch_size)
+        self.train_loader = DataLoader(train_set, batch_size, sampler=self.train_sampler, drop_last=True,
+                                       **loader_options)
+        self.val_loader = self.eval_loader(val_set, batch_size, loader_options)
+        self.test_loader = self.eval_loader(test_set, batch_size, dict(loader_options, persistent_workers=False))
+        self.steps_per_epoch = len(self.train_loader)  # what each process really steps (drop_last)
+
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, eps=adam_eps, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr,
+                                                             total_steps=epochs * self.steps_per_epoch)
+        self.use_amp = use_amp
+        self.autocast, self.scaler = resolve_precision(device, use_amp)
+        self.criterion = torch.nn.BCEWithLogitsLoss() if self.classes == 1 else \
+            torch.nn.CrossEntropyLoss(ignore_index=-100 if ignore_index is None else ignore_index)
+        self.early_stopping = EarlyStopping(patience)
+        self.best_fitness = -math.inf
+        self.epoch = self.step_in_epoch = self.global_step = self.evaluations = 0
+        self.bad_steps = 0
+        self.stop_requested = False
+
+    @staticmethod
+    def eval_loader(dataset, batch_size, options):
+        if dataset is None or len(dataset) == 0:
+            return None
+        return DataLoader(dataset, batch_size, shuffle=False, **options)
+
+    # ------------------------------------------------------------ state
+
+    def state(self):
+        """Everything a resume needs, beside the weights and metadata."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "evaluations": self.evaluations, "best_fitness": self.best_fitness,
+                "early_stopping": self.early_stopping.state_dict(), "wandb_id": self.logger.wandb_id,
+                "epochs": self.epochs}
+
+    def load_state(self, checkpoint):
+        """Continue exactly where `checkpoint` stopped: weights, optimizer, LR schedule, epoch, stopping."""
+        unwrap(self.model).load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        self.global_step, self.best_fitness = checkpoint["global_step"], checkpoint["best_fitness"]
+        self.evaluations = checkpoint["evaluations"]
+        self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+
+    def save(self, filename):
+        if self.process.is_main:
+            save_checkpoint(self.run_dir / filename, self.model, self.meta, self.config, **self.state())
+
+    # ------------------------------------------------------------ loops
+
+    def request_stop(self, signum, _frame):
+        """SIGINT/SIGTERM: finish the current step, then save and leave (see `fit`)."""
+        if self.stop_requested:  # a second Ctrl-C while saving is ignored: the save must complete
+            return
+        self.stop_requested = True
+        if self.process.is_main:
+            print(f"\n{signal.Signals(signum).name} received: finishing this step, then saving checkpoint.pth.tar",
+                  file=sys.stderr, flush=True)
+
+    def train_step(self, images, masks, stats):
+        """One optimizer step; a non-finite loss or gradient skips the step (and counts it)."""
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.model(images)
+            loss = self.criterion(logits.float(), masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the step itself on inf/nan
+            self.scaler.update()
+        elif torch.isfinite(norm) and torch.isfinite(loss):
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            warnings.warn(f"non-finite loss or gradient at step {self.global_step}: step skipped "
+                          f"({self.bad_steps} in a row)")
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise RuntimeError(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr "
+                                   f"or check the data. best-checkpoint.pth.tar holds the last good model")
+        self.scheduler.step()
+        if torch.isfinite(loss):
+            stats.update(logits, masks, loss)
+        return loss
+
+    def train_one_epoch(self):
+        """Train until the end of the epoch (or until an evaluation asks to stop); yields nothing."""
+        self.model.train()
+        self.train_sampler.set_epoch(self.epoch)
+        self.train_sampler.skip = self.step_in_epoch
+        stats = self.new_stats()
+        bar = tqdm(self.train_loader, total=len(self.train_loader), initial=0, leave=True, dynamic_ncols=True,
+                   desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not self.process.is_main)
+        for images, masks in bar:
+            loss = self.train_step(images, masks, stats)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            if self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if distributed.any_process(self.stop_requested, self.device):
+                self.stop_requested = True
+                return None
+            if self.eval_step and self.global_step % self.eval_step == 0 and self.step_in_epoch < self.steps_per_epoch:
+                if self.end_of_evaluation_period(stats):
+                    return "early-stop"
+                stats = self.new_stats()
+                self.model.train()
+        bar.close()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.eval_step is None or self.global_step % self.eval_step == 0:
+            return "early-stop" if self.end_of_evaluation_period(stats) else None
+        return None
+
+    def new_stats(self):
+        return ConfusionStats(self.classes, self.ignore_index, self.device)
+
+    @torch.inference_mode()
+    def evaluate(self, loader, prefix="val"):
+        """Loss, Dice and IoU over a whole loader (all processes' shards summed)."""
+        stats = self.new_stats()
+        for images, masks in loader:
+            images, masks = images.to(self.device), masks.to(self.device)
+            with self.autocast():
+                logits = self.model(images)
+            logits = logits.float()
+            stats.update(logits, masks, self.criterion(logits, masks))
+        return stats.compute(prefix, self.meta["class_names"] if self.classes > 1 else None)
+
+    def end_of_evaluation_period(self, train_stats):
+        """Evaluate, log, write checkpoints; return True when early stopping says stop."""
+        self.model.eval()
+        metrics = {"epoch": round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 3),
+                   "lr": self.scheduler.get_last_lr()[0]}
+        metrics.update(train_stats.compute("train", self.meta["class_names"] if self.classes > 1 else None))
+        metrics.update(self.evaluate(self.val_loader, "val"))
+        fitness = metrics["val/dice"]
+        improved = fitness > self.best_fitness and self.epoch >= self.check_best_cooldown
+        self.evaluations += 1
+        stop = self.early_stopping(self.evaluations, fitness)
+        if improved:
+            self.best_fitness = fitness
+        metrics["best/val_dice"] = max(self.best_fitness, -1.0)
+        if self.process.is_main:
+            self.logger.log(metrics, step=self.global_step)
+            self.log_predictions()
+            tqdm.write(" ".join(f"{key}={value:.4f}" for key, value in metrics.items()
+                                if key.startswith(("train/", "val/")) and "_" not in key.split("/")[1])
+                       + (" (best)" if improved else ""))
+        if improved:
+            self.save("best-checkpoint.pth.tar")
+        self.save("checkpoint.pth.tar") if self.save_checkpoints else None
+        return distributed.broadcast_object(stop)
+
+    @torch.inference_mode()
+    def log_predictions(self):
+        """Image | ground truth | prediction for the first validation images, to wandb and a PNG."""
+        count = min(self.num_preview, len(self.val_set))
+        if count == 0:
+            return
+        samples = [self.val_set.load_sample(i) for i in range(count)]
+        images = torch.stack([s[0] for s in samples]).to(self.device)
+        with self.autocast():
+            logits = unwrap(self.model)(images).float()
+        predictions = (logits[:, 0] > 0).long() if self.classes == 1 else logits.argmax(1)
+        truth = [s[1].squeeze(0).long().numpy() for s in samples]
+        truth = [np.where(t == self.ignore_index, 0, t) if self.ignore_index is not None else t for t in truth]
+        mean = np.array(self.meta["mean"]).reshape(3, 1, 1)
+        std = np.array(self.meta["std"]).reshape(3, 1, 1)
+        shown = [np.clip((s[0].numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+                 for s in samples]
+        grid = prediction_grid(shown, truth, list(predictions.cpu().numpy()), self.classes)
+        import cv2
+        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        self.logger.log_image("val/predictions", grid, step=self.global_step,
+                              caption="image | ground truth | prediction")
+
+    def fit(self):
+        """Train to the end, early stop or a stop request; returns 'finished', 'early-stop' or 'interrupted'."""
+        handlers = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            outcome = "finished"
+            while self.epoch < self.epochs:
+                result = self.train_one_epoch()
+                if self.stop_requested:
+                    self.save("checkpoint.pth.tar")
+                    return "interrupted"
+                self.save("checkpoint.pth.tar")
+                if result == "early-stop":
+                    outcome = "early-stop"
+                    if self.process.is_main:
+                        print(f"early stopping: val Dice has not improved for {self.early_stopping.patience} "
+                              f"evaluations (best {self.early_stopping.best_fitness:.4f} at evaluation "
+                              f"{self.early_stopping.best_epoch})")
+                    break
+            return outcome
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def test(self):
+        """Evaluate the best checkpoint (or the last weights) on the test split; None when it is empty."""
+        if self.test_loader is None:
+            return None
+        best = self.run_dir / "best-checkpoint.pth.tar"
+        distributed.barrier()
+        if best.exists():
+            unwrap(self.model).load_state_dict(load_checkpoint(best)["model"])
+        self.model.eval()
+        metrics = self.evaluate(self.test_loader, "test")
+        if self.process.is_main:
+            (self.run_dir / "test_results.json").write_text(json.dumps(metrics, indent=2))
+            self.logger.summary(metrics)
+            self.logger.log(metrics, step=self.global_step)
+        return metrics
+
+    def summary(self):
+        """The table printed at the start of a run."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        rows = [("model", f"{self.meta['architecture']} / {self.meta['encoder']} ({parameters / 1e6:.2f}M params)"),
+                ("classes", f"{self.classes} ({', '.join(self.meta['class_names'])})"),
+                ("data", f"train {len(self.train_set)}, val {len(self.val_set)}, "
+                         f"test {len(self.test_set) if self.test_set else 0} images at patch {self.meta['patch_size']}"),
+                ("schedule", f"{self.epochs} epochs x {self.steps_per_epoch} steps, AdamW + OneCycleLR to "
+                             f"{self.optimizer.defaults['lr']:g}, batch {self.train_loader.batch_size}"),
+                ("runtime", f"{self.device}, {self.process.world_size} process(es), mixed precision "
+                            f"{'on' if self.use_amp else 'off'}"),
+                ("run folder", str(self.run_dir))]
+        width = max(len(key) for key, _ in rows)
+        return "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data-dir", type=Path, default=REPO / "data" / "sample",
+                      help="dataset root holding the image and mask folders (default: the bundled sample)")
+    data.add_argument("--img-dir", default="imgs", help="image folder name under --data-dir")
+    data.add_argument("--mask-dir", default="masks", help="mask folder name under --data-dir (same file stems)")
+    data.add_argument("--train-list", type=Path, default=REPO / SPLIT_FILES[0], help="training split file")
+    data.add_argument("--val-list", type=Path, default=REPO / SPLIT_FILES[1], help="validation split file")
+    data.add_argument("--test-list", type=Path, default=REPO / SPLIT_FILES[2],
+                      help="test split file (an empty or missing one skips the test evaluation)")
+    data.add_argument("--search-files", action="store_true",
+                      help="ignore the split files: pair imgs/ and masks/ by stem and split them randomly")
+    data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files")
+    data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files")
+    data.add_argument("--patch-size", type=int, default=256,
+                      help="square training size, a multiple of 32; images are letterboxed into it")
+    data.add_argument("--classes", type=int, default=1,
+                      help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices 0..N-1")
+    data.add_argument("--ignore-index", type=int, default=None,
+                      help="multi-class mask value left out of loss and metrics (e.g. 255)")
+    model = parser.add_argument_group("Model")
+    model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
+    model.add_argument("--encoder", default="resnet34", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
+    model.add_argument("--encoder-weights", default="imagenet",
+                       help="'imagenet' (downloaded; random init with a warning when offline), 'none', or a file")
+    model.add_argument("--load-model", type=Path, default=None,
+                       help="checkpoint to resume from (a train.py checkpoint), or weights to fine-tune from")
+    optim = parser.add_argument_group("Optimization")
+    optim.add_argument("--epochs", type=int, default=50)
+    optim.add_argument("--batch-size", type=int, default=8, help="images per step per process (torchrun: per GPU)")
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate reached by OneCycleLR")
+    optim.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
+    optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    optim.add_argument("--clip-grad", type=float, default=255.0, help="gradient norm clipping threshold")
+    optim.add_argument("--use-amp", action="store_true",
+                       help="mixed precision: float16 + gradient scaler on CUDA, bfloat16 on CPU")
+    optim.add_argument("--eval-step", type=int, default=None,
+                       help="evaluate every N optimizer steps (default: once per epoch)")
+    optim.add_argument("--patience", type=int, default=10,
+                       help="stop when val Dice has not improved for this many evaluations (0: never)")
+    optim.add_argument("--check-best-cooldown", type=int, default=0,
+                       help="write best-checkpoint.pth.tar only after this many epochs")
+    optim.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, splits and augmentation")
+    optim.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    runtime = parser.add_argument_group("Runtime")
+    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
+                         help="pin host memory for faster CUDA copies (ignored on the CPU)")
+    runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
+    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
+    logging = parser.add_argument_group("Logging")
+    logging.add_argument("--name", default="exp", help="run name: checkpoints/<name> (a suffix is added if taken)")
+    logging.add_argument("--save-checkpoints", action="store_true",
+                         help="also write checkpoint.pth.tar after every evaluation (it is always written at "
+                              "the end of every epoch)")
+    logging.add_argument("--wandb-mode", default="auto", choices=("auto", "online", "offline", "disabled"),
+                         help="auto: online with wandb credentials, otherwise offline (sync later with `wandb sync`)")
+    logging.add_argument("--wandb-project", default="unet-segmentation", help="wandb project name")
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Refuse impossible settings before anything is loaded."""
+    architecture_class(args.model)
+    check_encoder(args.encoder)
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--classes", args.classes, 1), ("--workers", args.workers, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value} must be at least {low}")
+    if args.eval_step is not None and args.eval_step < 1:
+        raise UserError(f"--eval-step {args.eval_step} must be at least 1")
+    from dataset import check_patch_size
+    check_patch_size(args.patch_size)
+
+
+def load_splits(args):
+    """(train, val, test) lists of (image, mask) pairs from the split files or --search-files."""
+    if args.search_files:
+        train, val, test = search_files(args.data_dir, args.img_dir, args.mask_dir, args.val_split,
+                                        args.test_split, args.seed)
+    else:
+        mask_dir = Path(args.data_dir) / args.mask_dir
+        train = pair_masks(read_split_file(args.train_list, args.data_dir, args.img_dir), mask_dir)
+        val = pair_masks(read_split_file(args.val_list, args.data_dir, args.img_dir), mask_dir)
+        test = pair_masks(read_split_file(args.test_list, args.data_dir, args.img_dir), mask_dir) \
+            if Path(args.test_list).is_file() else []
+    for name, pairs in (("training", train), ("validation", val)):
+        if not pairs:
+            raise UserError(f"the {name} split is empty; list images in it, or use --search-files with a "
+                            f"larger split")
+    return train, val, test
+
+
+def resume_arguments(args, checkpoint):
+    """A full checkpoint resumes with the settings it was trained with; runtime flags stay the user's."""
+    stored = dict(checkpoint["args"])
+    for key in RESUME_KEEPS:
+        stored[key] = getattr(args, key)
+    for key in ("data_dir", "train_list", "val_list", "test_list", "load_model"):
+        stored[key] = Path(stored[key]) if stored.get(key) is not None else None
+    return argparse.Namespace(**stored)
+
+
+def run(args):
+    """Set up, train, test. Returns the process exit code."""
+    process, device = distributed.setup(args.device)
+    checkpoint = load_checkpoint(args.load_model) if args.load_model else None
+    resuming = checkpoint is not None and "optimizer" in checkpoint
+    if resuming:
+        args = resume_arguments(args, checkpoint)
+        if checkpoint["epoch"] >= checkpoint["epochs"]:
+            raise UserError(f"--load-model {args.load_model} already finished its {checkpoint['epochs']} epochs; "
+                            f"to train further, fine-tune from its weights in a new run")
+    check_args(args)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    train_pairs, val_pairs, test_pairs = load_splits(args)
+    meta = model_meta(args.model, args.encoder, args.classes, args.patch_size)
+    data_options = dict(patch_size=args.patch_size, classes=args.classes, ignore_index=args.ignore_index,
+                        mean=meta["mean"], std=meta["std"], threads=max(2, args.workers))
+    train_set = make_dataset(train_pairs, augment=not args.no_augment, **data_options)
+    val_set = make_dataset(val_pairs, **data_options)
+    test_set = make_dataset(test_pairs, **data_options) if test_pairs else None
+
+    weights = None if resuming or str(args.encoder_weights).lower() == "none" else args.encoder_weights
+    model = build_model(args.model, args.encoder, args.classes, encoder_weights=weights)
+    if checkpoint is not None and not resuming:
+        load_finetune_weights(model, checkpoint["model"], args.load_model)
+
+    if process.is_main:
+        run_dir = args.load_model.parent if resuming else new_run_dir(REPO / "checkpoints", args.name)
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if process.is_main else None))
+    config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    logger = NullLogger()
+    if process.is_main:
+        logger = RunLogger(run_dir, config, args.wandb_mode, args.wandb_project, run_dir.name,
+                           wandb_id=checkpoint.get("wandb_id") if resuming else None,
+                           extra_columns=[f"{split}/{metric}_{name}" for split in ("train", "val")
+                                          for metric in ("dice", "iou") for name in meta["class_names"]]
+                           if args.classes > 1 else ())
+    trainer = UnetTraining(
+        model, train_set, val_set, test_set, run_dir=run_dir, meta=meta, epochs=args.epochs, lr=args.lr,
+        adam_eps=args.adam_eps, weight_decay=args.weight_decay, batch_size=args.batch_size, workers=args.workers,
+        pin_memory=args.pin_memory, use_amp=args.use_amp, clip_grad=args.clip_grad, eval_step=args.eval_step,
+        patience=args.patience, check_best_cooldown=args.check_best_cooldown, ignore_index=args.ignore_index,
+        save_checkpoints=args.save_checkpoints, seed=args.seed, device=device, process=process, logger=logger,
+        config=config, sync_bn=args.sync_bn)
+    if resuming:
+        trainer.load_state(checkpoint)
+    if process.is_main:
+        print(("resuming " if resuming else "training ") + f"in {run_dir}\n{trainer.summary()}", flush=True)
+    exit_code = 0
+    try:
+        outcome = trainer.fit()
+        if outcome == "interrupted":
+            exit_code = 130
+            if process.is_main:
+                print(f"stopped at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; resume with:\n"
+                      f"  python train.py --load-model {run_dir / 'checkpoint.pth.tar'}", file=sys.stderr)
+        else:
+            metrics = trainer.test()
+            if metrics and process.is_main:
+                print(f"test: dice {metrics['test/dice']:.4f}  iou {metrics['test/iou']:.4f}  "
+                      f"loss {metrics['test/loss']:.4f} (best checkpoint, {len(test_set)} images)")
+            if process.is_main:
+                print(f"best val Dice {trainer.best_fitness:.4f}; weights in {run_dir / 'best-checkpoint.pth.tar'}")
+    finally:
+        logger.finish(exit_code=exit_code)
+    return exit_code
+
+
+def load_finetune_weights(model, state, path):
+    """Start from another model's weights: tensors of matching name and shape are loaded, the rest reported."""
+    own = model.state_dict()
+    usable = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    if not usable:
+        raise UserError(f"--load-model {path}: no tensor matches a {type(model).__name__} with this encoder; "
+                        f"check --model and --encoder")
+    model.load_state_dict(usable, strict=False)
+    skipped = len(own) - len(usable)
+    print(f"fine-tuning from {path}: {len(usable)} tensors loaded" + (f", {skipped} left at initialization "
+                                                                       f"(different shape or missing)" if skipped else ""))
+
+
+def main(args):
+    try:
+        args.wandb_mode = resolve_wandb_mode(args.wandb_mode)
+        return run(args)
+    except UserError as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
