@@ -1,7 +1,7 @@
 """Generate the bundled sample dataset: synthetic objects on textured backgrounds.
 
 The images are made here, from a fixed seed, so the repository carries no third-party data.
-Each image shows a few filled ellipses and polygons on a smooth, noisy background; the binary mask
+Each image shows a few vivid filled ellipses and polygons on a greyish, grainy background; the binary mask
 marks the objects (255) against the background (0). Sizes vary and are not square, so letterboxing
 is exercised from the first run.
 
@@ -20,21 +20,29 @@ SPLITS = {"training_dataset.txt": 0.7, "validation_dataset.txt": 0.15, "test_dat
 
 
 def make_background(rng, height, width):
-    """A smooth colour gradient with mild noise, so the objects are not found by colour alone."""
-    corners = rng.integers(40, 200, size=(2, 2, 3)).astype(np.float32)
+    """A smooth, weakly coloured gradient with grainy noise: objects differ by saturation and texture."""
+    levels = rng.integers(40, 220, size=(2, 2, 1)).astype(np.float32)
+    tint = rng.integers(-15, 16, size=(2, 2, 3)).astype(np.float32)
+    corners = np.clip(levels + tint, 0, 255)
     background = cv2.resize(corners, (width, height), interpolation=cv2.INTER_LINEAR)
-    background += rng.normal(0, 12, size=(height, width, 3)).astype(np.float32)
+    background += rng.normal(0, 14, size=(height, width, 1)).astype(np.float32)
     return np.clip(background, 0, 255)
 
 
+def saturated_colour(rng):
+    """A vivid BGR colour (high saturation), so objects stand out from the greyish background."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(120, 256)]]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].tolist()
+
+
 def draw_objects(rng, image, mask, classes):
-    """Draw 1-4 objects; the mask gets the object's class (1 for binary, 1..classes-1 otherwise)."""
+    """Draw 2-5 objects; the mask gets the object's class (1 for binary, 1..classes-1 otherwise)."""
     height, width = mask.shape
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(2, 6)):
         label = int(rng.integers(1, max(classes, 2)))
-        colour = rng.integers(0, 256, size=3).tolist()
+        colour = saturated_colour(rng)
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        size = int(rng.integers(min(height, width) // 10, min(height, width) // 4))
+        size = int(rng.integers(min(height, width) // 8, min(height, width) // 3))
         if rng.random() < 0.5:
             axes = (size, int(size * rng.uniform(0.5, 1.0)))
             angle = float(rng.uniform(0, 180))
@@ -55,7 +63,7 @@ def make_sample(rng, classes=1):
     image = make_background(rng, height, width)
     mask = np.zeros((height, width), np.uint8)
     draw_objects(rng, image, mask, classes)
-    image = np.clip(image + rng.normal(0, 6, size=image.shape), 0, 255).astype(np.uint8)
+    image = np.clip(image + rng.normal(0, 4, size=image.shape), 0, 255).astype(np.uint8)
     return image, mask
 
 
@@ -87,7 +95,7 @@ def write_splits(paths, root, split_dir):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data/sample"), help="dataset root to write")
-    parser.add_argument("--count", type=int, default=60, help="number of image/mask pairs")
+    parser.add_argument("--count", type=int, default=80, help="number of image/mask pairs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     parser.add_argument("--classes", type=int, default=1, help="1: binary 0/255 masks; N: class indices 0..N-1")
     parser.add_argument("--no-splits", action="store_true", help="do not write the three split files")

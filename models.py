@@ -11,11 +11,12 @@ Usage:
 """
 
 import difflib
+import glob
 import os
 import pickle
+import re
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -87,8 +88,11 @@ def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=N
 
 def load_encoder_weights(model, path):
     """Load a local encoder state dict (plain, or a full model's with an 'encoder.' prefix)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path, "--encoder-weights")
     state = state.get("model", state) if isinstance(state, dict) else state
+    if not (isinstance(state, dict) and state and all(isinstance(key, str) for key in state)):
+        raise UserError(f"--encoder-weights {path} holds no state dict (a dict of named tensors); "
+                        f"give 'imagenet', 'none' or a file saved with torch.save(model.state_dict())")
     if any(key.startswith("encoder.") for key in state):
         state = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
@@ -121,6 +125,8 @@ def save_checkpoint(path, model, meta, args=None, **state):
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": dict(meta),
                "args": dict(args or {}), "model": unwrap(model).state_dict(), **state}
     path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(descriptor, 0o666 & ~current_umask())
@@ -154,22 +160,37 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if "Weights only load failed" not in str(error) else \
-            "it contains objects other than tensors and plain data, which could run code when loaded"
-        raise UserError(f"checkpoint {path} refused: {reason}. Only load checkpoints you trust, "
-                        f"saved by train.py") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise UserError(f"checkpoint {path} is truncated or not a PyTorch checkpoint "
-                        f"({str(error).splitlines()[0][:120]}); use a complete file written by train.py") from None
+    data = torch_load(path)
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        missing = [key for key in ("version", "meta", "model") if key not in data]
+        if missing or not isinstance(data["version"], int) or data["version"] > CHECKPOINT_VERSION:
+            raise UserError(f"checkpoint {path} is a {CHECKPOINT_FORMAT} file this version cannot read "
+                            f"(version {data.get('version')}, missing {missing or 'nothing'}); "
+                            f"update the toolkit or use a checkpoint written by this train.py")
         return data
     if isinstance(data, dict) and data and all(isinstance(value, torch.Tensor) for value in data.values()):
         return {"model": data}
     raise UserError(f"checkpoint {path} was not written by this toolkit (no '{CHECKPOINT_FORMAT}' header "
                     f"and not a plain state dict); train one with train.py")
+
+
+def torch_load(path, what="checkpoint"):
+    """torch.load(weights_only=True): a pickle that would build other objects (and so could run code)
+    is refused, and a damaged file becomes a one-line UserError instead of a parser traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(error))  # the pickle imports a callable: it could run code
+        if unsafe:
+            raise UserError(f"{what} {path} refused: it would call {unsafe.group(1)} when loaded, so it could run "
+                            f"code; only tensors and plain data are accepted. Only load checkpoints you trust, "
+                            f"saved by train.py") from None
+        raise UserError(f"{what} {path} is truncated or not a PyTorch checkpoint (the pickle stream is damaged); "
+                        f"use a complete file written by train.py") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file can fail anywhere in torch's zip and pickle readers
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        raise UserError(f"{what} {path} is truncated or not a PyTorch checkpoint ({reason}); "
+                        f"use a complete file written by train.py") from None
 
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):

@@ -13,6 +13,7 @@ val_predictions.png, test_results.json and the wandb run (online with credential
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -71,7 +72,8 @@ class ConfusionStats:
     def update(self, logits, masks, loss):
         logits = logits.detach().float()
         if self.classes == 1:
-            stats = smp.metrics.get_stats(logits, masks.long(), mode="binary", threshold=0.0)
+            # threshold the logits here: smp applies `threshold` to the target too
+            stats = smp.metrics.get_stats((logits > 0).long(), masks.long(), mode="binary")
         else:
             stats = smp.metrics.get_stats(logits.argmax(1), masks, mode="multiclass",
                                           num_classes=self.classes, ignore_index=self.ignore_index)
@@ -134,6 +136,12 @@ def new_run_dir(root, name):
     raise UserError(f"too many runs named {name} in {root}; choose another --name")
 
 
+def check_batch_size(train_size, batch_size, world_size):
+    if train_size < batch_size * world_size:
+        raise UserError(f"--batch-size {batch_size} x {world_size} process(es) is larger than the training set "
+                        f"({train_size} images) and incomplete batches are dropped; lower --batch-size or add images")
+
+
 def ignore_sigint_in_worker(_):
     """Ctrl-C goes to the whole process group; the main process handles it, workers must not die of it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -166,10 +174,7 @@ class UnetTraining:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        if len(train_set) < batch_size * process.world_size:
-            raise UserError(f"--batch-size {batch_size} x {process.world_size} process(es) is larger than the "
-                            f"training set ({len(train_set)} images) and incomplete batches are dropped; "
-                            f"lower --batch-size or add images")
+        check_batch_size(len(train_set), batch_size, process.world_size)
         pin = pin_memory and device.type == "cuda"
         loader_options = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                               worker_init_fn=ignore_sigint_in_worker if workers > 0 else None)
@@ -239,6 +244,7 @@ class UnetTraining:
         """One optimizer step; a non-finite loss or gradient skips the step (and counts it)."""
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
+        buffers = [buffer.clone() for buffer in self.model.buffers()]  # BatchNorm statistics: a skipped step keeps them
         with self.autocast():
             logits = self.model(images)
             loss = self.criterion(logits.float(), masks)
@@ -253,12 +259,14 @@ class UnetTraining:
             self.optimizer.step()
             self.bad_steps = 0
         else:
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
             self.bad_steps += 1
             warnings.warn(f"non-finite loss or gradient at step {self.global_step}: step skipped "
                           f"({self.bad_steps} in a row)")
             if self.bad_steps >= MAX_BAD_STEPS:
-                raise RuntimeError(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr "
-                                   f"or check the data. best-checkpoint.pth.tar holds the last good model")
+                raise UserError(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr or "
+                                f"check the data. best-checkpoint.pth.tar holds the last good model")
         self.scheduler.step()
         if torch.isfinite(loss):
             stats.update(logits, masks, loss)
@@ -272,7 +280,7 @@ class UnetTraining:
         stats = self.new_stats()
         bar = tqdm(self.train_loader, total=len(self.train_loader), initial=0, leave=True, dynamic_ncols=True,
                    desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not self.process.is_main)
-        for images, masks in bar:
+        for images, masks in self.batches(bar, self.train_loader, "training"):
             loss = self.train_step(images, masks, stats)
             self.step_in_epoch += 1
             self.global_step += 1
@@ -293,6 +301,29 @@ class UnetTraining:
             return "early-stop" if self.end_of_evaluation_period(stats) else None
         return None
 
+    def batches(self, iterable, loader, split):
+        """Iterate a DataLoader (or a progress bar over one); a failure while loading a batch becomes a
+        one-line UserError naming the batch's files, so a crash hours in says what to fix."""
+        iterator = iter(iterable)
+        for number in itertools.count():
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - raised by the dataset, in this process or a worker
+                files = [str(loader.dataset.pairs[index][0]) for index in list(loader.batch_sampler)[number]]
+                lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+                raise UserError(f"loading {split} batch {number + 1} (images {', '.join(files)}) failed: "
+                                f"{lines[-1].strip()}; fix or remove those files (a killed worker: lower "
+                                f"--workers or --batch-size); {self.resume_hint()}") from None
+            yield batch
+
+    def resume_hint(self):
+        checkpoint = self.run_dir / "checkpoint.pth.tar"
+        if checkpoint.exists():
+            return f"then resume with: python train.py --load-model {checkpoint}"
+        return "no checkpoint was saved yet"
+
     def new_stats(self):
         return ConfusionStats(self.classes, self.ignore_index, self.device)
 
@@ -300,7 +331,7 @@ class UnetTraining:
     def evaluate(self, loader, prefix="val"):
         """Loss, Dice and IoU over a whole loader (all processes' shards summed)."""
         stats = self.new_stats()
-        for images, masks in loader:
+        for images, masks in self.batches(loader, loader, prefix):
             images, masks = images.to(self.device), masks.to(self.device)
             with self.autocast():
                 logits = self.model(images)
@@ -316,7 +347,8 @@ class UnetTraining:
         metrics.update(train_stats.compute("train", self.meta["class_names"] if self.classes > 1 else None))
         metrics.update(self.evaluate(self.val_loader, "val"))
         fitness = metrics["val/dice"]
-        improved = fitness > self.best_fitness and self.epoch >= self.check_best_cooldown
+        improved = (fitness > self.best_fitness and math.isfinite(metrics["val/loss"])
+                    and self.epoch >= self.check_best_cooldown)
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         if improved:
@@ -375,6 +407,11 @@ class UnetTraining:
                               f"{self.early_stopping.best_epoch})")
                     break
             return outcome
+        except RuntimeError as error:
+            if not str(error).startswith("DataLoader worker"):  # torch's only sign of a worker killed mid-step
+                raise
+            raise UserError(f"{str(error).splitlines()[0]} (killed for memory? lower --workers or --batch-size); "
+                            f"{self.resume_hint()}") from None
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -485,6 +522,9 @@ def check_args(args):
                              ("--classes", args.classes, 1), ("--workers", args.workers, 0)):
         if value < low:
             raise UserError(f"{flag} {value} must be at least {low}")
+    if args.ignore_index is not None and 0 <= args.ignore_index < args.classes:
+        raise UserError(f"--ignore-index {args.ignore_index} is one of the classes 0..{args.classes - 1}; "
+                        f"use a value outside them, e.g. 255")
     if args.eval_step is not None and args.eval_step < 1:
         raise UserError(f"--eval-step {args.eval_step} must be at least 1")
     from dataset import check_patch_size
@@ -539,6 +579,7 @@ def run(args):
     train_set = make_dataset(train_pairs, augment=not args.no_augment, **data_options)
     val_set = make_dataset(val_pairs, **data_options)
     test_set = make_dataset(test_pairs, **data_options) if test_pairs else None
+    check_batch_size(len(train_set), args.batch_size, process.world_size)
 
     weights = None if resuming or str(args.encoder_weights).lower() == "none" else args.encoder_weights
     model = build_model(args.model, args.encoder, args.classes, encoder_weights=weights)
@@ -567,9 +608,10 @@ def run(args):
         trainer.load_state(checkpoint)
     if process.is_main:
         print(("resuming " if resuming else "training ") + f"in {run_dir}\n{trainer.summary()}", flush=True)
-    exit_code = 0
+    exit_code = 1  # what the wandb run records if an error escapes
     try:
         outcome = trainer.fit()
+        exit_code = 0
         if outcome == "interrupted":
             exit_code = 130
             if process.is_main:

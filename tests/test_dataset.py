@@ -1,0 +1,147 @@
+"""dataset.py: reading any image kind, masks, letterboxing, split files and the two dataset classes."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataset import (BinaryDataset, Dataset, letterbox, make_dataset, normalize, pair_masks, preprocess_image,
+                     read_image, read_split_file, search_files, unletterbox)
+from models import IMAGENET_MEAN, IMAGENET_STD, UserError
+
+
+def write_pair(folder, stem, image, mask):
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "imgs" / f"{stem}.png"), image)
+    cv2.imwrite(str(folder / "masks" / f"{stem}.png"), mask)
+    return folder / "imgs" / f"{stem}.png", folder / "masks" / f"{stem}.png"
+
+
+def square_mask(height, width, value):
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: height // 2, width // 4: width // 2] = value
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["gray8", "rgb8", "rgba8", "gray16", "rgb16"])
+def test_every_image_kind_reaches_the_model_the_same_way(tmp_path, kind):
+    base = np.tile(np.arange(0, 250, 250 / 80, dtype=np.float64)[:80], (60, 1))
+    channels = {"gray": None, "rgb": 3, "rgba": 4}[kind.rstrip("0123456789")]
+    sixteen = kind.endswith("16")
+    pixels = (base * 257).astype(np.uint16) if sixteen else base.astype(np.uint8)
+    if channels:
+        pixels = np.stack([pixels] * channels, axis=2)
+        if channels == 4:
+            pixels[..., 3] = 65535 if sixteen else 255
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), pixels)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (60, 80, 3)
+    assert np.abs(image[..., 0].astype(int) - base.astype(np.uint8)).max() <= 1
+    pair = write_pair(tmp_path / "set", "a", pixels, square_mask(60, 80, 255))
+    sample, mask = BinaryDataset([pair], 64).load_sample(0)
+    assert sample.dtype == torch.float32 and sample.shape == (3, 64, 64)
+    expected = normalize(letterbox(image, 64)[0])
+    assert torch.allclose(sample, expected)
+
+
+@pytest.mark.parametrize("foreground", [1, 255])
+def test_binary_masks_0_1_and_0_255_become_0_1(tmp_path, foreground):
+    image = np.full((64, 96, 3), 128, np.uint8)
+    pair = write_pair(tmp_path, "a", image, square_mask(64, 96, foreground))
+    dataset = BinaryDataset([pair], 64)
+    assert dataset.masks[0].dtype == np.uint8 and set(np.unique(dataset.masks[0])) == {0, 1}
+    assert dataset.images[0].dtype == np.uint8 and dataset.images[0].shape == (43, 64, 3)  # longest side = patch
+    _, mask = dataset.load_sample(0)
+    assert mask.shape == (1, 64, 64) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask[0, 43:].sum() == 0  # padding is background
+
+
+def test_normalization_uses_the_mean_and_std():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[..., 1] = 255
+    tensor = normalize(image)
+    assert torch.allclose(tensor[0], torch.full((32, 32), -IMAGENET_MEAN[0] / IMAGENET_STD[0]))
+    assert torch.allclose(tensor[1], torch.full((32, 32), (1 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]))
+
+
+def test_soft_binary_mask_is_refused_with_the_fix(tmp_path):
+    mask = square_mask(64, 64, 255)
+    mask[0, 0] = 128
+    pair = write_pair(tmp_path, "soft", np.zeros((64, 64, 3), np.uint8), mask)
+    with pytest.raises(UserError, match=r"soft\.png.*0/1 or 0/255.*JPEG"):
+        BinaryDataset([pair], 64)
+
+
+def test_multiclass_masks_class_indices_and_ignore_index(tmp_path):
+    mask = square_mask(64, 64, 2)
+    mask[0:4] = 255
+    pair = write_pair(tmp_path, "multi", np.zeros((64, 64, 3), np.uint8), mask)
+    dataset = Dataset([pair], 64, classes=3, ignore_index=255)
+    _, labels = dataset.load_sample(0)
+    assert labels.dtype == torch.int64 and labels.shape == (64, 64)
+    assert set(labels.unique().tolist()) == {0, 2, 255}
+    with pytest.raises(UserError, match=r"multi\.png has value 255.*neither a class \(0\.\.2\)"):
+        Dataset([pair], 64, classes=3)
+    mask[10, 10] = 7
+    write_pair(tmp_path, "multi", np.zeros((64, 64, 3), np.uint8), mask)
+    with pytest.raises(UserError, match="has value 7"):
+        Dataset([pair], 64, classes=3, ignore_index=255)
+
+
+def test_mask_size_must_match_image(tmp_path):
+    pair = write_pair(tmp_path, "a", np.zeros((64, 64, 3), np.uint8), np.zeros((32, 64), np.uint8))
+    with pytest.raises(UserError, match=r"mask .*a\.png is 64x32 but image .*a\.png is 64x64"):
+        BinaryDataset([pair], 64)
+
+
+def test_patch_size_must_be_a_multiple_of_32(tmp_path):
+    pair = write_pair(tmp_path, "a", np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8))
+    with pytest.raises(UserError, match="--patch-size 100 is not a positive multiple of 32"):
+        make_dataset([pair], 100, classes=1)
+
+
+def test_letterbox_round_trip_restores_the_original_geometry():
+    mask = np.zeros((90, 200), np.uint8)
+    mask[10:50, 120:180] = 1
+    padded, box = letterbox(mask, 128, cv2.INTER_NEAREST)
+    assert padded.shape == (128, 128) and (box.scaled_height, box.scaled_width) == (58, 128)
+    assert padded[58:].sum() == 0
+    restored = unletterbox(padded, box)
+    assert restored.shape == mask.shape
+    assert (restored == mask).mean() > 0.98
+    tensor, box2 = preprocess_image(np.zeros((90, 200, 3), np.uint8), 128)
+    assert tensor.shape == (3, 128, 128) and box2 == box
+
+
+def test_split_file_parsing(tmp_path):
+    root = tmp_path / "data"
+    a, _ = write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    b, _ = write_pair(root, "b", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    c, _ = write_pair(root, "c", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    split = tmp_path / "split.txt"
+    split.write_text(f"# a comment\n\nimgs/a.png\n  b.png   # bare name inside imgs/\n{c}\n")
+    assert read_split_file(split, root) == [a, b, c]
+    assert [m.name for _, m in pair_masks([a, b, c], root / "masks")] == ["a.png", "b.png", "c.png"]
+    split.write_text("imgs/a.png\nimgs/missing1.png\nimgs/missing2.png\n")
+    with pytest.raises(UserError, match=r"names 2 file\(s\) that do not exist: .*missing1\.png, .*missing2\.png"):
+        read_split_file(split, root)
+    with pytest.raises(UserError, match=r"split file .*nope\.txt does not exist.*--search-files"):
+        read_split_file(tmp_path / "nope.txt", root)
+
+
+def test_search_files_pairs_by_stem_and_splits_with_the_seed(tmp_path):
+    for index in range(10):
+        write_pair(tmp_path, f"s{index}", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    train, val, test = search_files(tmp_path, val_split=0.2, test_split=0.1, seed=3)
+    assert (len(train), len(val), len(test)) == (7, 2, 1)
+    assert all(image.stem == mask.stem for image, mask in train + val + test)
+    assert (train, val, test) == search_files(tmp_path, val_split=0.2, test_split=0.1, seed=3)
+    assert search_files(tmp_path, val_split=0.2, test_split=0.1, seed=4) != (train, val, test)
+    (tmp_path / "masks" / "s1.png").unlink()
+    (tmp_path / "masks" / "s2.png").unlink()
+    cv2.imwrite(str(tmp_path / "masks" / "orphan.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(UserError, match=r"images without a mask: s1\.png, s2\.png; masks without an image: orphan"):
+        search_files(tmp_path)
