@@ -1,0 +1,113 @@
+"""A small HTTP MJPEG server (multipart/x-mixed-replace), like an IP camera, for the stream tests.
+
+Every frame carries its own number in a strip of black/white blocks at the top (see `frame_number`),
+so a test can tell whether a client saw a frame twice or skipped frames. Bright ellipses move on a
+dark background below the strip. Listens on 127.0.0.1 only.
+
+Usage:
+    python tests/mjpeg_server.py --port 8090 --fps 10 --width 192 --height 128
+    curl http://127.0.0.1:8090/stream.mjpg
+"""
+
+import argparse
+import http.server
+import threading
+import time
+
+import cv2
+import numpy as np
+
+BITS = 16
+BLOCK = 8
+
+
+def draw_frame(number, width, height):
+    """A BGR frame: the number as 16 blocks of 8x8 px (white = 1) on the top row, moving blobs below."""
+    image = np.full((height, width, 3), 30, np.uint8)
+    phase = number / 10.0
+    for k in range(2):
+        centre = (int(width * (0.3 + 0.4 * k) + 20 * np.sin(phase + k)), int(height * 0.6 + 15 * np.cos(phase)))
+        cv2.ellipse(image, centre, (width // 8, height // 6), 0, 0, 360, (220, 220, 220), -1)
+    image[:BLOCK, :BITS * BLOCK] = 0
+    for bit in range(BITS):
+        if number >> bit & 1:
+            image[:BLOCK, bit * BLOCK:(bit + 1) * BLOCK] = 255
+    return image
+
+
+def frame_number(image):
+    """Read back the number drawn by `draw_frame` (works on RGB or BGR, survives JPEG)."""
+    strip = image[:BLOCK, :BITS * BLOCK].astype(np.float32).mean(axis=2)
+    return sum(1 << bit for bit in range(BITS) if strip[2:-2, bit * BLOCK + 2:(bit + 1) * BLOCK - 2].mean() > 127)
+
+
+class Camera:
+    """Makes one frame every 1/fps seconds; every client gets the newest one (like a real camera)."""
+
+    def __init__(self, fps, width, height, start):
+        self.fps, self.width, self.height = fps, width, height
+        self.number, self.jpeg = start - 1, None
+        self.condition = threading.Condition()
+        threading.Thread(target=self.produce, daemon=True).start()
+
+    def produce(self):
+        next_time = time.monotonic()
+        while True:
+            ok, buffer = cv2.imencode(".jpg", draw_frame(self.number + 1, self.width, self.height),
+                                      [cv2.IMWRITE_JPEG_QUALITY, 90])
+            with self.condition:
+                self.number += 1
+                self.jpeg = buffer.tobytes()
+                self.condition.notify_all()
+            next_time += 1.0 / self.fps
+            time.sleep(max(0.0, next_time - time.monotonic()))
+
+    def wait_newer(self, number):
+        with self.condition:
+            self.condition.wait_for(lambda: self.number > number, timeout=5)
+            return self.number, self.jpeg
+
+
+def make_handler(camera):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/stream.mjpg":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            number = -1
+            try:
+                while True:
+                    number, jpeg = camera.wait_newer(number)
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                     + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fps", type=float, default=10)
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--start", type=int, default=0, help="number of the first frame")
+    args = parser.parse_args()
+    camera = Camera(args.fps, args.width, args.height, args.start)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(camera))
+    server.daemon_threads = True
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

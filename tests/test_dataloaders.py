@@ -1,0 +1,244 @@
+"""Source detection (pure), LoadImages on every file kind, LoadStreams against real RTSP and HTTP servers."""
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataloaders import Frame, LoadImages, LoadStreams, iterate_frames
+from mjpeg_server import draw_frame, frame_number
+from models import UserError
+from servers import MjpegServer, free_port, mjpeg_server, rtsp_server, rtsp_udp_only_server  # noqa: F401
+from sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
+
+
+def write_video(path, frames, fps=12.0, size=(176, 96)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for number in range(frames):
+        writer.write(draw_frame(number, *size))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def media(tmp_path):
+    """A folder with images of every kind (gray, 16-bit, RGBA, JPEG, non-square), a video and a note."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "a_colour.png"), rng.integers(0, 255, (90, 200, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b_gray.png"), rng.integers(0, 255, (150, 70), dtype=np.uint8))
+    cv2.imwrite(str(folder / "c_16bit.png"), rng.integers(0, 65535, (64, 96), dtype=np.uint16))
+    cv2.imwrite(str(folder / "d_rgba.png"), rng.integers(0, 255, (40, 50, 4), dtype=np.uint8))
+    cv2.imwrite(str(folder / "e_photo.JPG"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    write_video(folder / "f_clip.mp4", 6)
+    (folder / "notes.md").write_text("not a picture")
+    return folder
+
+
+# ---------------------------------------------------------------- detect_source / resolve_sources
+
+
+def test_detect_source_kinds(media, tmp_path):
+    (tmp_path / "list.txt").write_text("media/a_colour.png\n")
+    assert detect_source(media / "a_colour.png") == SourceKind.IMAGE
+    assert detect_source(str(media / "e_photo.JPG")) == SourceKind.IMAGE
+    assert detect_source(media / "f_clip.mp4") == SourceKind.VIDEO
+    assert detect_source(media) == SourceKind.FOLDER
+    assert detect_source(f"{media}/*.png") == SourceKind.GLOB
+    assert detect_source(tmp_path / "list.txt") == SourceKind.LIST
+    assert detect_source("rtsp://user:pw@10.0.0.5:554/live") == SourceKind.RTSP
+    assert detect_source("RTSP://cam/live") == SourceKind.RTSP
+    assert detect_source("rtmp://server/app/key") == SourceKind.RTMP
+    assert detect_source("http://127.0.0.1:8080/video.mjpg") == SourceKind.HTTP
+    assert detect_source("https://example.com/live.m3u8") == SourceKind.HTTP
+    assert detect_source("0") == SourceKind.WEBCAM
+    assert detect_source(" 2 ") == SourceKind.WEBCAM
+    assert SourceKind.WEBCAM.is_stream and SourceKind.HTTP.is_stream and not SourceKind.FOLDER.is_stream
+
+
+@pytest.mark.parametrize("source, message", [
+    ("missing.png", "no such file or folder"),
+    ("media/notes.md", "neither an image"),
+    ("ftp://host/video.mp4", "unsupported scheme"),
+])
+def test_detect_source_errors_are_clear(media, tmp_path, monkeypatch, source, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        detect_source(source)
+
+
+def test_resolve_folder_glob_and_list(media, tmp_path):
+    files, streams = resolve_sources(media)
+    assert [f.name for f in files] == ["a_colour.png", "b_gray.png", "c_16bit.png", "d_rgba.png", "e_photo.JPG",
+                                       "f_clip.mp4"] and streams == []
+    files, _ = resolve_sources(str(tmp_path / "**" / "*.png"))
+    assert [f.name for f in files] == ["a_colour.png", "b_gray.png", "c_16bit.png", "d_rgba.png"]
+    listing = tmp_path / "sources.txt"
+    listing.write_text(f"# comment\nmedia/a_colour.png\n\n{media / 'f_clip.mp4'}\nrtsp://u:p@cam/live\nmedia/*.JPG\n")
+    files, streams = resolve_sources(listing)
+    assert [f.name for f in files] == ["a_colour.png", "f_clip.mp4", "e_photo.JPG"]
+    assert streams == ["rtsp://u:p@cam/live"]
+
+
+def test_resolve_reports_every_problem_before_any_work(media, tmp_path):
+    listing = tmp_path / "sources.txt"
+    listing.write_text("media/a_colour.png\nmedia/gone.png\nmedia/*.tif\n")
+    with pytest.raises(UserError, match=r"2 bad line\(s\).*gone.png.*\*\.tif"):
+        resolve_sources(listing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        resolve_sources(empty)
+    with pytest.raises(UserError, match="holds no images"):
+        resolve_sources(str(tmp_path / "*.bmp"))
+
+
+def test_webcam_needs_its_device(tmp_path):
+    with pytest.raises(UserError, match=r"video0 does not exist.*no camera is connected"):
+        check_webcam(0, device_dir=tmp_path)
+    (tmp_path / "video0").touch()
+    check_webcam(0, device_dir=tmp_path)
+    with pytest.raises(UserError, match=r"video1 does not exist.*cameras present: video0"):
+        check_webcam(1, device_dir=tmp_path)
+    if not Path("/dev/video0").exists():
+        with pytest.raises(UserError, match="/dev/video0 does not exist"):
+            resolve_sources("0")
+
+
+@pytest.mark.parametrize("source, shown", [
+    ("rtsp://admin:s3cret@10.0.0.5:554/live", "rtsp://admin:***@10.0.0.5:554/live"),
+    ("rtsp://token@cam/live", "rtsp://***@cam/live"),
+    ("http://cam/video.cgi?user=admin&pwd=s3cret&res=hd", "http://cam/video.cgi?user=admin&pwd=***&res=hd"),
+    ("https://host/live?token=abc", "https://host/live?token=***"),
+    ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+    ("data/imgs/a.png", "data/imgs/a.png"),
+])
+def test_mask_credentials(source, shown):
+    assert mask_credentials(source) == shown
+
+
+@pytest.mark.parametrize("source, name", [
+    ("rtsp://admin:s3cret@10.0.0.5:554/live/ch1", "10.0.0.5_554_live_ch1"),
+    ("data/imgs/sample 01.png", "sample_01"),
+    ("../../etc/passwd", "passwd"),
+    ("..", "source"),
+    ("3", "webcam3"),
+])
+def test_safe_name_has_no_path_or_secret(source, name):
+    assert safe_name(source) == name
+
+
+# ---------------------------------------------------------------- LoadImages
+
+
+def test_load_images_yields_one_record_per_frame(media, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files, _ = resolve_sources(media)
+    with pytest.warns(UserWarning, match="skipping .*broken.png"):
+        frames = list(LoadImages([broken] + files, patch_size=64))
+    assert all(isinstance(f, Frame) for f in frames)
+    images, video = frames[:5], frames[5:]
+    assert [f.original.shape for f in images] == [(90, 200, 3), (150, 70, 3), (64, 96, 3), (40, 50, 3), (120, 160, 3)]
+    for frame in frames:
+        assert frame.image.shape == (3, 64, 64) and frame.image.dtype == torch.float32
+        assert frame.original.dtype == np.uint8
+        box = frame.letterbox
+        assert (box.height, box.width) == frame.original.shape[:2] and max(box.scaled_height, box.scaled_width) == 64
+    assert all(f.is_image and f.capture is None and (f.index, f.count) == (0, 1) for f in images)
+    assert [f.index for f in video] == list(range(6)) and {f.count for f in video} == {6}
+    assert all(not f.is_image and not f.is_stream and f.fps == pytest.approx(12.0) for f in video)
+    assert frame_number(video[4].original) == 4  # decoded in order, as RGB
+
+
+def test_iterate_frames_releases_video_when_closed_early(media):
+    frames = iterate_frames([media / "f_clip.mp4"], [], patch_size=64)
+    first = next(frames)
+    assert first.capture.isOpened()
+    frames.close()
+    assert not first.capture.isOpened()
+
+
+# ---------------------------------------------------------------- LoadStreams against real servers
+
+
+def test_http_stream_newest_frame_only(mjpeg_server):
+    """A slow consumer gets the newest frame each time: never a frame twice, no lag building up."""
+    loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=10)
+    try:
+        numbers, frames = [], []
+        for frame in loader:
+            numbers.append(frame_number(frame.original))
+            frames.append(frame)
+            time.sleep(0.35)  # slower than the 10 FPS stream
+            if len(numbers) == 6:
+                break
+    finally:
+        loader.close()
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert max(b - a for a, b in zip(numbers, numbers[1:])) >= 2, f"frames were queued, not dropped: {numbers}"
+    assert all(b.index > a.index for a, b in zip(frames, frames[1:]))
+    frame = frames[-1]
+    assert frame.is_stream and frame.count is None and frame.original.shape == (128, 192, 3)
+    assert frame.fps == pytest.approx(10, rel=0.2)  # FFmpeg reports 25 for MJPEG: measured instead
+    assert not frame.capture.isOpened()  # released by close()
+
+
+def test_rtsp_stream_over_tcp(rtsp_server):
+    loader = LoadStreams([rtsp_server.url], patch_size=64, timeout=10)
+    try:
+        frames = [next(loader) for _ in range(3)]
+    finally:
+        loader.close()
+    assert loader.readers[0].used_transport == "tcp"
+    assert [f.original.shape for f in frames] == [(120, 160, 3)] * 3
+    assert frames[0].fps == pytest.approx(10, rel=0.1)
+    assert len({f.index for f in frames}) == 3
+
+
+def test_rtsp_falls_back_to_udp(rtsp_udp_only_server, capfd):
+    loader = LoadStreams([rtsp_udp_only_server.url], patch_size=64, timeout=10)
+    try:
+        frame = next(loader)
+    finally:
+        loader.close()
+    assert loader.readers[0].used_transport == "udp" and frame.original.shape == (120, 160, 3)
+    assert "connected over UDP" in capfd.readouterr().err
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"over TCP within 2 s.*--rtsp-transport"):
+        LoadStreams([rtsp_udp_only_server.url], patch_size=64, timeout=2, rtsp_transport="tcp")
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_stream_is_a_clear_error_within_timeout():
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"stream http://127.0.0.1:\d+/x: could not read a frame within 2 s"):
+        LoadStreams([f"http://127.0.0.1:{free_port()}/x"], patch_size=64, timeout=2)
+    assert time.monotonic() - started < 8
+
+
+def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path):
+    loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=6)
+    try:
+        before = frame_number(next(loader).original)
+        mjpeg_server.stop()
+        time.sleep(1.0)
+        restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000).start()
+        after = []
+        for frame in loader:  # frames left over from before the drop come first, then the new server's
+            after.append(frame_number(frame.original))
+            if after[-1] >= 5000:
+                break
+        restarted.stop()
+        started = time.monotonic()
+        rest = list(loader)  # the server never comes back: the loader ends by itself
+        ended = time.monotonic() - started
+    finally:
+        loader.close()
+    assert before < 5000 <= after[-1]
+    assert ended < 6 + 4 and len(rest) < 20
+    assert not loader.readers[0].is_alive()
