@@ -98,6 +98,19 @@ class ConfusionStats:
         return metrics
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: every index exactly once over all processes (DistributedSampler would pad with repeats)."""
+
+    def __init__(self, dataset, process):
+        self.indices = range(process.rank, len(dataset), process.world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (also for one process) that can skip the batches already done in an epoch."""
 
@@ -157,7 +170,7 @@ class UnetTraining:
                  adam_eps=1e-8, weight_decay=1e-2, batch_size=8, workers=2, pin_memory=False, use_amp=False,
                  clip_grad=255.0, eval_step=None, patience=10, check_best_cooldown=0, ignore_index=None,
                  save_checkpoints=False, seed=0, device=torch.device("cpu"), process=distributed.Process(),
-                 logger=None, config=None, sync_bn=False, num_preview=4):
+                 logger=None, config=None, sync_bn=False, freeze_bn=False, num_preview=4):
         self.meta, self.config = meta, dict(config or {})
         self.classes = meta["classes"]
         self.run_dir, self.process, self.device = Path(run_dir), process, device
@@ -167,7 +180,10 @@ class UnetTraining:
         self.logger = logger or NullLogger()
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
 
+        self.freeze_bn = freeze_bn
         if sync_bn and process.distributed:
+            if device.type != "cuda":
+                raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); drop it on the CPU")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         if process.distributed:
@@ -198,11 +214,10 @@ class UnetTraining:
         self.bad_steps = 0
         self.stop_requested = False
 
-    @staticmethod
-    def eval_loader(dataset, batch_size, options):
+    def eval_loader(self, dataset, batch_size, options):
         if dataset is None or len(dataset) == 0:
             return None
-        return DataLoader(dataset, batch_size, shuffle=False, **options)
+        return DataLoader(dataset, batch_size, sampler=ShardSampler(dataset, self.process), **options)
 
     # ------------------------------------------------------------ state
 
@@ -272,9 +287,17 @@ class UnetTraining:
             stats.update(logits, masks, loss)
         return loss
 
-    def train_one_epoch(self):
-        """Train until the end of the epoch (or until an evaluation asks to stop); yields nothing."""
+    def set_train_mode(self):
+        """model.train(), except BatchNorm layers under --freeze-bn, which keep their running statistics."""
         self.model.train()
+        if self.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def train_one_epoch(self):
+        """Train to the end of the epoch; returns 'early-stop' when an evaluation says so, else None."""
+        self.set_train_mode()
         self.train_sampler.set_epoch(self.epoch)
         self.train_sampler.skip = self.step_in_epoch
         stats = self.new_stats()
@@ -293,7 +316,7 @@ class UnetTraining:
                 if self.end_of_evaluation_period(stats):
                     return "early-stop"
                 stats = self.new_stats()
-                self.model.train()
+                self.set_train_mode()
         bar.close()
         self.epoch += 1
         self.step_in_epoch = 0
@@ -502,6 +525,8 @@ def parse_args(argv=None):
     runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
                          help="pin host memory for faster CUDA copies (ignored on the CPU)")
     runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
+    optim.add_argument("--freeze-bn", action="store_true",
+                       help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
     runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
     logging = parser.add_argument_group("Logging")
     logging.add_argument("--name", default="exp", help="run name: checkpoints/<name> (a suffix is added if taken)")
@@ -603,7 +628,7 @@ def run(args):
         pin_memory=args.pin_memory, use_amp=args.use_amp, clip_grad=args.clip_grad, eval_step=args.eval_step,
         patience=args.patience, check_best_cooldown=args.check_best_cooldown, ignore_index=args.ignore_index,
         save_checkpoints=args.save_checkpoints, seed=args.seed, device=device, process=process, logger=logger,
-        config=config, sync_bn=args.sync_bn)
+        config=config, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn)
     if resuming:
         trainer.load_state(checkpoint)
     if process.is_main:

@@ -1,0 +1,62 @@
+"""torchrun: a real 2-process job on the CPU (gloo), and proof that gradients are averaged."""
+
+import csv
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO
+from models import build_model, load_checkpoint, model_from_checkpoint
+
+
+def tiny_command(data, name, *extra):
+    return ["train.py", "--data-dir", str(data), "--train-list", str(data / "train.txt"),
+            "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), "--encoder", "resnet18",
+            "--encoder-weights", "none", "--patch-size", "64", "--workers", "0", "--name", name, *extra]
+
+
+def torchrun(arguments, timeout=300):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
+    result = torchrun(tiny_command(tiny_data, run_name, "--epochs", "2", "--batch-size", "2",
+                                   "--wandb-mode", "offline"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("training in ") == 1  # only rank 0 speaks
+    runs = sorted((REPO / "checkpoints").glob(f"{run_name}*"))
+    assert [run.name for run in runs] == [run_name]
+    run_dir = runs[0]
+    with open(run_dir / "results.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+    checkpoint = load_checkpoint(run_dir / "best-checkpoint.pth.tar")
+    assert not any(key.startswith("module.") for key in checkpoint["model"])
+    assert checkpoint["args"]["batch_size"] == 2
+    model_from_checkpoint(checkpoint)  # the unwrapped model's weights rebuild without DDP
+    resumed_alone = load_checkpoint(run_dir / "checkpoint.pth.tar")
+    assert resumed_alone["epoch"] == 2 and resumed_alone["global_step"] == 4  # 8 images / (2 x 2) per step
+
+
+def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, run_name):
+    common = ("--epochs", "2", "--lr", "0.05", "--no-augment", "--freeze-bn", "--wandb-mode", "disabled", "--seed", "3",
+              "--patience", "0")
+    two = torchrun(tiny_command(tiny_data, f"{run_name}-ddp", "--batch-size", "2", *common))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *tiny_command(tiny_data, f"{run_name}-one", "--batch-size", "4", *common)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp = load_checkpoint(REPO / "checkpoints" / f"{run_name}-ddp" / "checkpoint.pth.tar")
+    single = load_checkpoint(REPO / "checkpoints" / f"{run_name}-one" / "checkpoint.pth.tar")
+    assert ddp["global_step"] == single["global_step"] == 4
+    torch.manual_seed(3)  # train.py seeds, then builds the model: the same initial weights
+    initial = build_model("Unet", "resnet18", 1).state_dict()
+    largest_update = largest_difference = 0.0
+    for key, start in initial.items():
+        a, b = ddp["model"][key].double(), single["model"][key].double()
+        largest_difference = max(largest_difference, (a - b).abs().max().item())
+        largest_update = max(largest_update, (b - start.double()).abs().max().item())
+    assert largest_update > 1e-2  # the weights really moved...
+    assert largest_difference < 1e-2 * largest_update  # ...and both runs moved them the same way
