@@ -32,13 +32,39 @@ SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.t
 # ---------------------------------------------------------------- reading files
 
 
+def decode_file(path, kind="image"):
+    """Decode an image file as stored (OpenCV IMREAD_UNCHANGED); a UserError naming it if that fails."""
+    fix = "replace it or remove it from the split" if kind == "image" else "replace it"
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise UserError(f"{kind} {path} cannot be read ({error.strerror or error}); {fix}") from None
+    decoded = None
+    if data.size:
+        try:
+            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # some decoders assert on damaged headers instead of returning None
+            decoded = None
+    if decoded is None or decoded.size == 0 or truncated_jpeg(data):
+        raise UserError(f"{kind} {path} cannot be read (truncated or not an image); {fix}")
+    return decoded
+
+
+def truncated_jpeg(data):
+    """libjpeg pads a cut-off JPEG with grey and only prints a warning: look for the end-of-image marker.
+
+    Scan data cannot hold a start-of-scan marker (0xFF is byte-stuffed there), so a complete file has
+    an end marker after its last start-of-scan; bytes after the end marker (camera trailers) are fine.
+    """
+    if data[:2].tobytes() != b"\xff\xd8":
+        return False
+    raw = data.tobytes()
+    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+
+
 def read_image(path):
     """Read an image as uint8 RGB HxWx3, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise UserError(f"image {path} cannot be read (missing, truncated or not an image); "
-                        f"replace it or remove it from the split")
-    return to_rgb8(image, path)
+    return to_rgb8(decode_file(path, "image"), path)
 
 
 def to_rgb8(image, path="image"):
@@ -60,9 +86,7 @@ def to_rgb8(image, path="image"):
 
 def read_mask(path):
     """Read a mask as a 2-D array of its stored values (8 or 16 bit, single channel)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None or mask.size == 0:
-        raise UserError(f"mask {path} cannot be read (missing, truncated or not an image); replace it")
+    mask = decode_file(path, "mask")
     if mask.ndim == 3:
         if mask.shape[2] >= 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
                                        and np.array_equal(mask[..., 0], mask[..., 2])):
@@ -83,12 +107,20 @@ def binary_mask(mask, path):
 
 def class_mask(mask, path, classes, ignore_index=None):
     """Class-index masks: every value must be a class (0..classes-1) or the ignore index."""
-    values = np.unique(mask)
-    bad = [int(v) for v in values if v >= classes and v != ignore_index]
+    values = np.unique(mask).tolist()
+    bad = [v for v in values if v != ignore_index and not (float(v).is_integer() and 0 <= v < classes)]
     if bad:
-        raise UserError(f"mask {path} has value {bad[0]}, which is neither a class (0..{classes - 1}) nor "
+        raise UserError(f"mask {path} has value {bad[0]:g}, which is neither a class (0..{classes - 1}) nor "
                         f"--ignore-index ({ignore_index}); fix the mask or the --classes/--ignore-index flags")
-    return mask.astype(np.uint8)
+    return mask.astype(label_dtype(min(values), max(values)))
+
+
+def label_dtype(low, high):
+    """The smallest integer type OpenCV can resize and warp that holds labels low..high (no wrap-around)."""
+    for dtype in (np.uint8, np.uint16, np.int16):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return dtype
+    return np.int32
 
 
 # ---------------------------------------------------------------- geometry: the one preprocessing path
@@ -166,9 +198,17 @@ def resolve_image_path(line, data_dir, img_dir="imgs"):
     if path.is_absolute():
         return path
     candidate = Path(data_dir) / path
-    if candidate.exists() or len(path.parts) > 1:
+    if is_file(candidate) or len(path.parts) > 1:
         return candidate
     return Path(data_dir) / img_dir / path
+
+
+def is_file(path):
+    """Path.is_file, but False (not an exception) for names the OS refuses, e.g. longer than NAME_MAX."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def read_split_file(path, data_dir, img_dir="imgs"):
@@ -182,7 +222,7 @@ def read_split_file(path, data_dir, img_dir="imgs"):
         line = raw.split("#", 1)[0].strip()
         if line:
             images.append(resolve_image_path(line, data_dir, img_dir))
-    missing = [str(image) for image in images if not image.is_file()]
+    missing = [str(image) for image in images if not is_file(image)]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise UserError(f"split file {path} names {len(missing)} file(s) that do not exist: {shown}; "

@@ -1,0 +1,643 @@
+"""Issue 4, training side: bad input, faults (SIGKILL, SIGINT/SIGTERM, non-finite steps, dead workers)
+and untrusted checkpoints. tests/README.md has the table of every case and what the user sees.
+
+Bad input is checked in-process through `train.main` (same code path as the command line, without
+paying the import time per case); a few cases also run the real command to show the exit code and
+that stderr is one line.
+"""
+
+import ast
+import csv
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import train  # noqa: E402
+from dataset import make_dataset, pair_masks, read_split_file  # noqa: E402
+from make_sample_data import write_dataset  # noqa: E402
+from models import (CHECKPOINT_FORMAT, UserError, build_model, load_checkpoint, model_from_checkpoint,  # noqa: E402
+                    model_meta)
+
+TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
+        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0"]
+FAST = ["--model", "Linknet", "--encoder", "tu-mobilenetv3_small_050"]  # 0.4M parameters, for runs that only need steps
+# One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make each step 10x slower.
+ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+CHECKPOINTS = ("checkpoint.pth.tar", "best-checkpoint.pth.tar")
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """6 binary pairs: train.txt 4, val.txt 2, test.txt empty (an empty test split is allowed)."""
+    root = tmp_path_factory.mktemp("reliability") / "data"
+    paths = write_dataset(root, 6, seed=3)
+    (root / "train.txt").write_text("".join(f"imgs/{p.name}\n" for p in paths[:4]))
+    (root / "val.txt").write_text("".join(f"imgs/{p.name}\n" for p in paths[4:]))
+    (root / "test.txt").write_text("# no test images\n")
+    return root
+
+
+@pytest.fixture
+def data(pristine, tmp_path):
+    """A fresh copy of the dataset for a test to damage."""
+    return Path(shutil.copytree(pristine, tmp_path / "data"))
+
+
+def unique_name(label):
+    return f"pytest-rel-{label}-{os.getpid()}-{random.randrange(10**6)}"
+
+
+@pytest.fixture
+def run_name(request):
+    name = unique_name(request.node.name.split("[")[0][5:30])
+    yield name
+    for folder in (REPO / "checkpoints").glob(f"{name}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def data_flags(d):
+    return ["--data-dir", str(d), "--train-list", str(d / "train.txt"), "--val-list", str(d / "val.txt"),
+            "--test-list", str(d / "test.txt")]
+
+
+def train_in_process(capsys, *flags):
+    """(exit code, stdout, stderr) of `python train.py FLAGS`, run through train.main in this process."""
+    code = train.main(train.parse_args([str(flag) for flag in flags]))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def start_cli(flags, log_dir, tag, **popen):
+    """Start `python train.py FLAGS`; stdout and stderr go to files (read them while it runs)."""
+    out, err = open(log_dir / f"{tag}.out", "w"), open(log_dir / f"{tag}.err", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, flags)], cwd=REPO, env=ENV,
+                            stdout=out, stderr=err, **popen)
+    proc.logs = (log_dir / f"{tag}.out", log_dir / f"{tag}.err")
+    return proc
+
+
+def logs(proc):
+    return proc.logs[0].read_text(errors="replace"), proc.logs[1].read_text(errors="replace")
+
+
+def wait_until(condition, proc, timeout=120, interval=0.05):
+    """Poll `condition()` until true; False if the process ended first or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(interval)
+    raise AssertionError(f"timed out; stderr so far:\n{logs(proc)[1][-2000:]}")
+
+
+def fingerprint(folder):
+    """{file name: sha256} of a folder, to show that a failed command touched nothing in it."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(Path(folder).iterdir())
+            if path.is_file()}
+
+
+def assert_complete_checkpoints(run_dir):
+    """Each checkpoint present loads, carries the full resume state and rebuilds its model strictly."""
+    steps = {}
+    for name in CHECKPOINTS:
+        path = run_dir / name
+        if path.exists():
+            checkpoint = load_checkpoint(path)
+            assert {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step"} <= checkpoint.keys()
+            model_from_checkpoint(checkpoint, path)  # load_state_dict(strict=True): every tensor there
+            steps[name] = checkpoint["global_step"]
+    return steps
+
+
+def assert_results_csv_intact(run_dir):
+    with open(run_dir / "results.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["epoch", "lr", "train/loss"]
+    for row in body:
+        assert len(row) == len(header), row
+        float(row[0]), float(row[header.index("val/dice")])
+    return body
+
+
+def rewrite_mask(d, stem, change):
+    path = d / "masks" / f"{stem}.png"
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    path.unlink()
+    new_path, new_mask = change(mask, path)
+    cv2.imwrite(str(new_path), new_mask)
+
+
+def truncate(path, fraction=0.5):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:int(len(data) * fraction)])
+
+
+# ---------------------------------------------------------------- bad input: the table
+
+
+def to_jpeg(d, folder, stem, cut=None):
+    """Re-save a file as JPEG (optionally cut short) and point the split files at it."""
+    path = d / folder / f"{stem}.png"
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    path.unlink()
+    cv2.imwrite(str(path.with_suffix(".jpg")), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if cut:
+        truncate(path.with_suffix(".jpg"), cut)
+    for split in ("train.txt", "val.txt"):
+        text = (d / split).read_text().replace(f"{stem}.png", f"{stem}.jpg" if folder == "imgs" else f"{stem}.png")
+        (d / split).write_text(text)
+    return []
+
+
+def class_masks(d, stem, value):
+    """Turn the 0/255 masks into class indices 0/1, then put `value` into one of them."""
+    for path in (d / "masks").iterdir():
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) // 255
+        if path.stem == stem:
+            mask[0, 0] = value
+        cv2.imwrite(str(path), mask)
+    return ["--classes", 3]
+
+
+def negative_class_mask(d):
+    class_masks(d, "none", 0)
+    rewrite_mask(d, "sample_001", lambda m, p: (p.with_suffix(".tif"), np.where(m > 0, 1, -1).astype(np.int16)))
+    return ["--classes", 3]
+
+
+BAD_INPUT = [
+    # (case, setup(data dir) -> extra flags, what the one-line error says)
+    ("truncated PNG image", lambda d: truncate(d / "imgs/sample_000.png"),
+     r"image .*imgs/sample_000\.png cannot be read \(truncated or not an image\); replace it or remove it from the split"),
+    ("truncated JPEG image", lambda d: to_jpeg(d, "imgs", "sample_001", cut=0.6),
+     r"image .*imgs/sample_001\.jpg cannot be read \(truncated or not an image\)"),
+    ("text file named .png", lambda d: (d / "imgs/sample_002.png").write_text("not an image"),
+     r"image .*imgs/sample_002\.png cannot be read \(truncated or not an image\)"),
+    ("empty image file", lambda d: (d / "imgs/sample_003.png").write_bytes(b""),
+     r"image .*imgs/sample_003\.png cannot be read"),
+    ("unreadable mask", lambda d: truncate(d / "masks/sample_004.png", 0.3),
+     r"mask .*masks/sample_004\.png cannot be read \(truncated or not an image\); replace it"),
+    ("non-image file among images (--search-files)",
+     lambda d: (d / "imgs/notes.txt").write_text("x") and ["--search-files"],
+     r"folder .*imgs holds non-image files: notes\.txt; move them out \(images must end in \.png, "),
+    ("non-image file among masks", lambda d: (d / "masks/Thumbs.db").write_bytes(b"\0"),
+     r"folder .*masks holds non-image files: Thumbs\.db; move them out"),
+    ("orphans with --search-files, all listed at once",
+     lambda d: [(d / "masks/sample_000.png").unlink(), (d / "masks/sample_001.png").unlink(),
+                (d / "imgs/sample_005.png").unlink()] and ["--search-files"],
+     r"--search-files in .*: images without a mask: sample_000\.png, sample_001\.png; masks without an image: "
+     r"sample_005\.png; add or remove them so every image has a mask with the same stem"),
+    ("image without mask (split files)",
+     lambda d: [(d / "masks/sample_000.png").unlink(), (d / "masks/sample_002.png").unlink()] and [],
+     r"no mask in .*masks for 2 image\(s\): .*sample_000\.png, .*sample_002\.png; add masks with the same file stem"),
+    ("mask size differs from image",
+     lambda d: rewrite_mask(d, "sample_001", lambda m, p: (p, cv2.resize(m, (40, 30), interpolation=cv2.INTER_NEAREST))),
+     r"mask .*sample_001\.png is 40x30 but image .*sample_001\.png is \d+x\d+; masks must match their image's size"),
+    ("multi-class value out of range", lambda d: class_masks(d, "sample_002", 7),
+     r"mask .*sample_002\.png has value 7, which is neither a class \(0\.\.2\) nor --ignore-index \(None\); "
+     r"fix the mask or the --classes/--ignore-index flags"),
+    ("negative class value (int16 TIFF)", negative_class_mask,
+     r"mask .*sample_001\.tif has value -1, which is neither a class"),
+    ("soft binary mask", lambda d: rewrite_mask(d, "sample_003", lambda m, p: (p, cv2.GaussianBlur(m, (9, 9), 3))),
+     r"mask .*sample_003\.png has values 0, 1, 2, .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG "
+     r"masks: threshold them and save as PNG\), or use --classes N for class indices"),
+    ("JPEG binary mask", lambda d: to_jpeg(d, "masks", "sample_000"),
+     r"mask .*sample_000\.jpg has values .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG masks"),
+    ("colour mask", lambda d: rewrite_mask(d, "sample_000", lambda m, p: (p, np.dstack([m, m // 2, m]))),
+     r"mask .*sample_000\.png is a colour image; save masks as single-channel PNGs of class indices"),
+    ("missing split file", lambda d: ["--train-list", d / "nope.txt"],
+     r"split file .*nope\.txt does not exist; create it \(one image path per line\) or use --search-files"),
+    ("split file naming missing files",
+     lambda d: (d / "train.txt").write_text("imgs/sample_000.png\nimgs/gone1.png\ngone2.png\n/abs/gone3.png\n"),
+     r"split file .*train\.txt names 3 file\(s\) that do not exist: .*imgs/gone1\.png, .*imgs/gone2\.png, "
+     r"/abs/gone3\.png; check --data-dir or fix the list"),
+    ("split file line longer than a file name may be", lambda d: (d / "val.txt").write_text("x" * 5000 + "\n"),
+     r"split file .*val\.txt names 1 file\(s\) that do not exist"),
+    ("empty training split", lambda d: (d / "train.txt").write_text("# nothing yet\n\n"),
+     r"the training split is empty; list images in it, or use --search-files"),
+    ("empty validation split", lambda d: (d / "val.txt").write_text(""), r"the validation split is empty"),
+    ("--val-split outside [0, 1)", lambda d: ["--search-files", "--val-split", "1.5"],
+     r"--val-split 1\.5 must be a fraction in \[0, 1\)"),
+    ("unknown --model", lambda d: ["--model", "Unett"],
+     r"--model Unett is not an smp architecture \(did you mean Unet\?\); choose one of: Unet, UnetPlusPlus"),
+    ("unknown --encoder", lambda d: ["--encoder", "resnet19"],
+     r"--encoder resnet19 is not an smp encoder \(did you mean resnet18\?\); valid names: .*resnet34"),
+    ("--patch-size not a multiple of 32", lambda d: ["--patch-size", "100"],
+     r"--patch-size 100 is not a positive multiple of 32, which smp models need; try 96"),
+    ("--patch-size 0", lambda d: ["--patch-size", "0"], r"--patch-size 0 is not a positive multiple of 32.*try 32"),
+    ("--classes 0", lambda d: ["--classes", "0"], r"--classes 0 must be at least 1"),
+    ("--epochs 0", lambda d: ["--epochs", "0"], r"--epochs 0 must be at least 1"),
+    ("--eval-step 0", lambda d: ["--eval-step", "0"], r"--eval-step 0 must be at least 1"),
+    ("batch larger than the training set", lambda d: ["--batch-size", "5"],
+     r"--batch-size 5 x 1 process\(es\) is larger than the training set \(4 images\) and incomplete batches are "
+     r"dropped; lower --batch-size or add images"),
+    ("--encoder-weights file missing", lambda d: ["--encoder-weights", d / "enc.pth"],
+     r"--encoder-weights .*enc\.pth: no such file; give 'imagenet', 'none' or a weights file"),
+    ("--encoder-weights not a checkpoint", lambda d: (d / "enc.pth").write_text("junk") and
+     ["--encoder-weights", d / "enc.pth"],
+     r"--encoder-weights .*enc\.pth is truncated or not a PyTorch checkpoint \(.*\); use a complete file"),
+    ("--encoder-weights without a state dict", lambda d: torch.save([1, 2], d / "enc.pth") or
+     ["--encoder-weights", d / "enc.pth"],
+     r"--encoder-weights .*enc\.pth holds no state dict \(a dict of named tensors\)"),
+    ("--load-model missing", lambda d: ["--load-model", d / "none.pth.tar"], r"checkpoint .*none\.pth\.tar: no such file"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUT.append(("--device cuda without CUDA", lambda d: ["--device", "cuda"],
+                      r"--device cuda: CUDA is not available on this machine; use --device cpu"))
+
+
+@pytest.mark.parametrize("case, setup, message", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_one_line_error_before_training(case, setup, message, data, run_name, capsys):
+    extra = setup(data)
+    extra = extra if isinstance(extra, list) else []
+    code, out, err = train_in_process(capsys, *TINY, *data_flags(data), "--name", run_name, *extra)
+    lines = err.strip().splitlines()
+    assert code == 2, err[-2000:]
+    assert lines[-1].startswith("error: ") and "Traceback" not in err, err[-2000:]
+    assert re.search(message, lines[-1]), lines[-1]
+    assert "training in" not in out  # refused before the model, the run folder or any step
+    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+
+
+def test_wandb_online_without_credentials_suggests_offline(data, run_name, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    code, _, err = train_in_process(capsys, *TINY, *data_flags(data), "--name", run_name, "--wandb-mode", "online")
+    assert code == 2
+    assert err.strip() == ("error: --wandb-mode online needs wandb credentials (run `wandb login` or set "
+                           "WANDB_API_KEY); or use --wandb-mode offline and upload later with `wandb sync`")
+    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+
+
+def test_command_line_prints_one_line_and_exits_2(data, run_name, tmp_path):
+    rewrite_mask(data, "sample_001", lambda m, p: (p, cv2.resize(m, (40, 30), interpolation=cv2.INTER_NEAREST)))
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, *map(str, data_flags(data)),
+                             "--name", run_name], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: mask "), result.stderr
+    assert result.stdout == ""
+    with pytest.raises(UserError, match="masks must match"):  # --verbose lets the traceback through
+        train.main(train.parse_args([*TINY, *map(str, data_flags(data)), "--name", run_name, "--verbose"]))
+
+
+# ---------------------------------------------------------------- checkpoints given to --load-model
+
+
+@pytest.fixture(scope="module")
+def finished_run(pristine):
+    """A complete 1-epoch run (empty test split); yields (run_dir, exit code, stdout)."""
+    name = unique_name("finished")
+    code = train.main(train.parse_args([*TINY, *data_flags(pristine), "--name", name]))
+    yield REPO / "checkpoints" / name, code
+    shutil.rmtree(REPO / "checkpoints" / name, ignore_errors=True)
+
+
+def test_empty_test_split_trains_and_skips_the_test_evaluation(finished_run):
+    run_dir, code = finished_run
+    assert code == 0
+    assert (run_dir / "best-checkpoint.pth.tar").exists() and (run_dir / "checkpoint.pth.tar").exists()
+    assert not (run_dir / "test_results.json").exists()
+
+
+def foreign_checkpoints(folder, finished):
+    """name -> (path, expected error) for files that --load-model must refuse."""
+    state = {"conv.weight": torch.zeros(2, 3, 3, 3)}
+    real = (finished / "checkpoint.pth.tar").read_bytes()
+    files = {
+        "truncated": (real[:len(real) // 2], r"is truncated or not a PyTorch checkpoint \(.*\); use a complete file "
+                                             r"written by train\.py"),
+        "cut one byte short": (real[:-1], r"is truncated or not a PyTorch checkpoint"),
+        "empty file": (b"", r"is truncated or not a PyTorch checkpoint"),
+        "an image": (cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(),
+                     r"is truncated or not a PyTorch checkpoint"),
+        "other tool's checkpoint": ({"state_dict": state, "epoch": 3, "hyper_parameters": {"lr": 1}},
+                                    r"was not written by this toolkit \(no 'unet-segmentation-toolkit' header and "
+                                    r"not a plain state dict\); train one with train\.py"),
+        "state dict of another network": (state, r"--load-model .*: no tensor matches a Unet with this encoder; "
+                                                 r"check --model and --encoder"),
+        "newer format version": ({"format": CHECKPOINT_FORMAT, "version": 99, "meta": {}, "model": state},
+                                 r"is a unet-segmentation-toolkit file this version cannot read"),
+    }
+    paths = {}
+    for name, (content, message) in files.items():
+        path = folder / (name.replace(" ", "_").replace("'", "") + ".pth.tar")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        paths[name] = (path, message)
+    return paths
+
+
+def test_bad_checkpoints_are_refused_and_nothing_is_touched(finished_run, pristine, tmp_path, run_name, capsys):
+    run_dir, _ = finished_run
+    before = fingerprint(run_dir)
+    cases = foreign_checkpoints(tmp_path, run_dir)
+    cases["finished run"] = (run_dir / "checkpoint.pth.tar", r"--load-model .*checkpoint\.pth\.tar already finished "
+                                                             r"its 1 epochs; to train further, fine-tune from its weights")
+    for case, (path, message) in cases.items():
+        content = path.read_bytes()
+        code, out, err = train_in_process(capsys, *TINY, *data_flags(pristine), "--name", run_name,
+                                          "--load-model", path)
+        assert code == 2, (case, err[-1500:])
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in err, (case, err[-1500:])
+        assert re.search(message, last), (case, last)
+        assert path.read_bytes() == content, case
+    assert fingerprint(run_dir) == before
+    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+
+
+# ---------------------------------------------------------------- security: checkpoints that would run code
+
+
+class RunsCode:
+    """Unpickling this calls `function(*arguments)`: what a malicious checkpoint does."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+def malicious_checkpoints(folder, marker):
+    payloads = {
+        "zip, open() creates a file": ({"format": CHECKPOINT_FORMAT, "version": 1, "meta": {},
+                                        "model": RunsCode(open, str(marker), "w")}, {}),
+        "legacy format": ({"model": RunsCode(open, str(marker), "w")}, {"_use_new_zipfile_serialization": False}),
+        "os.system": (RunsCode(os.system, f"touch {marker}"), {}),
+    }
+    paths = {}
+    for name, (payload, options) in payloads.items():
+        paths[name] = folder / (name.split(",")[0].replace(" ", "_").replace(".", "_") + ".pth")
+        torch.save(payload, paths[name], **options)
+    return paths
+
+
+def test_the_crafted_checkpoint_really_runs_code_when_loaded_unsafely(tmp_path):
+    """Control: the payload is live, so the refusals below mean something."""
+    marker = tmp_path / "ran"
+    path = malicious_checkpoints(tmp_path, marker)["zip, open() creates a file"]
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    for name, path in malicious_checkpoints(tmp_path, marker).items():
+        with pytest.raises(UserError, match=r"refused: it would call (io\.open|posix\.system) when loaded, so it "
+                                            r"could run code; only tensors and plain data are accepted"):
+            load_checkpoint(path)
+        assert not marker.exists(), name
+
+
+def test_train_refuses_code_running_checkpoint_and_encoder_weights(data, run_name, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    paths = malicious_checkpoints(tmp_path, marker)
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, *map(str, data_flags(data)),
+                             "--name", run_name, "--load-model", str(paths["os.system"])],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: checkpoint {paths['os.system']} refused: it would call posix.system")
+    assert result.stderr.count("\n") == 1, result.stderr
+    code, _, err = train_in_process(capsys, *TINY, *data_flags(data), "--name", run_name,
+                                    "--encoder-weights", paths["zip, open() creates a file"])
+    assert code == 2 and "refused: it would call io.open" in err.strip().splitlines()[-1]
+    assert not marker.exists()
+    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+
+
+def test_every_torch_load_in_the_toolkit_is_weights_only():
+    calls = []
+    for source in sorted(REPO.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                calls.append((source.name, node.lineno, safe))
+    assert calls, "no torch.load found: the check looks in the wrong place"
+    assert all(safe for *_, safe in calls), [call for call in calls if not call[2]]
+
+
+# ---------------------------------------------------------------- faults: SIGKILL, SIGINT, SIGTERM
+
+
+def temp_files(run_dir):
+    return list(run_dir.glob(".*.tmp"))
+
+
+def test_sigkill_at_any_moment_leaves_complete_checkpoints_and_resumes(data, run_name, tmp_path):
+    """Kill -9 repeatedly, mostly while a checkpoint is being written (--eval-step 1 --save-checkpoints
+    write one after every step): each file is always the previous or the new complete one."""
+    run_dir = REPO / "checkpoints" / run_name
+    flags = [*TINY, *data_flags(data), "--name", run_name, "--epochs", "3", "--eval-step", "1",
+             "--save-checkpoints", "--patience", "0"]
+    resume = ["--load-model", run_dir / "checkpoint.pth.tar", "--wandb-mode", "disabled", "--workers", "0"]
+    rounds = ["write", "random", "write"]
+    kills_mid_write, last_step, rng = 0, -1, random.Random(0)
+    for number, moment in enumerate(rounds):
+        left_by_earlier_kills = set(temp_files(run_dir)) if run_dir.exists() else set()
+        proc = start_cli(flags if number == 0 else resume, tmp_path, f"round{number}")
+        if number == 0:  # the first kill only once there is something to resume from
+            wait_until(lambda: (run_dir / "checkpoint.pth.tar").exists(), proc)
+        if moment == "write":
+            wait_until(lambda: set(temp_files(run_dir)) - left_by_earlier_kills, proc, interval=0.002)
+        else:
+            wait_until(lambda: "epoch" in logs(proc)[1], proc)
+            time.sleep(rng.uniform(0, 1.5))
+        if proc.poll() is not None:  # finished before this kill: nothing left to interrupt
+            assert proc.returncode == 0, logs(proc)[1][-2000:]
+            break
+        proc.kill()
+        proc.wait(timeout=60)
+        kills_mid_write += bool(set(temp_files(run_dir)) - left_by_earlier_kills)
+        steps = assert_complete_checkpoints(run_dir)
+        assert steps["checkpoint.pth.tar"] >= last_step  # progress already saved is never lost
+        last_step = steps["checkpoint.pth.tar"]
+        assert_results_csv_intact(run_dir)
+    else:
+        proc = start_cli(resume, tmp_path, "final")
+        assert proc.wait(timeout=600) == 0, logs(proc)[1][-3000:]
+    assert kills_mid_write >= 2
+    steps = assert_complete_checkpoints(run_dir)
+    assert steps["checkpoint.pth.tar"] == 3 * 2  # 3 epochs x 2 steps, all done despite the kills
+    assert not list(run_dir.glob(".checkpoint.pth.tar.*.tmp"))  # the next save removed the killed writes' leftovers
+    assert_results_csv_intact(run_dir)
+
+
+def exit_codes_in_wandb(run_dir):
+    from wandb_records import read_records
+    return [record.exit.exit_code for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")
+            for record in read_records(path) if record.WhichOneof("record_type") == "exit"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_sigterm_finish_the_step_save_and_resume(signum, data, run_name, tmp_path):
+    """Ctrl-C reaches the whole process group (workers included); SIGTERM only the trainer."""
+    run_dir = REPO / "checkpoints" / run_name
+    wandb_mode = "offline" if signum == signal.SIGTERM else "disabled"
+    workers = "1" if signum == signal.SIGINT else "0"
+    flags = [*TINY, *data_flags(data), "--name", run_name, "--epochs", "2", "--workers", workers,
+             "--wandb-mode", wandb_mode]
+    proc = start_cli(flags, tmp_path, "first", start_new_session=True)
+    assert wait_until(lambda: "epoch 2/2" in logs(proc)[1], proc, interval=0.01), logs(proc)[1][-2000:]
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    assert proc.wait(timeout=120) == 130
+    out, err = logs(proc)
+    name = signal.Signals(signum).name
+    assert f"{name} received: finishing this step, then saving checkpoint.pth.tar" in err
+    assert f"resume with:\n  python train.py --load-model {run_dir / 'checkpoint.pth.tar'}\n" in err
+    assert "Traceback" not in err
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pth.tar")
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) in {(1, 1), (1, 2)}  # the step in flight ended
+    assert len(assert_results_csv_intact(run_dir)) == checkpoint["epoch"]  # one complete row per finished epoch
+    if signum == signal.SIGTERM:
+        assert exit_codes_in_wandb(run_dir) == [130]  # the wandb run was closed, marked as interrupted
+    resumed = start_cli(["--load-model", run_dir / "checkpoint.pth.tar", "--wandb-mode", "disabled",
+                         "--workers", "0"], tmp_path, "resumed")
+    assert resumed.wait(timeout=600) == 0, logs(resumed)[1][-3000:]
+    assert load_checkpoint(run_dir / "checkpoint.pth.tar")["global_step"] == 2 * 2
+    assert len(assert_results_csv_intact(run_dir)) == 2
+
+
+def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
+    run_dir = REPO / "checkpoints" / run_name
+    flags = [*TINY, *FAST, *data_flags(data), "--name", run_name, "--epochs", "20", "--workers", "1"]
+    proc = start_cli(flags, tmp_path, "worker")
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    assert wait_until(lambda: (run_dir / "checkpoint.pth.tar").exists() and children.read_text().split(), proc)
+    os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+    assert proc.wait(timeout=120) == 2
+    err = logs(proc)[1]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "DataLoader worker" in last and "Traceback" not in err, err[-3000:]
+    assert f"resume with: python train.py --load-model {run_dir / 'checkpoint.pth.tar'}" in last
+    assert_complete_checkpoints(run_dir)
+
+
+# ---------------------------------------------------------------- faults in-process: bad samples, non-finite steps
+
+
+def small_trainer(d, run_dir, **options):
+    def pairs(split):
+        return pair_masks(read_split_file(d / split, d), d / "masks")
+    torch.manual_seed(0)
+    architecture, encoder = FAST[1], FAST[3]
+    settings = dict(run_dir=run_dir, meta=model_meta(architecture, encoder, 1, 64), epochs=2, batch_size=2, workers=0)
+    return train.UnetTraining(build_model(architecture, encoder, 1), make_dataset(pairs("train.txt"), 64, 1),
+                              make_dataset(pairs("val.txt"), 64, 1), None, **{**settings, **options})
+
+
+def test_files_deleted_mid_run_do_not_matter_samples_are_in_memory(data):
+    pairs = pair_masks(read_split_file(data / "train.txt", data), data / "masks")
+    dataset = make_dataset(pairs, 64, 1, augment=True)
+    shutil.rmtree(data / "imgs")
+    shutil.rmtree(data / "masks")
+    for index in range(len(dataset)):
+        image, mask = dataset[index]
+        assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sample_failing_mid_run_names_its_files(data, tmp_path, workers):
+    trainer = small_trainer(data, tmp_path, workers=workers)
+    load_sample = trainer.train_set.load_sample
+
+    def broken(index):
+        if index == 3:
+            raise OSError("Input/output error")
+        return load_sample(index)
+    trainer.train_set.load_sample = broken
+    with pytest.raises(UserError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("loading training batch ") and "sample_003.png" in message, message
+    assert "Input/output error; fix or remove those files" in message
+
+
+def test_non_finite_step_is_skipped_with_a_warning_and_leaves_the_model_untouched(data, tmp_path):
+    trainer = small_trainer(data, tmp_path)
+    images, masks = next(iter(trainer.train_loader))
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"non-finite loss or gradient at step 0: step skipped \(1 in a row\)"):
+        trainer.train_step(torch.full_like(images, math.nan), masks, trainer.new_stats())
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # weights and BatchNorm statistics
+    assert trainer.optimizer.state == {} and trainer.bad_steps == 1
+    trainer.train_step(images, masks, trainer.new_stats())
+    assert trainer.bad_steps == 0  # a good step resets the count
+    assert any(not torch.equal(before[key], value) for key, value in trainer.model.state_dict().items())
+
+
+def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(data, tmp_path):
+    trainer = small_trainer(data, tmp_path, epochs=12)  # 2 good steps, then every step non-finite
+    load_sample, calls = trainer.train_set.load_sample, [0]
+
+    def poisoned(index):
+        calls[0] += 1
+        image, mask = load_sample(index)
+        return (image if calls[0] <= 4 else torch.full_like(image, math.inf)), mask
+    trainer.train_set.load_sample = poisoned
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError) as error:
+        warnings.simplefilter("always")
+        trainer.fit()
+    assert str(error.value) == ("20 non-finite steps in a row: training diverged; lower --lr or check the data. "
+                                "best-checkpoint.pth.tar holds the last good model")
+    assert sum("step skipped" in str(w.message) for w in caught) == 20
+    best = load_checkpoint(tmp_path / "best-checkpoint.pth.tar")
+    assert best["global_step"] == 2  # written after the good steps, never after a skipped one
+    assert all(torch.isfinite(value).all() for value in best["model"].values() if value.is_floating_point())
+    assert trainer.global_step == 2 + 19  # the 20th bad step raised before being counted
+
+
+def test_non_finite_validation_loss_never_becomes_the_best_checkpoint(data, tmp_path):
+    trainer = small_trainer(data, tmp_path)
+    torch.nn.init.constant_(trainer.model.segmentation_head[0].weight, math.nan)
+    trainer.end_of_evaluation_period(trainer.new_stats())
+    assert trainer.best_fitness == -math.inf
+    assert not (tmp_path / "best-checkpoint.pth.tar").exists()
+
+
+def test_divergence_on_the_command_line_is_one_line(data, run_name, capsys):
+    code, _, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name, "--lr", "1e30",
+                                    "--batch-size", "1", "--epochs", "7")
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: 20 non-finite steps in a row: training diverged; lower --lr")
+    assert "Traceback" not in err
+    assert_complete_checkpoints(REPO / "checkpoints" / run_name)
