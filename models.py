@@ -95,8 +95,10 @@ def load_encoder_weights(model, path):
                         f"give 'imagenet', 'none' or a file saved with torch.save(model.state_dict())")
     if any(key.startswith("encoder.") for key in state):
         state = {key[len("encoder."):]: value for key, value in state.items() if key.startswith("encoder.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
-    if len(missing) == len(model.encoder.state_dict()):
+    own = model.encoder.state_dict()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    model.encoder.load_state_dict(state, strict=False)  # smp encoders return None here, hence the sets above
+    if len(missing) == len(own):
         raise UserError(f"--encoder-weights {path}: none of its tensors match encoder {type(model.encoder).__name__}")
     if missing or unexpected:
         warnings.warn(f"--encoder-weights {path}: {len(missing)} missing and {len(unexpected)} unexpected keys")

@@ -75,8 +75,13 @@ class RunLogger(NullLogger):
             os.environ.setdefault("WANDB_SILENT", "true")
             settings = wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, silent=True,
                                       disable_git=True, save_code=False)
-            self.run = wandb.init(project=project, name=name, dir=str(self.run_dir), config=config, mode=mode,
-                                  id=wandb_id, resume="allow" if wandb_id else None, settings=settings)
+            try:
+                self.run = wandb.init(project=project, name=name, dir=str(self.run_dir), config=config, mode=mode,
+                                      id=wandb_id, resume="allow" if wandb_id else None, settings=settings)
+            except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
+                from models import UserError
+                raise UserError(f"wandb could not start an {mode} run ({str(error).splitlines()[0][:160]}); "
+                                f"use --wandb-mode offline and upload later with `wandb sync`") from None
         self.wandb_id = self.run.id if self.run else None
 
     def log(self, metrics, step=None):

@@ -365,13 +365,13 @@ class UnetTraining:
     def end_of_evaluation_period(self, train_stats):
         """Evaluate, log, write checkpoints; return True when early stopping says stop."""
         self.model.eval()
-        metrics = {"epoch": round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 3),
-                   "lr": self.scheduler.get_last_lr()[0]}
+        progress = self.epoch + self.step_in_epoch / self.steps_per_epoch  # epochs done, fractional with --eval-step
+        metrics = {"epoch": round(progress, 3), "lr": self.scheduler.get_last_lr()[0]}
         metrics.update(train_stats.compute("train", self.meta["class_names"] if self.classes > 1 else None))
         metrics.update(self.evaluate(self.val_loader, "val"))
         fitness = metrics["val/dice"]
         improved = (fitness > self.best_fitness and math.isfinite(metrics["val/loss"])
-                    and self.epoch >= self.check_best_cooldown)
+                    and progress > self.check_best_cooldown)
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         if improved:
@@ -474,8 +474,12 @@ class UnetTraining:
 # ---------------------------------------------------------------- command line
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's layout and show every default."""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("Data")
     data.add_argument("--data-dir", type=Path, default=REPO / "data" / "sample",
                       help="dataset root holding the image and mask folders (default: the bundled sample)")
@@ -503,7 +507,7 @@ def parse_args(argv=None):
     model.add_argument("--load-model", type=Path, default=None,
                        help="checkpoint to resume from (a train.py checkpoint), or weights to fine-tune from")
     optim = parser.add_argument_group("Optimization")
-    optim.add_argument("--epochs", type=int, default=50)
+    optim.add_argument("--epochs", type=int, default=50, help="passes over the training split")
     optim.add_argument("--batch-size", type=int, default=8, help="images per step per process (torchrun: per GPU)")
     optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate reached by OneCycleLR")
     optim.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
@@ -516,7 +520,7 @@ def parse_args(argv=None):
     optim.add_argument("--patience", type=int, default=10,
                        help="stop when val Dice has not improved for this many evaluations (0: never)")
     optim.add_argument("--check-best-cooldown", type=int, default=0,
-                       help="write best-checkpoint.pth.tar only after this many epochs")
+                       help="evaluations within the first N epochs never write best-checkpoint.pth.tar")
     optim.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, splits and augmentation")
     optim.add_argument("--no-augment", action="store_true", help="train without augmentation")
     runtime = parser.add_argument_group("Runtime")

@@ -176,3 +176,55 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
                              capture_output=True, text=True, timeout=120, cwd=REPO)
     assert resumed.returncode == 2 and "already finished its 2 epochs" in resumed.stderr
     assert "Traceback" not in resumed.stderr
+
+
+def test_best_checkpoint_waits_for_check_best_cooldown(tiny_data, tmp_path):
+    trainer = make_trainer(tiny_data, tmp_path, epochs=2, check_best_cooldown=2)
+    assert trainer.check_best_cooldown == 2
+    trainer.fit()
+    assert (tmp_path / "checkpoint.pth.tar").is_file()
+    assert not (tmp_path / "best-checkpoint.pth.tar").exists()
+    eager = make_trainer(tiny_data, tmp_path / "eager", epochs=1)
+    (tmp_path / "eager").mkdir()
+    eager.fit()
+    assert (tmp_path / "eager" / "best-checkpoint.pth.tar").is_file()
+
+
+def test_encoder_weights_from_a_local_file(tmp_path):
+    torch.manual_seed(1)
+    source = build_model("Unet", "resnet18", 1)
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pth")
+    torch.manual_seed(2)
+    model = build_model("Unet", "resnet18", 1, encoder_weights=str(tmp_path / "encoder.pth"))
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+
+
+def test_unreachable_imagenet_weights_warn_once_and_train_on(tmp_path):
+    code = ("import warnings, models; warnings.simplefilter('always');\n"
+            "m = models.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "built Unet" in result.stdout
+    assert result.stderr.count("could not download imagenet weights for encoder resnet18") == 1
+    assert "--encoder-weights none" in result.stderr
+
+
+def test_cli_multiclass_eval_step_and_no_test_split(tmp_path, run_name):
+    from make_sample_data import write_dataset
+    write_dataset(tmp_path, 10, seed=2, classes=3)
+    command = [sys.executable, str(REPO / "train.py"), "--data-dir", str(tmp_path), "--search-files",
+               "--val-split", "0.2", "--classes", "3", "--encoder", "mobilenet_v2", "--encoder-weights", "none",
+               "--patch-size", "64", "--epochs", "2", "--batch-size", "2", "--eval-step", "2", "--workers", "0",
+               "--wandb-mode", "disabled", "--name", run_name]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = REPO / "checkpoints" / run_name
+    with open(run_dir / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4  # 8 images / batch 2 = 4 steps per epoch, evaluated every 2 steps
+    assert [row["epoch"] for row in rows] == ["0.5", "1", "1.5", "2"]
+    assert {"val/dice_class_0", "val/dice_class_1", "val/dice_class_2", "val/iou_class_2"} <= set(rows[0])
+    assert not (run_dir / "test_results.json").exists() and "test: dice" not in result.stdout
+    assert load_checkpoint(run_dir / "best-checkpoint.pth.tar")["meta"]["classes"] == 3
