@@ -211,6 +211,12 @@ def is_file(path):
         return False
 
 
+def shorten(text, width=160):
+    """A name as shown in an error: a line of garbage in a split file must not flood or garble the terminal."""
+    text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return text if len(text) <= width else f"{text[:width - 20]}...{text[-17:]}"
+
+
 def read_split_file(path, data_dir, img_dir="imgs"):
     """Image paths listed in a split file; blank lines and '#' comments ignored; missing files listed."""
     path = Path(path)
@@ -224,7 +230,8 @@ def read_split_file(path, data_dir, img_dir="imgs"):
             images.append(resolve_image_path(line, data_dir, img_dir))
     missing = [str(image) for image in images if not is_file(image)]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = ", ".join(shorten(name) for name in missing[:10]) + \
+            (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise UserError(f"split file {path} names {len(missing)} file(s) that do not exist: {shown}; "
                         f"check --data-dir or fix the list")
     return images

@@ -243,7 +243,9 @@ BAD_INPUT = [
      r"split file .*train\.txt names 3 file\(s\) that do not exist: .*imgs/gone1\.png, .*imgs/gone2\.png, "
      r"/abs/gone3\.png; check --data-dir or fix the list"),
     ("split file line longer than a file name may be", lambda d: (d / "val.txt").write_text("x" * 5000 + "\n"),
-     r"split file .*val\.txt names 1 file\(s\) that do not exist"),
+     r"split file .*val\.txt names 1 file\(s\) that do not exist: [^ ]{1,140}\.\.\.x{17}; check --data-dir"),
+    ("split file line with control characters", lambda d: (d / "val.txt").write_text("a\x00b\x1b[2J\n"),
+     r"split file .*val\.txt names 1 file\(s\) that do not exist: .*/imgs/a\\x00b\\x1b\[2J; check --data-dir"),
     ("empty training split", lambda d: (d / "train.txt").write_text("# nothing yet\n\n"),
      r"the training split is empty; list images in it, or use --search-files"),
     ("empty validation split", lambda d: (d / "val.txt").write_text(""), r"the validation split is empty"),
