@@ -166,8 +166,8 @@ def load_checkpoint(path):
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         missing = [key for key in ("version", "meta", "model") if key not in data]
         if missing or not isinstance(data["version"], int) or data["version"] > CHECKPOINT_VERSION:
-            raise UserError(f"checkpoint {path} is a {CHECKPOINT_FORMAT} file this version cannot read "
-                            f"(version {data.get('version')}, missing {missing or 'nothing'}); "
+            problem = f"no {', '.join(missing)}" if missing else f"format version {data['version']}"
+            raise UserError(f"checkpoint {path} is a {CHECKPOINT_FORMAT} file this version cannot read ({problem}); "
                             f"update the toolkit or use a checkpoint written by this train.py")
         return data
     if isinstance(data, dict) and data and all(isinstance(value, torch.Tensor) for value in data.values()):
@@ -190,7 +190,7 @@ def torch_load(path, what="checkpoint"):
         raise UserError(f"{what} {path} is truncated or not a PyTorch checkpoint (the pickle stream is damaged); "
                         f"use a complete file written by train.py") from None
     except Exception as error:  # noqa: BLE001 - a damaged file can fail anywhere in torch's zip and pickle readers
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        reason = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:120]
         raise UserError(f"{what} {path} is truncated or not a PyTorch checkpoint ({reason}); "
                         f"use a complete file written by train.py") from None
 

@@ -349,7 +349,7 @@ def foreign_checkpoints(folder, finished):
         "state dict of another network": (state, r"--load-model .*: no tensor matches a Unet with this encoder; "
                                                  r"check --model and --encoder"),
         "newer format version": ({"format": CHECKPOINT_FORMAT, "version": 99, "meta": {}, "model": state},
-                                 r"is a unet-segmentation-toolkit file this version cannot read"),
+                                 r"is a unet-segmentation-toolkit file this version cannot read \(format version 99\); update the toolkit"),
     }
     paths = {}
     for name, (content, message) in files.items():
