@@ -26,9 +26,10 @@ import torch
 
 from dataset import Letterbox, preprocess_image, read_image
 from models import IMAGENET_MEAN, IMAGENET_STD, UserError
-from sources import (VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials,  # noqa: F401 (re-exported)
-                     resolve_sources, safe_name)
+from sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
 
+__all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
+           "resolve_sources", "mask_credentials", "safe_name"]
 RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 MAX_STREAM_FPS = 240  # FFmpeg reports the RTP clock or a 90k time base for some streams: not a frame rate
 FPS_WARMUP = 0.5
@@ -135,11 +136,11 @@ class StreamReader(threading.Thread):
     reader gives up (`finished`). It releases its capture itself, so no other thread touches it mid-read.
     """
 
-    def __init__(self, source, timeout, transport, condition, stop_event):
+    def __init__(self, source, timeout, transport, condition, stop_events):
         super().__init__(daemon=True, name=f"stream {mask_credentials(source)}")
         self.source, self.name_shown = source, mask_credentials(source)
         self.timeout, self.transport = timeout, transport
-        self.condition, self.stop_event = condition, stop_event
+        self.condition, self.stop_events = condition, stop_events  # the loader's own, then the caller's
         self.capture, self.frame, self.sequence = None, None, -1
         self.fps, self.finished, self.used_transport = None, False, None
 
@@ -171,7 +172,7 @@ class StreamReader(threading.Thread):
     def connect(self, deadline, first=False):
         """Open with backoff (0.5, 1, 2, 4 s...) until `deadline`; True when a frame was read."""
         delay = 0.5
-        while not self.stop_event.is_set():
+        while not self.stopping():
             capture = self.open_capture(deadline - time.monotonic())
             if capture is not None:
                 ok, bgr = capture.read()
@@ -185,9 +186,12 @@ class StreamReader(threading.Thread):
                 capture.release()
             if time.monotonic() + delay > deadline:
                 return False
-            self.stop_event.wait(delay)
+            self.stop_events[0].wait(delay)
             delay = min(delay * 2, 4.0)
         return False
+
+    def stopping(self):
+        return any(event.is_set() for event in self.stop_events)
 
     # reading ------------------------------------------------------------
     def store(self, bgr):
@@ -199,19 +203,19 @@ class StreamReader(threading.Thread):
     def run(self):
         try:
             last_frame = time.monotonic()
-            while not self.stop_event.is_set():
+            while not self.stopping():
                 ok, bgr = self.capture.read()
                 if ok:
                     last_frame = time.monotonic()
                     self.store(bgr)
                     continue
-                if self.stop_event.is_set():
+                if self.stopping():
                     break
                 self.capture.release()
                 print(f"stream {self.name_shown}: no frame, reconnecting for up to "
                       f"{self.timeout:g} s (--stream-timeout)", file=sys.stderr, flush=True)
                 if not self.connect(last_frame + self.timeout):
-                    if not self.stop_event.is_set():
+                    if not self.stopping():
                         print(f"stream {self.name_shown}: no frame for {self.timeout:g} s, giving up",
                               file=sys.stderr, flush=True)
                     break
@@ -279,9 +283,10 @@ class LoadStreams:
             raise UserError(f"--stream-timeout {timeout}: must be a positive number of seconds")
         self.patch_size, self.mean, self.std = patch_size, tuple(mean), tuple(std)
         self.condition = threading.Condition()
+        self.closing = threading.Event()
         self.stop_event = stop_event or threading.Event()
-        self.readers = [StreamReader(str(s), timeout, rtsp_transport, self.condition, self.stop_event)
-                        for s in sources]
+        self.readers = [StreamReader(str(source), timeout, rtsp_transport, self.condition,
+                                     (self.closing, self.stop_event)) for source in sources]
         try:
             for reader in self.readers:
                 self.start_reader(reader, timeout)
@@ -294,7 +299,7 @@ class LoadStreams:
     def start_reader(self, reader, timeout):
         started = time.monotonic()
         if not reader.connect(started + timeout, first=True):
-            if self.stop_event.is_set():
+            if reader.stopping():
                 return
             transport = f" over {reader.transport.upper()}" if reader.transport != "auto" else ""
             raise UserError(f"stream {reader.name_shown}: could not read a frame{transport} within "
@@ -319,7 +324,7 @@ class LoadStreams:
 
     def __next__(self):
         with self.condition:
-            while not self.stop_event.is_set():
+            while not (self.stop_event.is_set() or self.closing.is_set()):
                 i = self.unseen_reader()
                 if i is not None:
                     break
@@ -346,7 +351,7 @@ class LoadStreams:
 
     def close(self):
         """Stop the readers; each releases its own capture (waits at most one read timeout)."""
-        self.stop_event.set()
+        self.closing.set()
         for reader in self.readers:
             if reader.is_alive():
                 reader.join(timeout=12)

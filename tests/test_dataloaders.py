@@ -1,5 +1,6 @@
 """Source detection (pure), LoadImages on every file kind, LoadStreams against real RTSP and HTTP servers."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -9,18 +10,11 @@ import pytest
 import torch
 
 from dataloaders import Frame, LoadImages, LoadStreams, iterate_frames
-from mjpeg_server import draw_frame, frame_number
+from detect_helpers import write_video
+from mjpeg_server import frame_number
 from models import UserError
 from servers import MjpegServer, free_port, mjpeg_server, rtsp_server, rtsp_udp_only_server  # noqa: F401
 from sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
-
-
-def write_video(path, frames, fps=12.0, size=(176, 96)):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for number in range(frames):
-        writer.write(draw_frame(number, *size))
-    writer.release()
-    return path
 
 
 @pytest.fixture
@@ -168,7 +162,8 @@ def test_iterate_frames_releases_video_when_closed_early(media):
 
 def test_http_stream_newest_frame_only(mjpeg_server):
     """A slow consumer gets the newest frame each time: never a frame twice, no lag building up."""
-    loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=10)
+    caller_stop = threading.Event()
+    loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=10, stop_event=caller_stop)
     try:
         numbers, frames = [], []
         for frame in loader:
@@ -186,6 +181,7 @@ def test_http_stream_newest_frame_only(mjpeg_server):
     assert frame.is_stream and frame.count is None and frame.original.shape == (128, 192, 3)
     assert frame.fps == pytest.approx(10, rel=0.2)  # FFmpeg reports 25 for MJPEG: measured instead
     assert not frame.capture.isOpened()  # released by close()
+    assert not caller_stop.is_set()  # closing is not a stop request from the caller
 
 
 def test_rtsp_stream_over_tcp(rtsp_server):

@@ -1,0 +1,270 @@
+"""Segment images, videos, folders, network streams and webcams with a model trained by train.py.
+
+Usage:
+    python detect.py --model checkpoints/exp/best-checkpoint.pth.tar --source data/sample/imgs
+    python detect.py --model best.pth.tar --source "data/**/*.png" --conf-thres 0.6
+    python detect.py --model best.pth.tar --source clip.mp4 --save-video --max-frames 100
+    python detect.py --model best.pth.tar --source rtsp://user:pass@192.168.1.20:554/stream --view-img
+    python detect.py --model best.pth.tar --source http://camera.local/video.mjpg --save-video
+    python detect.py --model best.pth.tar --source 0 --view-img              # first webcam
+    python detect.py --model best.pth.tar --source sources.txt               # one source per line
+    python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
+
+Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is): for each
+image the annotated image and masks/<name>.png (0/255 for one class, class indices for several), with
+--save-video an annotated MP4 per video or stream, and always results.csv with one row per frame.
+--view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed).
+"""
+
+import argparse
+import importlib.util
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dataloaders import RTSP_TRANSPORTS, iterate_frames, resolve_sources
+from dataset import check_patch_size, unletterbox
+from detect_outputs import ResultWriter, Viewer, check_display, increment_path
+from distributed import resolve_device
+from models import UserError, load_checkpoint, model_from_checkpoint
+from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+
+REPO = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- model: torch or ONNX behind one call
+
+
+class TorchPredictor:
+    """Checkpoint from train.py: float32 NCHW batch in, float32 logits NCHW out (on the CPU)."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model.to(device).eval(), device
+
+    def __call__(self, batch):
+        with torch.inference_mode():
+            return self.model(batch.to(self.device)).float().cpu()
+
+
+class OnnxPredictor:
+    """ONNX model from export.py: the same call, run by export.load_onnx's predict function."""
+
+    def __init__(self, predict):
+        self.predict = predict
+
+    def __call__(self, batch):
+        return torch.from_numpy(np.asarray(self.predict(batch.numpy().astype(np.float32)), dtype=np.float32))
+
+
+def load_predictor(model_path, device):
+    """(meta, predictor) for a .pth.tar checkpoint or an .onnx file."""
+    path = Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise UserError(f"--model {path}: no such file")
+        if importlib.util.find_spec("export") is None:
+            raise UserError(f"--model {path}: ONNX models need export.py next to detect.py")
+        import export  # only ONNX runs need onnxruntime
+        meta, predict = export.load_onnx(path)
+        return dict(meta), OnnxPredictor(predict)
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, path)
+    return dict(checkpoint["meta"]), TorchPredictor(model, device)
+
+
+def check_model_flags(meta, classes, encoder, model_path):
+    """--classes and --encoder come from the checkpoint; given in conflict with it, they are an error."""
+    if classes is not None and classes != meta["classes"]:
+        raise UserError(f"--classes {classes} conflicts with {model_path}, which was trained with "
+                        f"{meta['classes']} class(es); drop --classes (it is read from the checkpoint)")
+    if encoder is not None and encoder != meta["encoder"]:
+        raise UserError(f"--encoder {encoder} conflicts with {model_path}, which uses encoder "
+                        f"{meta['encoder']}; drop --encoder (it is read from the checkpoint)")
+
+
+def logits_to_mask(logits, conf_thres):
+    """CxHxW logits -> HxW uint8 class indices.
+
+    One class: sigmoid > conf_thres gives 1. Several: argmax, and pixels whose top probability is below
+    conf_thres fall back to class 0 (background).
+    """
+    if logits.shape[0] == 1:
+        return (torch.sigmoid(logits[0]) > conf_thres).to(torch.uint8).numpy()
+    probabilities = torch.softmax(logits, dim=0)
+    top, labels = probabilities.max(dim=0)
+    labels[top < conf_thres] = 0
+    return labels.to(torch.uint8).numpy()
+
+
+def segment(predictor, frame, conf_thres):
+    """(mask of class indices at the frame's original size, inference milliseconds) for one Frame."""
+    began = time.perf_counter()
+    logits = predictor(frame.image.unsqueeze(0))[0]
+    inference_ms = (time.perf_counter() - began) * 1000
+    return unletterbox(logits_to_mask(logits, conf_thres), frame.letterbox), inference_ms
+
+
+# ---------------------------------------------------------------- the run
+
+
+class RunningMean:
+    """Mean of the largest polygon area over the frames so far, one mean per video or stream."""
+
+    def __init__(self):
+        self.totals = {}
+
+    def add(self, key, value):
+        total, count = self.totals.get(key, (0.0, 0))
+        self.totals[key] = (total + value, count + 1)
+        return (total + value) / (count + 1)
+
+
+def describe(frame, file_number, file_total):
+    """The source part of the console line: kind, position and size."""
+    height, width = frame.original.shape[:2]
+    if frame.is_image:
+        where = f"image {file_number}/{file_total} {frame.path}"
+    elif frame.is_stream:
+        where = f"stream {frame.path} frame {frame.index}"
+    else:
+        where = f"video {file_number}/{file_total} ({frame.index + 1}/{frame.count}) {frame.path}"
+    return f"{where} {width}x{height}"
+
+
+def install_stop_handler(stop_event):
+    """Ctrl-C / SIGTERM set `stop_event`: the loop finishes the frame, then outputs are closed properly."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def request_stop(signum, _frame):
+        if not stop_event.is_set():
+            print(f"\n{signal.Signals(signum).name} received: finishing this frame, then closing outputs",
+                  file=sys.stderr, flush=True)
+        stop_event.set()
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
+        view_img=False, save_video=False, device="auto", save_dir=None, nosave=False, stream_timeout=30.0,
+        rtsp_transport="auto"):
+    """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit)."""
+    if not 0 <= conf_thres <= 1:
+        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
+    if max_frames is not None and max_frames < 1:
+        raise UserError(f"--max-frames {max_frames} must be at least 1")
+    files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
+    if view_img:
+        check_display()
+    meta, predictor = load_predictor(model, resolve_device(device))
+    check_model_flags(meta, classes, encoder, model)
+    size = patch_size or meta["patch_size"]
+    check_patch_size(size)
+
+    save_dir = Path(save_dir) if save_dir else increment_path(REPO / "runs" / "detect" / "exp")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
+    colours = class_colours(meta["classes"])
+    writer = ResultWriter(save_dir, names if meta["classes"] > 1 else None, save_images=not nosave,
+                          save_video=save_video and not nosave)
+    viewer = Viewer() if view_img else None
+    stop_event = threading.Event()
+    handlers = install_stop_handler(stop_event)
+    frames = iterate_frames(files, streams, size, meta["mean"], meta["std"], stream_timeout, rtsp_transport,
+                            stop_event)
+    means, count, total_ms, user_quit, started = RunningMean(), 0, 0.0, False, time.perf_counter()
+    file_number = 0
+    try:
+        for frame in frames:
+            mask, inference_ms = segment(predictor, frame, conf_thres)
+            polygons = find_polygons(mask)
+            largest = largest_polygon_area(polygons)
+            mean = means.add("images" if frame.is_image else frame.path, largest)
+            lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
+                     f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
+            annotated = draw_overlay(frame.original, mask, polygons, colours, lines,
+                                     names if meta["classes"] > 1 else None)
+            writer.add(frame, mask, annotated, inference_ms, largest)
+            file_number += frame.index == 0 and not frame.is_stream
+            count, total_ms = count + 1, total_ms + inference_ms
+            print(f"{describe(frame, file_number, len(files))}: {inference_ms:.1f} ms, "
+                  f"largest polygon {largest:.0f} px", flush=True)
+            if viewer is not None and not viewer.show(frame, annotated, stop_event):
+                user_quit = True
+                break
+            if (max_frames and count >= max_frames) or stop_event.is_set():
+                break
+    finally:
+        frames.close()
+        writer.close()
+        if viewer is not None:
+            viewer.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    elapsed = time.perf_counter() - started
+    why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
+    mean_ms = total_ms / count if count else 0.0
+    print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {mean_ms:.1f} ms, "
+          f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
+    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
+            "quit": user_quit}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--source", required=True,
+                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index")
+    data.add_argument("--max-frames", type=int, default=None, help="stop after this many frames in total")
+    data.add_argument("--stream-timeout", type=float, default=30.0,
+                      help="seconds to keep reconnecting a dropped stream before ending it")
+    data.add_argument("--rtsp-transport", default="auto", choices=RTSP_TRANSPORTS,
+                      help="RTSP over tcp, udp, or auto (TCP, then UDP)")
+    model = parser.add_argument_group("Model")
+    model.add_argument("--model", required=True, help="checkpoint from train.py (.pth.tar) or .onnx from export.py")
+    model.add_argument("--patch-size", type=int, default=None,
+                       help="inference size, a multiple of 32 (default: the checkpoint's)")
+    model.add_argument("--classes", type=int, default=None, help="only checked against the checkpoint")
+    model.add_argument("--encoder", default=None, help="only checked against the checkpoint")
+    model.add_argument("--conf-thres", type=float, default=0.5,
+                       help="probability above which a pixel is foreground (several classes: below it, class 0)")
+    runtime = parser.add_argument_group("Runtime")
+    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
+    runtime.add_argument("--verbose", action="store_true", help="full tracebacks and FFmpeg/OpenCV warnings")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--save-dir", type=Path, default=None,
+                        help="output folder, used as is (default: runs/detect/exp, exp2, ...)")
+    output.add_argument("--save-video", action="store_true", help="write an annotated MP4 per video or stream")
+    output.add_argument("--nosave", action="store_true", help="write nothing but results.csv")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
+                      encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
+                      view_img=args.view_img, save_video=args.save_video, device=args.device,
+                      save_dir=args.save_dir, nosave=args.nosave, stream_timeout=args.stream_timeout,
+                      rtsp_transport=args.rtsp_transport)
+    except UserError as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 130 if summary["interrupted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,101 @@
+"""What detect.py draws and measures on a frame: polygons from a mask, the colour overlay, text and legend.
+
+Usage:
+    from overlay import find_polygons, largest_polygon_area, draw_overlay, class_colours
+    polygons = find_polygons(mask)                       # [(class_index, contour)]
+    area = largest_polygon_area(polygons)                # pixels (cv2.contourArea), 0.0 when none
+    picture = draw_overlay(rgb, mask, polygons, class_colours(3), ["12.3 ms (81 FPS)"], ["bg", "a", "b"])
+"""
+
+import cv2
+import numpy as np
+
+# RGB, chosen to stay apart on natural images; class 0 (background) is never painted
+PALETTE = [(0, 0, 0), (0, 220, 90), (255, 64, 64), (64, 128, 255), (255, 200, 0), (200, 0, 255),
+           (0, 220, 220), (255, 128, 0), (128, 255, 0), (255, 0, 128), (128, 64, 0)]
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MIN_TEXT_SCALE = 0.25
+
+
+def class_colours(classes):
+    """One RGB colour per class index (index 0 = background). A binary model has classes == 1."""
+    count = max(classes, 2)
+    colours = list(PALETTE[:count])
+    rng = np.random.default_rng(0)
+    while len(colours) < count:  # beyond the palette: stable random colours
+        colours.append(tuple(int(v) for v in rng.integers(40, 256, size=3)))
+    return colours
+
+
+def find_polygons(mask):
+    """Outer outlines of every region, per class: [(class_index, contour)] (cv2.findContours)."""
+    polygons = []
+    for label in np.unique(mask):
+        if label == 0:
+            continue
+        contours, _ = cv2.findContours((mask == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polygons += [(int(label), contour) for contour in contours]
+    return polygons
+
+
+def largest_polygon_area(polygons):
+    """Pixel area (cv2.contourArea) of the largest polygon, 0.0 when there is none."""
+    return max((float(cv2.contourArea(contour)) for _, contour in polygons), default=0.0)
+
+
+def text_scale(image):
+    """Font scale that stays readable from 160 px thumbnails to 4K frames."""
+    return float(np.clip(max(image.shape[:2]) / 900, 0.35, 1.5))
+
+
+def draw_overlay(image, mask, polygons, colours, lines, class_names=None, alpha=0.45):
+    """The RGB frame with the mask blended in colour, polygon outlines, a text block and, for several
+    classes, a legend. `image` is not modified."""
+    out = image.copy()
+    painted = mask > 0
+    if painted.any():
+        colour_image = np.asarray(colours, np.uint8)[np.minimum(mask, len(colours) - 1)]
+        out[painted] = cv2.addWeighted(image, 1 - alpha, colour_image, alpha, 0)[painted]
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for label, contour in polygons:
+        cv2.drawContours(out, [contour], -1, brighter(colours[min(label, len(colours) - 1)]), thickness,
+                         cv2.LINE_AA)
+    draw_text_block(out, lines, corner="top-left")
+    if class_names is not None and len(class_names) > 2:
+        draw_legend(out, class_names, colours)
+    return out
+
+
+def brighter(colour):
+    return tuple(int(min(255, c * 0.6 + 110)) for c in colour)
+
+
+def draw_text_block(image, lines, corner="top-left", swatches=None):
+    """White text on a dark box in a corner of `image` (in place); `swatches` puts a colour square per line."""
+    if not lines:
+        return
+    scale = text_scale(image)
+    widest = max(cv2.getTextSize(line, FONT, 1.0, 1)[0][0] for line in lines) + (40 if swatches else 0)
+    scale = max(MIN_TEXT_SCALE, min(scale, 0.95 * image.shape[1] / widest))  # narrow images: smaller text
+    thickness = max(1, round(scale * 1.5))
+    sizes = [cv2.getTextSize(line, FONT, scale, thickness)[0] for line in lines]
+    line_height = max(h for _, h in sizes) + max(4, round(8 * scale))
+    pad = max(3, round(6 * scale))
+    swatch = line_height - pad if swatches else 0
+    width = max(w for w, _ in sizes) + 2 * pad + (swatch + pad if swatches else 0)
+    height = line_height * len(lines) + pad
+    x0 = 0 if corner == "top-left" else max(0, image.shape[1] - width)
+    region = image[0:height, x0:x0 + width]
+    region[:] = (region * 0.35).astype(np.uint8)
+    for i, line in enumerate(lines):
+        baseline = (i + 1) * line_height - pad // 2
+        x = x0 + pad
+        if swatches:
+            cv2.rectangle(image, (x, baseline - swatch + 2), (x + swatch, baseline + 2), swatches[i], -1)
+            x += swatch + pad
+        cv2.putText(image, line, (x, baseline), FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def draw_legend(image, class_names, colours):
+    """Class colour squares and names in the top-right corner (background omitted)."""
+    draw_text_block(image, list(class_names[1:]), corner="top-right", swatches=list(colours[1:len(class_names)]))

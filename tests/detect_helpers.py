@@ -1,0 +1,135 @@
+"""Data, checkpoints and a CLI runner for the detect.py / dataloaders.py tests.
+
+The accuracy test needs a model that learns in seconds on a shared CPU, so its data is easy on
+purpose (bright shapes on a dark, noisy background) and its images are far from square, so a wrong
+un-letterboxing would shift and stretch the masks and show up as a low IoU.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models import build_model, model_meta, save_checkpoint  # noqa: E402
+
+# one thread per process: the machine has two cores shared by everyone's tests
+QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def easy_sample(rng, height, width):
+    """(BGR image, 0/255 mask): 1-3 bright ellipses or rectangles on a dark noisy background."""
+    image = rng.normal(45, 12, size=(height, width, 3))
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        grey = (int(rng.integers(170, 250)),) * 3
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        size = int(rng.integers(min(height, width) // 6, min(height, width) // 3))
+        if rng.random() < 0.6:
+            axes, angle = (size, int(size * rng.uniform(0.5, 1.0))), float(rng.uniform(0, 180))
+            cv2.ellipse(image, centre, axes, angle, 0, 360, grey, -1)
+            cv2.ellipse(mask, centre, axes, angle, 0, 360, 255, -1)
+        else:
+            corner = (centre[0] + size, centre[1] + size // 2)
+            cv2.rectangle(image, centre, corner, grey, -1)
+            cv2.rectangle(mask, centre, corner, 255, -1)
+    image = np.clip(image + rng.normal(0, 6, size=image.shape), 0, 255).astype(np.uint8)
+    return image, mask
+
+
+def write_easy_dataset(root, count, seed):
+    """`count` pairs in root/imgs and root/masks, alternately wide (about 2:1) and tall (1:2)."""
+    rng = np.random.default_rng(seed)
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        short, long = int(rng.integers(72, 100)), int(rng.integers(150, 210))
+        height, width = (short, long) if index % 2 == 0 else (long, short)
+        image, mask = easy_sample(rng, height, width)
+        cv2.imwrite(str(root / "imgs" / f"easy_{index:03d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"easy_{index:03d}.png"), mask)
+    return root
+
+
+def write_video(path, frames, fps=12.0, size=(176, 96)):
+    """An MP4 whose frames carry their own number (see mjpeg_server.draw_frame) and two bright blobs."""
+    from mjpeg_server import draw_frame
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for number in range(frames):
+        writer.write(draw_frame(number, *size))
+    writer.release()
+    return path
+
+
+def video_facts(path):
+    """(decodable frames, FPS, width, height) of a video file, read back with OpenCV."""
+    capture = cv2.VideoCapture(str(path))
+    facts = [capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+             int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))]
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return (frames, *facts)
+
+
+def read_rows(save_dir):
+    """results.csv as a list of dicts."""
+    import csv
+    with open(Path(save_dir) / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def detect_command(*args):
+    return [sys.executable, str(REPO / "detect.py"), *map(str, args)]
+
+
+def run_detect(*args, env=None, timeout=180):
+    """Run detect.py as a user would; returns the CompletedProcess (text stdout/stderr)."""
+    return subprocess.run(detect_command(*args), cwd=REPO, env=env or QUIET_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def easy_held_out(tmp_path_factory):
+    """Images the model never saw, with their ground truth masks."""
+    return write_easy_dataset(tmp_path_factory.mktemp("held_out"), 8, seed=2)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core)."""
+    data = write_easy_dataset(tmp_path_factory.mktemp("easy"), 32, seed=1)
+    name = f"pytest-detect-{os.getpid()}"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data-dir", str(data), "--search-files", "--val-split", "0.25",
+         "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "12",
+         "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", name],
+        cwd=REPO, env=QUIET_ENV, capture_output=True, text=True, timeout=900)
+    run_dirs = sorted((REPO / "checkpoints").glob(f"{name}*"))
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        checkpoint = tmp_path_factory.mktemp("checkpoint") / "best-checkpoint.pth.tar"
+        shutil.copy(run_dirs[0] / "best-checkpoint.pth.tar", checkpoint)
+    finally:
+        for folder in run_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def multiclass_checkpoint(tmp_path_factory):
+    """An untrained 3-class Unet/resnet18 checkpoint (random weights: only the plumbing is tested)."""
+    import torch
+    torch.manual_seed(0)
+    meta = model_meta("Unet", "resnet18", 3, 64, class_names=["background", "cell", "nucleus"])
+    path = tmp_path_factory.mktemp("multiclass") / "multiclass.pth.tar"
+    save_checkpoint(path, build_model("Unet", "resnet18", 3), meta)
+    return path

@@ -1,0 +1,377 @@
+"""detect.py end to end: every source kind, outputs and their sizes, accuracy, streams that drop, the window."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detect
+from detect_helpers import (QUIET_ENV, detect_command, easy_held_out, multiclass_checkpoint,  # noqa: F401
+                            read_rows, run_detect, trained_checkpoint, video_facts, write_video)
+from detect_outputs import increment_path
+from mjpeg_server import draw_frame
+from models import UserError
+from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from servers import MjpegServer, mjpeg_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """20 frames, 176x96, 12 FPS."""
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 20)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """300 frames: long enough to interrupt or quit in the middle."""
+    return write_video(tmp_path_factory.mktemp("long") / "long clip.mp4", 300)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process runs share two cores with everyone else: one thread is faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli(capsys, *args):
+    """detect.py's main() in this process (saves the interpreter start): (exit code, stdout, stderr)."""
+    code = detect.main(detect.parse_args([str(arg) for arg in args]))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def test_logits_to_mask_thresholds():
+    binary = torch.tensor([[[2.0, -2.0], [0.1, -0.1]]])  # sigmoid: 0.88, 0.12, 0.52, 0.48
+    assert detect.logits_to_mask(binary, 0.5).tolist() == [[1, 0], [1, 0]]
+    assert detect.logits_to_mask(binary, 0.6).tolist() == [[1, 0], [0, 0]]
+    logits = torch.log(torch.tensor([[[0.1, 0.3]], [[0.8, 0.3]], [[0.1, 0.4]]]))  # 3 classes, 1x2 pixels
+    assert detect.logits_to_mask(logits, 0.5).tolist() == [[1, 0]]  # second pixel: top prob 0.4 < 0.5
+    assert detect.logits_to_mask(logits, 0.3).tolist() == [[1, 2]]
+
+
+def test_polygons_and_overlay():
+    mask = np.zeros((60, 100), np.uint8)
+    mask[10:20, 10:40] = 1  # 30x10 px: contour area (30-1)*(10-1)
+    mask[30:50, 50:90] = 2
+    polygons = find_polygons(mask)
+    assert sorted(label for label, _ in polygons) == [1, 2]
+    assert largest_polygon_area(polygons) == (40 - 1) * (20 - 1)
+    assert largest_polygon_area([]) == 0.0
+    image = np.full((60, 100, 3), 50, np.uint8)
+    out = draw_overlay(image, mask, polygons, class_colours(3), ["1.0 ms"], ["bg", "a", "b"])
+    assert (image == 50).all() and out.shape == image.shape
+    expected = 0.55 * 50 + 0.45 * np.array(class_colours(3)[2])  # class 2's colour blended at alpha 0.45
+    assert np.abs(out[40, 70] - expected).max() <= 1
+    assert (out[55:, :40] == 50).all()  # background left alone away from the text and legend
+
+
+def test_increment_path(tmp_path):
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp2").mkdir()
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp3"
+
+
+# ---------------------------------------------------------------- command line errors
+
+
+def test_missing_source_and_missing_path_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        detect.parse_args(["--model", "x.pth.tar"])
+    assert exit_info.value.code == 2 and "--source" in capsys.readouterr().err
+    # the source is checked before the model is even looked at; no traceback, one line
+    result = run_detect("--model", "no-model.pth.tar", "--source", "no/such/image.png")
+    assert result.returncode == 2
+    assert result.stderr == "error: --source no/such/image.png: no such file or folder; give an image, video, " \
+                            "folder, glob, .txt list, stream URL or webcam index\n"
+
+
+def test_conflicting_flags_are_clear_errors(trained_checkpoint, easy_held_out, capsys, tmp_path):
+    source = easy_held_out / "imgs" / "easy_000.png"
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", source, "--classes", "3")
+    assert code == 2 and "--classes 3 conflicts with" in err and "trained with 1 class(es)" in err
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", source, "--encoder", "resnet34")
+    assert code == 2 and "uses encoder resnet18" in err
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", source, "--patch-size", "100")
+    assert code == 2 and "multiple of 32" in err
+    code, _, _ = cli(capsys, "--model", trained_checkpoint, "--source", source, "--classes", "1", "--encoder",
+                     "resnet18", "--save-dir", tmp_path)
+    assert code == 0  # the same values as the checkpoint's are fine
+
+
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="this machine has a webcam")
+def test_absent_webcam_is_a_clear_error(trained_checkpoint, capsys):
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", "0")
+    assert code == 2 and "webcam /dev/video0 does not exist" in err
+
+
+def test_view_img_without_display_fails_at_start(trained_checkpoint, easy_held_out, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", easy_held_out / "imgs", "--view-img")
+    assert code == 2 and "--view-img needs a display" in err
+    monkeypatch.setenv("DISPLAY", ":4321")
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", easy_held_out / "imgs", "--view-img")
+    assert code == 2 and "DISPLAY=:4321 but no X server listens there" in err
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_folder_masks_match_ground_truth(trained_checkpoint, easy_held_out, tmp_path):
+    """Held-out, far-from-square images: right un-letterboxing gives a high IoU, a wrong one does not."""
+    result = run_detect("--model", trained_checkpoint, "--source", easy_held_out / "imgs", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path)
+    ious = []
+    for index, truth_path in enumerate(sorted((easy_held_out / "masks").glob("*.png"))):
+        truth = cv2.imread(str(truth_path), cv2.IMREAD_UNCHANGED) > 0
+        mask = cv2.imread(str(tmp_path / "masks" / truth_path.name), cv2.IMREAD_UNCHANGED)
+        annotated = cv2.imread(str(tmp_path / truth_path.name))
+        assert mask.shape == truth.shape and annotated.shape[:2] == truth.shape  # original size
+        assert set(np.unique(mask)) <= {0, 255}
+        assert int(rows[index]["foreground_px"]) == np.count_nonzero(mask)
+        assert rows[index]["source"].endswith(truth_path.name) and rows[index]["frame"] == "0"
+        ious.append(np.logical_and(mask > 0, truth).sum() / np.logical_or(mask > 0, truth).sum())
+    foreground_share = np.mean([(cv2.imread(str(p), 0) > 0).mean() for p in (easy_held_out / "masks").glob("*")])
+    assert len(rows) == 8 and np.mean(ious) > 0.6 > 3 * foreground_share, (ious, foreground_share)
+    assert re.search(r"image 8/8 .*easy_007.png \d+x\d+: [\d.]+ ms, largest polygon \d+ px", result.stdout)
+    assert "8 frame(s)" in result.stdout.splitlines()[-1]
+
+
+def test_video_saved_at_source_size_fps_and_length(trained_checkpoint, clip, tmp_path, capsys):
+    code, out, err = cli(capsys, "--model", trained_checkpoint, "--source", clip, "--save-video", "--save-dir", tmp_path)
+    assert code == 0, err
+    assert video_facts(tmp_path / "clip.mp4") == (20, 12.0, 176, 96)
+    rows = read_rows(tmp_path)
+    assert [int(r["frame"]) for r in rows] == list(range(20))
+    assert all(float(r["largest_polygon_px"]) > 0 for r in rows)  # two bright blobs in every frame
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "results.csv"]
+    assert re.search(r"video 1/1 \(20/20\) .*clip.mp4 176x96: [\d.]+ ms, largest polygon \d+ px", out)
+
+
+def test_glob_list_max_frames_and_nosave(trained_checkpoint, easy_held_out, clip, tmp_path, capsys):
+    listing = tmp_path / "sources.txt"
+    listing.write_text(f"{easy_held_out}/imgs/easy_00[01].png\n{clip}\n")
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "--model", trained_checkpoint, "--source", listing, "--max-frames", "7",
+                       "--save-video", "--save-dir", out)
+    assert code == 0, err
+    rows = read_rows(out)
+    assert [(Path(r["source"]).name, r["frame"]) for r in rows] == \
+        [("easy_000.png", "0"), ("easy_001.png", "0")] + [("clip.mp4", str(i)) for i in range(5)]
+    assert video_facts(out / "clip.mp4")[0] == 5
+    assert (out / "masks" / "easy_001.png").is_file()
+    nosave = tmp_path / "nosave"
+    code, _, _ = cli(capsys, "--model", trained_checkpoint, "--source", f"{easy_held_out}/imgs/*.png", "--nosave",
+                     "--save-video", "--save-dir", nosave)
+    assert code == 0 and [p.name for p in nosave.iterdir()] == ["results.csv"]
+    assert len(read_rows(nosave)) == 8
+
+
+def test_default_save_dir_never_overwrites(trained_checkpoint, easy_held_out, tmp_path, monkeypatch):
+    monkeypatch.setattr(detect, "REPO", tmp_path)
+    image = easy_held_out / "imgs" / "easy_003.png"
+    first = detect.run(model=trained_checkpoint, source=image)
+    second = detect.run(model=trained_checkpoint, source=image)
+    assert first["save_dir"] == tmp_path / "runs" / "detect" / "exp"
+    assert second["save_dir"] == tmp_path / "runs" / "detect" / "exp2"
+    assert (second["save_dir"] / "easy_003.png").is_file() and first["frames"] == second["frames"] == 1
+
+
+def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held_out, tmp_path, capsys):
+    code, _, err = cli(capsys, "--model", multiclass_checkpoint, "--source", easy_held_out / "imgs" / "easy_001.png",
+                       "--conf-thres", "0", "--save-dir", tmp_path / "any")
+    assert code == 0, err
+    row = read_rows(tmp_path / "any")[0]
+    assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "cell_px",
+                         "nucleus_px"]
+    mask = cv2.imread(str(tmp_path / "any" / "masks" / "easy_001.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == cv2.imread(
+        str(easy_held_out / "imgs" / "easy_001.png")).shape[:2]
+    assert int(row["cell_px"]) == (mask == 1).sum() and int(row["nucleus_px"]) == (mask == 2).sum()
+    assert int(row["foreground_px"]) == (mask > 0).sum() > 0
+    # an untrained 3-class model is never 99% sure: every pixel falls back to background
+    cli(capsys, "--model", multiclass_checkpoint, "--source", easy_held_out / "imgs" / "easy_001.png",
+        "--conf-thres", "0.99", "--save-dir", tmp_path / "sure")
+    assert read_rows(tmp_path / "sure")[0]["foreground_px"] == "0"
+
+
+def test_onnx_model_goes_through_export_load_onnx(trained_checkpoint, easy_held_out, tmp_path, monkeypatch):
+    """detect.py --model x.onnx calls export.load_onnx and shares everything else with the torch path."""
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    model = detect.model_from_checkpoint(checkpoint).eval()
+    calls = []
+
+    def load_onnx(path):
+        calls.append(Path(path))
+        return checkpoint["meta"], lambda batch: model(torch.from_numpy(batch)).detach().numpy()
+
+    monkeypatch.setitem(sys.modules, "export", type(sys)("export"))
+    sys.modules["export"].load_onnx = load_onnx
+    monkeypatch.setattr(detect.importlib.util, "find_spec", lambda name: object())
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"stand-in")
+    image = easy_held_out / "imgs" / "easy_002.png"
+    detect.run(model=onnx_file, source=image, save_dir=tmp_path / "onnx")
+    detect.run(model=trained_checkpoint, source=image, save_dir=tmp_path / "torch")
+    assert calls == [onnx_file]
+    onnx_mask = cv2.imread(str(tmp_path / "onnx" / "masks" / "easy_002.png"))
+    assert np.array_equal(onnx_mask, cv2.imread(str(tmp_path / "torch" / "masks" / "easy_002.png")))
+
+
+def test_unreadable_image_is_skipped_with_its_name(trained_checkpoint, easy_held_out, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "bad.png").write_bytes(b"not a png")
+    (folder / "good.png").write_bytes((easy_held_out / "imgs" / "easy_000.png").read_bytes())
+    with pytest.warns(UserWarning, match=r"skipping .*bad.png: image .* cannot be read"):
+        code, _, _ = cli(capsys, "--model", trained_checkpoint, "--source", folder, "--save-dir", tmp_path / "out")
+    assert code == 0
+    assert [Path(r["source"]).name for r in read_rows(tmp_path / "out")] == ["good.png"]
+
+
+def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_clip, tmp_path):
+    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", long_clip, "--save-video",
+                                              "--save-dir", tmp_path), env=QUIET_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 120)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    rows = read_rows(tmp_path)
+    assert 5 <= len(rows) < 300 and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
+    frames, fps, width, height = video_facts(tmp_path / "long_clip.mp4")
+    assert (frames, fps, width, height) == (len(rows), 12.0, 176, 96)
+    assert "SIGINT received" in stderr and "(interrupted)" in stdout
+
+
+# ---------------------------------------------------------------- streams
+
+
+def test_rtsp_stream_with_credentials_masked_everywhere(trained_checkpoint, rtsp_server, tmp_path):
+    source = rtsp_server.url.replace("rtsp://", "rtsp://admin:s3cret@")
+    result = run_detect("--model", trained_checkpoint, "--source", source, "--max-frames", "8", "--save-video",
+                        "--save-dir", tmp_path, "--stream-timeout", "15")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path)
+    assert len(rows) == 8 and {r["source"] for r in rows} == {rtsp_server.url.replace("rtsp://", "rtsp://admin:***@")}
+    videos = list(tmp_path.glob("*.mp4"))
+    assert [v.name for v in videos] == [f"127.0.0.1_{rtsp_server.port}_test.mp4"]
+    frames, fps, width, height = video_facts(videos[0])
+    assert (frames, width, height) == (8, 160, 120) and fps == pytest.approx(10, rel=0.1)
+    everything = result.stdout + result.stderr + (tmp_path / "results.csv").read_text()
+    assert "s3cret" not in everything and "admin:***@" in result.stdout
+
+
+def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjpeg_server, tmp_path):
+    """Server stopped and restarted mid-run: detection resumes. Stopped for good: clean end, exit 0."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", mjpeg_server.url,
+                                              "--save-video", "--save-dir", out, "--stream-timeout", "6"),
+                               env=QUIET_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: (out / "results.csv").exists() and len(read_rows(out)) >= 5, 60)
+        mjpeg_server.stop()
+        time.sleep(1.5)
+        rows_while_down = len(read_rows(out))
+        restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000).start()
+        assert wait_until(lambda: len(read_rows(out)) >= rows_while_down + 5, 30)
+        restarted.stop()
+        stopped_at = time.monotonic()
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - stopped_at < 6 + 8
+    assert "reconnected after" in stderr and "giving up" in stderr
+    rows = read_rows(out)
+    assert video_facts(out / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")[:2] == (len(rows), pytest.approx(10, rel=0.2))
+    assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
+
+
+# ---------------------------------------------------------------- the window, on a virtual display
+
+
+def find_window(display, title_start):
+    """(id, x, y, width, height) of the first top-level window whose name starts with `title_start`, or None."""
+    tree = subprocess.run(["xwininfo", "-root", "-tree", "-display", display], capture_output=True, text=True).stdout
+    for line in tree.splitlines():
+        match = re.search(r'(0x[0-9a-f]+) "' + re.escape(title_start) +
+                          r'[^"]*":.*?(\d+)x(\d+)[+-]\d+[+-]\d+\s+\+(-?\d+)\+(-?\d+)', line)
+        if match:
+            width, height, x, y = map(int, match.groups()[1:])
+            return match.group(1), x, y, width, height
+    return None
+
+
+def screenshot(display, path):
+    subprocess.run(["import", "-display", display, "-window", "root", str(path)], check=True, timeout=30)
+    return cv2.imread(str(path))
+
+
+def press_key(display, window, key, process):
+    """Focus the window and type `key` (XTEST, like a real keyboard) until the process exits."""
+    env = {**QUIET_ENV, "DISPLAY": display}
+    for _ in range(5):
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True, timeout=30)
+        subprocess.run(["xdotool", "key", key], env=env, capture_output=True, timeout=30)
+        if wait_until(lambda: process.poll() is not None, 5):
+            return
+    raise AssertionError(f"detect.py did not react to key {key}")
+
+
+def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xvfb_display, tmp_path):
+    env = {**QUIET_ENV, "DISPLAY": xvfb_display}
+    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", long_clip, "--view-img",
+                                              "--save-dir", tmp_path), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
+        assert window, "no detect.py window on the display"
+        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 60)
+        window_id, x, y, width, height = window
+        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
+        assert width >= 400 and shown.mean() > 20  # enlarged from 176x96, and not black
+        overlay_green = (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
+        assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
+        press_key(xvfb_display, window_id, "q", process)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "(quit)" in stdout and len(read_rows(tmp_path)) < 300
+
+
+def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_display, tmp_path):
+    env = {**QUIET_ENV, "DISPLAY": xvfb_display}
+    image = easy_held_out / "imgs" / "easy_004.png"
+    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", image, "--view-img",
+                                              "--save-dir", tmp_path), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
+        assert window, "no detect.py window on the display"
+        time.sleep(1.5)
+        assert process.poll() is None, "the window closed without a key press"
+        window_id, x, y, width, height = window
+        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
+        saved = cv2.resize(cv2.imread(str(tmp_path / "easy_004.png")), (width, height), interpolation=cv2.INTER_AREA)
+        assert np.abs(shown.astype(int) - saved).mean() < 25  # the window shows the annotated image
+        press_key(xvfb_display, window_id, "space", process)
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
