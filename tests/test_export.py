@@ -1,0 +1,149 @@
+"""export.py: ONNX export, metadata round trip, agreement with PyTorch, and detect.py running the file."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export
+from dataset import BinaryDataset, pair_masks, preprocess_image, read_image, unletterbox
+from models import MODEL_META_KEYS, UserError, build_model, model_meta, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+PATCH = 64
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two cores shared by everyone's tests: one thread is faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A Unet/resnet18 trained for 30 steps on the bundled sample at patch 64 (about 15 s): its masks
+    have real edges, so agreement is tested where PyTorch and onnxruntime could disagree."""
+    torch.manual_seed(0)
+    images = sorted((SAMPLE / "imgs").iterdir())[:24]
+    data = BinaryDataset(pair_masks(images, SAMPLE / "masks"), PATCH, augment=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, drop_last=True)
+    model = build_model("Unet", "resnet18", 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for batch, masks in itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), 30):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("export") / "best-checkpoint.pth.tar"
+    save_checkpoint(path, model, model_meta("Unet", "resnet18", 1, PATCH), {"epochs": 1})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint):
+    """export.py --model CHECKPOINT with defaults: (onnx path, exit code)."""
+    code = export.main(export.parse_args(["--model", str(checkpoint)]))
+    return checkpoint.with_name("best-checkpoint.onnx"), code
+
+
+def iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def test_default_output_strips_checkpoint_suffixes():
+    assert export.default_output("runs/exp/best-checkpoint.pth.tar") == Path("runs/exp/best-checkpoint.onnx")
+    assert export.default_output("weights.pt") == Path("weights.onnx")
+
+
+def test_export_writes_file_with_meta_dynamic_axes_and_opset(checkpoint, exported):
+    path, code = exported
+    assert code == 0 and path.is_file()
+    proto = onnx.load(str(path), load_external_data=False)
+    assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 17
+    stored = {entry.key: entry.value for entry in proto.metadata_props}
+    expected = torch.load(checkpoint, weights_only=True)["meta"]
+    assert json.loads(stored[export.META_KEY]) == {key: expected[key] for key in MODEL_META_KEYS}
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    meta, _ = export.load_onnx(path)
+    assert meta == {key: expected[key] for key in MODEL_META_KEYS}
+
+
+def test_onnx_masks_agree_with_pytorch_on_sample_images(checkpoint, exported):
+    path, _ = exported
+    model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta, predict = export.load_onnx(path)
+    scores, foreground = [], []
+    for image_path in sorted((SAMPLE / "imgs").iterdir())[-16:]:
+        image = read_image(image_path)
+        tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"])
+        with torch.inference_mode():
+            expected = model(tensor[None])[0, 0].numpy() > 0
+        got = predict(tensor[None].numpy())[0, 0] > 0
+        foreground.append(expected.mean())
+        scores.append(iou(unletterbox(got.astype(np.uint8), box), unletterbox(expected.astype(np.uint8), box)))
+    assert min(scores) >= 0.99, scores
+    assert 0.02 < np.mean(foreground) < 0.98  # a trained model: masks with edges, not all one class
+    # a larger batch at another size runs too (dynamic batch, height and width)
+    assert predict(np.zeros((2, 3, 96, 128), np.float32)).shape == (2, 1, 96, 128)
+
+
+def test_detect_runs_the_onnx_file_with_no_extra_flags(checkpoint, exported, tmp_path):
+    path, _ = exported
+    image = sorted((SAMPLE / "imgs").iterdir())[-1]
+    masks = {}
+    for name, model in (("onnx", path), ("torch", checkpoint)):
+        result = subprocess.run([sys.executable, str(REPO / "detect.py"), "--model", str(model), "--source",
+                                 str(image), "--save-dir", str(tmp_path / name)], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        masks[name] = cv2.imread(str(tmp_path / name / "masks" / f"{image.stem}.png"), cv2.IMREAD_GRAYSCALE)
+    assert iou(masks["onnx"] > 0, masks["torch"] > 0) >= 0.99
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, used on purpose
+def test_load_onnx_refuses_foreign_and_missing_files(tmp_path):
+    with pytest.raises(UserError, match="not an ONNX model"):
+        export.load_onnx(REPO / "README.md")
+    with pytest.raises(UserError, match="no such file"):
+        export.load_onnx(tmp_path / "missing.onnx")
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(foreign), dynamo=False)
+    with pytest.raises(UserError, match="not written by export.py"):
+        export.load_onnx(foreign)
+
+
+def test_fixed_size_architecture_refuses_other_sizes_clearly(tmp_path):
+    model = build_model("PSPNet", "resnet18", 1)
+    with pytest.raises(UserError, match="multiple of 96"):
+        export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx")
+    export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx", patch_size=96)
+    meta, predict = export.load_onnx(tmp_path / "psp.onnx")
+    assert meta["patch_size"] == 96 and predict(np.zeros((2, 3, 96, 96), np.float32)).shape == (2, 1, 96, 96)
+    with pytest.raises(UserError, match="accepts only 96x96"):
+        predict(np.zeros((1, 3, 128, 128), np.float32))
+
+
+def test_cli_errors_exit_2(checkpoint, tmp_path, capsys):
+    assert export.main(export.parse_args(["--model", str(checkpoint), "--opset", "13"])) == 2
+    assert "17 or higher" in capsys.readouterr().err
+    assert export.main(export.parse_args(["--model", str(REPO / "README.md")])) == 2
+    if export.importlib.util.find_spec("onnxsim") is None:
+        output = tmp_path / "simplified.onnx"
+        assert export.main(export.parse_args(["--model", str(checkpoint), "--simplify", "--output",
+                                              str(output)])) == 2
+        assert "pip install onnxsim" in capsys.readouterr().err and not output.exists()
