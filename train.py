@@ -433,8 +433,8 @@ class UnetTraining:
         except RuntimeError as error:
             if not str(error).startswith("DataLoader worker"):  # torch's only sign of a worker killed mid-step
                 raise
-            raise UserError(f"{str(error).splitlines()[0]} (killed for memory? lower --workers or --batch-size); "
-                            f"{self.resume_hint()}") from None
+            raise UserError(f"{str(error).splitlines()[0].strip()} (killed for memory? lower --workers or "
+                            f"--batch-size); {self.resume_hint()}") from None
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

@@ -199,7 +199,8 @@ def negative_class_mask(d):
 BAD_INPUT = [
     # (case, setup(data dir) -> extra flags, what the one-line error says)
     ("truncated PNG image", lambda d: truncate(d / "imgs/sample_000.png"),
-     r"image .*imgs/sample_000\.png cannot be read \(truncated or not an image\); replace it or remove it from the split"),
+     r"image .*imgs/sample_000\.png cannot be read \(truncated or not an image\); replace it or remove it from "
+     r"the split"),
     ("truncated JPEG image", lambda d: to_jpeg(d, "imgs", "sample_001", cut=0.6),
      r"image .*imgs/sample_001\.jpg cannot be read \(truncated or not an image\)"),
     ("text file named .png", lambda d: (d / "imgs/sample_002.png").write_text("not an image"),
@@ -222,7 +223,8 @@ BAD_INPUT = [
      lambda d: [(d / "masks/sample_000.png").unlink(), (d / "masks/sample_002.png").unlink()] and [],
      r"no mask in .*masks for 2 image\(s\): .*sample_000\.png, .*sample_002\.png; add masks with the same file stem"),
     ("mask size differs from image",
-     lambda d: rewrite_mask(d, "sample_001", lambda m, p: (p, cv2.resize(m, (40, 30), interpolation=cv2.INTER_NEAREST))),
+     lambda d: rewrite_mask(d, "sample_001", lambda m, p: (p, cv2.resize(m, (40, 30),
+                                                                          interpolation=cv2.INTER_NEAREST))),
      r"mask .*sample_001\.png is 40x30 but image .*sample_001\.png is \d+x\d+; masks must match their image's size"),
     ("multi-class value out of range", lambda d: class_masks(d, "sample_002", 7),
      r"mask .*sample_002\.png has value 7, which is neither a class \(0\.\.2\) nor --ignore-index \(None\); "
@@ -272,7 +274,8 @@ BAD_INPUT = [
     ("--encoder-weights without a state dict", lambda d: torch.save([1, 2], d / "enc.pth") or
      ["--encoder-weights", d / "enc.pth"],
      r"--encoder-weights .*enc\.pth holds no state dict \(a dict of named tensors\)"),
-    ("--load-model missing", lambda d: ["--load-model", d / "none.pth.tar"], r"checkpoint .*none\.pth\.tar: no such file"),
+    ("--load-model missing", lambda d: ["--load-model", d / "none.pth.tar"],
+     r"checkpoint .*none\.pth\.tar: no such file"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUT.append(("--device cuda without CUDA", lambda d: ["--device", "cuda"],
@@ -349,7 +352,8 @@ def foreign_checkpoints(folder, finished):
         "state dict of another network": (state, r"--load-model .*: no tensor matches a Unet with this encoder; "
                                                  r"check --model and --encoder"),
         "newer format version": ({"format": CHECKPOINT_FORMAT, "version": 99, "meta": {}, "model": state},
-                                 r"is a unet-segmentation-toolkit file this version cannot read \(format version 99\); update the toolkit"),
+                                 r"is a unet-segmentation-toolkit file this version cannot read \(format version "
+                                 r"99\); update the toolkit"),
     }
     paths = {}
     for name, (content, message) in files.items():
@@ -366,8 +370,8 @@ def test_bad_checkpoints_are_refused_and_nothing_is_touched(finished_run, pristi
     run_dir, _ = finished_run
     before = fingerprint(run_dir)
     cases = foreign_checkpoints(tmp_path, run_dir)
-    cases["finished run"] = (run_dir / "checkpoint.pth.tar", r"--load-model .*checkpoint\.pth\.tar already finished "
-                                                             r"its 1 epochs; to train further, fine-tune from its weights")
+    cases["finished run"] = (run_dir / "checkpoint.pth.tar", r"--load-model .*checkpoint\.pth\.tar already "
+                                                             r"finished its 1 epochs; to train further, fine-tune")
     for case, (path, message) in cases.items():
         content = path.read_bytes()
         code, out, err = train_in_process(capsys, *TINY, *data_flags(pristine), "--name", run_name,
