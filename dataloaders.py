@@ -309,7 +309,7 @@ class LoadStreams:
         reported, measured = reader.fps, reader.measure_fps()
         # FFmpeg makes up 25 FPS for formats without timing (MJPEG over HTTP): trust a reported rate only
         # when the frames really arrive at about that rate
-        if reported and abs(reported - measured) <= 0.15 * measured:
+        if reported and abs(reported - measured) <= 0.25 * measured:
             how = "reported"
         else:
             reader.fps = round(measured, 2)

@@ -5,6 +5,7 @@ purpose (bright shapes on a dark, noisy background) and its images are far from 
 un-letterboxing would shift and stretch the masks and show up as a low IoU.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -133,3 +134,16 @@ def multiclass_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("multiclass") / "multiclass.pth.tar"
     save_checkpoint(path, build_model("Unet", "resnet18", 3), meta)
     return path
+
+
+@contextlib.contextmanager
+def detect_process(*args, env=None):
+    """detect.py running in the background (text pipes); killed and reaped if the test leaves early."""
+    process = subprocess.Popen(detect_command(*args), cwd=REPO, env=env or QUIET_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

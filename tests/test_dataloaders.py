@@ -224,12 +224,14 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
         mjpeg_server.stop()
         time.sleep(1.0)
         restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000).start()
-        after = []
-        for frame in loader:  # frames left over from before the drop come first, then the new server's
-            after.append(frame_number(frame.original))
-            if after[-1] >= 5000:
-                break
-        restarted.stop()
+        try:
+            after = []
+            for frame in loader:  # frames left over from before the drop come first, then the new server's
+                after.append(frame_number(frame.original))
+                if after[-1] >= 5000:
+                    break
+        finally:
+            restarted.stop()
         started = time.monotonic()
         rest = list(loader)  # the server never comes back: the loader ends by itself
         ended = time.monotonic() - started
@@ -238,3 +240,21 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
     assert before < 5000 <= after[-1]
     assert ended < 6 + 4 and len(rest) < 20
     assert not loader.readers[0].is_alive()
+
+
+def test_two_streams_take_turns(rtsp_server, mjpeg_server):
+    """A .txt list may hold several streams: each has its reader, and the loader alternates between them."""
+    loader = LoadStreams([rtsp_server.url, mjpeg_server.url], patch_size=64, timeout=10)
+    try:
+        frames = []
+        for frame in loader:
+            frames.append(frame)
+            time.sleep(0.25)  # slower than both 10 FPS streams, so each has a new frame every time
+            if len(frames) == 6:
+                break
+    finally:
+        loader.close()
+    sizes = [f.original.shape[:2] for f in frames]
+    assert sizes.count((120, 160)) == 3 and sizes.count((128, 192)) == 3
+    assert all(a.path != b.path for a, b in zip(frames, frames[1:]))  # round robin while both deliver
+    assert not any(reader.is_alive() for reader in loader.readers)

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import detect
-from detect_helpers import (QUIET_ENV, detect_command, easy_held_out, multiclass_checkpoint,  # noqa: F401
+from detect_helpers import (QUIET_ENV, detect_process, easy_held_out, multiclass_checkpoint,  # noqa: F401
                             read_rows, run_detect, trained_checkpoint, video_facts, write_video)
 from detect_outputs import increment_path
 from mjpeg_server import draw_frame
 from models import UserError
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
-from servers import MjpegServer, mjpeg_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
+from servers import mjpeg_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +244,11 @@ def test_unreadable_image_is_skipped_with_its_name(trained_checkpoint, easy_held
 
 
 def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_clip, tmp_path):
-    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", long_clip, "--save-video",
-                                              "--save-dir", tmp_path), env=QUIET_ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 120)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    with detect_process("--model", trained_checkpoint, "--source", long_clip, "--save-video", "--save-dir",
+                        tmp_path) as process:
+        assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 120)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     rows = read_rows(tmp_path)
     assert 5 <= len(rows) < 300 and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
@@ -279,21 +278,17 @@ def test_rtsp_stream_with_credentials_masked_everywhere(trained_checkpoint, rtsp
 def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjpeg_server, tmp_path):
     """Server stopped and restarted mid-run: detection resumes. Stopped for good: clean end, exit 0."""
     out = tmp_path / "out"
-    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", mjpeg_server.url,
-                                              "--save-video", "--save-dir", out, "--stream-timeout", "6"),
-                               env=QUIET_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with detect_process("--model", trained_checkpoint, "--source", mjpeg_server.url, "--save-video", "--save-dir",
+                        out, "--stream-timeout", "6") as process:
         assert wait_until(lambda: (out / "results.csv").exists() and len(read_rows(out)) >= 5, 60)
         mjpeg_server.stop()
         time.sleep(1.5)
         rows_while_down = len(read_rows(out))
-        restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000).start()
-        assert wait_until(lambda: len(read_rows(out)) >= rows_while_down + 5, 30)
-        restarted.stop()
+        mjpeg_server.start()  # same port
+        assert wait_until(lambda: len(read_rows(out)) >= rows_while_down + 5, 30), "detection did not resume"
+        mjpeg_server.stop()
         stopped_at = time.monotonic()
         stdout, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
     assert process.returncode == 0, stderr
     assert time.monotonic() - stopped_at < 6 + 8
     assert "reconnected after" in stderr and "giving up" in stderr
@@ -335,10 +330,8 @@ def press_key(display, window, key, process):
 
 def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xvfb_display, tmp_path):
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
-    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", long_clip, "--view-img",
-                                              "--save-dir", tmp_path), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
+    with detect_process("--model", trained_checkpoint, "--source", long_clip, "--view-img", "--save-dir", tmp_path,
+                        env=env) as process:
         window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
         assert window, "no detect.py window on the display"
         assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 60)
@@ -349,8 +342,6 @@ def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xv
         assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
         press_key(xvfb_display, window_id, "q", process)
         stdout, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
     assert process.returncode == 0, stderr
     assert "(quit)" in stdout and len(read_rows(tmp_path)) < 300
 
@@ -358,10 +349,8 @@ def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xv
 def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_display, tmp_path):
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
     image = easy_held_out / "imgs" / "easy_004.png"
-    process = subprocess.Popen(detect_command("--model", trained_checkpoint, "--source", image, "--view-img",
-                                              "--save-dir", tmp_path), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
+    with detect_process("--model", trained_checkpoint, "--source", image, "--view-img", "--save-dir", tmp_path,
+                        env=env) as process:
         window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
         assert window, "no detect.py window on the display"
         time.sleep(1.5)
@@ -372,6 +361,4 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
         assert np.abs(shown.astype(int) - saved).mean() < 25  # the window shows the annotated image
         press_key(xvfb_display, window_id, "space", process)
         process.communicate(timeout=30)
-    finally:
-        process.kill()
     assert process.returncode == 0
