@@ -13,7 +13,8 @@ Usage:
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is): for each
 image the annotated image and masks/<name>.png (0/255 for one class, class indices for several), with
 --save-video an annotated MP4 per video or stream, and always results.csv with one row per frame.
---view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed).
+--view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
+finishes the current frame, closes every output (MP4s stay playable) and exits with code 130.
 """
 
 import argparse
@@ -225,7 +226,7 @@ def parse_args(argv=None):
                       help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index")
     data.add_argument("--max-frames", type=int, default=None, help="stop after this many frames in total")
     data.add_argument("--stream-timeout", type=float, default=30.0,
-                      help="seconds to keep reconnecting a dropped stream before ending it")
+                      help="seconds to keep reconnecting a dropped stream before ending it (default: 30)")
     data.add_argument("--rtsp-transport", default="auto", choices=RTSP_TRANSPORTS,
                       help="RTSP over tcp, udp, or auto (TCP, then UDP)")
     model = parser.add_argument_group("Model")
@@ -237,7 +238,8 @@ def parse_args(argv=None):
     model.add_argument("--conf-thres", type=float, default=0.5,
                        help="probability above which a pixel is foreground (several classes: below it, class 0)")
     runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    runtime.add_argument("--device", default="auto",
+                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
     runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
     runtime.add_argument("--verbose", action="store_true", help="full tracebacks and FFmpeg/OpenCV warnings")
     output = parser.add_argument_group("Output")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders import Frame, LoadImages, LoadStreams, iterate_frames
+from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames
 from detect_helpers import write_video
 from mjpeg_server import frame_number
 from models import UserError
@@ -124,6 +124,11 @@ def test_mask_credentials(source, shown):
 ])
 def test_safe_name_has_no_path_or_secret(source, name):
     assert safe_name(source) == name
+
+
+def test_ffmpeg_options_keep_the_users_and_set_the_transport():
+    assert ffmpeg_options(None, "tcp") == "rtsp_transport;tcp"
+    assert ffmpeg_options("stimeout;5000000|rtsp_transport;tcp", "udp") == "stimeout;5000000|rtsp_transport;udp"
 
 
 # ---------------------------------------------------------------- LoadImages
