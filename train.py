@@ -16,10 +16,8 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -647,7 +645,13 @@ def run(args):
                 print(f"stopped at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; resume with:\n"
                       f"  python train.py --load-model {run_dir / 'checkpoint.pth.tar'}", file=sys.stderr)
         else:
-            metrics = trainer.test()
+            try:
+                metrics = trainer.test()
+            except KeyboardInterrupt:  # training is complete and saved; only the test figures are lost
+                exit_code = 130
+                print(f"test evaluation interrupted; training had finished: {run_dir / 'best-checkpoint.pth.tar'}",
+                      file=sys.stderr)
+                return exit_code
             if metrics and process.is_main:
                 print(f"test: dice {metrics['test/dice']:.4f}  iou {metrics['test/iou']:.4f}  "
                       f"loss {metrics['test/loss']:.4f} (best checkpoint, {len(test_set)} images)")
