@@ -40,7 +40,7 @@ class ResultWriter:
     def __init__(self, save_dir, class_names=None, save_images=True, save_video=False):
         self.save_dir = Path(save_dir)
         self.class_names, self.save_images, self.save_video = class_names, save_images, save_video
-        self.videos, self.used_names = {}, set()
+        self.videos, self.used_stems = {}, set()
         self.csv_file = open(self.save_dir / "results.csv", "w", newline="", encoding="utf-8")
         self.csv = csv.writer(self.csv_file)
         header = ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px"]
@@ -49,13 +49,14 @@ class ResultWriter:
         self.csv_file.flush()
 
     def unique_name(self, source, suffix):
-        """A file name inside save_dir from the source name, sanitized, never reused in this run."""
-        stem = safe_name(source)
-        name, number = f"{stem}{suffix}", 2
-        while name in self.used_names:
-            name, number = f"{stem}_{number}{suffix}", number + 1
-        self.used_names.add(name)
-        return name
+        """A file name inside save_dir from the source name, sanitized; its stem is never reused in this run
+        (a.png and a.jpg would otherwise share masks/a.png)."""
+        stem, number = safe_name(source), 2
+        unique = stem
+        while unique in self.used_stems:
+            unique, number = f"{stem}_{number}", number + 1
+        self.used_stems.add(unique)
+        return f"{unique}{suffix}"
 
     def add(self, frame, mask, annotated, inference_ms, largest):
         """Write one frame's outputs; `mask` holds class indices at the original size."""

@@ -46,7 +46,7 @@ class ServerProcess:
     def __init__(self, command, log_path):
         self.command, self.log_path, self.process = command, Path(log_path), None
 
-    def start(self, timeout=20):
+    def start(self, timeout=60):  # a fresh machine builds its GStreamer plugin registry on first use
         self.log = open(self.log_path, "a")
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log, text=True)
         deadline = time.monotonic() + timeout

@@ -15,7 +15,9 @@ import torch
 import detect
 from detect_helpers import (QUIET_ENV, detect_process, easy_held_out, multiclass_checkpoint,  # noqa: F401
                             read_rows, run_detect, trained_checkpoint, video_facts, write_video)
-from detect_outputs import increment_path
+from dataloaders import Frame
+from dataset import Letterbox
+from detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from models import UserError
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
@@ -76,6 +78,26 @@ def test_polygons_and_overlay():
     expected = 0.55 * 50 + 0.45 * np.array(class_colours(3)[2])  # class 2's colour blended at alpha 0.45
     assert np.abs(out[40, 70] - expected).max() <= 1
     assert (out[55:, :40] == 50).all()  # background left alone away from the text and legend
+
+
+def test_result_writer_names_are_unique_and_inside_save_dir(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:10] = 1
+
+    def frame(path, capture=None, count=1, fps=None):
+        return Frame(path, torch.zeros(3, 32, 32), rgb, capture, 0, count, Letterbox(20, 30, 21, 32), fps)
+
+    writer = ResultWriter(tmp_path, save_video=True)
+    for source in ("a/x.png", "b/x.jpg", "../../../evil.png"):
+        writer.add(frame(source), mask, rgb, 1.0, 16.0)
+    writer.add(frame("rtsp://u:***@cam:554/live", capture=object(), count=None, fps=10.0), mask, rgb, 1.0, 16.0)
+    writer.close()
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["cam_554_live.mp4", "evil.png", "masks/evil.png", "masks/x.png", "masks/x_2.png", "results.csv",
+                     "x.png", "x_2.jpg"]
+    assert set(np.unique(cv2.imread(str(tmp_path / "masks" / "x_2.png"), cv2.IMREAD_UNCHANGED))) == {0, 255}
+    assert video_facts(tmp_path / "cam_554_live.mp4") == (1, 10.0, 30, 20)
 
 
 def test_increment_path(tmp_path):
@@ -332,8 +354,8 @@ def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xv
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
     with detect_process("--model", trained_checkpoint, "--source", long_clip, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
-        assert window, "no detect.py window on the display"
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 90)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
         assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 60)
         window_id, x, y, width, height = window
         shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
@@ -351,8 +373,8 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
     image = easy_held_out / "imgs" / "easy_004.png"
     with detect_process("--model", trained_checkpoint, "--source", image, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py "), 60)
-        assert window, "no detect.py window on the display"
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 90)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
         time.sleep(1.5)
         assert process.poll() is None, "the window closed without a key press"
         window_id, x, y, width, height = window
