@@ -22,107 +22,21 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import distributed
 from dataset import SPLIT_FILES, make_dataset, pair_masks, read_split_file, search_files
 from models import (ARCHITECTURE_NAMES, UserError, architecture_class, build_model, check_encoder,
                     load_checkpoint, model_meta, save_checkpoint, unwrap)
+from metrics import ConfusionStats, EarlyStopping
 from run_logging import NullLogger, RunLogger, prediction_grid, resolve_wandb_mode
+from sampling import ResumableSampler, ShardSampler
 
 REPO = Path(__file__).resolve().parent
 MAX_BAD_STEPS = 20
 RESUME_KEEPS = ("device", "workers", "pin_memory", "wandb_mode", "load_model", "verbose", "data_dir")
-
-
-class EarlyStopping:
-    """YOLO-style: stop when fitness (higher is better) has not improved for `patience` evaluations."""
-
-    def __init__(self, patience=10):
-        self.patience = patience
-        self.best_fitness = -math.inf
-        self.best_epoch = 0
-
-    def __call__(self, epoch, fitness):
-        """Record one evaluation; return True when training should stop."""
-        if fitness > self.best_fitness:
-            self.best_fitness, self.best_epoch = fitness, epoch
-        return self.patience > 0 and epoch - self.best_epoch >= self.patience
-
-    def state_dict(self):
-        return {"patience": self.patience, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state):
-        self.patience, self.best_fitness, self.best_epoch = state["patience"], state["best_fitness"], state["best_epoch"]
-
-
-class ConfusionStats:
-    """Summed smp confusion counts (tp, fp, fn, tn per class) and loss; reducible across processes."""
-
-    def __init__(self, classes, ignore_index=None, device="cpu"):
-        self.classes, self.ignore_index = classes, ignore_index
-        self.counts = torch.zeros(4, max(classes, 1), dtype=torch.float64, device=device)
-        self.loss = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x images, images
-
-    def update(self, logits, masks, loss):
-        logits = logits.detach().float()
-        if self.classes == 1:
-            # threshold the logits here: smp applies `threshold` to the target too
-            stats = smp.metrics.get_stats((logits > 0).long(), masks.long(), mode="binary")
-        else:
-            stats = smp.metrics.get_stats(logits.argmax(1), masks, mode="multiclass",
-                                          num_classes=self.classes, ignore_index=self.ignore_index)
-        self.counts += torch.stack([s.to(self.counts.device).sum(0) for s in stats]).to(torch.float64)
-        self.loss += torch.stack([loss.detach().double() * len(masks), torch.tensor(len(masks), device=loss.device,
-                                                                                     dtype=torch.float64)])
-
-    def compute(self, prefix, class_names=None):
-        """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes."""
-        counts = distributed.all_reduce_sum(self.counts.clone()).cpu()
-        loss = distributed.all_reduce_sum(self.loss.clone()).cpu()
-        tp, fp, fn, tn = (c.unsqueeze(0) for c in counts)
-        dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
-        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
-        metrics = {f"{prefix}/loss": float(loss[0] / max(loss[1], 1)),
-                   f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
-        if self.classes > 1:
-            names = class_names or [str(i) for i in range(self.classes)]
-            for index, name in enumerate(names):
-                metrics[f"{prefix}/dice_{name}"] = float(dice[index])
-                metrics[f"{prefix}/iou_{name}"] = float(iou[index])
-        return metrics
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Evaluation: every index exactly once over all processes (DistributedSampler would pad with repeats)."""
-
-    def __init__(self, dataset, process):
-        self.indices = range(process.rank, len(dataset), process.world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (also for one process) that can skip the batches already done in an epoch."""
-
-    def __init__(self, dataset, shuffle, seed, process, batch_size=1):
-        super().__init__(dataset, num_replicas=process.world_size, rank=process.rank, shuffle=shuffle,
-                         seed=seed, drop_last=shuffle)
-        self.batch_size, self.skip = batch_size, 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip * self.batch_size:])
-
-    def __len__(self):
-        return self.num_samples - self.skip * self.batch_size
 
 
 def resolve_precision(device, use_amp):
