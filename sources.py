@@ -42,7 +42,6 @@ class SourceKind(enum.Enum):
         return self in (SourceKind.RTSP, SourceKind.RTMP, SourceKind.HTTP, SourceKind.WEBCAM)
 
 
-
 def detect_source(source):
     """The SourceKind of a --source string. Files, folders and lists must exist (UserError otherwise)."""
     source = str(source).strip()
