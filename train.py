@@ -179,10 +179,12 @@ class UnetTraining:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        # one host-device sync for both checks (on CUDA each separate check would stall the queue)
+        loss_finite, norm_finite = torch.isfinite(torch.stack([loss.detach().float(), norm.float()])).tolist()
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # skips the step itself on inf/nan
             self.scaler.update()
-        elif torch.isfinite(norm) and torch.isfinite(loss):
+        elif loss_finite and norm_finite:
             self.optimizer.step()
             self.bad_steps = 0
         else:
@@ -195,7 +197,7 @@ class UnetTraining:
                 raise UserError(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr or "
                                 f"check the data. best-checkpoint.pth.tar holds the last good model")
         self.scheduler.step()
-        if torch.isfinite(loss):
+        if loss_finite:
             stats.update(logits, masks, loss)
         return loss
 
