@@ -1,0 +1,398 @@
+"""Performance benchmarks: five ratios, each measured side by side in one run, on the CPU.
+
+Every figure is the ratio of two measurements taken in the same run and alternated round by round
+(A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
+the ratio holds where absolute times would not. Takes about 8 minutes on 2 cores.
+
+  trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
+                    / a bare loop with the same model, AdamW, clipping, OneCycleLR and AMP setting on the
+                    same images already in memory as tensors                                  target >= 0.95
+  detect_overhead   detect.py end to end on a 640x480 MP4 (decode, preprocess, infer, post-process,
+                    overlay, write the MP4) / the forward pass alone on the same frames, letterboxed
+                    beforehand                                                                target >= 0.90
+  preload_memory    peak RSS growth while a dataset preloads N images / their uint8 pixel bytes at the
+                    preloaded size (images and masks)                                         target <= 1.25
+  epoch_scaling     training epoch time with 2N images / with N                               target <= 2.1
+  onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
+                    batch 1                                                                   target >= 1.3
+
+Usage:
+    python bench/run.py                                  # all five: one table, then `ratio NAME VALUE` lines
+    python bench/run.py --only onnx_speedup detect_overhead
+    python bench/run.py --rounds 5                       # more alternations: steadier on a busy machine
+    python bench/run.py --only channels_last             # extra: does channels_last help on this CPU?
+"""
+
+import argparse
+import contextlib
+import copy
+import io
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dataset import make_dataset, preprocess_image  # noqa: E402
+from make_sample_data import draw_objects, make_background  # noqa: E402
+from models import build_model, model_meta, save_checkpoint  # noqa: E402
+from train import UnetTraining, resolve_precision  # noqa: E402
+
+BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")
+EXTRAS = ("channels_last",)
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    target: str
+    measured: str
+    setting: str
+
+    @property
+    def met(self):
+        bound = float(self.target.split()[1])
+        return self.value >= bound if self.target.startswith(">=") else self.value <= bound
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_images(root, count, size=(480, 640), seed=0):
+    """`count` synthetic image/mask pairs of `size` (JPEG images, PNG 0/255 masks); returns the pairs."""
+    rng = np.random.default_rng(seed)
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for index in range(count):
+        image = make_background(rng, *size)
+        mask = np.zeros(size, np.uint8)
+        draw_objects(rng, image, mask, 1)
+        image_path, mask_path = root / "imgs" / f"{index:04d}.jpg", root / "masks" / f"{index:04d}.png"
+        cv2.imwrite(str(image_path), np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(mask_path), mask * 255)
+        pairs.append((image_path, mask_path))
+    return pairs
+
+
+def write_video(path, frames, size=(480, 640), fps=25.0, seed=0):
+    """An MP4 (mp4v) of objects drifting across a grainy background."""
+    rng = np.random.default_rng(seed)
+    scene = make_background(rng, *size)
+    draw_objects(rng, scene, np.zeros(size, np.uint8), 1)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+    for index in range(frames):
+        frame = np.roll(scene, 6 * index, axis=1) + rng.normal(0, 4, size=scene.shape)
+        writer.write(np.clip(frame, 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def read_video_rgb(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def alternate(rounds, **measures):
+    """Run each measure once per round, in turn; keep each one's best (highest) value."""
+    best = {name: -float("inf") for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            best[name] = max(best[name], measure())
+    return best
+
+
+def trainer_epoch_rate(trainer):
+    """Images/s of one UnetTraining epoch (no evaluation: eval_step is beyond the run)."""
+    images = trainer.steps_per_epoch * trainer.train_loader.batch_size
+    with contextlib.redirect_stderr(io.StringIO()):  # the progress bar
+        started = time.perf_counter()
+        trainer.train_one_epoch()
+        return images / (time.perf_counter() - started)
+
+
+class BareLoop:
+    """The reference: the same optimizer, clipping, schedule and precision, no DataLoader, no augmentation,
+    no metrics, on tensors already in memory."""
+
+    def __init__(self, model, images, masks, batch_size, steps, epochs, lr=1e-3, adam_eps=1e-8,
+                 weight_decay=1e-2, clip_grad=255.0, use_amp=False):
+        self.model, self.images, self.masks = model.train(), images, masks
+        self.batch_size, self.steps, self.clip_grad = batch_size, steps, clip_grad
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, eps=adam_eps, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr, total_steps=epochs * steps)
+        self.autocast, self.scaler = resolve_precision(torch.device("cpu"), use_amp)
+        self.criterion = torch.nn.BCEWithLogitsLoss()
+
+    def epoch_rate(self):
+        order = torch.randperm(len(self.images))
+        started = time.perf_counter()
+        for step in range(self.steps):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            images, masks = self.images[index], self.masks[index]
+            with self.autocast():
+                logits = self.model(images)
+                loss = self.criterion(logits.float(), masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        return self.steps * self.batch_size / (time.perf_counter() - started)
+
+
+def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0):
+    """UnetTraining as train.py builds it (binary, augmentation on), evaluation pushed beyond the run."""
+    meta = model_meta("Unet", encoder, 1, patch)
+    options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
+    train_set = make_dataset(pairs, augment=True, **options)
+    val_set = make_dataset(pairs[:batch], **options)
+    torch.manual_seed(seed)
+    model = build_model("Unet", encoder, 1)
+    return UnetTraining(model, train_set, val_set, run_dir=work, meta=meta, epochs=epochs, batch_size=batch,
+                        workers=workers, use_amp=use_amp, eval_step=10 ** 9, seed=seed)
+
+
+# ---------------------------------------------------------------- the five benchmarks
+
+
+def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp=False):
+    pairs = write_images(work / "data", batch * steps, seed=1)
+    trainer = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                           epochs=rounds + 1, use_amp=use_amp)
+    samples = [make_dataset(pairs, patch_size=patch, classes=1).load_sample(i) for i in range(len(pairs))]
+    images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+    bare = BareLoop(copy.deepcopy(trainer.model), images, masks, batch, steps, rounds + 1, use_amp=use_amp)
+    trainer_epoch_rate(trainer)  # warm-up: worker start, oneDNN kernels
+    bare.epoch_rate()
+    best = alternate(rounds, bare=bare.epoch_rate, trainer=lambda: trainer_epoch_rate(trainer))
+    return Result("trainer_overhead", best["trainer"] / best["bare"], ">= 0.95",
+                  f"UnetTraining {best['trainer']:.1f} img/s, bare loop {best['bare']:.1f} img/s",
+                  f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()} "
+                  f"amp {'on' if use_amp else 'off'}")
+
+
+def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64):
+    pairs = write_images(work / "data", 2 * count, seed=2)
+    small = make_trainer(pairs[:count], work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                         epochs=rounds + 1)
+    large = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers, epochs=rounds + 1)
+    for trainer in (small, large):
+        trainer_epoch_rate(trainer)  # warm-up epoch: workers start
+    best = alternate(rounds, small=lambda: trainer_epoch_rate(small), large=lambda: trainer_epoch_rate(large))
+    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in (("small", small),
+                                                                                          ("large", large))}
+    return Result("epoch_scaling", seconds["large"] / seconds["small"], "<= 2.1",
+                  f"{2 * count} images {seconds['large']:.1f} s, {count} images {seconds['small']:.1f} s",
+                  f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()}")
+
+
+def preload_probe(pairs, patch, threads):
+    """In a fresh process: (peak RSS growth while preloading, pixel bytes preloaded)."""
+    import gc
+
+    from dataset import BinaryDataset
+
+    def status(key):
+        text = Path("/proc/self/status").read_text()
+        return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) * 1024
+
+    gc.collect()
+    before = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    data = BinaryDataset(pairs, patch, threads=threads)
+    peak = status("VmHWM")
+    return peak - before, sum(array.nbytes for array in data.images + data.masks)
+
+
+def preload_memory(work, rounds, workers, count=512, patch=256, size=(480, 640)):
+    pairs = write_images(work / "data", count, size=size, seed=3)
+    threads = max(2, workers)  # what train.py gives the preload
+    measured = []
+    for _ in range(rounds):  # a fresh process each time: a reused one would refill the memory it freed
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            measured.append(pool.apply(preload_probe, (pairs, patch, threads)))
+    growth, pixels = max(measured)  # memory is not noise: report the worst round
+    return Result("preload_memory", growth / pixels, "<= 1.25",
+                  f"peak RSS +{growth / 2 ** 20:.1f} MiB for {pixels / 2 ** 20:.1f} MiB of uint8 pixels",
+                  f"{count} images {size[1]}x{size[0]} -> patch {patch} (RGB + mask), {threads} preload threads")
+
+
+def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames=48):
+    from detect import TorchPredictor
+
+    video = write_video(work / "clip.mp4", frames)
+    meta = model_meta("Unet", encoder, 1, patch)
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1)
+    checkpoint = work / "model.pth.tar"
+    save_checkpoint(checkpoint, model, meta)
+    tensors = [preprocess_image(rgb, patch, meta["mean"], meta["std"])[0][None] for rgb in read_video_rgb(video)]
+    predictor = TorchPredictor(model, torch.device("cpu"))
+
+    def forward_rate():
+        started = time.perf_counter()
+        for tensor in tensors:
+            predictor(tensor)
+        return len(tensors) / (time.perf_counter() - started)
+
+    def detect_rate():
+        """detect.py as a user runs it, timed at each per-frame line it prints: frames 2..N, so both sides
+        leave out the first frame's one-off set-up (oneDNN kernels, allocator), as the warm-up does above."""
+        errors = work / "detect-stderr.txt"
+        with open(errors, "w") as stderr:
+            process = subprocess.Popen([sys.executable, str(REPO / "detect.py"), "--model", str(checkpoint),
+                                        "--source", str(video), "--save-video", "--save-dir", str(work / "detect")],
+                                       cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            stamps = [time.perf_counter() for line in process.stdout if line.startswith("video ")]
+        if process.wait() != 0 or len(stamps) != len(tensors):
+            raise RuntimeError(f"detect.py printed {len(stamps)} frame lines for {len(tensors)} frames, exit "
+                               f"{process.returncode}: {errors.read_text()[-2000:]}")
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    forward_rate()  # warm-up
+    best = alternate(rounds, forward=forward_rate, detect=detect_rate)
+    return Result("detect_overhead", best["detect"] / best["forward"], ">= 0.90",
+                  f"detect.py {best['detect']:.2f} FPS, forward alone {best['forward']:.2f} FPS",
+                  f"Unet/{encoder} patch {patch} batch 1, {len(tensors)} frames 640x480 -> MP4, PyTorch, "
+                  f"threads {torch.get_num_threads()}")
+
+
+def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
+    from detect import TorchPredictor
+    from export import export_onnx, load_onnx
+
+    meta = model_meta("Unet", encoder, 1, patch)
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1).eval()
+    export_onnx(model, meta, work / "model.onnx")
+    _, predict = load_onnx(work / "model.onnx")
+    predictor = TorchPredictor(model, torch.device("cpu"))
+    batch = torch.randn(1, 3, patch, patch)
+    array = batch.numpy()
+
+    def rate(run):
+        started = time.perf_counter()
+        for _ in range(frames):
+            run()
+        return frames / (time.perf_counter() - started)
+
+    rate(lambda: predictor(batch)), rate(lambda: predict(array))  # warm-up
+    best = alternate(rounds, torch=lambda: rate(lambda: predictor(batch)), onnx=lambda: rate(lambda: predict(array)))
+    return Result("onnx_speedup", best["onnx"] / best["torch"], ">= 1.3",
+                  f"onnxruntime {best['onnx']:.2f} FPS, PyTorch eager {best['torch']:.2f} FPS",
+                  f"Unet/{encoder} patch {patch} batch 1, torch threads {torch.get_num_threads()}, onnxruntime "
+                  f"threads default (one per core), no spinning")
+
+
+def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8):
+    """Extra: channels_last against the default layout for inference (detect) and a training step."""
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1)
+    images = torch.randn(batch, 3, patch, patch)
+    masks = (torch.rand(batch, 1, patch, patch) > 0.5).float()
+
+    def infer_rate(layout):
+        net, x = model.eval().to(memory_format=layout), images[:1].contiguous(memory_format=layout)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for _ in range(4):
+                net(x)
+        return 4 / (time.perf_counter() - started)
+
+    def train_rate(layout):
+        net, x = model.train().to(memory_format=layout), images.contiguous(memory_format=layout)
+        optimizer = torch.optim.AdamW(net.parameters())
+        started = time.perf_counter()
+        for _ in range(2):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), masks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return 2 * batch / (time.perf_counter() - started)
+
+    cl, cf = torch.channels_last, torch.contiguous_format
+    infer_rate(cl), infer_rate(cf), train_rate(cl), train_rate(cf)  # warm-up
+    best = alternate(rounds, infer_cl=lambda: infer_rate(cl), infer_cf=lambda: infer_rate(cf),
+                     train_cl=lambda: train_rate(cl), train_cf=lambda: train_rate(cf))
+    setting = f"Unet/{encoder} patch {patch}, threads {torch.get_num_threads()}"
+    return [Result("channels_last_inference", best["infer_cl"] / best["infer_cf"], ">= 1.0",
+                   f"{best['infer_cl']:.2f} vs {best['infer_cf']:.2f} FPS", setting + " batch 1"),
+            Result("channels_last_training", best["train_cl"] / best["train_cf"], ">= 1.0",
+                   f"{best['train_cl']:.1f} vs {best['train_cf']:.1f} img/s", setting + f" batch {batch}")]
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine():
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    import onnxruntime
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, CUDA "
+            f"{'yes' if torch.cuda.is_available() else 'no'}")
+
+
+def table(results):
+    rows = [("benchmark", "ratio", "target", "met", "measured", "setting")]
+    rows += [(r.name, f"{r.value:.3f}", r.target, "yes" if r.met else "NO", r.measured, r.setting) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+                     for row in rows)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + EXTRAS, default=list(BENCHMARKS),
+                        help="run these benchmarks only (default: the five)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations per ratio; each side keeps its best")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    print(f"machine: {machine()}", flush=True)
+    results, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as temp:
+        for name in args.only:
+            work = Path(temp) / name
+            work.mkdir()
+            began = time.perf_counter()
+            outcome = globals()[name](work, args.rounds, args.workers)
+            for result in outcome if isinstance(outcome, list) else [outcome]:
+                results.append(result)
+                print(f"{result.name}: {result.value:.3f} ({result.measured}; {time.perf_counter() - began:.0f} s)",
+                      flush=True)
+    print(f"\n{table(results)}\n\nmachine after {time.perf_counter() - started:.0f} s: {machine()}")
+    for result in results:
+        print(f"ratio {result.name} {result.value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
