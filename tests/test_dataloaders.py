@@ -197,7 +197,7 @@ def test_rtsp_stream_over_tcp(rtsp_server):
         loader.close()
     assert loader.readers[0].used_transport == "tcp"
     assert [f.original.shape for f in frames] == [(120, 160, 3)] * 3
-    assert frames[0].fps == pytest.approx(10, rel=0.1)
+    assert frames[0].fps == pytest.approx(10, rel=0.25)
     assert len({f.index for f in frames}) == 3
 
 
@@ -212,14 +212,14 @@ def test_rtsp_falls_back_to_udp(rtsp_udp_only_server, capfd):
     started = time.monotonic()
     with pytest.raises(UserError, match=r"over TCP within 2 s.*--rtsp-transport"):
         LoadStreams([rtsp_udp_only_server.url], patch_size=64, timeout=2, rtsp_transport="tcp")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20  # bounded by the timeout, not by FFmpeg's 30 s default
 
 
 def test_unreachable_stream_is_a_clear_error_within_timeout():
     started = time.monotonic()
     with pytest.raises(UserError, match=r"stream http://127.0.0.1:\d+/x: could not read a frame within 2 s"):
         LoadStreams([f"http://127.0.0.1:{free_port()}/x"], patch_size=64, timeout=2)
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 15
 
 
 def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path):
@@ -243,7 +243,7 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
     finally:
         loader.close()
     assert before < 5000 <= after[-1]
-    assert ended < 6 + 4 and len(rest) < 20
+    assert ended < 6 + 10 and len(rest) < 20
     assert not loader.readers[0].is_alive()
 
 

