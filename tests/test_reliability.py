@@ -552,7 +552,9 @@ def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
     assert proc.wait(timeout=120) == 2
     err = logs(proc)[1]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "DataLoader worker" in last and "Traceback" not in err, err[-3000:]
+    # torch reports the dead worker either itself or as a broken pipe while a batch is received
+    assert last.startswith("error: ") and ("DataLoader worker" in last or "killed worker" in last), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
     assert f"resume with: python train.py --load-model {run_dir / 'checkpoint.pth.tar'}" in last
     assert_complete_checkpoints(run_dir)
 
