@@ -16,6 +16,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from make_sample_data import write_dataset  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process training shares two cores with servers and subprocesses: one thread beats two fighting."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """12 binary image/mask pairs (0/255 masks) with split files: 8 train, 2 val, 2 test."""

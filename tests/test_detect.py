@@ -36,15 +36,6 @@ def long_clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("long") / "long clip.mp4", 300)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process runs share two cores with everyone else: one thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli(capsys, *args):
     """detect.py's main() in this process (saves the interpreter start): (exit code, stdout, stderr)."""
     code = detect.main(detect.parse_args([str(arg) for arg in args]))

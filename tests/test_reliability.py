@@ -46,14 +46,6 @@ CHECKPOINTS = ("checkpoint.pth.tar", "best-checkpoint.pth.tar")
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """6 binary pairs: train.txt 4, val.txt 2, test.txt empty (an empty test split is allowed)."""
