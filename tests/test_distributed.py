@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import cv2
 import torch
 
 from conftest import REPO
@@ -36,6 +37,13 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
     assert not any(key.startswith("module.") for key in checkpoint["model"])
     assert checkpoint["args"]["batch_size"] == 2
     model_from_checkpoint(checkpoint)  # the unwrapped model's weights rebuild without DDP
+    image = tiny_data / "imgs" / "sample_010.png"
+    detected = subprocess.run([sys.executable, "detect.py", "--model", str(run_dir / "best-checkpoint.pth.tar"),
+                               "--source", str(image), "--save-dir", str(run_dir / "detect")],
+                              capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert detected.returncode == 0, detected.stderr[-3000:]
+    mask = cv2.imread(str(run_dir / "detect" / "masks" / "sample_010.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == cv2.imread(str(image)).shape[:2]
     resumed_alone = load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert resumed_alone["epoch"] == 2 and resumed_alone["global_step"] == 4  # 8 images / (2 x 2) per step
 
