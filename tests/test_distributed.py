@@ -61,10 +61,13 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, run_n
     assert ddp["global_step"] == single["global_step"] == 4
     torch.manual_seed(3)  # train.py seeds, then builds the model: the same initial weights
     initial = build_model("Unet", "resnet18", 1).state_dict()
-    largest_update = largest_difference = 0.0
+    largest_update = difference = update = 0.0  # difference and update: squared L2 norms over all weights
     for key, start in initial.items():
         a, b = ddp["model"][key].double(), single["model"][key].double()
-        largest_difference = max(largest_difference, (a - b).abs().max().item())
+        difference += (a - b).square().sum().item()
+        update += (b - start.double()).square().sum().item()
         largest_update = max(largest_update, (b - start.double()).abs().max().item())
     assert largest_update > 1e-2  # the weights really moved...
-    assert largest_difference < 1e-2 * largest_update  # ...and both runs moved them the same way
+    # ...and both runs moved them the same way. Whole-model norms, not the largest single weight: AdamW turns
+    # rounding-level differences of near-zero gradients into full lr-sized steps on a few of the 14M weights.
+    assert difference ** 0.5 < 1e-2 * update ** 0.5
