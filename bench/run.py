@@ -292,7 +292,8 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
     model = build_model("Unet", encoder, 1).eval()
     export_onnx(model, meta, work / "model.onnx")
     _, predict = load_onnx(work / "model.onnx")
-    predictor = TorchPredictor(model, torch.device("cpu"))
+    predictor = TorchPredictor(model, torch.device("cpu"))  # channels_last, as build_model makes it
+    nchw = TorchPredictor(copy.deepcopy(model).to(memory_format=torch.contiguous_format), torch.device("cpu"))
     batch = torch.randn(1, 3, patch, patch)
     array = batch.numpy()
 
@@ -302,10 +303,12 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
             run()
         return frames / (time.perf_counter() - started)
 
-    rate(lambda: predictor(batch)), rate(lambda: predict(array))  # warm-up
-    best = alternate(rounds, torch=lambda: rate(lambda: predictor(batch)), onnx=lambda: rate(lambda: predict(array)))
+    rate(lambda: predictor(batch)), rate(lambda: nchw(batch)), rate(lambda: predict(array))  # warm-up
+    best = alternate(rounds, torch=lambda: rate(lambda: predictor(batch)), onnx=lambda: rate(lambda: predict(array)),
+                     nchw=lambda: rate(lambda: nchw(batch)))
     return Result("onnx_speedup", best["onnx"] / best["torch"], ">= 1.3",
-                  f"onnxruntime {best['onnx']:.2f} FPS, PyTorch eager {best['torch']:.2f} FPS",
+                  f"onnxruntime {best['onnx']:.2f} FPS, PyTorch eager {best['torch']:.2f} FPS (channels_last; "
+                  f"{best['nchw']:.2f} FPS in NCHW: x{best['onnx'] / best['nchw']:.2f})",
                   f"Unet/{encoder} patch {patch} batch 1, torch threads {torch.get_num_threads()}, onnxruntime "
                   f"threads default (one per core), no spinning")
 
