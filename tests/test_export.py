@@ -22,15 +22,6 @@ SAMPLE = REPO / "data" / "sample"
 PATCH = 64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two cores shared by everyone's tests: one thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A Unet/resnet18 trained for 30 steps on the bundled sample at patch 64 (about 15 s): its masks
