@@ -264,7 +264,7 @@ def main(args):
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     return 130 if summary["interrupted"] else 0
 
 

@@ -257,7 +257,7 @@ def main(args):
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     size = "any size (multiple of 32)" if meta["architecture"] not in STATIC_SIZE_ARCHITECTURES else \
         f"{meta['patch_size']}x{meta['patch_size']} only"
     print(f"exported {meta['architecture']}/{meta['encoder']} to {path} ({path.stat().st_size / 1e6:.1f} MB, "

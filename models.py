@@ -32,7 +32,16 @@ MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", 
 
 
 class UserError(Exception):
-    """A mistake the user can fix; the CLI prints its one-line message and exits with code 2."""
+    """A mistake the user can fix; the CLI prints its one-line message and exits with `exit_code`."""
+
+    exit_code = 2  # bad input: a flag, a file or a checkpoint the user gave
+
+
+class RunFailure(UserError):
+    """A run that failed for another reason than its input (training diverged, a DataLoader worker was
+    killed, a sample failed to load mid-run): the same one-line message, but exit code 1."""
+
+    exit_code = 1
 
 
 def closest(name, choices):
