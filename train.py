@@ -9,6 +9,8 @@ Usage:
 
 Writes checkpoints/<name>/: best-checkpoint.pth.tar, checkpoint.pth.tar, results.csv, results.png,
 val_predictions.png, test_results.json and the wandb run (online with credentials, else offline).
+Exit codes: 0 done, 1 the run failed (diverged, a DataLoader worker killed), 2 bad input (a one-line
+error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (resume with --load-model).
 """
 
 import argparse
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 import distributed
 from dataset import SPLIT_FILES, make_dataset, pair_masks, read_split_file, search_files
-from models import (ARCHITECTURE_NAMES, UserError, architecture_class, build_model, check_encoder,
+from models import (ARCHITECTURE_NAMES, RunFailure, UserError, architecture_class, build_model, check_encoder,
                     load_checkpoint, model_meta, save_checkpoint, unwrap)
 from metrics import ConfusionStats, EarlyStopping
 from run_logging import NullLogger, RunLogger, prediction_grid, resolve_wandb_mode
@@ -70,6 +72,25 @@ def check_batch_size(train_size, batch_size, world_size):
 def ignore_sigint_in_worker(_):
     """Ctrl-C goes to the whole process group; the main process handles it, workers must not die of it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def write_rgb_image(path, image):
+    """An RGB uint8 array to an image file; OSError when OpenCV could not write it (it only returns False)."""
+    import cv2
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"OpenCV could not write {path}")
+
+
+def preview_step(what, function, *args, **kwargs):
+    """function(*args, **kwargs) for the validation preview, or None with a warning naming `what` when it
+    fails: losing a preview image is not worth losing a run."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure of the preview, whatever its kind
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+        warnings.warn(f"validation preview: {what} failed ({reason}); training continues")
+        return None
 
 
 class UnetTraining:
@@ -168,7 +189,11 @@ class UnetTraining:
                   file=sys.stderr, flush=True)
 
     def train_step(self, images, masks, stats):
-        """One optimizer step; a non-finite loss or gradient skips the step (and counts it)."""
+        """One optimizer step; a non-finite loss or gradient skips the step (and counts it).
+
+        Under float16 the gradient scaler skips exactly the steps whose unscaled gradient is not finite;
+        those count too, but without a warning each: its first overflows, while it calibrates the scale,
+        are normal."""
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
         buffers = [buffer.clone() for buffer in self.model.buffers()]  # BatchNorm statistics: a skipped step keeps them
@@ -181,21 +206,20 @@ class UnetTraining:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
         # one host-device sync for both checks (on CUDA each separate check would stall the queue)
         loss_finite, norm_finite = torch.isfinite(torch.stack([loss.detach().float(), norm.float()])).tolist()
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips the step itself on inf/nan
-            self.scaler.update()
-        elif loss_finite and norm_finite:
-            self.optimizer.step()
+        if loss_finite and norm_finite:
+            self.scaler.step(self.optimizer)  # a disabled scaler just calls optimizer.step()
             self.bad_steps = 0
-        else:
+        self.scaler.update()  # a skipped step lowers the float16 scale; a no-op without a scaler
+        if not (loss_finite and norm_finite):
             for buffer, saved in zip(self.model.buffers(), buffers):
                 buffer.copy_(saved)
             self.bad_steps += 1
-            warnings.warn(f"non-finite loss or gradient at step {self.global_step}: step skipped "
-                          f"({self.bad_steps} in a row)")
+            if not self.scaler.is_enabled():
+                warnings.warn(f"non-finite loss or gradient at step {self.global_step}: step skipped "
+                              f"({self.bad_steps} in a row)")
             if self.bad_steps >= MAX_BAD_STEPS:
-                raise UserError(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr or "
-                                f"check the data. best-checkpoint.pth.tar holds the last good model")
+                raise RunFailure(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr or "
+                                 f"check the data. best-checkpoint.pth.tar holds the last good model")
         self.scheduler.step()
         if loss_finite:
             stats.update(logits, masks, loss)
@@ -240,26 +264,48 @@ class UnetTraining:
 
     def batches(self, iterable, loader, split):
         """Iterate a DataLoader (or a progress bar over one); a failure while loading a batch becomes a
-        one-line UserError naming the batch's files, so a crash hours in says what to fix."""
-        iterator = iter(iterable)
+        one-line RunFailure naming the batch's files, so a crash hours in says what to fix."""
+        iterator = None
         for number in itertools.count():
             try:
+                if iterator is None:  # iter() starts or resumes the workers, and meets a dead one first
+                    iterator = iter(iterable)
                 batch = next(iterator)
             except StopIteration:
                 return
             except Exception as error:  # noqa: BLE001 - raised by the dataset, in this process or a worker
-                files = [str(loader.dataset.pairs[index][0]) for index in list(loader.batch_sampler)[number]]
+                # a worker killed after the last batch fails the next() that would have ended the loop
+                indices = dict(enumerate(loader.batch_sampler)).get(number, [])
+                files = ", ".join(str(loader.dataset.pairs[index][0]) for index in indices)
+                what = f"{split} batch {number + 1} (images {files})" if files else f"{split} data after batch {number}"
+                fix = "fix or remove those files (a killed worker: lower --workers or --batch-size)" if files else \
+                    "a killed worker? lower --workers or --batch-size"
                 lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-                raise UserError(f"loading {split} batch {number + 1} (images {', '.join(files)}) failed: "
-                                f"{lines[-1].strip()}; fix or remove those files (a killed worker: lower "
-                                f"--workers or --batch-size); {self.resume_hint()}") from None
+                raise RunFailure(f"loading {what} failed: {lines[-1].strip()}; {fix}; {self.resume_hint(split)}") \
+                    from None
             yield batch
 
-    def resume_hint(self):
+    def resume_hint(self, split="training"):
+        """What is left after a failure: the checkpoint to resume from, or, in the test evaluation, the
+        finished training."""
+        if split == "test":
+            return f"training had finished: {self.run_dir / 'best-checkpoint.pth.tar'}"
         checkpoint = self.run_dir / "checkpoint.pth.tar"
         if checkpoint.exists():
             return f"then resume with: python train.py --load-model {checkpoint}"
         return "no checkpoint was saved yet"
+
+    @contextlib.contextmanager
+    def worker_crash_as_error(self, split):
+        """torch reports a worker killed mid-step (often for memory) from a SIGCHLD handler, so the
+        RuntimeError can surface anywhere in the loop; turn it into the one-line RunFailure."""
+        try:
+            yield
+        except RuntimeError as error:
+            if not str(error).startswith("DataLoader worker"):
+                raise
+            raise RunFailure(f"{str(error).splitlines()[0].strip()} (killed for memory? lower --workers or "
+                             f"--batch-size); {self.resume_hint(split)}") from None
 
     def new_stats(self):
         return ConfusionStats(self.classes, self.ignore_index, self.device)
@@ -302,12 +348,23 @@ class UnetTraining:
         self.save("checkpoint.pth.tar") if self.save_checkpoints else None
         return distributed.broadcast_object(stop)
 
-    @torch.inference_mode()
     def log_predictions(self):
-        """Image | ground truth | prediction for the first validation images, to wandb and a PNG."""
-        count = min(self.num_preview, len(self.val_set))
-        if count == 0:
+        """Image | ground truth | prediction for the first validation images, to a PNG and wandb. A preview
+        is not worth a run: a failure here is a warning naming what failed, and training goes on."""
+        if min(self.num_preview, len(self.val_set)) == 0:
             return
+        path = self.run_dir / "val_predictions.png"
+        grid = preview_step(f"drawing the first {min(self.num_preview, len(self.val_set))} validation images",
+                            self.prediction_grid)
+        if grid is not None:
+            preview_step(f"writing {path}", write_rgb_image, path, grid)
+            preview_step("logging it to wandb", self.logger.log_image, "val/predictions", grid,
+                         step=self.global_step, caption="image | ground truth | prediction")
+
+    @torch.inference_mode()
+    def prediction_grid(self):
+        """The RGB preview grid: image | ground truth | prediction, one row per validation image."""
+        count = min(self.num_preview, len(self.val_set))
         samples = [self.val_set.load_sample(i) for i in range(count)]
         images = torch.stack([s[0] for s in samples]).to(self.device)
         with self.autocast():
@@ -319,16 +376,11 @@ class UnetTraining:
         std = np.array(self.meta["std"]).reshape(3, 1, 1)
         shown = [np.clip((s[0].numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
                  for s in samples]
-        grid = prediction_grid(shown, truth, list(predictions.cpu().numpy()), self.classes)
-        import cv2
-        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        self.logger.log_image("val/predictions", grid, step=self.global_step,
-                              caption="image | ground truth | prediction")
+        return prediction_grid(shown, truth, list(predictions.cpu().numpy()), self.classes)
 
     def fit(self):
         """Train to the end, early stop or a stop request; returns 'finished', 'early-stop' or 'interrupted'."""
-        handlers = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with self.stop_requests(), self.worker_crash_as_error("training"):
             outcome = "finished"
             while self.epoch < self.epochs:
                 result = self.train_one_epoch()
@@ -344,11 +396,13 @@ class UnetTraining:
                               f"{self.early_stopping.best_epoch})")
                     break
             return outcome
-        except RuntimeError as error:
-            if not str(error).startswith("DataLoader worker"):  # torch's only sign of a worker killed mid-step
-                raise
-            raise UserError(f"{str(error).splitlines()[0].strip()} (killed for memory? lower --workers or "
-                            f"--batch-size); {self.resume_hint()}") from None
+
+    @contextlib.contextmanager
+    def stop_requests(self):
+        """SIGINT and SIGTERM call `request_stop` while training; the previous handlers come back after."""
+        handlers = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -362,7 +416,8 @@ class UnetTraining:
         if best.exists():
             unwrap(self.model).load_state_dict(load_checkpoint(best)["model"])
         self.model.eval()
-        metrics = self.evaluate(self.test_loader, "test")
+        with self.worker_crash_as_error("test"):
+            metrics = self.evaluate(self.test_loader, "test")
         if self.process.is_main:
             (self.run_dir / "test_results.json").write_text(json.dumps(metrics, indent=2))
             self.logger.summary(metrics)
@@ -554,7 +609,6 @@ def run(args):
     exit_code = 1  # what the wandb run records if an error escapes
     try:
         outcome = trainer.fit()
-        exit_code = 0
         if outcome == "interrupted":
             exit_code = 130
             if process.is_main:
@@ -573,6 +627,7 @@ def run(args):
                       f"loss {metrics['test/loss']:.4f} (best checkpoint, {len(test_set)} images)")
             if process.is_main:
                 print(f"best val Dice {trainer.best_fitness:.4f}; weights in {run_dir / 'best-checkpoint.pth.tar'}")
+            exit_code = 0
     finally:
         logger.finish(exit_code=exit_code)
     return exit_code
@@ -595,11 +650,11 @@ def main(args):
     try:
         args.wandb_mode = resolve_wandb_mode(args.wandb_mode)
         return run(args)
-    except UserError as error:
+    except UserError as error:  # bad input exits 2; a RunFailure (diverged, worker killed) exits 1
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     finally:
         distributed.teardown()
 

@@ -1,5 +1,7 @@
-"""Issue 4, training side: bad input, faults (SIGKILL, SIGINT/SIGTERM, non-finite steps, dead workers)
-and untrusted checkpoints. tests/README.md has the table of every case and what the user sees.
+"""Issue 4, training side: bad input (exit 2), faults (SIGKILL, SIGINT/SIGTERM, non-finite steps, dead
+workers, a failing validation preview; a run that fails exits 1) and untrusted checkpoints; plus the
+model files and unreachable streams detect.py must refuse. tests/README.md has the table of every case
+and what the user sees.
 
 Bad input is checked in-process through `train.main` (same code path as the command line, without
 paying the import time per case); a few cases also run the real command to show the exit code and
@@ -32,8 +34,10 @@ sys.path.insert(0, str(REPO))
 import train  # noqa: E402
 from dataset import make_dataset, pair_masks, read_split_file  # noqa: E402
 from make_sample_data import write_dataset  # noqa: E402
-from models import (CHECKPOINT_FORMAT, UserError, build_model, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                    model_meta)
+from dataset import SegmentationDataset  # noqa: E402
+from models import (CHECKPOINT_FORMAT, RunFailure, UserError, build_model, load_checkpoint,  # noqa: E402
+                    model_from_checkpoint, model_meta, save_checkpoint)
+from run_logging import NullLogger  # noqa: E402
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
         "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0"]
@@ -541,7 +545,7 @@ def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     assert wait_until(lambda: (run_dir / "checkpoint.pth.tar").exists() and children.read_text().split(), proc)
     os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
-    assert proc.wait(timeout=120) == 2
+    assert proc.wait(timeout=120) == 1  # a fault, not the user's input
     err = logs(proc)[1]
     last = err.strip().splitlines()[-1]
     # torch reports the dead worker either itself or as a broken pipe while a batch is received
@@ -554,14 +558,29 @@ def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
 # ---------------------------------------------------------------- faults in-process: bad samples, non-finite steps
 
 
-def small_trainer(d, run_dir, **options):
+def small_trainer(d, run_dir, test_split=None, **options):
     def pairs(split):
         return pair_masks(read_split_file(d / split, d), d / "masks")
     torch.manual_seed(0)
     architecture, encoder = FAST[1], FAST[3]
     settings = dict(run_dir=run_dir, meta=model_meta(architecture, encoder, 1, 64), epochs=2, batch_size=2, workers=0)
+    test_set = make_dataset(pairs(test_split), 64, 1) if test_split else None
     return train.UnetTraining(build_model(architecture, encoder, 1), make_dataset(pairs("train.txt"), 64, 1),
-                              make_dataset(pairs("val.txt"), 64, 1), None, **{**settings, **options})
+                              make_dataset(pairs("val.txt"), 64, 1), test_set, **{**settings, **options})
+
+
+def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_path):
+    """A worker killed late fails the next() that would have ended the epoch: there is no batch to name."""
+    trainer = small_trainer(data, tmp_path)
+
+    def loader_that_dies_at_the_end():
+        yield from trainer.train_loader
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    with pytest.raises(RunFailure) as error:
+        list(trainer.batches(loader_that_dies_at_the_end(), trainer.train_loader, "training"))
+    assert str(error.value) == ("loading training data after batch 2 failed: DataLoader worker (pid(s) 4242) exited "
+                                "unexpectedly; a killed worker? lower --workers or --batch-size; no checkpoint was "
+                                "saved yet")
 
 
 def test_files_deleted_mid_run_do_not_matter_samples_are_in_memory(data):
@@ -584,8 +603,9 @@ def test_sample_failing_mid_run_names_its_files(data, tmp_path, workers):
             raise OSError("Input/output error")
         return load_sample(index)
     trainer.train_set.load_sample = broken
-    with pytest.raises(UserError) as error:
+    with pytest.raises(RunFailure) as error:
         trainer.fit()
+    assert error.value.exit_code == 1
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("loading training batch ") and "sample_003.png" in message, message
@@ -615,7 +635,7 @@ def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(dat
         image, mask = load_sample(index)
         return (image if calls[0] <= 4 else torch.full_like(image, math.inf)), mask
     trainer.train_set.load_sample = poisoned
-    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError) as error:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(RunFailure) as error:
         warnings.simplefilter("always")
         trainer.fit()
     assert str(error.value) == ("20 non-finite steps in a row: training diverged; lower --lr or check the data. "
@@ -638,7 +658,262 @@ def test_non_finite_validation_loss_never_becomes_the_best_checkpoint(data, tmp_
 def test_divergence_on_the_command_line_is_one_line(data, run_name, capsys):
     code, _, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name, "--lr", "1e30",
                                     "--batch-size", "1", "--epochs", "7")
-    assert code == 2
+    assert code == 1  # the input was valid; the run failed
     assert err.strip().splitlines()[-1].startswith("error: 20 non-finite steps in a row: training diverged; lower --lr")
     assert "Traceback" not in err
     assert_complete_checkpoints(REPO / "checkpoints" / run_name)
+
+
+def test_sample_failing_mid_run_on_the_command_line_exits_1(data, run_name, capsys, monkeypatch):
+    load_sample, calls = SegmentationDataset.load_sample, [0]
+
+    def failing_after_the_first_batch(self, index):
+        calls[0] += 1
+        if calls[0] > 2:
+            raise OSError("Input/output error")
+        return load_sample(self, index)
+    monkeypatch.setattr(SegmentationDataset, "load_sample", failing_after_the_first_batch)
+    code, _, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name)
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err[-2000:]
+    assert re.fullmatch(r"error: loading training batch 2 \(images .*\) failed: Input/output error; fix or remove "
+                        r"those files \(a killed worker: lower --workers or --batch-size\); no checkpoint was "
+                        r"saved yet", last), last
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the final test evaluation
+
+
+def test_worker_killed_during_the_test_evaluation_is_a_one_line_error(data, run_name, capsys, monkeypatch):
+    """The worker loading the test split dies (SIGKILL, as the OOM killer does); training is complete."""
+    (data / "test.txt").write_text((data / "val.txt").read_text())
+    test_images = {Path(line).name for line in (data / "test.txt").read_text().split()}
+    load_sample = SegmentationDataset.load_sample
+    testing = [False]
+
+    def killed_in_the_test_worker(self, index):
+        if testing[0] and torch.utils.data.get_worker_info() is not None and self.pairs[index][0].name in test_images:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return load_sample(self, index)
+    test = train.UnetTraining.test
+
+    def test_marked(self):
+        testing[0] = True
+        return test(self)
+    monkeypatch.setattr(SegmentationDataset, "load_sample", killed_in_the_test_worker)
+    monkeypatch.setattr(train.UnetTraining, "test", test_marked)
+    code, out, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name, "--workers", "1")
+    run_dir = REPO / "checkpoints" / run_name
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err[-2000:]
+    assert last.startswith("error: ") and "DataLoader worker" in last, last
+    assert last.endswith(f"training had finished: {run_dir / 'best-checkpoint.pth.tar'}"), last
+    assert "Traceback" not in err
+    assert not (run_dir / "test_results.json").exists()
+    assert_complete_checkpoints(run_dir)
+
+
+def test_worker_death_reported_during_the_test_forward_pass_is_a_one_line_error(data, tmp_path):
+    """torch raises a dead worker from its SIGCHLD handler, wherever the main process is: here inside the
+    model's forward pass, outside the loader's own try (this used to end the run with a traceback)."""
+    trainer = small_trainer(data, tmp_path, test_split="val.txt")
+
+    def dies(_images):
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    trainer.model.forward = dies
+    with pytest.raises(RunFailure) as error:
+        trainer.test()
+    assert str(error.value) == ("DataLoader worker (pid 4242) is killed by signal: Killed. (killed for memory? lower "
+                                "--workers or --batch-size); training had finished: "
+                                f"{tmp_path}/best-checkpoint.pth.tar")
+    assert not (tmp_path / "test_results.json").exists()
+
+
+# ---------------------------------------------------------------- the validation preview
+
+
+class FailingWandb(NullLogger):
+    def log_image(self, key, image, step=None, caption=None):
+        raise ConnectionError("wandb: network is unreachable")
+
+
+def png_is_a_folder(trainer, monkeypatch):
+    (trainer.run_dir / "val_predictions.png").mkdir()
+
+
+def wandb_fails(trainer, monkeypatch):
+    trainer.logger = FailingWandb()
+
+
+def sample_fails_in_the_main_process(trainer, monkeypatch):
+    """The evaluation loads in a worker and passes; the preview loads in the main process and fails."""
+    load_sample = trainer.val_set.load_sample
+
+    def failing(index):
+        if torch.utils.data.get_worker_info() is None:
+            raise OSError("Input/output error")
+        return load_sample(index)
+    monkeypatch.setattr(trainer.val_set, "load_sample", failing)
+
+
+def out_of_memory(*_):
+    raise MemoryError()
+
+
+def grid_fails(trainer, monkeypatch):
+    monkeypatch.setattr(train, "prediction_grid", out_of_memory)
+
+
+PREVIEW_FAULTS = [
+    ("PNG cannot be written", png_is_a_folder,
+     r"validation preview: writing .*val_predictions\.png failed \(OSError: OpenCV could not write "
+     r".*val_predictions\.png\); training continues"),
+    ("wandb fails", wandb_fails,
+     r"validation preview: logging it to wandb failed \(ConnectionError: wandb: network is unreachable\); "
+     r"training continues"),
+    ("a sample fails", sample_fails_in_the_main_process,
+     r"validation preview: drawing the first 2 validation images failed \(OSError: Input/output error\); "
+     r"training continues"),
+    ("drawing the grid fails", grid_fails,
+     r"validation preview: drawing the first 2 validation images failed \(MemoryError\); training continues"),
+]
+
+
+@pytest.mark.parametrize("case, inject, message", PREVIEW_FAULTS, ids=[case[0] for case in PREVIEW_FAULTS])
+def test_failing_validation_preview_is_a_warning_and_training_goes_on(case, inject, message, data, tmp_path,
+                                                                      monkeypatch):
+    trainer = small_trainer(data, tmp_path, epochs=2, workers=1 if case == "a sample fails" else 0)
+    inject(trainer, monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert trainer.fit() == "finished"
+    previews = [str(w.message) for w in caught if "validation preview" in str(w.message)]
+    assert len(previews) == 2 and all(re.fullmatch(message, text) for text in previews), previews  # once per epoch
+    assert trainer.global_step == 2 * 2 and trainer.evaluations == 2
+    assert assert_complete_checkpoints(tmp_path)["checkpoint.pth.tar"] == 4
+    assert (tmp_path / "val_predictions.png").is_file() == (case == "wandb fails")
+
+
+# ---------------------------------------------------------------- float16: steps the gradient scaler skips
+
+
+def cpu_grad_scaler(trainer):
+    """What resolve_precision gives on CUDA under --use-amp, on the CPU: the same skip-and-rescale logic."""
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    assert trainer.scaler.is_enabled()
+
+
+def test_steps_the_gradient_scaler_skips_are_counted_silently_and_keep_batchnorm(data, tmp_path):
+    trainer = small_trainer(data, tmp_path)
+    cpu_grad_scaler(trainer)
+    images, masks = next(iter(trainer.train_loader))
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train_step(torch.full_like(images, math.nan), masks, trainer.new_stats())
+    assert not [w for w in caught if "step skipped" in str(w.message)]  # the scaler's overflows are normal
+    assert trainer.bad_steps == 1
+    assert trainer.scaler.get_scale() == 2.0 ** 15  # the scaler saw the overflow and lowered its scale
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # weights and BatchNorm statistics
+    assert trainer.optimizer.state == {}
+    trainer.train_step(images, masks, trainer.new_stats())
+    assert trainer.bad_steps == 0 and trainer.optimizer.state != {}  # a good step is taken and resets the count
+
+
+def test_twenty_steps_the_gradient_scaler_skips_stop_the_run(data, tmp_path):
+    trainer = small_trainer(data, tmp_path, epochs=12)  # 2 good steps, then every step non-finite
+    cpu_grad_scaler(trainer)
+    load_sample, calls = trainer.train_set.load_sample, [0]
+
+    def poisoned(index):
+        calls[0] += 1
+        image, mask = load_sample(index)
+        return (image if calls[0] <= 4 else torch.full_like(image, math.inf)), mask
+    trainer.train_set.load_sample = poisoned
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(RunFailure) as error:
+        warnings.simplefilter("always")
+        trainer.fit()
+    assert str(error.value).startswith("20 non-finite steps in a row: training diverged; lower --lr")
+    assert not [w for w in caught if "step skipped" in str(w.message)]
+    assert trainer.global_step == 2 + 19
+    best = load_checkpoint(tmp_path / "best-checkpoint.pth.tar")
+    assert best["global_step"] == 2
+    assert all(torch.isfinite(value).all() for value in best["model"].values() if value.is_floating_point())
+
+
+# ---------------------------------------------------------------- detect.py: model files and streams it refuses
+
+
+@pytest.fixture(scope="module")
+def detect_inputs(tmp_path_factory):
+    """An image, a real (untrained) checkpoint and files detect.py --model must refuse."""
+    folder = tmp_path_factory.mktemp("detect_inputs")
+    cv2.imwrite(str(folder / "image.png"), np.full((40, 60, 3), 80, np.uint8))
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", 1)
+    save_checkpoint(folder / "model.pth.tar", model, model_meta("Unet", "resnet18", 1, 64))
+    real = (folder / "model.pth.tar").read_bytes()
+    (folder / "truncated.pth.tar").write_bytes(real[:len(real) // 2])
+    (folder / "image.pth.tar").write_bytes((folder / "image.png").read_bytes())
+    torch.save({"state_dict": {"conv.weight": torch.zeros(2, 3, 3, 3)}, "epoch": 3}, folder / "other_tool.pth.tar")
+    torch.save(model.state_dict(), folder / "weights_only.pth")
+    (folder / "text.onnx").write_text("not an ONNX model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter, used on purpose for a file export.py did not write
+        torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(folder / "foreign.onnx"),
+                          dynamo=False)
+    return folder
+
+
+DETECT_BAD_MODELS = [
+    ("missing", "missing.pth.tar", r"checkpoint {dir}/missing\.pth\.tar: no such file"),
+    ("truncated", "truncated.pth.tar", r"checkpoint {dir}/truncated\.pth\.tar is truncated or not a PyTorch "
+                                       r"checkpoint \(PytorchStreamReader failed reading zip archive: failed finding "
+                                       r"central directory\); use a complete file written by train\.py"),
+    ("not a checkpoint (a PNG)", "image.pth.tar", r"checkpoint {dir}/image\.pth\.tar is truncated or not a PyTorch "
+                                                  r"checkpoint \(the pickle stream is damaged\); use a complete file "
+                                                  r"written by train\.py"),
+    ("another tool's checkpoint", "other_tool.pth.tar",
+     r"checkpoint {dir}/other_tool\.pth\.tar was not written by this toolkit \(no 'unet-segmentation-toolkit' "
+     r"header and not a plain state dict\); train one with train\.py"),
+    ("weights only", "weights_only.pth", r"{dir}/weights_only\.pth holds weights only, with no architecture; it can "
+                                         r"fine-tune with train\.py --load-model but detect\.py needs a checkpoint "
+                                         r"written by train\.py"),
+    ("ONNX not written by export.py", "foreign.onnx",
+     r"{dir}/foreign\.onnx is an ONNX model but was not written by export\.py \(no 'unet-segmentation-toolkit' "
+     r"metadata: architecture, normalization, patch size\); export it with: python export\.py --model CHECKPOINT"),
+    ("not an ONNX file", "text.onnx", r"{dir}/text\.onnx is not an ONNX model onnxruntime can load \(.*\); export "
+                                      r"one with: python export\.py --model CHECKPOINT"),
+]
+
+
+@pytest.mark.parametrize("case, name, message", DETECT_BAD_MODELS, ids=[case[0] for case in DETECT_BAD_MODELS])
+def test_detect_refuses_bad_model_files_with_one_line(case, name, message, detect_inputs, tmp_path, capsys):
+    import detect
+    path = detect_inputs / name
+    content = path.read_bytes() if path.exists() else None
+    code = detect.main(detect.parse_args(["--model", str(path), "--source", str(detect_inputs / "image.png"),
+                                          "--save-dir", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.fullmatch("error: " + message.format(dir=re.escape(str(detect_inputs))), err.strip()), err
+    assert not (tmp_path / "out").exists()  # refused before any output
+    assert (path.read_bytes() if path.exists() else None) == content
+
+
+def test_detect_unreachable_stream_is_one_line_with_credentials_masked(detect_inputs, tmp_path):
+    from servers import free_port
+    url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(REPO / "detect.py"), "--model", str(detect_inputs / "model.pth.tar"),
+                             "--source", url, "--stream-timeout", "2", "--save-dir", str(tmp_path / "out")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"error: stream {url.replace('s3cret', '***')}: could not read a frame within 2 s "
+                             f"(--stream-timeout); check the address, that the server is running, and "
+                             f"--rtsp-transport\n")
+    assert time.monotonic() - started < 60
+    assert "s3cret" not in result.stdout + "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
