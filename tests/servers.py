@@ -2,6 +2,7 @@
 
 - an RTSP server (GStreamer's, tests/rtsp_server.py, run by Debian's /usr/bin/python3 with python3-gi)
 - an HTTP MJPEG server (tests/mjpeg_server.py)
+- an RTMP server (FFmpeg in listen mode, tests/rtmp_server.py)
 - an X server (Xvfb) for --view-img
 
 All listen on 127.0.0.1 (Xvfb on a local socket only), pick free ports or displays themselves, wait for
@@ -91,6 +92,14 @@ class RtspServer(ServerProcess):
                          Path(log_dir) / f"rtsp-{self.port}.log")
 
 
+class RtmpServer(ServerProcess):
+    def __init__(self, log_dir, port=None, fps=10, width=176, height=96):
+        self.port = port or free_port()
+        self.url = f"rtmp://127.0.0.1:{self.port}/live/test"
+        super().__init__([sys.executable, str(TESTS / "rtmp_server.py"), "--port", str(self.port), "--fps", str(fps),
+                          "--width", str(width), "--height", str(height)], Path(log_dir) / f"rtmp-{self.port}.log")
+
+
 @pytest.fixture
 def mjpeg_server(tmp_path):
     """A running MJPEG server at 10 FPS, 192x128 (its `url`); the test may stop() and start() it."""
@@ -111,6 +120,14 @@ def rtsp_server(tmp_path):
 def rtsp_udp_only_server(tmp_path):
     """An RTSP server that refuses TCP transport (like some cameras)."""
     server = RtspServer(tmp_path, protocols="udp").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rtmp_server(tmp_path):
+    """A running RTMP server (FFmpeg, H.264) at 10 FPS, 176x96, frames numbered like the MJPEG server's."""
+    server = RtmpServer(tmp_path).start()
     yield server
     server.stop()
 

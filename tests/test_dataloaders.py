@@ -13,7 +13,8 @@ from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_
 from detect_helpers import write_video
 from mjpeg_server import frame_number
 from models import UserError
-from servers import MjpegServer, free_port, mjpeg_server, rtsp_server, rtsp_udp_only_server  # noqa: F401
+from servers import (MjpegServer, free_port, mjpeg_server, rtmp_server, rtsp_server,  # noqa: F401
+                     rtsp_udp_only_server)
 from sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
 
 
@@ -199,6 +200,27 @@ def test_rtsp_stream_over_tcp(rtsp_server):
     assert [f.original.shape for f in frames] == [(120, 160, 3)] * 3
     assert frames[0].fps == pytest.approx(10, rel=0.25)
     assert len({f.index for f in frames}) == 3
+
+
+def test_rtmp_stream_newest_frame_only(rtmp_server):
+    """RTMP through FFmpeg (a real RTMP server on loopback): the frames in order, never one twice, at their size."""
+    loader = LoadStreams([rtmp_server.url], patch_size=64, timeout=20)
+    try:
+        frames = []
+        for frame in loader:
+            frames.append(frame)
+            time.sleep(0.3)  # slower than the 10 FPS stream
+            if len(frames) == 5:
+                break
+    finally:
+        loader.close()
+    numbers = [frame_number(f.original) for f in frames]
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert max(b - a for a, b in zip(numbers, numbers[1:])) >= 2, f"frames were queued, not dropped: {numbers}"
+    assert [f.original.shape for f in frames] == [(96, 176, 3)] * 5 and all(f.is_stream for f in frames)
+    assert frames[0].fps == pytest.approx(10, rel=0.2) and frames[0].path == rtmp_server.url
+    assert loader.readers[0].used_transport is None  # the RTSP transport choice is not applied to RTMP
+    assert not frames[0].capture.isOpened()
 
 
 def test_rtsp_falls_back_to_udp(rtsp_udp_only_server, capfd):

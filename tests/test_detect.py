@@ -21,7 +21,7 @@ from detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from models import UserError
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
-from servers import mjpeg_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
+from servers import mjpeg_server, rtmp_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +287,23 @@ def test_rtsp_stream_with_credentials_masked_everywhere(trained_checkpoint, rtsp
     assert (frames, width, height) == (8, 160, 120) and fps == pytest.approx(10, rel=0.25)
     everything = result.stdout + result.stderr + (tmp_path / "results.csv").read_text()
     assert "s3cret" not in everything and "admin:***@" in result.stdout
+
+
+def test_rtmp_stream_saved_at_its_size_and_fps(trained_checkpoint, rtmp_server, tmp_path):
+    out = tmp_path / "out"
+    result = run_detect("--model", trained_checkpoint, "--source", rtmp_server.url, "--max-frames", "6",
+                        "--save-video", "--save-dir", out, "--stream-timeout", "20")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(out)
+    assert len(rows) == 6 and {r["source"] for r in rows} == {rtmp_server.url}
+    indices = [int(r["frame"]) for r in rows]
+    assert all(b > a for a, b in zip(indices, indices[1:]))  # frames received so far: never one twice
+    assert all(float(r["largest_polygon_px"]) > 0 for r in rows)  # the two bright blobs are found
+    assert sorted(p.name for p in out.iterdir()) == [f"127.0.0.1_{rtmp_server.port}_live_test.mp4", "results.csv"]
+    frames, fps, width, height = video_facts(out / f"127.0.0.1_{rtmp_server.port}_live_test.mp4")
+    assert (frames, width, height) == (6, 176, 96) and fps == pytest.approx(10, rel=0.2)
+    assert re.search(rf"stream {re.escape(rtmp_server.url)}: connected in [\d.]+ s, 176x96 at 10.0 FPS", result.stderr)
+    assert re.search(rf"stream {re.escape(rtmp_server.url)} frame \d+ 176x96: [\d.]+ ms", result.stdout)
 
 
 def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjpeg_server, tmp_path):
