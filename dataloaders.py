@@ -301,6 +301,9 @@ class LoadStreams:
         if not reader.connect(started + timeout, first=True):
             if reader.stopping():
                 return
+            if reader.source.isdigit():
+                raise UserError(f"webcam {reader.source}: could not read a frame within {timeout:g} s "
+                                f"(--stream-timeout); check that it works and that no other program uses it")
             transport = f" over {reader.transport.upper()}" if reader.transport != "auto" else ""
             raise UserError(f"stream {reader.name_shown}: could not read a frame{transport} within "
                             f"{timeout:g} s (--stream-timeout); check the address, that the server is "

@@ -6,6 +6,7 @@ Usage:
     python detect.py --model best.pth.tar --source clip.mp4 --save-video --max-frames 100
     python detect.py --model best.pth.tar --source rtsp://user:pass@192.168.1.20:554/stream --view-img
     python detect.py --model best.pth.tar --source http://camera.local/video.mjpg --save-video
+    python detect.py --model best.pth.tar --source rtmp://media.local/live/cam1 --max-frames 500
     python detect.py --model best.pth.tar --source 0 --view-img              # first webcam
     python detect.py --model best.pth.tar --source sources.txt               # one source per line
     python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
@@ -13,6 +14,9 @@ Usage:
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is): for each
 image the annotated image and masks/<name>.png (0/255 for one class, class indices for several), with
 --save-video an annotated MP4 per video or stream, and always results.csv with one row per frame.
+The folder is created with the first frame: a stream that cannot be opened within --stream-timeout
+is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
+normally (exit code 0) with every output complete.
 --view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
 finishes the current frame, closes every output (MP4s stay playable) and exits with code 130.
 """
@@ -32,7 +36,7 @@ import torch
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames, resolve_sources
 from dataset import check_patch_size, unletterbox
-from detect_outputs import ResultWriter, Viewer, check_display, increment_path
+from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
 from distributed import resolve_device
 from models import UserError, load_checkpoint, model_from_checkpoint
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
@@ -156,12 +160,17 @@ def install_stop_handler(stop_event):
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
         view_img=False, save_video=False, device="auto", save_dir=None, nosave=False, stream_timeout=30.0,
         rtsp_transport="auto"):
-    """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit)."""
+    """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
+
+    save_dir is None in the summary when no frame was segmented (nothing was written then).
+    """
     if not 0 <= conf_thres <= 1:
         raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
     if max_frames is not None and max_frames < 1:
         raise UserError(f"--max-frames {max_frames} must be at least 1")
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
+    save_dir = Path(save_dir) if save_dir else None
+    check_save_dir(save_dir or REPO / "runs" / "detect" / "exp")
     if view_img:
         check_display()
     meta, predictor = load_predictor(model, resolve_device(device))
@@ -169,12 +178,12 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     size = patch_size or meta["patch_size"]
     check_patch_size(size)
 
-    save_dir = Path(save_dir) if save_dir else increment_path(REPO / "runs" / "detect" / "exp")
-    save_dir.mkdir(parents=True, exist_ok=True)
     names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
     colours = class_colours(meta["classes"])
-    writer = ResultWriter(save_dir, names if meta["classes"] > 1 else None, save_images=not nosave,
-                          save_video=save_video and not nosave)
+    # the folder is created with the first frame: a stream that never delivers one leaves nothing behind
+    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp",
+                          names if meta["classes"] > 1 else None, save_images=not nosave,
+                          save_video=save_video and not nosave, increment=not save_dir)
     viewer = Viewer() if view_img else None
     stop_event = threading.Event()
     handlers = install_stop_handler(stop_event)
@@ -212,9 +221,12 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
 
     elapsed = time.perf_counter() - started
     why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
-    mean_ms = total_ms / count if count else 0.0
-    print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {mean_ms:.1f} ms, "
-          f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
+    save_dir = writer.save_dir if writer.opened else None
+    if count:
+        print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {total_ms / count:.1f} ms, "
+              f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
+    else:
+        print(f"0 frames in {elapsed:.1f} s{why}: nothing to segment, nothing written", flush=True)
     return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
             "quit": user_quit}
 

@@ -1,9 +1,9 @@
 """Where detect.py's results go: results.csv, annotated images and masks, MP4 videos, the live window.
 
 Usage:
-    from detect_outputs import ResultWriter, Viewer, increment_path
-    writer = ResultWriter(increment_path(Path("runs/detect/exp")), class_names=None, save_video=True)
-    writer.add(frame, mask, annotated_rgb, inference_ms, largest_polygon_px)
+    from detect_outputs import ResultWriter, Viewer
+    writer = ResultWriter(Path("runs/detect/exp"), class_names=None, save_video=True, increment=True)
+    writer.add(frame, mask, annotated_rgb, inference_ms, largest_polygon_px)   # the first add creates exp, exp2...
     writer.close()   # always: finishes the MP4 files so they play even after Ctrl-C
 """
 
@@ -34,17 +34,54 @@ def increment_path(path):
     raise UserError(f"{path.parent} holds too many runs named {path.name}; give --save-dir")
 
 
-class ResultWriter:
-    """results.csv (flushed per row), images and masks (unless nosave) and MP4s (with --save-video)."""
+def check_save_dir(path):
+    """The output folder must be creatable and writable: say so at start, not when the first frame arrives."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--save-dir {path}: {existing} is a file, not a folder; give another --save-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--save-dir {path}: {existing} is not writable; give another --save-dir")
 
-    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False):
-        self.save_dir = Path(save_dir)
+
+def make_run_dir(path):
+    """Create and return the first free one of path, path2, path3... (another run may take a name meanwhile)."""
+    while True:
+        candidate = increment_path(path)
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+
+
+class ResultWriter:
+    """results.csv (flushed per row), images and masks (unless nosave) and MP4s (with --save-video).
+
+    Nothing is created before the first frame: a run that never gets one (a stream that cannot be opened)
+    leaves no empty folder behind. With `increment`, save_dir names the default run folder and the first
+    free one of save_dir, save_dir2... is created then; otherwise save_dir is used as is.
+    """
+
+    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False):
+        self.save_dir, self.increment = Path(save_dir), increment
         self.class_names, self.save_images, self.save_video = class_names, save_images, save_video
         self.videos, self.used_stems = {}, set()
+        self.csv_file = self.csv = None
+
+    @property
+    def opened(self):
+        return self.csv_file is not None
+
+    def open(self):
+        if self.increment:
+            self.save_dir = make_run_dir(self.save_dir)
+        else:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
         self.csv_file = open(self.save_dir / "results.csv", "w", newline="", encoding="utf-8")
         self.csv = csv.writer(self.csv_file)
         header = ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px"]
-        header += [f"{name}_px" for name in (class_names or [])[1:]]
+        header += [f"{name}_px" for name in (self.class_names or [])[1:]]
         self.csv.writerow(header)
         self.csv_file.flush()
 
@@ -60,6 +97,8 @@ class ResultWriter:
 
     def add(self, frame, mask, annotated, inference_ms, largest):
         """Write one frame's outputs; `mask` holds class indices at the original size."""
+        if not self.opened:
+            self.open()
         if frame.is_image and self.save_images:
             self.write_image(frame, mask, annotated)
         elif not frame.is_image and self.save_video:
@@ -99,7 +138,8 @@ class ResultWriter:
         for writer, _ in self.videos.values():
             writer.release()
         self.videos.clear()
-        self.csv_file.close()
+        if self.opened:
+            self.csv_file.close()
 
 
 # ---------------------------------------------------------------- the live window
