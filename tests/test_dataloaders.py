@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames
-from detect_helpers import write_video
+from detect_helpers import FakeCamera, fake_webcam, write_video  # noqa: F401
 from mjpeg_server import frame_number
 from models import UserError
 from servers import (MjpegServer, free_port, mjpeg_server, rtmp_server, rtsp_server,  # noqa: F401
@@ -221,6 +221,28 @@ def test_rtmp_stream_newest_frame_only(rtmp_server):
     assert frames[0].fps == pytest.approx(10, rel=0.2) and frames[0].path == rtmp_server.url
     assert loader.readers[0].used_transport is None  # the RTSP transport choice is not applied to RTMP
     assert not frames[0].capture.isOpened()
+
+
+def test_webcam_newest_frame_only(fake_webcam, tmp_path):
+    """A webcam index goes through the same reader thread: cv2.VideoCapture(0) here plays a clip at 12 FPS."""
+    camera = fake_webcam(lambda index: FakeCamera(write_video(tmp_path / "camera.mp4", 120)))
+    loader = LoadStreams(["0"], patch_size=64, timeout=5)
+    try:
+        frames = []
+        for frame in loader:
+            frames.append(frame)
+            time.sleep(0.25)  # slower than the camera
+            if len(frames) == 5:
+                break
+    finally:
+        loader.close()
+    numbers = [frame_number(f.original) for f in frames]
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert max(b - a for a, b in zip(numbers, numbers[1:])) >= 2, f"frames were queued, not dropped: {numbers}"
+    assert [f.index for f in frames] == numbers  # index: frames the camera delivered so far
+    assert [f.original.shape for f in frames] == [(96, 176, 3)] * 5 and frames[0].fps == pytest.approx(12.0)
+    assert frames[0].path == "0" and frames[0].is_stream and frames[0].capture is camera.cameras[0]
+    assert len(camera.cameras) == 1 and not camera.cameras[0].isOpened()  # released by close()
 
 
 def test_rtsp_falls_back_to_udp(rtsp_udp_only_server, capfd):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import detect
-from detect_helpers import (QUIET_ENV, detect_process, easy_held_out, multiclass_checkpoint,  # noqa: F401
-                            read_rows, run_detect, trained_checkpoint, video_facts, write_video)
+from detect_helpers import (QUIET_ENV, FakeCamera, detect_process, easy_held_out, fake_webcam,  # noqa: F401
+                            multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
+                            write_video)
 from dataloaders import Frame
 from dataset import Letterbox
 from detect_outputs import ResultWriter, increment_path
@@ -110,6 +111,16 @@ def test_missing_source_and_missing_path_exit_2(capsys):
     assert result.returncode == 2
     assert result.stderr == "error: --source no/such/image.png: no such file or folder; give an image, video, " \
                             "folder, glob, .txt list, stream URL or webcam index\n"
+
+
+def test_save_dir_that_is_a_file_fails_at_start(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    cv2.imwrite(str(tmp_path / "image.png"), np.zeros((8, 8, 3), np.uint8))
+    code, _, err = cli(capsys, "--model", "no-model.pth.tar", "--source", tmp_path / "image.png", "--save-dir",
+                       taken / "out")
+    assert code == 2 and err == f"error: --save-dir {taken / 'out'}: {taken} is a file, not a folder; give another " \
+                                "--save-dir\n"  # before the model is looked at
 
 
 def test_conflicting_flags_are_clear_errors(trained_checkpoint, easy_held_out, capsys, tmp_path):
@@ -255,6 +266,11 @@ def test_unreadable_image_is_skipped_with_its_name(trained_checkpoint, easy_held
         code, _, _ = cli(capsys, "--model", trained_checkpoint, "--source", folder, "--save-dir", tmp_path / "out")
     assert code == 0
     assert [Path(r["source"]).name for r in read_rows(tmp_path / "out")] == ["good.png"]
+    (folder / "good.png").unlink()  # nothing left to segment: a warning, a summary that says so, no folder
+    with pytest.warns(UserWarning, match=r"skipping .*bad.png"):
+        code, out, _ = cli(capsys, "--model", trained_checkpoint, "--source", folder, "--save-dir", tmp_path / "none")
+    assert code == 0 and not (tmp_path / "none").exists()
+    assert re.fullmatch(r"0 frames in [\d.]+ s: nothing to segment, nothing written", out.splitlines()[-1])
 
 
 def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_clip, tmp_path):
@@ -327,6 +343,51 @@ def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjp
     frames, fps, _, _ = video_facts(out / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")
     assert frames == len(rows) and fps == pytest.approx(10, rel=0.2)  # measured: the stream says 25
     assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
+
+
+def test_webcam_runs_through_the_stream_reader(trained_checkpoint, fake_webcam, tmp_path, capsys):
+    """--source 0 with cv2.VideoCapture(0) playing a 5 s clip at 12 FPS, then unplugged: the whole pipeline
+    (reader thread, FPS, reconnect attempts, clean end with exit 0) as with a real camera."""
+    clip = write_video(tmp_path / "camera.mp4", 60)
+    camera = fake_webcam(lambda index: FakeCamera(clip) if not camera.cameras else cv2.VideoCapture())
+    out = tmp_path / "out"
+    code, stdout, stderr = cli(capsys, "--model", trained_checkpoint, "--source", "0", "--save-video", "--save-dir",
+                               out, "--stream-timeout", "2")
+    assert code == 0, stderr
+    assert "stream 0: connected in" in stderr and "176x96 at 12.0 FPS (reported)" in stderr
+    assert "stream 0: no frame, reconnecting for up to 2 s" in stderr and "giving up" in stderr
+    rows = read_rows(out)
+    indices = [int(r["frame"]) for r in rows]
+    assert len(rows) >= 5 and {r["source"] for r in rows} == {"0"}
+    assert all(b > a for a, b in zip(indices, indices[1:])) and indices[-1] <= 59  # never a frame twice
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "webcam0.mp4"]
+    assert video_facts(out / "webcam0.mp4") == (len(rows), 12.0, 176, 96)
+    assert re.search(r"stream 0 frame \d+ 176x96: [\d.]+ ms", stdout)
+    assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
+    assert len(camera.cameras) >= 2 and camera.cameras[0].reads > 60  # reopened after the unplug
+    assert all(not c.isOpened() for c in camera.cameras)  # every capture released
+
+
+def test_webcam_without_frames_is_a_clear_error_and_writes_nothing(trained_checkpoint, fake_webcam, tmp_path,
+                                                                   capsys, monkeypatch):
+    """A camera that opens but never delivers a frame; nothing is created, not even the default run folder."""
+    camera = fake_webcam(lambda index: FakeCamera(write_video(tmp_path / "any.mp4", 2), frames=False))
+    monkeypatch.setattr(detect, "REPO", tmp_path)
+    started = time.monotonic()
+    code, stdout, stderr = cli(capsys, "--model", trained_checkpoint, "--source", "0", "--stream-timeout", "2")
+    assert code == 2 and stdout == ""
+    assert stderr == "error: webcam 0: could not read a frame within 2 s (--stream-timeout); check that it works " \
+                     "and that no other program uses it\n"
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "runs").exists()
+    assert camera.cameras and all(not c.isOpened() for c in camera.cameras)
+    kept = tmp_path / "kept"  # an existing --save-dir stays as it was
+    kept.mkdir()
+    (kept / "results.csv").write_text("an earlier run's\n")
+    code, _, _ = cli(capsys, "--model", trained_checkpoint, "--source", "0", "--stream-timeout", "1", "--save-dir",
+                     kept)
+    assert code == 2 and [p.name for p in kept.iterdir()] == ["results.csv"]
+    assert (kept / "results.csv").read_text() == "an earlier run's\n"
 
 
 # ---------------------------------------------------------------- the window, on a virtual display
