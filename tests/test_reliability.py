@@ -626,15 +626,20 @@ def test_non_finite_step_is_skipped_with_a_warning_and_leaves_the_model_untouche
     assert any(not torch.equal(before[key], value) for key, value in trainer.model.state_dict().items())
 
 
-def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(data, tmp_path):
-    trainer = small_trainer(data, tmp_path, epochs=12)  # 2 good steps, then every step non-finite
+def poison_after(trainer, good_samples):
+    """Training samples load as usual for the first `good_samples` loads, then every image is all inf."""
     load_sample, calls = trainer.train_set.load_sample, [0]
 
     def poisoned(index):
         calls[0] += 1
         image, mask = load_sample(index)
-        return (image if calls[0] <= 4 else torch.full_like(image, math.inf)), mask
+        return (image if calls[0] <= good_samples else torch.full_like(image, math.inf)), mask
     trainer.train_set.load_sample = poisoned
+
+
+def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(data, tmp_path):
+    trainer = small_trainer(data, tmp_path, epochs=12)  # 2 good steps, then every step non-finite
+    poison_after(trainer, good_samples=4)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(RunFailure) as error:
         warnings.simplefilter("always")
         trainer.fit()
@@ -825,13 +830,7 @@ def test_steps_the_gradient_scaler_skips_are_counted_silently_and_keep_batchnorm
 def test_twenty_steps_the_gradient_scaler_skips_stop_the_run(data, tmp_path):
     trainer = small_trainer(data, tmp_path, epochs=12)  # 2 good steps, then every step non-finite
     cpu_grad_scaler(trainer)
-    load_sample, calls = trainer.train_set.load_sample, [0]
-
-    def poisoned(index):
-        calls[0] += 1
-        image, mask = load_sample(index)
-        return (image if calls[0] <= 4 else torch.full_like(image, math.inf)), mask
-    trainer.train_set.load_sample = poisoned
+    poison_after(trainer, good_samples=4)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(RunFailure) as error:
         warnings.simplefilter("always")
         trainer.fit()
