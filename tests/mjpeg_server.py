@@ -2,15 +2,19 @@
 
 Every frame carries its own number in a strip of black/white blocks at the top (see `frame_number`),
 so a test can tell whether a client saw a frame twice or skipped frames. Bright ellipses move on a
-dark background below the strip. Listens on 127.0.0.1 only.
+dark background below the strip. Listens on 127.0.0.1 only. With --certfile and --keyfile it speaks
+HTTPS only (TLS on the same port), like a camera behind a self-signed certificate.
 
 Usage:
     python tests/mjpeg_server.py --port 8090 --fps 10 --width 192 --height 128
     curl http://127.0.0.1:8090/stream.mjpg
+    python tests/mjpeg_server.py --port 8443 --certfile cert.pem --keyfile key.pem
+    curl --insecure https://127.0.0.1:8443/stream.mjpg
 """
 
 import argparse
 import http.server
+import ssl
 import threading
 import time
 
@@ -85,13 +89,30 @@ def make_handler(camera):
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
                                      + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                     self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):  # the client left
                 pass
 
         def log_message(self, *args):
             pass
 
     return Handler
+
+
+class TlsServer(http.server.ThreadingHTTPServer):
+    """HTTPS: each connection's TLS handshake runs in its own handler thread, so a client that stalls
+    in the handshake (or speaks plain HTTP) cannot block the others."""
+
+    def __init__(self, address, handler, context):
+        super().__init__(address, handler)
+        self.context = context
+
+    def finish_request(self, request, client_address):
+        try:
+            connection = self.context.wrap_socket(request, server_side=True)
+        except OSError:  # ssl.SSLError included: a client that refused the certificate, or plain HTTP
+            return
+        with connection:
+            super().finish_request(connection, client_address)
 
 
 def main():
@@ -101,9 +122,16 @@ def main():
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--start", type=int, default=0, help="number of the first frame")
+    parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (needs --keyfile)")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile")
     args = parser.parse_args()
     camera = Camera(args.fps, args.width, args.height, args.start)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(camera))
+    if args.certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.certfile, args.keyfile)
+        server = TlsServer(("127.0.0.1", args.port), make_handler(camera), context)
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(camera))
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()

@@ -1,7 +1,8 @@
 """Real servers for the stream and window tests, started and stopped by the tests themselves.
 
 - an RTSP server (GStreamer's, tests/rtsp_server.py, run by Debian's /usr/bin/python3 with python3-gi)
-- an HTTP MJPEG server (tests/mjpeg_server.py)
+- an HTTP MJPEG server (tests/mjpeg_server.py), also over HTTPS with a self-signed certificate made by
+  the `openssl` command at test time
 - an RTMP server (FFmpeg in listen mode, tests/rtmp_server.py)
 - an X server (Xvfb) for --view-img
 
@@ -74,12 +75,24 @@ class ServerProcess:
         self.process = None
 
 
+def self_signed_certificate(folder):
+    """(certificate, key) PEM files for 127.0.0.1, signed by themselves, valid for a day."""
+    certificate, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(certificate), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    return certificate, key
+
+
 class MjpegServer(ServerProcess):
-    def __init__(self, log_dir, port=None, fps=10, width=192, height=128, start_number=0):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
+    """certificate=(cert.pem, key.pem): HTTPS only, at an https:// url."""
+
+    def __init__(self, log_dir, port=None, fps=10, width=192, height=128, start_number=0, certificate=None):
+        self.port, self.certificate = port or free_port(), certificate
+        tls = ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])] if certificate else []
+        self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.port}/stream.mjpg"
         super().__init__([sys.executable, str(TESTS / "mjpeg_server.py"), "--port", str(self.port), "--fps", str(fps),
-                          "--width", str(width), "--height", str(height), "--start", str(start_number)],
+                          "--width", str(width), "--height", str(height), "--start", str(start_number), *tls],
                          Path(log_dir) / f"mjpeg-{self.port}.log")
 
 
@@ -104,6 +117,14 @@ class RtmpServer(ServerProcess):
 def mjpeg_server(tmp_path):
     """A running MJPEG server at 10 FPS, 192x128 (its `url`); the test may stop() and start() it."""
     server = MjpegServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def https_mjpeg_server(tmp_path):
+    """The same MJPEG stream over HTTPS only, with a self-signed certificate made for this test."""
+    server = MjpegServer(tmp_path, certificate=self_signed_certificate(tmp_path)).start()
     yield server
     server.stop()
 

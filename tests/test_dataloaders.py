@@ -1,5 +1,6 @@
 """Source detection (pure), LoadImages on every file kind, LoadStreams against real RTSP and HTTP servers."""
 
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,8 @@ from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_
 from detect_helpers import FakeCamera, fake_webcam, write_video  # noqa: F401
 from mjpeg_server import frame_number
 from models import UserError
-from servers import (MjpegServer, free_port, mjpeg_server, rtmp_server, rtsp_server,  # noqa: F401
-                     rtsp_udp_only_server)
+from servers import (MjpegServer, free_port, https_mjpeg_server, mjpeg_server, rtmp_server,  # noqa: F401
+                     rtsp_server, rtsp_udp_only_server)
 from sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
 
 
@@ -188,6 +189,30 @@ def test_http_stream_newest_frame_only(mjpeg_server):
     assert frame.fps == pytest.approx(10, rel=0.2)  # FFmpeg reports 25 for MJPEG: measured instead
     assert not frame.capture.isOpened()  # released by close()
     assert not caller_stop.is_set()  # closing is not a stop request from the caller
+
+
+def test_https_stream_with_self_signed_certificate(https_mjpeg_server):
+    """https:// MJPEG from a server that speaks only TLS, with a certificate no authority signed (as IP
+    cameras ship): read like http://, newest frame only. OpenCV's FFmpeg does not verify the peer by default."""
+    served = ssl.get_server_certificate(("127.0.0.1", https_mjpeg_server.port))
+    ours = https_mjpeg_server.certificate[0].read_text()
+    assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(ours)  # really TLS, with that certificate
+    loader = LoadStreams([https_mjpeg_server.url], patch_size=64, timeout=10)
+    try:
+        frames = []
+        for frame in loader:
+            frames.append(frame)
+            time.sleep(0.35)  # slower than the 10 FPS stream
+            if len(frames) == 5:
+                break
+    finally:
+        loader.close()
+    numbers = [frame_number(f.original) for f in frames]
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert max(b - a for a, b in zip(numbers, numbers[1:])) >= 2, f"frames were queued, not dropped: {numbers}"
+    assert [f.original.shape for f in frames] == [(128, 192, 3)] * 5 and all(f.is_stream for f in frames)
+    assert frames[0].path == https_mjpeg_server.url and frames[0].fps == pytest.approx(10, rel=0.2)
+    assert not frames[0].capture.isOpened()
 
 
 def test_rtsp_stream_over_tcp(rtsp_server):

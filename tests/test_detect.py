@@ -22,7 +22,8 @@ from detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from models import UserError
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
-from servers import mjpeg_server, rtmp_server, rtsp_server, wait_until, xvfb_display  # noqa: F401
+from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
+                     xvfb_display)
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +321,24 @@ def test_rtmp_stream_saved_at_its_size_and_fps(trained_checkpoint, rtmp_server, 
     assert (frames, width, height) == (6, 176, 96) and fps == pytest.approx(10, rel=0.2)
     assert re.search(rf"stream {re.escape(rtmp_server.url)}: connected in [\d.]+ s, 176x96 at 10.0 FPS", result.stderr)
     assert re.search(rf"stream {re.escape(rtmp_server.url)} frame \d+ 176x96: [\d.]+ ms", result.stdout)
+
+
+def test_https_stream_saved_at_its_size(trained_checkpoint, https_mjpeg_server, tmp_path):
+    """https:// MJPEG behind a self-signed certificate: an MP4 of the stream's size, one results.csv row a frame."""
+    out = tmp_path / "out"
+    result = run_detect("--model", trained_checkpoint, "--source", https_mjpeg_server.url, "--max-frames", "6",
+                        "--save-video", "--save-dir", out, "--stream-timeout", "10")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(out)
+    assert len(rows) == 6 and {r["source"] for r in rows} == {https_mjpeg_server.url}
+    indices = [int(r["frame"]) for r in rows]
+    assert all(b > a for a, b in zip(indices, indices[1:]))
+    assert all(float(r["largest_polygon_px"]) > 0 for r in rows)  # the two bright blobs are found
+    video = f"127.0.0.1_{https_mjpeg_server.port}_stream.mjpg.mp4"
+    assert sorted(p.name for p in out.iterdir()) == [video, "results.csv"]
+    frames, fps, width, height = video_facts(out / video)
+    assert (frames, width, height) == (6, 192, 128) and fps == pytest.approx(10, rel=0.2)
+    assert re.search(rf"stream {re.escape(https_mjpeg_server.url)}: connected in [\d.]+ s, 192x128", result.stderr)
 
 
 def test_http_stream_survives_restart_and_ends_when_gone(trained_checkpoint, mjpeg_server, tmp_path):
