@@ -458,6 +458,33 @@ def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xv
     assert "(quit)" in stdout and len(read_rows(tmp_path)) < 300
 
 
+def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server, xvfb_display, tmp_path):
+    """--view-img on the HTTP MJPEG stream: the window shows the overlay while the stream runs; q ends the run
+    with exit code 0 and every output complete."""
+    env = {**QUIET_ENV, "DISPLAY": xvfb_display}
+    with detect_process("--model", trained_checkpoint, "--source", mjpeg_server.url, "--view-img", "--save-video",
+                        "--save-dir", tmp_path, "--stream-timeout", "10", env=env) as process:
+        window = wait_until(lambda: find_window(xvfb_display, f"detect.py {mjpeg_server.url}")
+                            or process.poll() is not None, 180)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
+        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 120)
+        window_id, x, y, width, height = window
+        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
+        assert process.poll() is None  # the stream is still running
+        assert width >= 400 and shown.mean() > 20  # enlarged from 192x128, and not black
+        overlay_green = (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
+        assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
+        press_key(xvfb_display, window_id, "q", process)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "(quit)" in stdout.splitlines()[-1]
+    rows = read_rows(tmp_path)
+    assert len(rows) >= 10 and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
+    assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
+    frames, fps, width, height = video_facts(tmp_path / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")
+    assert (frames, width, height) == (len(rows), 192, 128) and fps == pytest.approx(10, rel=0.2)  # playable, whole
+
+
 def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_display, tmp_path):
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
     image = easy_held_out / "imgs" / "easy_004.png"
