@@ -26,6 +26,7 @@ import torch
 
 from dataset import Letterbox, preprocess_image, read_image
 from models import IMAGENET_MEAN, IMAGENET_STD, UserError
+from pipeline import Prefetcher
 from sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
 
 __all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
@@ -363,15 +364,22 @@ class LoadStreams:
 
 
 def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
-                   rtsp_transport="auto", stop_event=None):
-    """Every Frame of the files, then of the streams; closing the generator releases every capture."""
+                   rtsp_transport="auto", stop_event=None, prefetch=0):
+    """Every Frame of the files, then of the streams; closing the generator releases every capture.
+
+    prefetch > 0 decodes and letterboxes up to that many file frames ahead in a thread, while the caller
+    works on the current one (streams are never read ahead: their reader keeps only the newest frame).
+    """
     images = LoadImages(files, patch_size, mean, std)
+    ahead = Prefetcher(images, prefetch) if prefetch > 0 and files else None
     try:
-        for frame in images:
+        for frame in ahead or images:
             if stop_event is not None and stop_event.is_set():
                 return
             yield frame
     finally:
+        if ahead is not None:
+            ahead.close()  # first: the thread may still be reading from images' capture
         images.close()
     if not streams or (stop_event is not None and stop_event.is_set()):
         return

@@ -40,6 +40,7 @@ from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
 from distributed import resolve_device
 from models import UserError, load_checkpoint, model_from_checkpoint
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from pipeline import Finisher
 
 REPO = Path(__file__).resolve().parent
 
@@ -108,12 +109,18 @@ def logits_to_mask(logits, conf_thres):
     return labels.to(torch.uint8).numpy()
 
 
-def segment(predictor, frame, conf_thres):
-    """(mask of class indices at the frame's original size, inference milliseconds) for one Frame."""
+def infer(predictor, frame, conf_thres):
+    """(mask of class indices at the letterboxed patch size, inference milliseconds) for one Frame."""
     began = time.perf_counter()
     logits = predictor(frame.image.unsqueeze(0))[0]
     inference_ms = (time.perf_counter() - began) * 1000
-    return unletterbox(logits_to_mask(logits, conf_thres), frame.letterbox), inference_ms
+    return logits_to_mask(logits, conf_thres), inference_ms
+
+
+def segment(predictor, frame, conf_thres):
+    """(mask of class indices at the frame's original size, inference milliseconds) for one Frame."""
+    patch_mask, inference_ms = infer(predictor, frame, conf_thres)
+    return unletterbox(patch_mask, frame.letterbox), inference_ms
 
 
 # ---------------------------------------------------------------- the run
@@ -129,6 +136,31 @@ class RunningMean:
         total, count = self.totals.get(key, (0.0, 0))
         self.totals[key] = (total + value, count + 1)
         return (total + value) / (count + 1)
+
+
+class FrameOutputs:
+    """Everything after the forward pass for one frame: the mask at the frame's size, polygons, overlay,
+    the saved files and the console line. Called in frame order (from the finisher thread when there is
+    no window), so the running means and the file numbering stay as the frames came."""
+
+    def __init__(self, writer, colours, class_names, file_total):
+        self.writer, self.colours, self.class_names, self.file_total = writer, colours, class_names, file_total
+        self.means, self.file_number = RunningMean(), 0
+
+    def __call__(self, frame, patch_mask, inference_ms):
+        """Write and print one frame; returns the annotated RGB image."""
+        mask = unletterbox(patch_mask, frame.letterbox)
+        polygons = find_polygons(mask)
+        largest = largest_polygon_area(polygons)
+        mean = self.means.add("images" if frame.is_image else frame.path, largest)
+        lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
+                 f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
+        annotated = draw_overlay(frame.original, mask, polygons, self.colours, lines, self.class_names)
+        self.writer.add(frame, mask, annotated, inference_ms, largest)
+        self.file_number += frame.index == 0 and not frame.is_stream
+        print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms, "
+              f"largest polygon {largest:.0f} px", flush=True)
+        return annotated
 
 
 def describe(frame, file_number, file_total):
@@ -184,40 +216,40 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp",
                           names if meta["classes"] > 1 else None, save_images=not nosave,
                           save_video=save_video and not nosave, increment=not save_dir)
+    outputs = FrameOutputs(writer, colours, names if meta["classes"] > 1 else None, len(files))
     viewer = Viewer() if view_img else None
+    # Without a window, decoding (prefetch) and everything after the forward pass (finisher) run in
+    # threads beside the model; a window must be drawn from this thread, so then they run in turn.
+    finisher = None if view_img else Finisher(outputs, depth=2)
     stop_event = threading.Event()
     handlers = install_stop_handler(stop_event)
     frames = iterate_frames(files, streams, size, meta["mean"], meta["std"], stream_timeout, rtsp_transport,
-                            stop_event)
-    means, count, total_ms, user_quit, started = RunningMean(), 0, 0.0, False, time.perf_counter()
-    file_number = 0
+                            stop_event, prefetch=0 if view_img else 2)
+    count, total_ms, user_quit, started = 0, 0.0, False, time.perf_counter()
     try:
         for frame in frames:
-            mask, inference_ms = segment(predictor, frame, conf_thres)
-            polygons = find_polygons(mask)
-            largest = largest_polygon_area(polygons)
-            mean = means.add("images" if frame.is_image else frame.path, largest)
-            lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
-                     f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
-            annotated = draw_overlay(frame.original, mask, polygons, colours, lines,
-                                     names if meta["classes"] > 1 else None)
-            writer.add(frame, mask, annotated, inference_ms, largest)
-            file_number += frame.index == 0 and not frame.is_stream
+            patch_mask, inference_ms = infer(predictor, frame, conf_thres)
             count, total_ms = count + 1, total_ms + inference_ms
-            print(f"{describe(frame, file_number, len(files))}: {inference_ms:.1f} ms, "
-                  f"largest polygon {largest:.0f} px", flush=True)
-            if viewer is not None and not viewer.show(frame, annotated, stop_event):
-                user_quit = True
-                break
+            if finisher is not None:
+                finisher.submit(frame, patch_mask, inference_ms)
+            else:
+                annotated = outputs(frame, patch_mask, inference_ms)
+                if viewer is not None and not viewer.show(frame, annotated, stop_event):
+                    user_quit = True
+                    break
             if (max_frames and count >= max_frames) or stop_event.is_set():
                 break
     finally:
-        frames.close()
-        writer.close()
-        if viewer is not None:
-            viewer.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        try:
+            frames.close()
+            if finisher is not None:
+                finisher.close()  # every frame inferred is written before the files are closed
+        finally:
+            writer.close()
+            if viewer is not None:
+                viewer.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
     elapsed = time.perf_counter() - started
     why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
