@@ -92,12 +92,76 @@ def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
             raise UserError(f"{meta['architecture']}/{meta['encoder']} cannot be exported to ONNX opset {opset}: "
                             f"{str(error).splitlines()[0][:200]}; try another --opset or --patch-size") from None
     proto = onnx.load(str(output))
+    if dynamic:
+        proto = resize_by_scales(proto, patch_size, meta["in_channels"])
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps({key: meta[key] for key in MODEL_META_KEYS})
     proto.doc_string = f"{meta['architecture']}/{meta['encoder']} exported by export.py"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(output))
     return meta
+
+
+def resize_by_scales(proto, patch_size, in_channels):
+    """Give Resize nodes that always scale by the same whole factor that factor instead of a computed size.
+
+    smp decoders upsample to the size of the next skip feature, which the exporter computes at run time
+    (Shape, Slice, Concat). onnxruntime then runs those Resize and Concat nodes, and the Shape nodes that
+    read the feature maps, in plain NCHW, converting to and from its faster blocked layout around each one.
+    With constant scales the whole decoder stays in the blocked layout (Unet/resnet34 at 512: about 8%
+    faster, identical logits). A Resize is changed only when its output is the same whole multiple of its
+    input at two different input sizes, which the graph is probed with; the rest is left as exported.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    resizes = [node for node in proto.graph.node
+               if node.op_type == "Resize" and len(node.input) == 4 and node.input[3]]
+    if not resizes:
+        return proto
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    watched = sorted({name for node in resizes for name in (node.input[0], node.output[0])})
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in watched)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    factors = {}
+    for height, width in ((patch_size, patch_size), (patch_size + 32, patch_size + 64)):
+        image = np.zeros((1, in_channels, height, width), np.float32)
+        shapes = dict(zip(watched, (value.shape for value in session.run(watched, {INPUT_NAME: image}))))
+        for node in resizes:
+            before, after = shapes[node.input[0]], shapes[node.output[0]]
+            exact = all(b > 0 and a % b == 0 for a, b in zip(after, before))
+            factor = tuple(a // b for a, b in zip(after, before)) if exact else None
+            factors.setdefault(node.name, factor)
+            if factors[node.name] != factor:
+                factors[node.name] = None
+    for node in resizes:
+        if factors[node.name] is None:
+            continue
+        name = "resize_scales_" + "x".join(map(str, factors[node.name]))
+        if name not in {tensor.name for tensor in proto.graph.initializer}:
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(factors[node.name], np.float32), name))
+        node.input[:] = [node.input[0], node.input[1], name]
+    remove_unused(proto.graph)
+    return proto
+
+
+def remove_unused(graph):
+    """Drop the nodes and initializers nothing reads any more (the size computations replaced above)."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        unused = [node for node in graph.node if not any(name in read for name in node.output)]
+        if not unused:
+            break
+        for node in unused:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def check_opset(opset):

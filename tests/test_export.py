@@ -93,6 +93,41 @@ def test_onnx_masks_agree_with_pytorch_on_sample_images(checkpoint, exported):
     assert predict(np.zeros((2, 3, 96, 128), np.float32)).shape == (2, 1, 96, 128)
 
 
+def test_decoder_resizes_take_constant_scales_and_agree_at_other_sizes(checkpoint, exported):
+    """smp's Unet decoder upsamples to a size computed from feature shapes; export.py replaces it by the
+    constant 2x scale it always is (faster in onnxruntime), and the logits stay PyTorch's at any size."""
+    path, _ = exported
+    graph = onnx.load(str(path)).graph
+    resizes = [node for node in graph.node if node.op_type == "Resize"]
+    scales = {tensor.name: tuple(onnx.numpy_helper.to_array(tensor)) for tensor in graph.initializer}
+    assert len(resizes) == 5 and all(len(node.input) == 3 and scales[node.input[2]] == (1, 1, 2, 2)
+                                     for node in resizes)
+    assert not [node for node in graph.node if node.op_type == "Shape"]  # the size computations are gone
+    model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    _, predict = export.load_onnx(path)
+    for height, width in ((64, 64), (96, 160), (224, 128)):
+        batch = torch.randn(1, 3, height, width)
+        with torch.inference_mode():
+            expected = model(batch).numpy()
+        assert np.abs(predict(batch.numpy()) - expected).max() < 1e-3
+
+
+def test_a_resize_whose_factor_changes_with_the_size_is_left_alone(tmp_path):
+    """A Resize to a fixed output size is not a constant factor: the probe at two sizes sees that."""
+    class FixedSize(torch.nn.Module):
+        def forward(self, images):
+            small = torch.nn.functional.interpolate(images, size=(images.shape[2] * 2, images.shape[3] * 2))
+            return torch.nn.functional.interpolate(small, size=(48, 48)).mean(1, keepdim=True)
+
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(FixedSize(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=[export.INPUT_NAME], output_names=[export.OUTPUT_NAME],
+                      dynamic_axes={export.INPUT_NAME: {2: "h", 3: "w"}})
+    proto = export.resize_by_scales(onnx.load(str(path)), 32, 3)
+    resizes = [node for node in proto.graph.node if node.op_type == "Resize"]
+    assert [len(node.input) for node in resizes] == [3, 4]  # the 2x one takes scales, the fixed one keeps sizes
+
+
 def test_detect_runs_the_onnx_file_with_no_extra_flags(checkpoint, exported, tmp_path):
     path, _ = exported
     image = sorted((SAMPLE / "imgs").iterdir())[-1]
