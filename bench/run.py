@@ -2,7 +2,8 @@
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
-the ratio holds where absolute times would not. Takes about 8 minutes on 2 cores.
+the ratio holds where absolute times would not. Takes about 3 minutes on a quiet 2-core machine, more
+on a busy one.
 
   trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
                     / a bare loop with the same model, AdamW, clipping, OneCycleLR and AMP setting on the
