@@ -8,6 +8,7 @@ pooling or position embeddings fix the input size (see STATIC_SIZE_ARCHITECTURES
 Usage:
     python export.py --model checkpoints/exp/best-checkpoint.pth.tar     # -> checkpoints/exp/best-checkpoint.onnx
     python export.py --model best.pth.tar --output unet.onnx --patch-size 512
+    python export.py --model best.pth.tar --int8 --calibration data/sample/imgs   # -> best-int8.onnx, CPU
     python detect.py --model checkpoints/exp/best-checkpoint.onnx --source data/sample/imgs
 
     from export import load_onnx
@@ -19,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -45,15 +47,15 @@ CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 # ---------------------------------------------------------------- export
 
 
-def default_output(checkpoint_path):
-    """checkpoints/exp/best-checkpoint.pth.tar -> checkpoints/exp/best-checkpoint.onnx"""
+def default_output(checkpoint_path, tag=""):
+    """checkpoints/exp/best-checkpoint.pth.tar -> checkpoints/exp/best-checkpoint{tag}.onnx"""
     path = Path(checkpoint_path)
     name = path.name
     for suffix in CHECKPOINT_SUFFIXES:
         if name.endswith(suffix):
             name = name[:-len(suffix)]
             break
-    return path.with_name(f"{name}.onnx")
+    return path.with_name(f"{name}{tag}.onnx")
 
 
 def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
@@ -292,31 +294,61 @@ def parse_args(argv=None):
                         help="ONNX file to write (default: next to the checkpoint, same stem, .onnx)")
     output.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version, 17 or higher")
     output.add_argument("--simplify", action="store_true", help="run onnx-simplifier on the file (if installed)")
+    quantization = parser.add_argument_group("int8 (CPU)")
+    quantization.add_argument("--int8", action="store_true",
+                              help="write an int8 model calibrated on --calibration (default file: STEM-int8.onnx)")
+    quantization.add_argument("--calibration", default=None,
+                              help="images for the int8 ranges: a folder, glob or .txt list (the training images)")
+    quantization.add_argument("--calibration-count", type=int, default=None,
+                              help="use at most this many of them, spread evenly (default: 32)")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
     return parser.parse_args(argv)
 
 
-def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_graph=False):
-    """Export the checkpoint `model`; check the file against PyTorch; returns (path, meta, max difference)."""
+def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_graph=False, int8=False,
+        calibration=None, calibration_count=None):
+    """Export the checkpoint `model` and check the file against PyTorch.
+
+    Returns (path, meta, check): check is the largest logit difference for a float32 file, and the
+    (smallest, mean) mask IoU on the calibration images for an int8 one.
+    """
     check_opset(opset)
     if simplify_graph:
         check_simplifier()
+    if int8 != (calibration is not None):
+        raise UserError("--int8 needs --calibration IMAGES (a folder, glob or .txt list of training images, "
+                        "for example data/sample/imgs)" if int8 else "--calibration is only used with --int8")
     checkpoint = load_checkpoint(model)
     torch_model = model_from_checkpoint(checkpoint, model)
-    output = Path(output) if output else default_output(model)
-    meta = export_onnx(torch_model, checkpoint["meta"], output, patch_size, opset)
-    if simplify_graph:
-        simplify(output)
+    output = Path(output) if output else default_output(model, "-int8" if int8 else "")
+    if not int8:
+        meta = export_onnx(torch_model, checkpoint["meta"], output, patch_size, opset)
+        if simplify_graph:
+            simplify(output)
+        _, predict = load_onnx(output)
+        return output, meta, max_difference(torch_model, predict, meta, meta["patch_size"])
+
+    import quantize  # int8 only: onnxruntime's quantization tools
+    count = quantize.DEFAULT_COUNT if calibration_count is None else calibration_count
+    images = quantize.calibration_images(calibration, count)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as work:
+        float_path = Path(work) / "float32.onnx"
+        meta = export_onnx(torch_model, checkpoint["meta"], float_path, patch_size, opset)
+        if simplify_graph:
+            simplify(float_path)
+        batches = quantize.preprocessed(images, meta)
+        quantize.quantize_int8(float_path, output, batches, INPUT_NAME)
     _, predict = load_onnx(output)
-    difference = max_difference(torch_model, predict, meta, meta["patch_size"])
-    return output, meta, difference
+    return output, meta, quantize.mask_agreement(torch_model, predict, batches)
 
 
 def main(args):
     try:
-        path, meta, difference = run(model=args.model, output=args.output, patch_size=args.patch_size,
-                                     opset=args.opset, simplify_graph=args.simplify)
+        path, meta, check = run(model=args.model, output=args.output, patch_size=args.patch_size, opset=args.opset,
+                                simplify_graph=args.simplify, int8=args.int8, calibration=args.calibration,
+                                calibration_count=args.calibration_count)
     except UserError as error:
         if args.verbose:
             raise
@@ -324,8 +356,17 @@ def main(args):
         return error.exit_code
     size = "any size (multiple of 32)" if meta["architecture"] not in STATIC_SIZE_ARCHITECTURES else \
         f"{meta['patch_size']}x{meta['patch_size']} only"
+    if args.int8:
+        import quantize
+        lowest, mean = check
+        agreement = f"masks against PyTorch's on the calibration images: IoU {mean:.4f} mean, {lowest:.4f} lowest"
+        if lowest < quantize.MIN_AGREEMENT:
+            print(f"warning: int8 changes the masks more than expected ({agreement}); use the float32 export "
+                  f"(without --int8) or calibrate on more images", file=sys.stderr)
+    else:
+        agreement = f"largest logit difference from PyTorch {check:.2e}"
     print(f"exported {meta['architecture']}/{meta['encoder']} to {path} ({path.stat().st_size / 1e6:.1f} MB, "
-          f"opset {args.opset}, dynamic batch, {size}); largest logit difference from PyTorch {difference:.2e}\n"
+          f"opset {args.opset}, {'int8, ' if args.int8 else ''}dynamic batch, {size}); {agreement}\n"
           f"run it with: python detect.py --model {path} --source IMAGE_OR_VIDEO")
     return 0
 

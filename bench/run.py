@@ -22,6 +22,7 @@ Usage:
     python bench/run.py --only onnx_speedup detect_overhead
     python bench/run.py --rounds 5                       # more alternations: steadier on a busy machine
     python bench/run.py --only channels_last             # extra: does channels_last help on this CPU?
+    python bench/run.py --only onnx_int8                 # extra: export.py --int8 against eager and float32
 """
 
 import argparse
@@ -52,7 +53,7 @@ from models import build_model, model_meta, save_checkpoint  # noqa: E402
 from train import UnetTraining, resolve_precision  # noqa: E402
 
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")
-EXTRAS = ("channels_last",)
+EXTRAS = ("channels_last", "onnx_int8")
 
 
 @dataclass
@@ -312,6 +313,40 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
                   f"{best['nchw']:.2f} FPS in NCHW: x{best['onnx'] / best['nchw']:.2f})",
                   f"Unet/{encoder} patch {patch} batch 1, torch threads {torch.get_num_threads()}, onnxruntime "
                   f"threads default (one per core), no spinning")
+
+
+def onnx_int8(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
+    """Extra: export.py --int8 (calibrated QDQ) against PyTorch eager and the float32 ONNX file, as
+    onnx_speedup. Calibrated on 4 random batches: the speed does not depend on the ranges found."""
+    from detect import TorchPredictor
+    from export import INPUT_NAME, export_onnx, load_onnx
+    from quantize import quantize_int8
+
+    meta = model_meta("Unet", encoder, 1, patch)
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1).eval()
+    export_onnx(model, meta, work / "model.onnx")
+    batches = [torch.randn(1, 3, patch, patch).numpy() for _ in range(4)]
+    quantize_int8(work / "model.onnx", work / "model-int8.onnx", batches, INPUT_NAME)
+    _, float32 = load_onnx(work / "model.onnx")
+    _, int8 = load_onnx(work / "model-int8.onnx")
+    predictor = TorchPredictor(model, torch.device("cpu"))
+    batch = torch.randn(1, 3, patch, patch)
+    array = batch.numpy()
+
+    def rate(run):
+        started = time.perf_counter()
+        for _ in range(frames):
+            run()
+        return frames / (time.perf_counter() - started)
+
+    rate(lambda: predictor(batch)), rate(lambda: float32(array)), rate(lambda: int8(array))  # warm-up
+    best = alternate(rounds, torch=lambda: rate(lambda: predictor(batch)), float32=lambda: rate(lambda: float32(array)),
+                     int8=lambda: rate(lambda: int8(array)))
+    return Result("onnx_int8", best["int8"] / best["torch"], ">= 1.3",
+                  f"int8 onnxruntime {best['int8']:.2f} FPS, float32 {best['float32']:.2f} FPS "
+                  f"(x{best['int8'] / best['float32']:.2f}), PyTorch eager {best['torch']:.2f} FPS",
+                  f"Unet/{encoder} patch {patch} batch 1, uint8 activations, int8 weights per channel")
 
 
 def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8):
