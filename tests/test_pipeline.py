@@ -174,7 +174,7 @@ def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_st
                                                                                     monkeypatch, capsys):
     import detect
     import detect_outputs
-    from detect_helpers import read_rows, write_video
+    from detect_helpers import read_rows, video_facts, write_video
     from models import UserError
     video = write_video(tmp_path / "clip.mp4", 30)
     original, written = detect_outputs.ResultWriter.write_video_frame, []
@@ -192,3 +192,4 @@ def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_st
     assert capsys.readouterr().err.strip().splitlines() == [f"error: cannot write {video}: disk full"]
     assert written == [0, 1, 2, 3]
     assert [row["frame"] for row in read_rows(tmp_path / "out")] == ["0", "1", "2", "3"]
+    assert video_facts(tmp_path / "out" / "clip.mp4")[0] == 4  # closed: it plays, with those four frames
