@@ -2,7 +2,7 @@
 
 export.py --int8 --calibration IMAGES calls this after the float32 export. Weights become int8 per
 channel, activations uint8 with ranges measured on the calibration images (QDQ format), which
-onnxruntime runs with integer kernels: on a 2-core AVX-512 VNNI CPU, Unet/resnet34 at 512 ran 2.2x
+onnxruntime runs with integer kernels: on a 2-core AVX-512 VNNI CPU, Unet/resnet34 at 512 ran 2.1-2.3x
 faster than the float32 file (README: Performance). The masks move a little; export.py reports how much
 against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
 
