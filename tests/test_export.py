@@ -25,10 +25,11 @@ PATCH = 64
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A Unet/resnet18 trained for 30 steps on the bundled sample at patch 64 (about 15 s): its masks
-    have real edges, so agreement is tested where PyTorch and onnxruntime could disagree."""
+    have real edges, so agreement is tested where PyTorch and onnxruntime could disagree. No augmentation
+    (albumentations draws its own seeds): the same model every run."""
     torch.manual_seed(0)
     images = sorted((SAMPLE / "imgs").iterdir())[:24]
-    data = BinaryDataset(pair_masks(images, SAMPLE / "masks"), PATCH, augment=True)
+    data = BinaryDataset(pair_masks(images, SAMPLE / "masks"), PATCH)
     loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, drop_last=True)
     model = build_model("Unet", "resnet18", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -176,8 +177,9 @@ def test_cli_errors_exit_2(checkpoint, tmp_path, capsys):
 
 
 def test_int8_export_keeps_the_description_and_agrees_with_pytorch(checkpoint, capsys):
-    """int8 moves the masks where the model is unsure: this 30-step model agrees 0.96-0.99 per image
-    (a sample model trained 20 epochs by README command 1 agreed 0.993 at worst); export.py reports it."""
+    """int8 moves the masks only where the model is unsure: this 30-step model has many pixels near 0.5, so
+    its IoU against PyTorch is 0.75-0.99 per image, but on the pixels PyTorch is sure of (probability
+    below 0.12 or above 0.88) the two agree. export.py reports the IoU and warns below 0.99."""
     code = export.main(export.parse_args(["--model", str(checkpoint), "--int8", "--calibration",
                                           str(SAMPLE / "imgs"), "--calibration-count", "16"]))
     assert code == 0
@@ -191,14 +193,17 @@ def test_int8_export_keeps_the_description_and_agrees_with_pytorch(checkpoint, c
     model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
     meta, predict = export.load_onnx(path)
     assert meta == {key: torch.load(checkpoint, weights_only=True)["meta"][key] for key in MODEL_META_KEYS}
-    scores = []
+    sure_pixels = flipped = 0
     for image_path in sorted((SAMPLE / "imgs").iterdir())[-16:]:  # not among the 16 calibration images
         tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"])
         with torch.inference_mode():
-            expected = model(tensor[None])[0, 0].numpy() > 0
-        got = predict(tensor[None].numpy())[0, 0] > 0
-        scores.append(iou(unletterbox(got.astype(np.uint8), box), unletterbox(expected.astype(np.uint8), box)))
-    assert np.mean(scores) >= 0.97 and min(scores) >= 0.9, scores
+            expected = model(tensor[None])[0, 0].numpy()
+        got = predict(tensor[None].numpy())[0, 0]
+        sure = np.abs(expected) > 2
+        sure_pixels += sure.sum()
+        flipped += ((got > 0) != (expected > 0))[sure].sum()
+    assert sure_pixels > 0.5 * 16 * PATCH * PATCH  # most pixels: the check is not vacuous
+    assert flipped <= 1e-3 * sure_pixels, (flipped, sure_pixels)
 
 
 def test_int8_flags_are_checked(checkpoint, tmp_path, capsys):
