@@ -15,7 +15,8 @@ on a busy one.
                     preloaded size (images and masks)                                         target <= 1.25
   epoch_scaling     training epoch time with 2N images / with N                               target <= 2.1
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
-                    batch 1                                                                   target >= 1.3
+                    batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
+                    matrix-multiply peak                                                      target >= 1.3
 
 Usage:
     python bench/run.py                                  # all five: one table, then `ratio NAME VALUE` lines
@@ -285,7 +286,50 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
                   f"threads {torch.get_num_threads()}")
 
 
+def conv_flops(model, batch):
+    """Floating-point operations of every convolution in one forward pass of `batch` (2 per multiply-add)."""
+    total = [0]
+
+    def count(module, _inputs, output):
+        total[0] += 2 * output.numel() * module.kernel_size[0] * module.kernel_size[1] * module.in_channels \
+            // module.groups
+
+    hooks = [module.register_forward_hook(count) for module in model.modules()
+             if isinstance(module, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(batch)
+    for hook in hooks:
+        hook.remove()
+    return total[0]
+
+
+def matmul_peak(size=1024, repeats=8):
+    """GFLOP/s of onnxruntime's float32 matrix multiply (MatMul) at `size`, with the threads its sessions
+    use: the most this CPU does in float32 in practice, to put the two frame rates beside."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from export import session_options
+
+    square = [size, size]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, square) for name in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    feeds = {name: np.random.default_rng(0).standard_normal(square, dtype=np.float32) for name in "ab"}
+    session.run(None, feeds)
+    fastest = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feeds)
+        fastest = min(fastest, time.perf_counter() - started)
+    return 2 * size ** 3 / fastest / 1e9
+
+
 def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
+    """Also reports each side's convolution GFLOP/s against the CPU's float32 matrix-multiply peak: a side
+    near that peak cannot get much faster in float32, only by doing fewer operations."""
     from detect import TorchPredictor
     from export import export_onnx, load_onnx
 
@@ -298,6 +342,7 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
     nchw = TorchPredictor(copy.deepcopy(model).to(memory_format=torch.contiguous_format), torch.device("cpu"))
     batch = torch.randn(1, 3, patch, patch)
     array = batch.numpy()
+    gflops = conv_flops(model, batch) / 1e9
 
     def rate(run):
         started = time.perf_counter()
@@ -307,10 +352,13 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
 
     rate(lambda: predictor(batch)), rate(lambda: nchw(batch)), rate(lambda: predict(array))  # warm-up
     best = alternate(rounds, torch=lambda: rate(lambda: predictor(batch)), onnx=lambda: rate(lambda: predict(array)),
-                     nchw=lambda: rate(lambda: nchw(batch)))
+                     nchw=lambda: rate(lambda: nchw(batch)), peak=matmul_peak)
+    share = {side: gflops * best[side] / best["peak"] for side in ("onnx", "torch")}
     return Result("onnx_speedup", best["onnx"] / best["torch"], ">= 1.3",
                   f"onnxruntime {best['onnx']:.2f} FPS, PyTorch eager {best['torch']:.2f} FPS (channels_last; "
-                  f"{best['nchw']:.2f} FPS in NCHW: x{best['onnx'] / best['nchw']:.2f})",
+                  f"{best['nchw']:.2f} FPS in NCHW: x{best['onnx'] / best['nchw']:.2f}); {gflops:.1f} GFLOP of "
+                  f"convolutions a frame: onnxruntime {share['onnx']:.0%}, eager {share['torch']:.0%} of this CPU's "
+                  f"float32 matmul peak {best['peak']:.0f} GFLOP/s",
                   f"Unet/{encoder} patch {patch} batch 1, torch threads {torch.get_num_threads()}, onnxruntime "
                   f"threads default (one per core), no spinning")
 
