@@ -4,7 +4,7 @@ export.py --int8 --calibration IMAGES calls this after the float32 export. Weigh
 channel, activations uint8 with ranges measured on the calibration images (QDQ format), which
 onnxruntime runs with integer kernels: on a 2-core AVX-512 VNNI CPU, Unet/resnet34 at 512 ran 2.1-2.3x
 faster than the float32 file (README: Performance), but on a 2-core AMD EPYC (Zen 1: AVX2, no VNNI)
-0.95x: its integer convolutions are no faster than its float ones. The masks move a little; export.py
+0.95-0.96x: its integer convolutions are no faster than its float ones. The masks move a little; export.py
 reports how much against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
 
 Usage:
