@@ -437,10 +437,25 @@ def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8)
 # ---------------------------------------------------------------- report
 
 
+def cpu_name():
+    """The CPU's model name and its widest vector extensions, which the ratios depend on (from Linux's
+    /proc/cpuinfo; elsewhere just the architecture)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    vector = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"))
+              if flag in flags]
+    if not vector and "avx2" in flags:
+        vector = ["AVX2"]
+    return (name.group(1) if name else platform.machine()) + (f" ({', '.join(vector)})" if vector else "")
+
+
 def machine():
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     import onnxruntime
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__} "
+    return (f"{cpu_name()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, CUDA "
             f"{'yes' if torch.cuda.is_available() else 'no'}")
 
