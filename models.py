@@ -15,7 +15,7 @@ import glob
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 
@@ -139,19 +139,18 @@ def model_meta(architecture, encoder, classes, patch_size, in_channels=3, class_
             "class_names": list(names)}
 
 
-def save_checkpoint(path, model, meta, args=None, **state):
+def save_checkpoint(path, model, meta, config=None, **state):
     """Write a checkpoint atomically: a temp file in the same folder, fsync, then rename over `path`.
 
     A reader (or a crash at any moment) sees either the previous complete file or the new one.
     """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "meta": dict(meta),
-               "args": dict(args or {}), "model": unwrap(model).state_dict(), **state}
+               "config": dict(config or {}), "model": unwrap(model).state_dict(), **state}
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
         stale.unlink(missing_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temp_name = create_temp_file(path)
     try:
-        os.fchmod(descriptor, 0o666 & ~current_umask())
         with os.fdopen(descriptor, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
@@ -167,21 +166,27 @@ def save_checkpoint(path, model, meta, args=None, **state):
         os.close(directory)
 
 
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def create_temp_file(path):
+    """(descriptor, name) of a new hidden file beside `path`, with the mode any new file gets (0666 less the
+    umask, applied by the kernel). tempfile.mkstemp makes 0600 files, and reading the umask means setting it
+    process-wide, a race with wandb's and the loaders' threads creating files meanwhile."""
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, what="checkpoint"):
     """Load a checkpoint with weights_only=True, so a crafted pickle cannot run code.
 
     Returns our checkpoint dict, or {'model': state_dict} for a file holding weights only.
     Raises UserError with a one-line message for anything that is not a loadable checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path}: no such file")
+    check_checkpoint_file(path, what)
     data = torch_load(path)
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         missing = [key for key in ("version", "meta", "model") if key not in data]
@@ -194,6 +199,28 @@ def load_checkpoint(path):
         return {"model": data}
     raise UserError(f"checkpoint {path} was not written by this toolkit (no '{CHECKPOINT_FORMAT}' header "
                     f"and not a plain state dict); train one with train.py")
+
+
+def check_checkpoint_file(path, what):
+    """Say what a file given as a checkpoint is when it is plainly something else, and what to give instead."""
+    instead = "give a .pth.tar file written by train.py (checkpoint.pth.tar or best-checkpoint.pth.tar)"
+    if path.is_dir():
+        found = [name for name in ("checkpoint.pth.tar", "best-checkpoint.pth.tar") if (path / name).is_file()]
+        hint = f", for example {path / found[0]}" if found else ""
+        raise UserError(f"{what} {path} is a folder; {instead}{hint}")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{what} {path} is an ONNX export, which cannot be trained or resumed; give the "
+                        f".pth.tar checkpoint it was exported from")
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head and b"\0" not in head and not head.startswith((b"PK", b"\x80")):
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        raise UserError(f"{what} {path} is a text file, not a PyTorch checkpoint; {instead}")
 
 
 def torch_load(path, what="checkpoint"):
