@@ -90,3 +90,10 @@ def broadcast_object(value):
 def barrier():
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_buffers(model):
+    """Rank 0's buffers (BatchNorm statistics) on every process, so all evaluate the same model."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)

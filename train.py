@@ -29,16 +29,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import distributed
-from dataset import SPLIT_FILES, make_dataset, pair_masks, read_split_file, search_files
-from models import (ARCHITECTURE_NAMES, RunFailure, UserError, architecture_class, build_model, check_encoder,
+from dataset import make_dataset, pair_masks, read_split_file, search_files
+from models import (ARCHITECTURE_NAMES, RunFailure, UserError, build_model,
                     load_checkpoint, model_meta, save_checkpoint, unwrap)
 from metrics import ConfusionStats, EarlyStopping
+from run_config import RunConfig
 from run_logging import NullLogger, RunLogger, prediction_grid, resolve_wandb_mode
 from sampling import ResumableSampler, ShardSampler
 
 REPO = Path(__file__).resolve().parent
 MAX_BAD_STEPS = 20
-RESUME_KEEPS = ("device", "workers", "pin_memory", "wandb_mode", "load_model", "verbose", "data_dir")
+CHECKPOINT_NAMES = {"last": "checkpoint.pth.tar", "best": "best-checkpoint.pth.tar"}
 
 
 def resolve_precision(device, use_amp):
@@ -103,8 +104,8 @@ class UnetTraining:
                  adam_eps=1e-8, weight_decay=1e-2, batch_size=8, workers=2, pin_memory=False, use_amp=False,
                  clip_grad=255.0, eval_step=None, patience=10, check_best_cooldown=0, ignore_index=None,
                  save_checkpoints=False, seed=0, device=torch.device("cpu"), process=distributed.Process(),
-                 logger=None, config=None, sync_bn=False, freeze_bn=False, num_preview=4):
-        self.meta, self.config = meta, dict(config or {})
+                 logger=None, config=None, data=None, sync_bn=False, freeze_bn=False, num_preview=4):
+        self.meta, self.config, self.data = meta, dict(config or {}), data
         self.classes = meta["classes"]
         self.run_dir, self.process, self.device = Path(run_dir), process, device
         self.epochs, self.eval_step, self.clip_grad = epochs, eval_step, clip_grad
@@ -144,6 +145,8 @@ class UnetTraining:
         self.early_stopping = EarlyStopping(patience)
         self.best_fitness = -math.inf
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = 0
+        self.finished = False  # set when training ends for good (last epoch or early stop): never resumed then
+        self.best_refused = {"cooldown": 0, "not finite": 0}  # evaluations that could not become the best
         self.bad_steps = 0
         self.stop_requested = False
 
@@ -160,7 +163,8 @@ class UnetTraining:
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "evaluations": self.evaluations, "best_fitness": self.best_fitness,
                 "early_stopping": self.early_stopping.state_dict(), "wandb_id": self.logger.wandb_id,
-                "epochs": self.epochs}
+                "epochs": self.epochs, "finished": self.finished, "world_size": self.process.world_size,
+                "data": self.data}
 
     def load_state(self, checkpoint):
         """Continue exactly where `checkpoint` stopped: weights, optimizer, LR schedule, epoch, stopping."""
@@ -173,9 +177,12 @@ class UnetTraining:
         self.evaluations = checkpoint["evaluations"]
         self.early_stopping.load_state_dict(checkpoint["early_stopping"])
 
-    def save(self, filename):
+    def save(self, kind):
+        """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
+        (kind 'best': weights to detect with or fine-tune from, never resumed)."""
         if self.process.is_main:
-            save_checkpoint(self.run_dir / filename, self.model, self.meta, self.config, **self.state())
+            save_checkpoint(self.run_dir / CHECKPOINT_NAMES[kind], self.model, self.meta, self.config, kind=kind,
+                            **self.state())
 
     # ------------------------------------------------------------ loops
 
@@ -258,7 +265,8 @@ class UnetTraining:
         bar.close()
         self.epoch += 1
         self.step_in_epoch = 0
-        if self.eval_step is None or self.global_step % self.eval_step == 0:
+        # every run ends with an evaluation, even when --eval-step is longer than the run
+        if self.eval_step is None or self.global_step % self.eval_step == 0 or self.epoch == self.epochs:
             return "early-stop" if self.end_of_evaluation_period(stats) else None
         return None
 
@@ -292,7 +300,7 @@ class UnetTraining:
             return f"training had finished: {self.run_dir / 'best-checkpoint.pth.tar'}"
         checkpoint = self.run_dir / "checkpoint.pth.tar"
         if checkpoint.exists():
-            return f"then resume with: python train.py --load-model {checkpoint}"
+            return f"then resume with: {resume_command(checkpoint, self.process.world_size)}"
         return "no checkpoint was saved yet"
 
     @contextlib.contextmanager
@@ -312,12 +320,18 @@ class UnetTraining:
 
     @torch.inference_mode()
     def evaluate(self, loader, prefix="val"):
-        """Loss, Dice and IoU over a whole loader (all processes' shards summed)."""
+        """Loss, Dice and IoU over a whole loader (all processes' shards summed).
+
+        The unwrapped model, with rank 0's BatchNorm statistics: DistributedDataParallel's forward syncs
+        buffers with every process, and a process whose shard is empty (a split smaller than the number of
+        processes) would never join, leaving the others waiting forever."""
+        model = unwrap(self.model)
+        distributed.broadcast_buffers(model)
         stats = self.new_stats()
         for images, masks in self.batches(loader, loader, prefix):
             images, masks = images.to(self.device), masks.to(self.device)
             with self.autocast():
-                logits = self.model(images)
+                logits = model(images)
             logits = logits.float()
             stats.update(logits, masks, self.criterion(logits, masks))
         return stats.compute(prefix, self.meta["class_names"] if self.classes > 1 else None)
@@ -330,8 +344,10 @@ class UnetTraining:
         metrics.update(train_stats.compute("train", self.meta["class_names"] if self.classes > 1 else None))
         metrics.update(self.evaluate(self.val_loader, "val"))
         fitness = metrics["val/dice"]
-        improved = (fitness > self.best_fitness and math.isfinite(metrics["val/loss"])
-                    and progress > self.check_best_cooldown)
+        finite = math.isfinite(metrics["val/loss"]) and math.isfinite(fitness)
+        improved = fitness > self.best_fitness and finite and progress > self.check_best_cooldown
+        self.best_refused["cooldown"] += progress <= self.check_best_cooldown
+        self.best_refused["not finite"] += not finite
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         if improved:
@@ -344,8 +360,8 @@ class UnetTraining:
                                 if key.startswith(("train/", "val/")) and "_" not in key.split("/")[1])
                        + (" (best)" if improved else ""))
         if improved:
-            self.save("best-checkpoint.pth.tar")
-        self.save("checkpoint.pth.tar") if self.save_checkpoints else None
+            self.save("best")
+        self.save("last") if self.save_checkpoints else None
         return distributed.broadcast_object(stop)
 
     def log_predictions(self):
@@ -385,9 +401,10 @@ class UnetTraining:
             while self.epoch < self.epochs:
                 result = self.train_one_epoch()
                 if self.stop_requested:
-                    self.save("checkpoint.pth.tar")
+                    self.save("last")
                     return "interrupted"
-                self.save("checkpoint.pth.tar")
+                self.finished = result == "early-stop" or self.epoch >= self.epochs
+                self.save("last")
                 if result == "early-stop":
                     outcome = "early-stop"
                     if self.process.is_main:
@@ -424,13 +441,25 @@ class UnetTraining:
             self.logger.log(metrics, step=self.global_step)
         return metrics
 
+    def why_no_best(self):
+        """Why no evaluation wrote best-checkpoint.pth.tar, for the run's last line."""
+        if self.evaluations == 0:
+            return "no evaluation ran"
+        reasons = [f"{self.best_refused['cooldown']} were within --check-best-cooldown {self.check_best_cooldown} "
+                   f"epochs" if self.best_refused["cooldown"] else "",
+                   f"{self.best_refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the "
+                   f"validation masks hold no foreground)" if self.best_refused["not finite"] else ""]
+        return f"none of the {self.evaluations} evaluation(s) could count as the best (" + \
+            "; ".join(reason for reason in reasons if reason) + ")"
+
     def summary(self):
         """The table printed at the start of a run."""
         parameters = sum(p.numel() for p in self.model.parameters())
         rows = [("model", f"{self.meta['architecture']} / {self.meta['encoder']} ({parameters / 1e6:.2f}M params)"),
                 ("classes", f"{self.classes} ({', '.join(self.meta['class_names'])})"),
                 ("data", f"train {len(self.train_set)}, val {len(self.val_set)}, "
-                         f"test {len(self.test_set) if self.test_set else 0} images at patch {self.meta['patch_size']}"),
+                         f"test {len(self.test_set) if self.test_set else 'none'}, images at patch "
+                         f"{self.meta['patch_size']}"),
                 ("schedule", f"{self.epochs} epochs x {self.steps_per_epoch} steps, AdamW + OneCycleLR to "
                              f"{self.optimizer.defaults['lr']:g}, batch {self.train_loader.batch_size}"),
                 ("runtime", f"{self.device}, {self.process.world_size} process(es), mixed precision "
@@ -443,21 +472,42 @@ class UnetTraining:
 # ---------------------------------------------------------------- command line
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's layout and show every default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the docstring's layout; show a default unless the help text already says it (or it is unset)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def parse_args(argv=None):
+    """The command line as a namespace; `given` holds the names of the flags typed (a resume refuses those
+    that would change the run)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unset = object()
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    args.given = {key for key, value in vars(probe).items() if value is not unset}
+    return args
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data-dir", type=Path, default=REPO / "data" / "sample",
-                      help="dataset root holding the image and mask folders (default: the bundled sample)")
+    data.add_argument("--data-dir", type=Path, default=None,
+                      help="dataset root holding the image and mask folders (default: data/sample, the bundled sample)")
     data.add_argument("--img-dir", default="imgs", help="image folder name under --data-dir")
     data.add_argument("--mask-dir", default="masks", help="mask folder name under --data-dir (same file stems)")
-    data.add_argument("--train-list", type=Path, default=REPO / SPLIT_FILES[0], help="training split file")
-    data.add_argument("--val-list", type=Path, default=REPO / SPLIT_FILES[1], help="validation split file")
-    data.add_argument("--test-list", type=Path, default=REPO / SPLIT_FILES[2],
-                      help="test split file (an empty or missing one skips the test evaluation)")
+    data.add_argument("--train-list", type=Path, default=None,
+                      help="training split file (default: training_dataset.txt: the repository's for the bundled "
+                           "sample, else the one inside --data-dir)")
+    data.add_argument("--val-list", type=Path, default=None, help="validation split file (default: "
+                      "validation_dataset.txt, found like --train-list's)")
+    data.add_argument("--test-list", type=Path, default=None,
+                      help="test split file (default: test_dataset.txt, found like --train-list's; without one "
+                           "there is no test evaluation)")
     data.add_argument("--search-files", action="store_true",
                       help="ignore the split files: pair imgs/ and masks/ by stem and split them randomly")
     data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files")
@@ -474,7 +524,8 @@ def parse_args(argv=None):
     model.add_argument("--encoder-weights", default="imagenet",
                        help="'imagenet' (downloaded; random init with a warning when offline), 'none', or a file")
     model.add_argument("--load-model", type=Path, default=None,
-                       help="checkpoint to resume from (a train.py checkpoint), or weights to fine-tune from")
+                       help="an unfinished run's checkpoint.pth.tar resumes it; a finished run's, a "
+                            "best-checkpoint.pth.tar or plain weights start a new run from those weights")
     optim = parser.add_argument_group("Optimization")
     optim.add_argument("--epochs", type=int, default=50, help="passes over the training split")
     optim.add_argument("--batch-size", type=int, default=8, help="images per step per process (torchrun: per GPU)")
@@ -485,21 +536,22 @@ def parse_args(argv=None):
     optim.add_argument("--use-amp", action="store_true",
                        help="mixed precision: float16 + gradient scaler on CUDA, bfloat16 on CPU")
     optim.add_argument("--eval-step", type=int, default=None,
-                       help="evaluate every N optimizer steps (default: once per epoch)")
+                       help="evaluate every N optimizer steps (default: once per epoch; the run's last step is "
+                            "always evaluated)")
     optim.add_argument("--patience", type=int, default=10,
                        help="stop when val Dice has not improved for this many evaluations (0: never)")
     optim.add_argument("--check-best-cooldown", type=int, default=0,
                        help="evaluations within the first N epochs never write best-checkpoint.pth.tar")
     optim.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, splits and augmentation")
     optim.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    optim.add_argument("--freeze-bn", action="store_true",
+                       help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
     runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
                          help="pin host memory for faster CUDA copies (ignored on the CPU)")
     runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
-    optim.add_argument("--freeze-bn", action="store_true",
-                       help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
     runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
     logging = parser.add_argument_group("Logging")
     logging.add_argument("--name", default="exp", help="run name: checkpoints/<name> (a suffix is added if taken)")
@@ -509,128 +561,178 @@ def parse_args(argv=None):
     logging.add_argument("--wandb-mode", default="auto", choices=("auto", "online", "offline", "disabled"),
                          help="auto: online with wandb credentials, otherwise offline (sync later with `wandb sync`)")
     logging.add_argument("--wandb-project", default="unet-segmentation", help="wandb project name")
-    return parser.parse_args(argv)
+    return parser
 
 
-def check_args(args):
-    """Refuse impossible settings before anything is loaded."""
-    architecture_class(args.model)
-    check_encoder(args.encoder)
-    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--classes", args.classes, 1), ("--workers", args.workers, 0)):
-        if value < low:
-            raise UserError(f"{flag} {value} must be at least {low}")
-    if args.ignore_index is not None and 0 <= args.ignore_index < args.classes:
-        raise UserError(f"--ignore-index {args.ignore_index} is one of the classes 0..{args.classes - 1}; "
-                        f"use a value outside them, e.g. 255")
-    if args.eval_step is not None and args.eval_step < 1:
-        raise UserError(f"--eval-step {args.eval_step} must be at least 1")
-    from dataset import check_patch_size
-    check_patch_size(args.patch_size)
-
-
-def load_splits(args):
+def load_splits(config):
     """(train, val, test) lists of (image, mask) pairs from the split files or --search-files."""
-    if args.search_files:
-        train, val, test = search_files(args.data_dir, args.img_dir, args.mask_dir, args.val_split,
-                                        args.test_split, args.seed)
+    if config.search_files:
+        train, val, test = search_files(config.data_dir, config.img_dir, config.mask_dir, config.val_split,
+                                        config.test_split, config.seed)
     else:
-        mask_dir = Path(args.data_dir) / args.mask_dir
-        train = pair_masks(read_split_file(args.train_list, args.data_dir, args.img_dir), mask_dir)
-        val = pair_masks(read_split_file(args.val_list, args.data_dir, args.img_dir), mask_dir)
-        test = pair_masks(read_split_file(args.test_list, args.data_dir, args.img_dir), mask_dir) \
-            if Path(args.test_list).is_file() else []
+        mask_dir = Path(config.data_dir) / config.mask_dir
+        train, val, test = (pair_masks(read_split_file(path, config.data_dir, config.img_dir), mask_dir)
+                            if path else [] for path in (config.train_list, config.val_list, config.test_list))
     for name, pairs in (("training", train), ("validation", val)):
         if not pairs:
             raise UserError(f"the {name} split is empty; list images in it, or use --search-files with a "
                             f"larger split")
-    return train, val, test
+    return {"train": [list(map(str, pair)) for pair in train], "val": [list(map(str, pair)) for pair in val],
+            "test": [list(map(str, pair)) for pair in test]}
 
 
-def resume_arguments(args, checkpoint):
-    """A full checkpoint resumes with the settings it was trained with; runtime flags stay the user's."""
-    stored = dict(checkpoint["args"])
-    for key in RESUME_KEEPS:
-        stored[key] = getattr(args, key)
-    for key in ("data_dir", "train_list", "val_list", "test_list", "load_model"):
-        stored[key] = Path(stored[key]) if stored.get(key) is not None else None
-    return argparse.Namespace(**stored)
+# ---------------------------------------------------------------- how a run starts: new, resume, fine-tune
+
+
+def start_mode(checkpoint, path):
+    """'new' without a checkpoint; 'resume' for an unfinished run's last state; otherwise 'fine-tune': a
+    finished run, a best checkpoint or plain weights start a new run, so no finished run is ever rewritten."""
+    if checkpoint is None:
+        return "new"
+    if "optimizer" not in checkpoint:
+        return "fine-tune"
+    kind = checkpoint.get("kind") or ("best" if Path(path).name.startswith("best") else "last")
+    finished = checkpoint.get("finished", checkpoint["epoch"] >= checkpoint["epochs"])
+    return "resume" if kind == "last" and not finished else "fine-tune"
+
+
+def fine_tune_reason(checkpoint, path):
+    if "optimizer" not in checkpoint:
+        return "weights only"
+    if checkpoint.get("kind") == "best" or Path(path).name.startswith("best"):
+        return f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}"
+    return f"a finished run, {checkpoint['epoch']} of {checkpoint['epochs']} epochs"
+
+
+def resumed_config(config, given, checkpoint, process):
+    """The configuration and data a resume continues with; refuses what would not continue the same run."""
+    path = config.load_model
+    config = config.resumed(stored_config(checkpoint), given, path)
+    trained_by = checkpoint.get("world_size", 1)
+    if trained_by != process.world_size:
+        raise UserError(f"--load-model {path} was trained by {trained_by} process(es) and this run has "
+                        f"{process.world_size}: its learning-rate schedule and epoch position count steps of "
+                        f"{trained_by} process(es); resume it with {resume_command(path, trained_by)}, or "
+                        f"fine-tune from its weights in a new run")
+    data = checkpoint.get("data") or load_splits(config.with_data_defaults())  # older checkpoints: no file list
+    gone = [image_or_mask for pairs in data.values() for pair in pairs for image_or_mask in pair
+            if not Path(image_or_mask).is_file()]
+    if gone:
+        raise UserError(f"--load-model {path}: {len(gone)} of the files it was trained on are gone (first: "
+                        f"{gone[0]}); put them back where they were to resume, or fine-tune from its weights "
+                        f"in a new run")
+    return config, data
+
+
+def stored_config(checkpoint):
+    """The RunConfig a checkpoint was trained with (older checkpoints call it 'args'), or None."""
+    stored = checkpoint.get("config") or checkpoint.get("args")
+    return RunConfig.from_dict(stored) if stored else None
+
+
+def describe_data(config):
+    if config.search_files:
+        return f"{config.data_dir} (--search-files)"
+    return f"{config.data_dir} ({Path(config.train_list).name}, {Path(config.val_list).name})"
+
+
+def resume_command(checkpoint_path, world_size):
+    launcher = "python train.py" if world_size == 1 else f"torchrun --nproc_per_node={world_size} train.py"
+    return f"{launcher} --load-model {checkpoint_path}"
 
 
 def run(args):
     """Set up, train, test. Returns the process exit code."""
     process, device = distributed.setup(args.device)
-    checkpoint = load_checkpoint(args.load_model) if args.load_model else None
-    resuming = checkpoint is not None and "optimizer" in checkpoint
-    if resuming:
-        args = resume_arguments(args, checkpoint)
-        if checkpoint["epoch"] >= checkpoint["epochs"]:
-            raise UserError(f"--load-model {args.load_model} already finished its {checkpoint['epochs']} epochs; "
-                            f"to train further, fine-tune from its weights in a new run")
-    check_args(args)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    train_pairs, val_pairs, test_pairs = load_splits(args)
-    meta = model_meta(args.model, args.encoder, args.classes, args.patch_size)
-    data_options = dict(patch_size=args.patch_size, classes=args.classes, ignore_index=args.ignore_index,
-                        mean=meta["mean"], std=meta["std"], threads=max(2, args.workers))
-    train_set = make_dataset(train_pairs, augment=not args.no_augment, **data_options)
-    val_set = make_dataset(val_pairs, **data_options)
-    test_set = make_dataset(test_pairs, **data_options) if test_pairs else None
-    check_batch_size(len(train_set), args.batch_size, process.world_size)
+    config = RunConfig.from_namespace(args)
+    given = getattr(args, "given", set(vars(args)))
+    checkpoint = load_checkpoint(config.load_model, "--load-model") if config.load_model else None
+    mode = start_mode(checkpoint, config.load_model)
+    if mode == "resume":
+        config, data = resumed_config(config, given, checkpoint, process)
+    else:
+        if mode == "fine-tune" and "meta" in checkpoint:
+            config = config.fine_tuned(checkpoint["meta"], stored_config(checkpoint), given)
+        config = config.with_data_defaults()
+        data = load_splits(config)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    meta = model_meta(config.model, config.encoder, config.classes, config.patch_size)
+    data_options = dict(patch_size=config.patch_size, classes=config.classes, ignore_index=config.ignore_index,
+                        mean=meta["mean"], std=meta["std"], threads=max(2, config.workers))
+    train_set = make_dataset(data["train"], augment=not config.no_augment, **data_options)
+    val_set = make_dataset(data["val"], **data_options)
+    test_set = make_dataset(data["test"], **data_options) if data["test"] else None
+    check_batch_size(len(train_set), config.batch_size, process.world_size)
 
-    weights = None if resuming or str(args.encoder_weights).lower() == "none" else args.encoder_weights
-    model = build_model(args.model, args.encoder, args.classes, encoder_weights=weights)
-    if checkpoint is not None and not resuming:
-        load_finetune_weights(model, checkpoint["model"], args.load_model)
-
+    weights = None if mode == "resume" or config.encoder_weights.lower() == "none" else config.encoder_weights
+    model = build_model(config.model, config.encoder, config.classes, encoder_weights=weights)
+    if mode == "fine-tune":
+        loaded = load_finetune_weights(model, checkpoint["model"], config.load_model)
     if process.is_main:
-        run_dir = args.load_model.parent if resuming else new_run_dir(REPO / "checkpoints", args.name)
+        run_dir = Path(config.load_model).parent if mode == "resume" else new_run_dir(REPO / "checkpoints",
+                                                                                        config.name)
     run_dir = Path(distributed.broadcast_object(str(run_dir) if process.is_main else None))
-    config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     logger = NullLogger()
     if process.is_main:
-        logger = RunLogger(run_dir, config, args.wandb_mode, args.wandb_project, run_dir.name,
-                           wandb_id=checkpoint.get("wandb_id") if resuming else None,
+        logger = RunLogger(run_dir, config.to_dict(), config.wandb_mode, config.wandb_project, run_dir.name,
+                           wandb_id=checkpoint.get("wandb_id") if mode == "resume" else None,
                            extra_columns=[f"{split}/{metric}_{name}" for split in ("train", "val")
                                           for metric in ("dice", "iou") for name in meta["class_names"]]
-                           if args.classes > 1 else ())
+                           if config.classes > 1 else ())
     trainer = UnetTraining(
-        model, train_set, val_set, test_set, run_dir=run_dir, meta=meta, epochs=args.epochs, lr=args.lr,
-        adam_eps=args.adam_eps, weight_decay=args.weight_decay, batch_size=args.batch_size, workers=args.workers,
-        pin_memory=args.pin_memory, use_amp=args.use_amp, clip_grad=args.clip_grad, eval_step=args.eval_step,
-        patience=args.patience, check_best_cooldown=args.check_best_cooldown, ignore_index=args.ignore_index,
-        save_checkpoints=args.save_checkpoints, seed=args.seed, device=device, process=process, logger=logger,
-        config=config, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn)
-    if resuming:
+        model, train_set, val_set, test_set, run_dir=run_dir, meta=meta, epochs=config.epochs, lr=config.lr,
+        adam_eps=config.adam_eps, weight_decay=config.weight_decay, batch_size=config.batch_size,
+        workers=config.workers, pin_memory=config.pin_memory, use_amp=config.use_amp, clip_grad=config.clip_grad,
+        eval_step=config.eval_step, patience=config.patience, check_best_cooldown=config.check_best_cooldown,
+        ignore_index=config.ignore_index, save_checkpoints=config.save_checkpoints, seed=config.seed,
+        device=device, process=process, logger=logger, config=config.to_dict(), data=data, sync_bn=config.sync_bn,
+        freeze_bn=config.freeze_bn)
+    if mode == "resume":
         trainer.load_state(checkpoint)
     if process.is_main:
-        print(("resuming " if resuming else "training ") + f"in {run_dir}\n{trainer.summary()}", flush=True)
+        if mode == "fine-tune":
+            print(f"fine-tuning from {config.load_model} ({fine_tune_reason(checkpoint, config.load_model)}): "
+                  f"{loaded}; a new run on {describe_data(config)}, the checkpoint's own run is left as it is")
+        print(("resuming " if mode == "resume" else "training ") + f"in {run_dir}\n{trainer.summary()}", flush=True)
+        if not data["test"]:
+            print("  (no test split: give --test-list, or --search-files --test-split, to evaluate the best "
+                  "checkpoint on held-out images at the end)", flush=True)
     exit_code = 1  # what the wandb run records if an error escapes
     try:
-        outcome = trainer.fit()
-        if outcome == "interrupted":
-            exit_code = 130
-            if process.is_main:
-                print(f"stopped at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; resume with:\n"
-                      f"  python train.py --load-model {run_dir / 'checkpoint.pth.tar'}", file=sys.stderr)
-        else:
-            try:
-                metrics = trainer.test()
-            except KeyboardInterrupt:  # training is complete and saved; only the test figures are lost
-                exit_code = 130
-                print(f"test evaluation interrupted; training had finished: {run_dir / 'best-checkpoint.pth.tar'}",
-                      file=sys.stderr)
-                return exit_code
-            if metrics and process.is_main:
-                print(f"test: dice {metrics['test/dice']:.4f}  iou {metrics['test/iou']:.4f}  "
-                      f"loss {metrics['test/loss']:.4f} (best checkpoint, {len(test_set)} images)")
-            if process.is_main:
-                print(f"best val Dice {trainer.best_fitness:.4f}; weights in {run_dir / 'best-checkpoint.pth.tar'}")
-            exit_code = 0
+        exit_code = finish(trainer, run_dir, process, test_set)
     finally:
         logger.finish(exit_code=exit_code)
     return exit_code
+
+
+def finish(trainer, run_dir, process, test_set):
+    """Train, then test the best weights; print what happened and which files hold the result."""
+    outcome = trainer.fit()
+    if outcome == "interrupted":
+        if process.is_main:
+            print(f"stopped at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; resume with:\n"
+                  f"  {resume_command(run_dir / 'checkpoint.pth.tar', process.world_size)}", file=sys.stderr)
+        return 130
+    best = run_dir / "best-checkpoint.pth.tar"
+    try:
+        metrics = trainer.test()
+    except KeyboardInterrupt:  # training is complete and saved; only the test figures are lost
+        print(f"test evaluation interrupted; training had finished: {best if best.exists() else run_dir}",
+              file=sys.stderr)
+        return 130
+    if not process.is_main:
+        return 0
+    if metrics:
+        weights = "best checkpoint" if best.exists() else "last weights: there is no best checkpoint"
+        print(f"test: dice {metrics['test/dice']:.4f}  iou {metrics['test/iou']:.4f}  "
+              f"loss {metrics['test/loss']:.4f} ({weights}, {len(test_set)} images)")
+    if best.exists():
+        print(f"best val Dice {trainer.best_fitness:.4f}; weights in {best}")
+    else:
+        print(f"no best checkpoint: {trainer.why_no_best()}; the last weights are in "
+              f"{run_dir / 'checkpoint.pth.tar'}")
+    return 0
 
 
 def load_finetune_weights(model, state, path):
@@ -642,8 +744,8 @@ def load_finetune_weights(model, state, path):
                         f"check --model and --encoder")
     model.load_state_dict(usable, strict=False)
     skipped = len(own) - len(usable)
-    print(f"fine-tuning from {path}: {len(usable)} tensors loaded" + (f", {skipped} left at initialization "
-                                                                       f"(different shape or missing)" if skipped else ""))
+    return f"{len(usable)} tensors loaded" + (f", {skipped} left at initialization (different shape or missing)"
+                                              if skipped else "")
 
 
 def main(args):

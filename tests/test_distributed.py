@@ -35,7 +35,7 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
     checkpoint = load_checkpoint(run_dir / "best-checkpoint.pth.tar")
     assert not any(key.startswith("module.") for key in checkpoint["model"])
-    assert checkpoint["args"]["batch_size"] == 2
+    assert checkpoint["config"]["batch_size"] == 2
     model_from_checkpoint(checkpoint)  # the unwrapped model's weights rebuild without DDP
     image = tiny_data / "imgs" / "sample_010.png"
     detected = subprocess.run([sys.executable, "detect.py", "--model", str(run_dir / "best-checkpoint.pth.tar"),

@@ -163,7 +163,7 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert all(0 <= float(row["val/dice"]) <= 1 for row in rows)
     checkpoint = load_checkpoint(run_dir / "checkpoint.pth.tar")
-    assert checkpoint["epoch"] == 2 and checkpoint["args"]["patch_size"] == 64
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["patch_size"] == 64
     assert checkpoint["meta"]["encoder"] == "resnet18" and checkpoint["meta"]["patch_size"] == 64
     history, config, summary = logged_keys(run_dir)
     assert {"epoch", "lr", "train/loss", "train/dice", "train/iou", "val/loss", "val/dice", "val/iou",
@@ -172,10 +172,13 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
     assert {"test/dice", "test/iou"} <= summary
     assert set(json.loads((run_dir / "test_results.json").read_text())) >= {"test/dice", "test/iou"}
 
-    resumed = subprocess.run(command[:2] + ["--load-model", str(run_dir / "checkpoint.pth.tar")],
-                             capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert resumed.returncode == 2 and "already finished its 2 epochs" in resumed.stderr
-    assert "Traceback" not in resumed.stderr
+    # a finished run given to --load-model is not resumed (that would rewrite it): it fine-tunes in a new run
+    finetuned = subprocess.run(command[:2] + ["--load-model", str(run_dir / "checkpoint.pth.tar"), "--epochs", "1",
+                                              "--workers", "0", "--wandb-mode", "disabled", "--name", run_name],
+                               capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+    assert "fine-tuning from" in finetuned.stdout and f"training in {run_dir}2" in finetuned.stdout
+    assert load_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 2
 
 
 def test_best_checkpoint_waits_for_check_best_cooldown(tiny_data, tmp_path):

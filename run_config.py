@@ -1,0 +1,231 @@
+"""One training run's settings: built once from the command line, checked once, stored whole in every
+checkpoint, and the only thing the trainer is built from.
+
+A run is started in one of three ways, and the rules for each live here:
+- new: the settings are the command line's;
+- resume (`--load-model` an unfinished run's checkpoint.pth.tar): the stored settings and data files, with
+  only the runtime flags (`RUNTIME_FIELDS`) taken from the command line; any other flag given that differs
+  from the stored value is refused, since the run could not then continue as it was;
+- fine-tune (`--load-model` a finished run, a best checkpoint or plain weights): a new run with the command
+  line's settings, except that the model description (`MODEL_FIELDS`) defaults to the checkpoint's, and the
+  data (`DATA_FIELDS`, as a whole) to its run's unless a data flag is given.
+
+Usage:
+    config = RunConfig.from_namespace(parse_args(argv))      # checked
+    config = config.with_data_defaults()                     # a new run: absolute paths, split-file defaults
+    config = config.resumed(RunConfig.from_dict(checkpoint["config"]), {"workers"}, path)   # a resume
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from models import UserError
+
+REPO = Path(__file__).resolve().parent
+SAMPLE_DIR = REPO / "data" / "sample"
+SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
+RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model")
+MODEL_FIELDS = ("model", "encoder", "classes", "patch_size")
+DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
+               "test_split", "ignore_index")
+PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run; field names are the command line's flags (`--patch-size` is patch_size)."""
+    # Data
+    data_dir: str | None = None
+    img_dir: str = "imgs"
+    mask_dir: str = "masks"
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    search_files: bool = False
+    val_split: float = 0.2
+    test_split: float = 0.0
+    patch_size: int = 256
+    classes: int = 1
+    ignore_index: int | None = None
+    # Model
+    model: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_weights: str = "imagenet"
+    load_model: str | None = None
+    # Optimization
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-2
+    clip_grad: float = 255.0
+    use_amp: bool = False
+    eval_step: int | None = None
+    patience: int = 10
+    check_best_cooldown: int = 0
+    seed: int = 0
+    no_augment: bool = False
+    freeze_bn: bool = False
+    # Runtime
+    device: str = "auto"
+    workers: int = 2
+    pin_memory: bool = True
+    sync_bn: bool = False
+    verbose: bool = False
+    # Logging
+    name: str = "exp"
+    save_checkpoints: bool = False
+    wandb_mode: str = "auto"
+    wandb_project: str = "unet-segmentation"
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_namespace(cls, args):
+        """The configuration of an argparse namespace, checked (paths as given: see with_data_defaults)."""
+        values = {field.name: getattr(args, field.name) for field in fields(cls) if hasattr(args, field.name)}
+        values = {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+        config = cls(**values)
+        config.check()
+        return config
+
+    @classmethod
+    def from_dict(cls, stored):
+        """A stored configuration (a checkpoint's); keys this version does not know are ignored."""
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in dict(stored).items() if key in known})
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uses_sample(self):
+        return Path(self.data_dir).resolve() == SAMPLE_DIR.resolve()
+
+    def with_data_defaults(self):
+        """Absolute paths, and the split files: the bundled sample's three files go with the bundled sample
+        only; another --data-dir uses its own training_dataset.txt etc. when it has them, else --train-list
+        and --val-list (or --search-files) must be given, and there is no test split without --test-list."""
+        data_dir = Path(self.data_dir).resolve() if self.data_dir else SAMPLE_DIR
+        lists = {}
+        for key, default in zip(("train_list", "val_list", "test_list"), SPLIT_FILES):
+            given = getattr(self, key)
+            if given is not None:
+                lists[key] = str(locate(given, data_dir))
+            elif data_dir == SAMPLE_DIR.resolve() or data_dir == SAMPLE_DIR:
+                lists[key] = str(REPO / default)
+            else:
+                lists[key] = str(data_dir / default) if (data_dir / default).is_file() else None
+        config = self.replace(data_dir=str(data_dir), **lists)
+        if config.load_model:
+            config = config.replace(load_model=str(Path(config.load_model).resolve()))
+        if not config.search_files:
+            for key, flag in (("train_list", "--train-list"), ("val_list", "--val-list")):
+                if getattr(config, key) is None:
+                    raise UserError(f"--data-dir {self.data_dir} has no {SPLIT_FILES[0 if key == 'train_list' else 1]}; "
+                                    f"give {flag} (a file listing one image per line), or --search-files to "
+                                    f"split imgs/ and masks/ at random")
+        return config
+
+    # ------------------------------------------------------------ checking
+
+    def check(self):
+        """Refuse impossible settings before anything is read, built or created."""
+        from models import architecture_class, check_encoder
+        architecture_class(self.model)
+        check_encoder(self.encoder)
+        check_patch_size(self.patch_size)
+        for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--classes", self.classes, 1), ("--workers", self.workers, 0),
+                                 ("--patience", self.patience, 0), ("--check-best-cooldown", self.check_best_cooldown, 0)):
+            if value < low:
+                raise UserError(f"{flag} {value} must be at least {low}")
+        if self.eval_step is not None and self.eval_step < 1:
+            raise UserError(f"--eval-step {self.eval_step} must be at least 1")
+        for flag, value in (("--lr", self.lr), ("--adam-eps", self.adam_eps), ("--clip-grad", self.clip_grad)):
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} {value:g} must be a positive number" +
+                                (" (0 would train without changing any weight)" if flag == "--lr" and value == 0 else ""))
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay {self.weight_decay:g} must be 0 or more")
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.classes:
+            raise UserError(f"--ignore-index {self.ignore_index} is one of the classes 0..{self.classes - 1}; "
+                            f"use a value outside them, e.g. 255")
+        for flag, value in (("--val-split", self.val_split), ("--test-split", self.test_split)):
+            if not 0 <= value < 1:
+                raise UserError(f"{flag} {value} must be a fraction in [0, 1)")
+        if self.search_files and self.val_split == 0:
+            raise UserError("--search-files --val-split 0 leaves no validation images, which early stopping and "
+                            "the best checkpoint need; give --val-split 0.1 or more (or split files)")
+        check_run_name(self.name)
+
+    # ------------------------------------------------------------ resume and fine-tune
+
+    def resumed(self, stored, given, checkpoint_path):
+        """The stored configuration, with this command line's runtime flags. A flag given that would change
+        the run is refused: a resume continues the run exactly as it was."""
+        changed = [key for key in sorted(given) if key not in RUNTIME_FIELDS
+                   and comparable(key, getattr(self, key)) != comparable(key, getattr(stored, key))]
+        if changed:
+            key = changed[0]
+            raise UserError(f"{flag_name(key)} {show(getattr(self, key))} differs from the run being resumed "
+                            f"({show(getattr(stored, key))}): a resume continues {checkpoint_path} as it was; "
+                            f"drop {flag_name(key)}, or start a new run (fine-tune from its weights with "
+                            f"--load-model {Path(checkpoint_path).with_name('best-checkpoint.pth.tar')})")
+        return stored.replace(**{key: getattr(self, key) for key in RUNTIME_FIELDS})
+
+    def fine_tuned(self, meta, stored, given):
+        """A new run from a checkpoint's weights (`meta` its description, `stored` its run's configuration or
+        None). Model, encoder, classes and patch size default to the checkpoint's, since its weights are meant
+        for them. The data is the command line's when it gives any data flag, else that of the checkpoint's
+        run: a fine-tune must not quietly train on the bundled sample. Everything else is the command line's."""
+        taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
+                 "patch_size": meta["patch_size"]}
+        if stored is not None and not set(DATA_FIELDS) & set(given):
+            taken.update({key: getattr(stored, key) for key in DATA_FIELDS})
+        return self.replace(**{key: value for key, value in taken.items() if key not in given})
+
+
+def locate(path, data_dir):
+    """A split file as given (relative to the working folder), or inside --data-dir when only it has one."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (data_dir / path).exists():
+        path = data_dir / path
+    return path.resolve()
+
+
+def check_patch_size(patch_size):
+    if patch_size < 32 or patch_size % 32:
+        raise UserError(f"--patch-size {patch_size} is not a positive multiple of 32, which smp models need; "
+                        f"try {max(32, 32 * round(patch_size / 32))}")
+
+
+def check_run_name(name):
+    """--name is one folder inside the run root: never a path that leads elsewhere."""
+    if not name or name in (".", "..") or any(char in name for char in "/\\\0") or name != name.strip():
+        raise UserError(f"--name {name!r}: a run name is one folder name (no '/', '\\', '..', or surrounding "
+                        f"spaces); give for example --name {safe_run_name(name)}")
+
+
+def safe_run_name(name):
+    cleaned = "-".join(part for part in name.replace("\\", "/").split("/") if part.strip() not in ("", ".", ".."))
+    return cleaned.strip().replace("\0", "") or "exp"
+
+
+def flag_name(key):
+    return "--" + key.replace("_", "-")
+
+
+def comparable(key, value):
+    if key in PATH_FIELDS and value is not None:
+        return str(Path(value).resolve())
+    return value
+
+
+def show(value):
+    return "not set" if value is None else str(value)
