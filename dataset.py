@@ -33,8 +33,15 @@ SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.t
 
 
 def decode_file(path, kind="image"):
-    """Decode an image file as stored (OpenCV IMREAD_UNCHANGED); a UserError naming it if that fails."""
+    """Decode an image or mask file; a UserError naming it if that fails.
+
+    Images are decoded upright: viewers and labelling tools apply the EXIF orientation of phone photos, so
+    masks are drawn on the upright image. OpenCV applies it while decoding (it reads the tag from the header,
+    no second pass) unless asked for IMREAD_UNCHANGED, so images take COLOR | ANYDEPTH instead (16 bits
+    kept, alpha dropped, as `to_rgb8` would). Masks are decoded exactly as stored.
+    """
     fix = "replace it or remove it from the split" if kind == "image" else "replace it"
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
@@ -42,7 +49,7 @@ def decode_file(path, kind="image"):
     decoded = None
     if data.size:
         try:
-            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            decoded = cv2.imdecode(data, flags)
         except cv2.error:  # some decoders assert on damaged headers instead of returning None
             decoded = None
     if decoded is None or decoded.size == 0 or truncated_jpeg(data):
@@ -63,7 +70,7 @@ def truncated_jpeg(data):
 
 
 def read_image(path):
-    """Read an image as uint8 RGB HxWx3, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
+    """Read an image as uint8 RGB HxWx3, upright, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
     return to_rgb8(decode_file(path, "image"), path)
 
 

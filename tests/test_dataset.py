@@ -145,3 +145,70 @@ def test_search_files_pairs_by_stem_and_splits_with_the_seed(tmp_path):
     cv2.imwrite(str(tmp_path / "masks" / "orphan.png"), np.zeros((8, 8), np.uint8))
     with pytest.raises(UserError, match=r"images without a mask: s1\.png, s2\.png; masks without an image: orphan"):
         search_files(tmp_path)
+
+
+# ---------------------------------------------------------------- EXIF orientation (issue 17, item 3)
+
+# How a camera stores an upright scene under each EXIF orientation value (the inverse of what a viewer
+# does to show it). 5 and 7 are mirror images across a diagonal; 6 is "rotate 90 clockwise to view".
+STORED_AS = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+             5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, 1),
+             7: lambda a: np.rot90(a, 2).swapaxes(0, 1), 8: lambda a: np.rot90(a, -1)}
+
+
+def upright_scene(height=48, width=80):
+    """An RGB image no flip or rotation maps onto itself: four coloured blocks of different sizes."""
+    image = np.full((height, width, 3), 30, np.uint8)
+    image[:16, :32] = (220, 40, 40)
+    image[32:, 48:] = (40, 220, 40)
+    image[8:24, 64:] = (40, 40, 220)
+    return image
+
+
+def save_with_orientation(path, rgb, orientation):
+    """Write `rgb` with an EXIF orientation tag, as a phone (JPEG) or an editor (PNG, WebP, TIFF) would."""
+    from PIL import Image
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    options = {".jpg": dict(quality=95, subsampling=0), ".webp": dict(lossless=True)}.get(path.suffix, {})
+    image.save(path, exif=exif, **options)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_images_are_read_upright_whatever_their_exif_orientation(tmp_path, suffix, orientation):
+    from PIL import Image, ImageOps
+    upright = upright_scene()
+    stored = STORED_AS[orientation](upright)
+    path = save_with_orientation(tmp_path / f"photo{suffix}", stored, orientation)
+    tolerance = 4 if suffix == ".jpg" else 0  # mean absolute difference: JPEG is lossy
+    # the table above is what a viewer (Pillow here) undoes: checked, so the test does not rest on it alone
+    viewer = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert viewer.shape == upright.shape and np.abs(viewer.astype(int) - upright).mean() <= tolerance
+    image = read_image(path)
+    assert image.shape == upright.shape
+    assert np.abs(image.astype(int) - upright).mean() <= tolerance
+    if orientation != 1 and stored.shape == upright.shape:
+        assert np.abs(stored.astype(int) - upright).mean() > 20  # reading the raw pixel order would fail
+
+
+def test_portrait_photo_with_an_upright_mask_trains_and_the_mask_stays_as_stored(tmp_path):
+    upright = np.full((160, 100, 3), 20, np.uint8)
+    upright[20:60, 10:50] = 230  # a bright square near the top left, as the user sees the photo
+    mask = np.zeros((160, 100), np.uint8)
+    mask[20:60, 10:50] = 255
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    image_path = save_with_orientation(tmp_path / "imgs" / "phone.jpg", STORED_AS[6](upright), 6)
+    mask_path = tmp_path / "masks" / "phone.png"
+    cv2.imwrite(str(mask_path), mask)
+    dataset = BinaryDataset([(image_path, mask_path)], 64)  # today: "mask is 100x160 but image is 160x100"
+    image, labels = dataset.images[0], dataset.masks[0]
+    assert image.shape == (64, 40, 3) and labels.shape == (64, 40)
+    assert image[labels == 1].mean() > 200 and image[labels == 0].mean() < 60  # the mask covers the square
+    # masks are read as stored, even when a labelling tool copied the photo's EXIF into them
+    tagged_mask = save_with_orientation(tmp_path / "masks" / "tagged.png", np.dstack([mask] * 3), 6)
+    from dataset import read_mask
+    assert read_mask(tagged_mask).shape == (160, 100)
