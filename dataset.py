@@ -37,11 +37,11 @@ def decode_file(path, kind="image"):
 
     Images are decoded upright: viewers and labelling tools apply the EXIF orientation of phone photos, so
     masks are drawn on the upright image. OpenCV applies it while decoding (it reads the tag from the header,
-    no second pass) unless asked for IMREAD_UNCHANGED, so images take COLOR | ANYDEPTH instead (16 bits
-    kept, alpha dropped, as `to_rgb8` would). Masks are decoded exactly as stored.
+    no second pass) unless asked for IMREAD_UNCHANGED, so images take ANYCOLOR | ANYDEPTH instead (gray stays
+    one channel and 16 bits stay 16 bits; alpha is dropped, as `to_rgb8` would). Masks are decoded as stored.
     """
     fix = "replace it or remove it from the split" if kind == "image" else "replace it"
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
