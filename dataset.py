@@ -229,6 +229,36 @@ def shorten(text, width=160):
     return text if len(text) <= width else f"{text[:width - 20]}...{text[-17:]}"
 
 
+BYTE_ORDER_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+                    (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
+
+
+def wide_encoding(data):
+    """'UTF-16 LE' and the like when `data` is UTF-16/32 text: a byte order mark, or (as some tools write
+    it without one) text with a NUL in every other byte; None otherwise, also for UTF-8 with a stray NUL."""
+    for mark, name in BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return name
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if max(even, odd) * 2 < max(len(data) // 2, 1) or min(even, odd) * 10 > max(even, odd):
+        return None
+    return "UTF-16 LE" if odd > even else "UTF-16 BE"
+
+
+def read_list_text(path, label):
+    """The text of a split file or source list, `label` naming it in errors. UTF-8 with the byte order mark
+    Windows editors write is read too (the mark would otherwise stick to the first entry); UTF-16 would
+    decode as garbage names, so it is refused with the fix."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"{label} cannot be read ({error.strerror or error}); check its permissions") from None
+    encoding = wide_encoding(data)
+    if encoding:
+        raise UserError(f"{label} is saved as {encoding}; save it as UTF-8 (in Notepad: Save as, Encoding UTF-8)")
+    return data.decode("utf-8-sig", errors="replace")
+
+
 def read_split_file(path, data_dir, img_dir="imgs"):
     """Image paths listed in a split file; blank lines and '#' comments ignored; missing files listed."""
     path = Path(path)
@@ -236,7 +266,7 @@ def read_split_file(path, data_dir, img_dir="imgs"):
         raise UserError(f"split file {path} does not exist; create it (one image path per line) "
                         f"or use --search-files to split imgs/ and masks/ automatically")
     images = []
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for raw in read_list_text(path, f"split file {path}").splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             images.append(resolve_image_path(line, data_dir, img_dir))

@@ -1,5 +1,7 @@
 """dataset.py: reading any image kind, masks, letterboxing, split files and the two dataset classes."""
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -212,3 +214,48 @@ def test_portrait_photo_with_an_upright_mask_trains_and_the_mask_stays_as_stored
     tagged_mask = save_with_orientation(tmp_path / "masks" / "tagged.png", np.dstack([mask] * 3), 6)
     from dataset import read_mask
     assert read_mask(tagged_mask).shape == (160, 100)
+
+
+# ---------------------------------------------------------------- text encodings of lists (issue 17, item 7)
+
+
+def test_split_file_with_a_utf8_byte_order_mark_keeps_its_first_entry(tmp_path):
+    root = tmp_path / "data"
+    a, _ = write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    b, _ = write_pair(root, "b", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    split = tmp_path / "split.txt"
+    split.write_bytes("imgs/a.png\r\nimgs/b.png\r\n".encode("utf-8-sig"))  # Notepad's "UTF-8 with BOM"
+    assert read_split_file(split, root) == [a, b]
+
+
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16 LE"), ("utf-16-be", "UTF-16 BE"),
+                                             ("utf-16-le", "UTF-16 LE"), ("utf-32", "UTF-32 LE")])
+def test_split_file_in_utf16_is_one_line_naming_the_encoding(tmp_path, encoding, named):
+    root = tmp_path / "data"
+    write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    split = tmp_path / "split.txt"
+    split.write_bytes("imgs/a.png\r\n".encode(encoding))  # utf-16 / utf-32 write a BOM; -be / -le do not
+    with pytest.raises(UserError, match=rf"^split file {re.escape(str(split))} is saved as {named}; save it as "
+                                        rf"UTF-8 \(in Notepad: Save as, Encoding UTF-8\)$"):
+        read_split_file(split, root)
+
+
+def test_nul_bytes_alone_do_not_make_a_file_utf16(tmp_path):
+    split = tmp_path / "split.txt"
+    split.write_bytes(b"imgs/a\x00b.png\nimgs/c.png\n")  # a stray NUL in UTF-8 text: named as missing, not UTF-16
+    with pytest.raises(UserError, match=r"names 2 file\(s\) that do not exist"):
+        read_split_file(split, tmp_path)
+
+
+def test_source_list_with_bom_or_in_utf16(tmp_path):
+    from sources import resolve_sources
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("a.png\nb.png\n".encode("utf-8-sig"))
+    files, streams = resolve_sources(str(listing))
+    assert [f.name for f in files] == ["a.png", "b.png"] and streams == []
+    listing.write_bytes("a.png\nb.png\n".encode("utf-16"))
+    with pytest.raises(UserError, match=rf"^--source {re.escape(str(listing))} is saved as UTF-16 LE; save it as "
+                                        rf"UTF-8"):
+        resolve_sources(str(listing))

@@ -144,17 +144,22 @@ SPLIT_LINES = st.one_of(
 
 
 @FUZZ
-@given(lines=st.lists(st.tuples(SPLIT_LINES, st.integers(0, 4)), max_size=12), raw=st.binary(max_size=64))
-def test_split_file_parsing_lists_existing_images_or_names_the_missing_ones(split_data, lines, raw):
+@given(lines=st.lists(st.tuples(SPLIT_LINES, st.integers(0, 4)), max_size=12), raw=st.binary(max_size=64),
+       bom=st.booleans())
+def test_split_file_parsing_lists_existing_images_or_names_the_missing_ones(split_data, lines, raw, bom):
     good = good_entries(split_data)
     chosen = [list(good)[pick] if line == "GOOD" else line for line, pick in lines]
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.txt"
-        split.write_bytes("\n".join(chosen).encode("utf-8", "surrogatepass") + (b"\n" + raw if raw else b""))
+        data = "\n".join(chosen).encode("utf-8", "surrogatepass") + (b"\n" + raw if raw else b"")
+        split.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)  # Windows editors' UTF-8 byte order mark
         try:
             images = read_split_file(split, split_data)
         except UserError as error:
             assert "\n" not in str(error)
+            if str(error).startswith(f"split file {split} is saved as UTF-16"):
+                assert b"\x00" in data, "called UTF-16 without a NUL byte"  # only garbage bytes look like it
+                return
             assert str(error).startswith(f"split file {split} names ") and "that do not exist" in str(error)
             assert any(line not in good for line in chosen) or raw, "refused a split naming only existing images"
             return

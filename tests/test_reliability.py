@@ -272,6 +272,9 @@ BAD_INPUT = [
      r"--encoder-weights .*enc\.pth holds no state dict \(a dict of named tensors\)"),
     ("--load-model missing", lambda d: ["--load-model", d / "none.pth.tar"],
      r"checkpoint .*none\.pth\.tar: no such file"),
+    ("split file saved as UTF-16 (PowerShell >)",
+     lambda d: (d / "train.txt").write_bytes((d / "train.txt").read_text().encode("utf-16")),
+     r"split file .*train\.txt is saved as UTF-16 LE; save it as UTF-8 \(in Notepad: Save as, Encoding UTF-8\)$"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUT.append(("--device cuda without CUDA", lambda d: ["--device", "cuda"],
