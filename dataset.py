@@ -13,9 +13,13 @@ Usage:
 """
 
 import math
+import os
 import random
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import albumentations as A
@@ -27,6 +31,9 @@ from models import IMAGENET_MEAN, IMAGENET_STD, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
+HIGH_BIT_DEPTHS = (10, 12, 14, 16)  # what cameras and microscopes store in 16-bit files
+REPORTED_BIT_DEPTHS = set()  # bit depths this process has already said it reads 16-bit images as
+REPORT_LOCK = threading.Lock()  # images are read from several threads
 
 
 # ---------------------------------------------------------------- reading files
@@ -77,7 +84,7 @@ def read_image(path):
 def to_rgb8(image, path="image"):
     """Convert a decoded OpenCV array (BGR order) to uint8 RGB HxWx3."""
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = sixteen_to_eight_bits(image, path)
     elif image.dtype != np.uint8:
         raise UserError(f"image {path} has pixel type {image.dtype}; save it as 8- or 16-bit")
     if image.ndim == 2:
@@ -89,6 +96,36 @@ def to_rgb8(image, path="image"):
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     raise UserError(f"image {path} has {image.shape[2]} channels; use gray, RGB or RGBA")
+
+
+def sixteen_to_eight_bits(image, path):
+    """16-bit pixels to 8 bits, scaled by the image's bit depth: the smallest of 10, 12, 14 and 16 bits that
+    holds its largest value. 12-bit data scaled as 16-bit would be near-black (4095 -> 16)."""
+    colour = image[..., :3] if image.ndim == 3 and image.shape[2] == 4 else image  # opaque alpha is 65535
+    largest = int(colour.max()) if colour.size else 0
+    bits = next(bits for bits in HIGH_BIT_DEPTHS if largest < 1 << bits)
+    if 0 < largest and bits < 16:
+        report_bit_depth(bits, largest, path)
+    return scale_table(bits)[image]
+
+
+@lru_cache(maxsize=None)
+def scale_table(bits):
+    """Lookup table from 16-bit values to uint8: 0..2^bits-1 onto 0..255, rounded (one gather per image)."""
+    top = (1 << bits) - 1
+    values = np.minimum(np.arange(1 << 16, dtype=np.uint32), top)
+    return ((values * 255 + top // 2) // top).astype(np.uint8)
+
+
+def report_bit_depth(bits, largest, path):
+    """Say once per process and bit depth that 16-bit images are read as fewer bits: it changes brightness."""
+    with REPORT_LOCK:
+        if bits in REPORTED_BIT_DEPTHS:
+            return
+        REPORTED_BIT_DEPTHS.add(bits)
+    print(f"warning: 16-bit image {path} holds values up to {largest}: it and any other 16-bit image whose "
+          f"values fit in {bits} bits are read as {bits}-bit data (0..{(1 << bits) - 1} scaled to 0..255)",
+          file=sys.stderr, flush=True)
 
 
 def read_mask(path):
@@ -223,6 +260,24 @@ def is_file(path):
         return False
 
 
+def is_broken_link(path):
+    """A symbolic link whose target does not exist (Path.is_file says False, as for a missing file)."""
+    try:
+        return Path(path).is_symlink() and not Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def shown_link(path, name=None):
+    """'name -> target' of a link, as an error shows it."""
+    return f"{shorten(name or str(path))} -> {shorten(os.readlink(path))}"
+
+
+def listed(names, limit=10):
+    """The first `limit` names, comma-separated, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def shorten(text, width=160):
     """A name as shown in an error: a line of garbage in a split file must not flood or garble the terminal."""
     text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
@@ -270,12 +325,14 @@ def read_split_file(path, data_dir, img_dir="imgs"):
         line = raw.split("#", 1)[0].strip()
         if line:
             images.append(resolve_image_path(line, data_dir, img_dir))
-    missing = [str(image) for image in images if not is_file(image)]
-    if missing:
-        shown = ", ".join(shorten(name) for name in missing[:10]) + \
-            (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise UserError(f"split file {path} names {len(missing)} file(s) that do not exist: {shown}; "
-                        f"check --data-dir or fix the list")
+    absent = [image for image in images if not is_file(image)]
+    broken = [shown_link(image) for image in absent if is_broken_link(image)]
+    missing = [shorten(str(image)) for image in absent if not is_broken_link(image)]
+    parts = [f"{len(names)} {what}: {listed(names)}" for names, what in (
+        (missing, "file(s) that do not exist"), (broken, "broken link(s) (the file they point to does not exist)"))
+        if names]
+    if parts:
+        raise UserError(f"split file {path} names {' and '.join(parts)}; check --data-dir or fix the list")
     return images
 
 
@@ -284,7 +341,12 @@ def index_by_stem(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder {folder} does not exist; check --data-dir, --img-dir and --mask-dir")
-    files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    broken = [path for path in entries if is_broken_link(path)]
+    if broken:  # is_file() is False for them: they would be dropped without a word
+        raise UserError(f"folder {folder} holds {len(broken)} broken link(s) (the file they point to does not "
+                        f"exist): {listed([shown_link(path, path.name) for path in broken])}; fix or remove them")
+    files = [path for path in entries if path.is_file()]
     others = [path.name for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         raise UserError(f"folder {folder} holds non-image files: {', '.join(others[:10])}; move them out "

@@ -259,3 +259,76 @@ def test_source_list_with_bom_or_in_utf16(tmp_path):
     with pytest.raises(UserError, match=rf"^--source {re.escape(str(listing))} is saved as UTF-16 LE; save it as "
                                         rf"UTF-8"):
         resolve_sources(str(listing))
+
+
+# ---------------------------------------------------------------- 12-bit data, broken links (issue 17, item 9)
+
+
+@pytest.fixture
+def fresh_bit_depth_notes(monkeypatch):
+    """Each test sees the once-per-process bit-depth line again."""
+    import dataset
+    monkeypatch.setattr(dataset, "REPORTED_BIT_DEPTHS", set(), raising=False)
+
+
+@pytest.mark.parametrize("bits, suffix", [(10, ".png"), (12, ".tif"), (14, ".png")])
+def test_high_bit_data_in_16_bit_files_is_scaled_by_its_bit_depth_and_said_once(tmp_path, bits, suffix, capsys,
+                                                                                  fresh_bit_depth_notes):
+    top = (1 << bits) - 1
+    gray = np.tile(np.linspace(0, top, 64).round().astype(np.uint16), (8, 1))
+    gray[0, 0] = top  # a camera's full scale
+    paths = [tmp_path / f"{stem}{suffix}" for stem in ("a", "b")]
+    for path in paths:
+        assert cv2.imwrite(str(path), gray)
+    image = read_image(paths[0])
+    expected = np.round(gray.astype(np.float64) * 255 / top)
+    assert np.abs(image[..., 0].astype(int) - expected).max() <= 1  # today: full scale reads as top / 257
+    assert image[0, 0, 0] == 255 and image[0, 32, 0] in (expected[0, 32], expected[0, 32] - 1)
+    read_image(paths[1])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ")
+    assert f"16-bit image {paths[0]} holds values up to {top}" in err and f"read as {bits}-bit data" in err
+
+
+def test_full_range_16_bit_and_alpha_keep_the_16_bit_scale(tmp_path, capsys, fresh_bit_depth_notes):
+    rgba = np.zeros((8, 8, 4), np.uint16)
+    rgba[..., :3] = 4000  # 12-bit colour; the opaque alpha (65535) must not decide the scale
+    rgba[..., 3] = 65535
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert read_image(tmp_path / "rgba.png")[0, 0, 0] == round(4000 * 255 / 4095)
+    full = np.full((8, 8), 65535, np.uint16)
+    full[0, 0] = 4000
+    cv2.imwrite(str(tmp_path / "full.png"), full)
+    image = read_image(tmp_path / "full.png")
+    assert image[0, 0, 0] == round(4000 / 257) and image[1, 1, 0] == 255
+    assert capsys.readouterr().err.count("read as 12-bit data") == 1
+
+
+def test_16_bit_masks_are_not_scaled(tmp_path):
+    from dataset import read_mask
+    mask = np.zeros((8, 8), np.uint16)
+    mask[2:4, 2:4] = 300
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+@pytest.mark.parametrize("folder", ["imgs", "masks"])
+def test_broken_link_in_a_data_folder_is_named(tmp_path, folder):
+    for stem in ("a", "b"):
+        write_pair(tmp_path, stem, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    (tmp_path / folder / "c.png").symlink_to(tmp_path / "elsewhere" / "c.png")  # today: silently dropped
+    with pytest.raises(UserError, match=rf"^folder .*{folder} holds 1 broken link\(s\) \(the file they point to "
+                                        rf"does not exist\): c\.png -> .*elsewhere/c\.png; fix or remove them$"):
+        search_files(tmp_path)
+
+
+def test_split_file_naming_a_broken_link_says_so(tmp_path):
+    root = tmp_path / "data"
+    write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    (root / "imgs" / "b.png").symlink_to(tmp_path / "gone.png")
+    split = tmp_path / "split.txt"
+    split.write_text("imgs/a.png\nimgs/b.png\nimgs/missing.png\n")
+    with pytest.raises(UserError, match=r"names 1 file\(s\) that do not exist: .*imgs/missing\.png and 1 broken "
+                                        r"link\(s\) \(the file they point to does not exist\): .*imgs/b\.png -> "
+                                        r".*gone\.png; check --data-dir or fix the list"):
+        read_split_file(split, root)
