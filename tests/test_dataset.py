@@ -332,3 +332,53 @@ def test_split_file_naming_a_broken_link_says_so(tmp_path):
                                         r"link\(s\) \(the file they point to does not exist\): .*imgs/b\.png -> "
                                         r".*gone\.png; check --data-dir or fix the list"):
         read_split_file(split, root)
+
+
+# ---------------------------------------------------------------- start-of-run label warnings (issue 17, item 5)
+
+
+def label_set(tmp_path, masks, classes, ignore_index=None):
+    pairs = [write_pair(tmp_path, f"s{index}", np.full(mask.shape + (3,), 90, np.uint8), mask)
+             for index, mask in enumerate(masks)]
+    return make_dataset(pairs, 64, classes, ignore_index)
+
+
+def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    train = label_set(tmp_path, [square_mask(64, 64, 255), square_mask(64, 64, 255)], classes=2, ignore_index=255)
+    counts = class_pixel_counts(train)
+    assert counts == {0: 2 * (64 * 64 - 16 * 16), 255: 2 * 16 * 16}
+    lines = label_warnings(counts, 2, 255, ["class_0", "class_1"])
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert re.fullmatch(r"--ignore-index 255 removes every foreground pixel: the training masks hold only 0 and "
+                        r"255, so the model learns background alone; masks of 0 and 255 are binary masks: train "
+                        r"them with --classes 1 \(without --ignore-index\)", lines[0]), lines[0]
+
+
+def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    train = label_set(tmp_path, [square_mask(64, 64, 1)], classes=3)  # 0/1 masks with --classes 3
+    names = ["background", "road", "car"]
+    assert label_warnings(class_pixel_counts(train), 3, None, names) == [
+        "class car (2) never appears in the training masks (as read at the patch size): the model cannot "
+        "learn it; check the masks and --classes 3"]
+    assert label_warnings(class_pixel_counts(train), 2, None, names[:2]) == []
+    assert label_warnings({0: 10, 255: 5}, 3, 255, None) == [
+        "--ignore-index 255 removes every foreground pixel: the training masks hold only 0 and 255, so the model "
+        "learns background alone; masks of 0 and 255 are binary masks: train them with --classes 1 (without "
+        "--ignore-index)"]
+    assert label_warnings({0: 10, 1: 3}, 4, None, None, split="validation") == [
+        "classes class_2 (2), class_3 (3) never appear in the validation masks (as read at the patch size): "
+        "their Dice stays empty, left out of the mean; check the masks and --classes 4"]
+
+
+def test_binary_masks_without_foreground_warn(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    empty = label_set(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 2, classes=1)
+    assert class_pixel_counts(empty) == {0: 2 * 64 * 64}
+    assert label_warnings(class_pixel_counts(empty), 1, None, ["background", "foreground"]) == [
+        "class foreground (1) never appears in the training masks (as read at the patch size): the model cannot "
+        "learn it; check the masks and --classes 1"]
+    fine = label_set(tmp_path / "fine", [square_mask(64, 64, 255)], classes=1)
+    assert class_pixel_counts(fine) == {0: 64 * 64 - 256, 1: 256}
+    assert label_warnings(class_pixel_counts(fine), 1, None, ["background", "foreground"]) == []
