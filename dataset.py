@@ -522,7 +522,8 @@ def label_warnings(counts, classes, ignore_index=None, class_names=None, split="
                if ignore_index == 255 else "check the masks and --ignore-index")
         return [f"--ignore-index {ignore_index} removes every foreground pixel: the {split} masks hold only 0 and "
                 f"{ignore_index}, so {'the model learns' if training else 'Dice measures'} background alone; {fix}"]
-    absent = [f"{names[label]} ({label})" for label in range(labels) if not counts.get(label)]
+    absent = [str(label) if names[label] == f"class_{label}" else f"{label} ({names[label]})"
+              for label in range(labels) if not counts.get(label)]
     if not absent:
         return []
     one = len(absent) == 1

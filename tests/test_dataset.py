@@ -360,7 +360,7 @@ def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
     train = label_set(tmp_path, [square_mask(64, 64, 1)], classes=3)  # 0/1 masks with --classes 3
     names = ["background", "road", "car"]
     assert label_warnings(class_pixel_counts(train), 3, None, names) == [
-        "class car (2) never appears in the training masks (as read at the patch size): the model cannot "
+        "class 2 (car) never appears in the training masks (as read at the patch size): the model cannot "
         "learn it; check the masks and --classes 3"]
     assert label_warnings(class_pixel_counts(train), 2, None, names[:2]) == []
     assert label_warnings({0: 10, 255: 5}, 3, 255, None) == [
@@ -368,7 +368,7 @@ def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
         "learns background alone; masks of 0 and 255 are binary masks: train them with --classes 1 (without "
         "--ignore-index)"]
     assert label_warnings({0: 10, 1: 3}, 4, None, None, split="validation") == [
-        "classes class_2 (2), class_3 (3) never appear in the validation masks (as read at the patch size): "
+        "classes 2, 3 never appear in the validation masks (as read at the patch size): "
         "their Dice stays empty, left out of the mean; check the masks and --classes 4"]
 
 
@@ -377,7 +377,7 @@ def test_binary_masks_without_foreground_warn(tmp_path):
     empty = label_set(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 2, classes=1)
     assert class_pixel_counts(empty) == {0: 2 * 64 * 64}
     assert label_warnings(class_pixel_counts(empty), 1, None, ["background", "foreground"]) == [
-        "class foreground (1) never appears in the training masks (as read at the patch size): the model cannot "
+        "class 1 (foreground) never appears in the training masks (as read at the patch size): the model cannot "
         "learn it; check the masks and --classes 1"]
     fine = label_set(tmp_path / "fine", [square_mask(64, 64, 255)], classes=1)
     assert class_pixel_counts(fine) == {0: 64 * 64 - 256, 1: 256}
