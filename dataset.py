@@ -12,10 +12,15 @@ Usage:
     image, mask = train_set.load_sample(0)   # float32 3xPxP normalized, float32 1xPxP in {0,1}
 """
 
+import collections
 import math
+import os
 import random
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import albumentations as A
@@ -27,14 +32,24 @@ from models import IMAGENET_MEAN, IMAGENET_STD, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
+HIGH_BIT_DEPTHS = (10, 12, 14, 16)  # what cameras and microscopes store in 16-bit files
+REPORTED_BIT_DEPTHS = set()  # bit depths this process has already said it reads 16-bit images as
+REPORT_LOCK = threading.Lock()  # images are read from several threads
 
 
 # ---------------------------------------------------------------- reading files
 
 
 def decode_file(path, kind="image"):
-    """Decode an image file as stored (OpenCV IMREAD_UNCHANGED); a UserError naming it if that fails."""
+    """Decode an image or mask file; a UserError naming it if that fails.
+
+    Images are decoded upright: viewers and labelling tools apply the EXIF orientation of phone photos, so
+    masks are drawn on the upright image. OpenCV applies it while decoding (it reads the tag from the header,
+    no second pass) unless asked for IMREAD_UNCHANGED, so images take ANYCOLOR | ANYDEPTH instead (gray stays
+    one channel and 16 bits stay 16 bits; alpha is dropped, as `to_rgb8` would). Masks are decoded as stored.
+    """
     fix = "replace it or remove it from the split" if kind == "image" else "replace it"
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
@@ -42,7 +57,7 @@ def decode_file(path, kind="image"):
     decoded = None
     if data.size:
         try:
-            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            decoded = cv2.imdecode(data, flags)
         except cv2.error:  # some decoders assert on damaged headers instead of returning None
             decoded = None
     if decoded is None or decoded.size == 0 or truncated_jpeg(data):
@@ -63,14 +78,14 @@ def truncated_jpeg(data):
 
 
 def read_image(path):
-    """Read an image as uint8 RGB HxWx3, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
+    """Read an image as uint8 RGB HxWx3, upright, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
     return to_rgb8(decode_file(path, "image"), path)
 
 
 def to_rgb8(image, path="image"):
     """Convert a decoded OpenCV array (BGR order) to uint8 RGB HxWx3."""
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = sixteen_to_eight_bits(image, path)
     elif image.dtype != np.uint8:
         raise UserError(f"image {path} has pixel type {image.dtype}; save it as 8- or 16-bit")
     if image.ndim == 2:
@@ -82,6 +97,36 @@ def to_rgb8(image, path="image"):
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     raise UserError(f"image {path} has {image.shape[2]} channels; use gray, RGB or RGBA")
+
+
+def sixteen_to_eight_bits(image, path):
+    """16-bit pixels to 8 bits, scaled by the image's bit depth: the smallest of 10, 12, 14 and 16 bits that
+    holds its largest value. 12-bit data scaled as 16-bit would be near-black (4095 -> 16)."""
+    colour = image[..., :3] if image.ndim == 3 and image.shape[2] == 4 else image  # opaque alpha is 65535
+    largest = int(colour.max()) if colour.size else 0
+    bits = next(bits for bits in HIGH_BIT_DEPTHS if largest < 1 << bits)
+    if 0 < largest and bits < 16:
+        report_bit_depth(bits, largest, path)
+    return scale_table(bits)[image]
+
+
+@lru_cache(maxsize=None)
+def scale_table(bits):
+    """Lookup table from 16-bit values to uint8: 0..2^bits-1 onto 0..255, rounded (one gather per image)."""
+    top = (1 << bits) - 1
+    values = np.minimum(np.arange(1 << 16, dtype=np.uint32), top)
+    return ((values * 255 + top // 2) // top).astype(np.uint8)
+
+
+def report_bit_depth(bits, largest, path):
+    """Say once per process and bit depth that 16-bit images are read as fewer bits: it changes brightness."""
+    with REPORT_LOCK:
+        if bits in REPORTED_BIT_DEPTHS:
+            return
+        REPORTED_BIT_DEPTHS.add(bits)
+    print(f"warning: 16-bit image {path} holds values up to {largest}: it and any other 16-bit image whose "
+          f"values fit in {bits} bits are read as {bits}-bit data (0..{(1 << bits) - 1} scaled to 0..255)",
+          file=sys.stderr, flush=True)
 
 
 def read_mask(path):
@@ -216,10 +261,58 @@ def is_file(path):
         return False
 
 
+def is_broken_link(path):
+    """A symbolic link whose target does not exist (Path.is_file says False, as for a missing file)."""
+    try:
+        return Path(path).is_symlink() and not Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def shown_link(path, name=None):
+    """'name -> target' of a link, as an error shows it."""
+    return f"{shorten(name or str(path))} -> {shorten(os.readlink(path))}"
+
+
+def listed(names, limit=10):
+    """The first `limit` names, comma-separated, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def shorten(text, width=160):
     """A name as shown in an error: a line of garbage in a split file must not flood or garble the terminal."""
     text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
     return text if len(text) <= width else f"{text[:width - 20]}...{text[-17:]}"
+
+
+BYTE_ORDER_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+                    (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
+
+
+def wide_encoding(data):
+    """'UTF-16 LE' and the like when `data` is UTF-16/32 text: a byte order mark, or (as some tools write
+    it without one) text with a NUL in every other byte; None otherwise, also for UTF-8 with a stray NUL."""
+    for mark, name in BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return name
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if max(even, odd) * 2 < max(len(data) // 2, 1) or min(even, odd) * 10 > max(even, odd):
+        return None
+    return "UTF-16 LE" if odd > even else "UTF-16 BE"
+
+
+def read_list_text(path, label):
+    """The text of a split file or source list, `label` naming it in errors. UTF-8 with the byte order mark
+    Windows editors write is read too (the mark would otherwise stick to the first entry); UTF-16 would
+    decode as garbage names, so it is refused with the fix."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"{label} cannot be read ({error.strerror or error}); check its permissions") from None
+    encoding = wide_encoding(data)
+    if encoding:
+        raise UserError(f"{label} is saved as {encoding}; save it as UTF-8 (in Notepad: Save as, Encoding UTF-8)")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def read_split_file(path, data_dir, img_dir="imgs"):
@@ -229,16 +322,18 @@ def read_split_file(path, data_dir, img_dir="imgs"):
         raise UserError(f"split file {path} does not exist; create it (one image path per line) "
                         f"or use --search-files to split imgs/ and masks/ automatically")
     images = []
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for raw in read_list_text(path, f"split file {path}").splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             images.append(resolve_image_path(line, data_dir, img_dir))
-    missing = [str(image) for image in images if not is_file(image)]
-    if missing:
-        shown = ", ".join(shorten(name) for name in missing[:10]) + \
-            (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise UserError(f"split file {path} names {len(missing)} file(s) that do not exist: {shown}; "
-                        f"check --data-dir or fix the list")
+    absent = [image for image in images if not is_file(image)]
+    broken = [shown_link(image) for image in absent if is_broken_link(image)]
+    missing = [shorten(str(image)) for image in absent if not is_broken_link(image)]
+    parts = [f"{len(names)} {what}: {listed(names)}" for names, what in (
+        (missing, "file(s) that do not exist"), (broken, "broken link(s) (the file they point to does not exist)"))
+        if names]
+    if parts:
+        raise UserError(f"split file {path} names {' and '.join(parts)}; check --data-dir or fix the list")
     return images
 
 
@@ -247,7 +342,12 @@ def index_by_stem(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder {folder} does not exist; check --data-dir, --img-dir and --mask-dir")
-    files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    broken = [path for path in entries if is_broken_link(path)]
+    if broken:  # is_file() is False for them: they would be dropped without a word
+        raise UserError(f"folder {folder} holds {len(broken)} broken link(s) (the file they point to does not "
+                        f"exist): {listed([shown_link(path, path.name) for path in broken])}; fix or remove them")
+    files = [path for path in entries if path.is_file()]
     others = [path.name for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         raise UserError(f"folder {folder} holds non-image files: {', '.join(others[:10])}; move them out "
@@ -390,3 +490,44 @@ def make_dataset(pairs, patch_size, classes, ignore_index=None, **kwargs):
     if classes == 1:
         return BinaryDataset(pairs, patch_size, **kwargs)
     return Dataset(pairs, patch_size, classes, ignore_index, **kwargs)
+
+
+# ---------------------------------------------------------------- what the labels hold, for start-of-run warnings
+
+
+def class_pixel_counts(dataset):
+    """{label value: pixels} over a dataset's preloaded masks, as trained on: binary 0/255 already 0/1, shrunk
+    to the patch size (a few-pixel object can vanish there), without the padding; the ignore index counts too."""
+    counts = collections.Counter()
+    for mask in dataset.masks:
+        if mask.dtype in (np.uint8, np.uint16):  # bincount: 20x faster than np.unique on a 512x512 mask
+            per_value = np.bincount(mask.ravel())
+            values = np.flatnonzero(per_value)
+            counts.update(dict(zip(values.tolist(), per_value[values].tolist())))
+        else:
+            values, per_value = np.unique(mask, return_counts=True)
+            counts.update(dict(zip(values.tolist(), per_value.tolist())))
+    return dict(counts)
+
+
+def label_warnings(counts, classes, ignore_index=None, class_names=None, split="training"):
+    """One-line warnings about a split's labels (`class_pixel_counts`), empty when all is well: an
+    --ignore-index that leaves no foreground (0/255 binary masks taken as classes), or classes never seen."""
+    labels = max(classes, 2)  # binary masks hold background and foreground
+    names = class_names or (["background", "foreground"] if classes == 1 else [f"class_{i}" for i in range(labels)])
+    training = split == "training"
+    foreground = sum(counts.get(label, 0) for label in range(1, labels))
+    if classes > 1 and ignore_index is not None and counts.get(ignore_index) and not foreground:
+        fix = ("masks of 0 and 255 are binary masks: train them with --classes 1 (without --ignore-index)"
+               if ignore_index == 255 else "check the masks and --ignore-index")
+        return [f"--ignore-index {ignore_index} removes every foreground pixel: the {split} masks hold only 0 and "
+                f"{ignore_index}, so {'the model learns' if training else 'Dice measures'} background alone; {fix}"]
+    absent = [str(label) if names[label] == f"class_{label}" else f"{label} ({names[label]})"
+              for label in range(labels) if not counts.get(label)]
+    if not absent:
+        return []
+    one = len(absent) == 1
+    effect = f"the model cannot learn {'it' if one else 'them'}" if training else \
+        f"{'its' if one else 'their'} Dice stays empty, left out of the mean"
+    return [f"{'class' if one else 'classes'} {', '.join(absent)} never {'appears' if one else 'appear'} in the "
+            f"{split} masks (as read at the patch size): {effect}; check the masks and --classes {classes}"]

@@ -54,14 +54,21 @@ class ConfusionStats:
                                                                                      dtype=torch.float64)])
 
     def compute(self, prefix, class_names=None):
-        """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes."""
+        """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes.
+
+        A class absent from the split's ground truth (no tp, no fn) has no Dice or IoU: NaN, left out of
+        the means (smp's zero_division would score it 1.0 and lift the mean; 0.0 would sink it). A binary
+        split without foreground pixels thus has NaN Dice, which never counts as an improvement.
+        """
         counts = distributed.all_reduce_sum(self.counts.clone()).cpu()
         loss = distributed.all_reduce_sum(self.loss.clone()).cpu()
         tp, fp, fn, tn = (c.unsqueeze(0) for c in counts)
-        dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
-        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=1.0)[0]
+        present = (tp + fn)[0] > 0
+        dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=math.nan)[0]
+        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=math.nan)[0]
+        dice, iou = (torch.where(present, score, math.nan) for score in (dice, iou))
         metrics = {f"{prefix}/loss": float(loss[0] / max(loss[1], 1)),
-                   f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
+                   f"{prefix}/dice": float(dice.nanmean()), f"{prefix}/iou": float(iou.nanmean())}
         if self.classes > 1:
             names = class_names or [str(i) for i in range(self.classes)]
             for index, name in enumerate(names):

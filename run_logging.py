@@ -9,6 +9,8 @@ Usage:
 """
 
 import csv
+import json
+import math
 import netrc
 import os
 from pathlib import Path
@@ -85,9 +87,9 @@ class RunLogger(NullLogger):
         self.wandb_id = self.run.id if self.run else None
 
     def log(self, metrics, step=None):
-        """Log to wandb; rows that carry val/dice also go to results.csv and the plot."""
+        """Log to wandb; rows that carry val/dice also go to results.csv (NaN as an empty cell) and the plot."""
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log(without_nan(metrics), step=step)
         if "val/dice" in metrics:
             with open(self.csv_path, "a", newline="") as handle:
                 csv.writer(handle).writerow([format_value(metrics.get(c, "")) for c in self.columns])
@@ -103,7 +105,7 @@ class RunLogger(NullLogger):
 
     def summary(self, metrics):
         if self.run is not None:
-            self.run.summary.update(metrics)
+            self.run.summary.update(without_nan(metrics))
 
     def finish(self, exit_code=0):
         if self.run is not None:
@@ -111,8 +113,31 @@ class RunLogger(NullLogger):
             self.run = None
 
 
+def is_nan(value):
+    return isinstance(value, float) and math.isnan(value)
+
+
+def without_nan(metrics):
+    """The metrics wandb should get: a NaN (a class absent from the split) would be charted as a number."""
+    return {key: value for key, value in metrics.items() if not is_nan(value)}
+
+
 def format_value(value):
+    """A results.csv cell: floats to 6 significant digits; NaN (no such metric) as an empty cell."""
+    if is_nan(value):
+        return ""
     return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def metrics_json(metrics):
+    """Metrics as JSON text for test_results.json; NaN and infinity, which JSON lacks, become null."""
+    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value) else value
+                       for key, value in metrics.items()}, indent=2, allow_nan=False)
+
+
+def csv_float(text):
+    """A results.csv cell as a float; an empty cell (a metric without a value) is NaN, a gap in the plot."""
+    return float(text) if text else np.nan
 
 
 def plot_results(csv_path, png_path):
@@ -124,16 +149,16 @@ def plot_results(csv_path, png_path):
         rows = list(csv.DictReader(handle))
     if not rows:
         return
-    epochs = [float(row["epoch"]) for row in rows]
+    epochs = [csv_float(row["epoch"]) for row in rows]
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for axis, metric in zip(axes, ("loss", "dice", "iou")):
         for split in ("train", "val"):
-            values = [float(row[f"{split}/{metric}"]) if row[f"{split}/{metric}"] else np.nan for row in rows]
+            values = [csv_float(row[f"{split}/{metric}"]) for row in rows]
             axis.plot(epochs, values, marker=".", label=split)
         axis.set_title(metric)
         axis.set_xlabel("epoch")
         axis.legend()
-    axes[3].plot(epochs, [float(row["lr"]) for row in rows], marker=".")
+    axes[3].plot(epochs, [csv_float(row["lr"]) for row in rows], marker=".")
     axes[3].set_title("learning rate")
     axes[3].set_xlabel("epoch")
     figure.tight_layout()

@@ -18,7 +18,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from dataset import IMAGE_SUFFIXES
+from dataset import IMAGE_SUFFIXES, read_list_text
 from models import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
@@ -87,7 +87,7 @@ def resolve_sources(source):
     if kind != SourceKind.LIST:
         return expand_one(str(source).strip(), kind)
     listing = Path(source)
-    entries = [line.strip() for line in listing.read_text(encoding="utf-8", errors="replace").splitlines()]
+    entries = [line.strip() for line in read_list_text(listing, f"--source {listing}").splitlines()]
     entries = [entry for entry in entries if entry and not entry.startswith("#")]
     if not entries:
         raise UserError(f"--source {listing}: the list is empty; write one image, video, folder or stream per line")

@@ -1,5 +1,7 @@
 """dataset.py: reading any image kind, masks, letterboxing, split files and the two dataset classes."""
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -145,3 +147,238 @@ def test_search_files_pairs_by_stem_and_splits_with_the_seed(tmp_path):
     cv2.imwrite(str(tmp_path / "masks" / "orphan.png"), np.zeros((8, 8), np.uint8))
     with pytest.raises(UserError, match=r"images without a mask: s1\.png, s2\.png; masks without an image: orphan"):
         search_files(tmp_path)
+
+
+# ---------------------------------------------------------------- EXIF orientation (issue 17, item 3)
+
+# How a camera stores an upright scene under each EXIF orientation value (the inverse of what a viewer
+# does to show it). 5 and 7 are mirror images across a diagonal; 6 is "rotate 90 clockwise to view".
+STORED_AS = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+             5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, 1),
+             7: lambda a: np.rot90(a, 2).swapaxes(0, 1), 8: lambda a: np.rot90(a, -1)}
+
+
+def upright_scene(height=48, width=80):
+    """An RGB image no flip or rotation maps onto itself: four coloured blocks of different sizes."""
+    image = np.full((height, width, 3), 30, np.uint8)
+    image[:16, :32] = (220, 40, 40)
+    image[32:, 48:] = (40, 220, 40)
+    image[8:24, 64:] = (40, 40, 220)
+    return image
+
+
+def save_with_orientation(path, rgb, orientation):
+    """Write `rgb` with an EXIF orientation tag, as a phone (JPEG) or an editor (PNG, WebP, TIFF) would."""
+    from PIL import Image
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    options = {".jpg": dict(quality=95, subsampling=0), ".webp": dict(lossless=True)}.get(path.suffix, {})
+    image.save(path, exif=exif, **options)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_images_are_read_upright_whatever_their_exif_orientation(tmp_path, suffix, orientation):
+    from PIL import Image, ImageOps
+    upright = upright_scene()
+    stored = STORED_AS[orientation](upright)
+    path = save_with_orientation(tmp_path / f"photo{suffix}", stored, orientation)
+    tolerance = 4 if suffix == ".jpg" else 0  # mean absolute difference: JPEG is lossy
+    # the table above is what a viewer (Pillow here) undoes: checked, so the test does not rest on it alone
+    viewer = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert viewer.shape == upright.shape and np.abs(viewer.astype(int) - upright).mean() <= tolerance
+    image = read_image(path)
+    assert image.shape == upright.shape
+    assert np.abs(image.astype(int) - upright).mean() <= tolerance
+    if orientation != 1 and stored.shape == upright.shape:
+        assert np.abs(stored.astype(int) - upright).mean() > 20  # reading the raw pixel order would fail
+
+
+def test_portrait_photo_with_an_upright_mask_trains_and_the_mask_stays_as_stored(tmp_path):
+    upright = np.full((160, 100, 3), 20, np.uint8)
+    upright[20:60, 10:50] = 230  # a bright square near the top left, as the user sees the photo
+    mask = np.zeros((160, 100), np.uint8)
+    mask[20:60, 10:50] = 255
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    image_path = save_with_orientation(tmp_path / "imgs" / "phone.jpg", STORED_AS[6](upright), 6)
+    mask_path = tmp_path / "masks" / "phone.png"
+    cv2.imwrite(str(mask_path), mask)
+    dataset = BinaryDataset([(image_path, mask_path)], 64)  # today: "mask is 100x160 but image is 160x100"
+    image, labels = dataset.images[0], dataset.masks[0]
+    assert image.shape == (64, 40, 3) and labels.shape == (64, 40)
+    assert image[labels == 1].mean() > 200 and image[labels == 0].mean() < 60  # the mask covers the square
+    # masks are read as stored, even when a labelling tool copied the photo's EXIF into them
+    tagged_mask = save_with_orientation(tmp_path / "masks" / "tagged.png", np.dstack([mask] * 3), 6)
+    from dataset import read_mask
+    assert read_mask(tagged_mask).shape == (160, 100)
+
+
+# ---------------------------------------------------------------- text encodings of lists (issue 17, item 7)
+
+
+def test_split_file_with_a_utf8_byte_order_mark_keeps_its_first_entry(tmp_path):
+    root = tmp_path / "data"
+    a, _ = write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    b, _ = write_pair(root, "b", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    split = tmp_path / "split.txt"
+    split.write_bytes("imgs/a.png\r\nimgs/b.png\r\n".encode("utf-8-sig"))  # Notepad's "UTF-8 with BOM"
+    assert read_split_file(split, root) == [a, b]
+
+
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16 LE"), ("utf-16-be", "UTF-16 BE"),
+                                             ("utf-16-le", "UTF-16 LE"), ("utf-32", "UTF-32 LE")])
+def test_split_file_in_utf16_is_one_line_naming_the_encoding(tmp_path, encoding, named):
+    root = tmp_path / "data"
+    write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    split = tmp_path / "split.txt"
+    split.write_bytes("imgs/a.png\r\n".encode(encoding))  # utf-16 / utf-32 write a BOM; -be / -le do not
+    with pytest.raises(UserError, match=rf"^split file {re.escape(str(split))} is saved as {named}; save it as "
+                                        rf"UTF-8 \(in Notepad: Save as, Encoding UTF-8\)$"):
+        read_split_file(split, root)
+
+
+def test_nul_bytes_alone_do_not_make_a_file_utf16(tmp_path):
+    split = tmp_path / "split.txt"
+    split.write_bytes(b"imgs/a\x00b.png\nimgs/c.png\n")  # a stray NUL in UTF-8 text: named as missing, not UTF-16
+    with pytest.raises(UserError, match=r"names 2 file\(s\) that do not exist"):
+        read_split_file(split, tmp_path)
+
+
+def test_source_list_with_bom_or_in_utf16(tmp_path):
+    from sources import resolve_sources
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("a.png\nb.png\n".encode("utf-8-sig"))
+    files, streams = resolve_sources(str(listing))
+    assert [f.name for f in files] == ["a.png", "b.png"] and streams == []
+    listing.write_bytes("a.png\nb.png\n".encode("utf-16"))
+    with pytest.raises(UserError, match=rf"^--source {re.escape(str(listing))} is saved as UTF-16 LE; save it as "
+                                        rf"UTF-8"):
+        resolve_sources(str(listing))
+
+
+# ---------------------------------------------------------------- 12-bit data, broken links (issue 17, item 9)
+
+
+@pytest.fixture
+def fresh_bit_depth_notes(monkeypatch):
+    """Each test sees the once-per-process bit-depth line again."""
+    import dataset
+    monkeypatch.setattr(dataset, "REPORTED_BIT_DEPTHS", set(), raising=False)
+
+
+@pytest.mark.parametrize("bits, suffix", [(10, ".png"), (12, ".tif"), (14, ".png")])
+def test_high_bit_data_in_16_bit_files_is_scaled_by_its_bit_depth_and_said_once(tmp_path, bits, suffix, capsys,
+                                                                                  fresh_bit_depth_notes):
+    top = (1 << bits) - 1
+    gray = np.tile(np.linspace(0, top, 64).round().astype(np.uint16), (8, 1))
+    gray[0, 0] = top  # a camera's full scale
+    paths = [tmp_path / f"{stem}{suffix}" for stem in ("a", "b")]
+    for path in paths:
+        assert cv2.imwrite(str(path), gray)
+    image = read_image(paths[0])
+    expected = np.round(gray.astype(np.float64) * 255 / top)
+    assert np.abs(image[..., 0].astype(int) - expected).max() <= 1  # today: full scale reads as top / 257
+    assert image[0, 0, 0] == 255 and image[0, 32, 0] in (expected[0, 32], expected[0, 32] - 1)
+    read_image(paths[1])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ")
+    assert f"16-bit image {paths[0]} holds values up to {top}" in err and f"read as {bits}-bit data" in err
+
+
+def test_full_range_16_bit_and_alpha_keep_the_16_bit_scale(tmp_path, capsys, fresh_bit_depth_notes):
+    rgba = np.zeros((8, 8, 4), np.uint16)
+    rgba[..., :3] = 4000  # 12-bit colour; the opaque alpha (65535) must not decide the scale
+    rgba[..., 3] = 65535
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert read_image(tmp_path / "rgba.png")[0, 0, 0] == round(4000 * 255 / 4095)
+    full = np.full((8, 8), 65535, np.uint16)
+    full[0, 0] = 4000
+    cv2.imwrite(str(tmp_path / "full.png"), full)
+    image = read_image(tmp_path / "full.png")
+    assert image[0, 0, 0] == round(4000 / 257) and image[1, 1, 0] == 255
+    assert capsys.readouterr().err.count("read as 12-bit data") == 1
+
+
+def test_16_bit_masks_are_not_scaled(tmp_path):
+    from dataset import read_mask
+    mask = np.zeros((8, 8), np.uint16)
+    mask[2:4, 2:4] = 300
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+@pytest.mark.parametrize("folder", ["imgs", "masks"])
+def test_broken_link_in_a_data_folder_is_named(tmp_path, folder):
+    for stem in ("a", "b"):
+        write_pair(tmp_path, stem, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    (tmp_path / folder / "c.png").symlink_to(tmp_path / "elsewhere" / "c.png")  # today: silently dropped
+    with pytest.raises(UserError, match=rf"^folder .*{folder} holds 1 broken link\(s\) \(the file they point to "
+                                        rf"does not exist\): c\.png -> .*elsewhere/c\.png; fix or remove them$"):
+        search_files(tmp_path)
+
+
+def test_split_file_naming_a_broken_link_says_so(tmp_path):
+    root = tmp_path / "data"
+    write_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
+    (root / "imgs" / "b.png").symlink_to(tmp_path / "gone.png")
+    split = tmp_path / "split.txt"
+    split.write_text("imgs/a.png\nimgs/b.png\nimgs/missing.png\n")
+    with pytest.raises(UserError, match=r"names 1 file\(s\) that do not exist: .*imgs/missing\.png and 1 broken "
+                                        r"link\(s\) \(the file they point to does not exist\): .*imgs/b\.png -> "
+                                        r".*gone\.png; check --data-dir or fix the list"):
+        read_split_file(split, root)
+
+
+# ---------------------------------------------------------------- start-of-run label warnings (issue 17, item 5)
+
+
+def label_set(tmp_path, masks, classes, ignore_index=None):
+    pairs = [write_pair(tmp_path, f"s{index}", np.full(mask.shape + (3,), 90, np.uint8), mask)
+             for index, mask in enumerate(masks)]
+    return make_dataset(pairs, 64, classes, ignore_index)
+
+
+def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    train = label_set(tmp_path, [square_mask(64, 64, 255), square_mask(64, 64, 255)], classes=2, ignore_index=255)
+    counts = class_pixel_counts(train)
+    assert counts == {0: 2 * (64 * 64 - 16 * 16), 255: 2 * 16 * 16}
+    lines = label_warnings(counts, 2, 255, ["class_0", "class_1"])
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert re.fullmatch(r"--ignore-index 255 removes every foreground pixel: the training masks hold only 0 and "
+                        r"255, so the model learns background alone; masks of 0 and 255 are binary masks: train "
+                        r"them with --classes 1 \(without --ignore-index\)", lines[0]), lines[0]
+
+
+def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    train = label_set(tmp_path, [square_mask(64, 64, 1)], classes=3)  # 0/1 masks with --classes 3
+    names = ["background", "road", "car"]
+    assert label_warnings(class_pixel_counts(train), 3, None, names) == [
+        "class 2 (car) never appears in the training masks (as read at the patch size): the model cannot "
+        "learn it; check the masks and --classes 3"]
+    assert label_warnings(class_pixel_counts(train), 2, None, names[:2]) == []
+    assert label_warnings({0: 10, 255: 5}, 3, 255, None) == [
+        "--ignore-index 255 removes every foreground pixel: the training masks hold only 0 and 255, so the model "
+        "learns background alone; masks of 0 and 255 are binary masks: train them with --classes 1 (without "
+        "--ignore-index)"]
+    assert label_warnings({0: 10, 1: 3}, 4, None, None, split="validation") == [
+        "classes 2, 3 never appear in the validation masks (as read at the patch size): "
+        "their Dice stays empty, left out of the mean; check the masks and --classes 4"]
+
+
+def test_binary_masks_without_foreground_warn(tmp_path):
+    from dataset import class_pixel_counts, label_warnings
+    empty = label_set(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 2, classes=1)
+    assert class_pixel_counts(empty) == {0: 2 * 64 * 64}
+    assert label_warnings(class_pixel_counts(empty), 1, None, ["background", "foreground"]) == [
+        "class 1 (foreground) never appears in the training masks (as read at the patch size): the model cannot "
+        "learn it; check the masks and --classes 1"]
+    fine = label_set(tmp_path / "fine", [square_mask(64, 64, 255)], classes=1)
+    assert class_pixel_counts(fine) == {0: 64 * 64 - 256, 1: 256}
+    assert label_warnings(class_pixel_counts(fine), 1, None, ["background", "foreground"]) == []

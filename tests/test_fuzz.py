@@ -144,17 +144,22 @@ SPLIT_LINES = st.one_of(
 
 
 @FUZZ
-@given(lines=st.lists(st.tuples(SPLIT_LINES, st.integers(0, 4)), max_size=12), raw=st.binary(max_size=64))
-def test_split_file_parsing_lists_existing_images_or_names_the_missing_ones(split_data, lines, raw):
+@given(lines=st.lists(st.tuples(SPLIT_LINES, st.integers(0, 4)), max_size=12), raw=st.binary(max_size=64),
+       bom=st.booleans())
+def test_split_file_parsing_lists_existing_images_or_names_the_missing_ones(split_data, lines, raw, bom):
     good = good_entries(split_data)
     chosen = [list(good)[pick] if line == "GOOD" else line for line, pick in lines]
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.txt"
-        split.write_bytes("\n".join(chosen).encode("utf-8", "surrogatepass") + (b"\n" + raw if raw else b""))
+        data = "\n".join(chosen).encode("utf-8", "surrogatepass") + (b"\n" + raw if raw else b"")
+        split.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)  # Windows editors' UTF-8 byte order mark
         try:
             images = read_split_file(split, split_data)
         except UserError as error:
             assert "\n" not in str(error)
+            if str(error).startswith(f"split file {split} is saved as UTF-16"):
+                assert b"\x00" in data, "called UTF-16 without a NUL byte"  # only garbage bytes look like it
+                return
             assert str(error).startswith(f"split file {split} names ") and "that do not exist" in str(error)
             assert any(line not in good for line in chosen) or raw, "refused a split naming only existing images"
             return
@@ -173,21 +178,28 @@ FILE_NAMES = st.sampled_from([f"{stem}{suffix}" for stem in "abcdef" for suffix 
 
 @FUZZ
 @given(images=st.sets(FILE_NAMES, max_size=8), masks=st.sets(FILE_NAMES, max_size=8),
-       val_split=st.floats(-0.5, 1.5), test_split=st.floats(-0.5, 1.5), seed=st.integers(0, 10))
-def test_search_files_partitions_every_pair_or_says_what_is_wrong(images, masks, val_split, test_split, seed):
+       val_split=st.floats(-0.5, 1.5), test_split=st.floats(-0.5, 1.5), seed=st.integers(0, 10),
+       dangling=st.sampled_from([None, "imgs", "masks"]))
+def test_search_files_partitions_every_pair_or_says_what_is_wrong(images, masks, val_split, test_split, seed,
+                                                                  dangling):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for folder, names in (("imgs", images), ("masks", masks)):
             (root / folder).mkdir()
             for name in names:
                 (root / folder / name).write_bytes(b"")
+        if dangling:  # a link whose target was moved away: is_file() says False, like for no file at all
+            (root / dangling / "z.png").symlink_to(root / "moved" / "z.png")
         try:
             train, val, test = search_files(root, val_split=val_split, test_split=test_split, seed=seed)
         except UserError as error:
             assert "\n" not in str(error)
             assert any(s in str(error) for s in ("non-image files", "two files with stem", "without a mask",
-                                                 "without an image", "must be a fraction")), str(error)
+                                                 "without an image", "must be a fraction", "broken link")), str(error)
+            if dangling and "broken link" not in str(error):  # only a check of imgs/ may come before masks/
+                assert dangling == "masks" and f"folder {root / 'imgs'} " in str(error), str(error)
             return
+    assert not dangling, "a broken link was dropped without a word"
     visible = [{Path(n).stem for n in names if not n.startswith(".")} for names in (images, masks)]
     assert visible[0] == visible[1]
     assert all(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in images | masks if not n.startswith("."))

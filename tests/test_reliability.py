@@ -272,6 +272,17 @@ BAD_INPUT = [
      r"--encoder-weights .*enc\.pth holds no state dict \(a dict of named tensors\)"),
     ("--load-model missing", lambda d: ["--load-model", d / "none.pth.tar"],
      r"checkpoint .*none\.pth\.tar: no such file"),
+    ("split file saved as UTF-16 (PowerShell >)",
+     lambda d: (d / "train.txt").write_bytes((d / "train.txt").read_text().encode("utf-16")),
+     r"split file .*train\.txt is saved as UTF-16 LE; save it as UTF-8 \(in Notepad: Save as, Encoding UTF-8\)$"),
+    ("broken link among images (--search-files)",
+     lambda d: (d / "imgs/extra.png").symlink_to(d / "gone/extra.png") or ["--search-files"],
+     r"folder .*imgs holds 1 broken link\(s\) \(the file they point to does not exist\): extra\.png -> "
+     r".*gone/extra\.png; fix or remove them$"),
+    ("split file naming a broken link",
+     lambda d: (d / "imgs/sample_000.png").unlink() or (d / "imgs/sample_000.png").symlink_to(d / "moved.png"),
+     r"split file .*train\.txt names 1 broken link\(s\) \(the file they point to does not exist\): "
+     r".*imgs/sample_000\.png -> .*moved\.png; check --data-dir or fix the list$"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUT.append(("--device cuda without CUDA", lambda d: ["--device", "cuda"],
