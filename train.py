@@ -16,7 +16,6 @@ error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (resume with --
 import argparse
 import contextlib
 import itertools
-import json
 import math
 import signal
 import sys
@@ -29,12 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import distributed
-from dataset import make_dataset, pair_masks, read_split_file, search_files
+from dataset import class_pixel_counts, label_warnings, make_dataset, pair_masks, read_split_file, search_files
 from models import (ARCHITECTURE_NAMES, RunFailure, UserError, build_model,
                     load_checkpoint, model_meta, save_checkpoint, unwrap)
 from metrics import ConfusionStats, EarlyStopping
 from run_config import RunConfig
-from run_logging import NullLogger, RunLogger, prediction_grid, resolve_wandb_mode
+from run_logging import NullLogger, RunLogger, metrics_json, prediction_grid, resolve_wandb_mode
 from sampling import ResumableSampler, ShardSampler
 
 REPO = Path(__file__).resolve().parent
@@ -436,7 +435,7 @@ class UnetTraining:
         with self.worker_crash_as_error("test"):
             metrics = self.evaluate(self.test_loader, "test")
         if self.process.is_main:
-            (self.run_dir / "test_results.json").write_text(json.dumps(metrics, indent=2))
+            (self.run_dir / "test_results.json").write_text(metrics_json(metrics))
             self.logger.summary(metrics)
             self.logger.log(metrics, step=self.global_step)
         return metrics
@@ -664,6 +663,11 @@ def run(args):
     val_set = make_dataset(data["val"], **data_options)
     test_set = make_dataset(data["test"], **data_options) if data["test"] else None
     check_batch_size(len(train_set), config.batch_size, process.world_size)
+    if process.is_main:
+        for split, dataset in (("training", train_set), ("validation", val_set)):
+            for line in label_warnings(class_pixel_counts(dataset), config.classes, config.ignore_index,
+                                       meta["class_names"], split=split):
+                print(f"warning: {line}", file=sys.stderr, flush=True)
 
     weights = None if mode == "resume" or config.encoder_weights.lower() == "none" else config.encoder_weights
     model = build_model(config.model, config.encoder, config.classes, encoder_weights=weights)

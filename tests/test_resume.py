@@ -371,3 +371,13 @@ def test_checkpoints_get_the_umask_mode_without_changing_the_umask(tmp_path):
              for node in ast.walk(ast.parse(source.read_text()))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "umask"]
     assert not calls  # setting the umask to read it changes it for every thread meanwhile
+
+
+def test_start_of_run_warns_when_ignore_index_removes_all_foreground(my_data, run_name, capsys):
+    """0/255 masks trained as --classes 2 --ignore-index 255 used to train on zero foreground without a word."""
+    code, out, err = run_in_process(capsys, *TINY, "--data-dir", my_data, "--train-list", "train.txt",
+                                    "--val-list", "val.txt", "--classes", "2", "--ignore-index", "255",
+                                    "--epochs", "1", "--name", run_name)
+    assert code == 0, err[-2000:]
+    warnings = [line for line in err.splitlines() if line.startswith("warning: --ignore-index 255")]
+    assert len(warnings) == 2 and "train them with --classes 1" in warnings[0], err[-2000:]
