@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from dataset import Letterbox, preprocess_image, read_image
-from models import IMAGENET_MEAN, IMAGENET_STD, UserError
+from segtoolkit.imaging import Letterbox, preprocess_image, read_image
+from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
+from segtoolkit.errors import UserError
 from pipeline import Prefetcher
 from sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
 

@@ -35,10 +35,12 @@ import numpy as np
 import torch
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames, resolve_sources
-from dataset import check_patch_size, unletterbox
+from segtoolkit.imaging import check_patch_size, unletterbox
 from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
-from distributed import resolve_device
-from models import UserError, load_checkpoint, model_from_checkpoint
+from segtoolkit.distributed import resolve_device
+from segtoolkit.errors import UserError
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.models import model_from_checkpoint
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
 from pipeline import Finisher
 

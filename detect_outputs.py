@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from sources import safe_name
-from models import UserError
+from segtoolkit.errors import UserError
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480

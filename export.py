@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset import check_patch_size
-from models import CHECKPOINT_FORMAT, MODEL_META_KEYS, UserError, load_checkpoint, model_from_checkpoint
+from segtoolkit.imaging import check_patch_size
+from segtoolkit.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, MODEL_META_KEYS
+from segtoolkit.errors import UserError
+from segtoolkit.models import model_from_checkpoint
 
 DEFAULT_OPSET = 17
 META_KEY = CHECKPOINT_FORMAT  # metadata_props key holding the checkpoint meta as JSON

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset import IMAGE_SUFFIXES, preprocess_image, read_image
-from models import UserError
+from segtoolkit.imaging import IMAGE_SUFFIXES, preprocess_image, read_image
+from segtoolkit.errors import UserError
 from sources import resolve_sources
 
 DEFAULT_COUNT = 32  # calibration images: ranges settle with a few dozen; more only makes export slower

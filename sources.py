@@ -18,8 +18,9 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from dataset import IMAGE_SUFFIXES, read_list_text
-from models import UserError
+from segtoolkit.imaging import IMAGE_SUFFIXES
+from segtoolkit.splits import read_list_text
+from segtoolkit.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
 STREAM_SCHEMES = {"rtsp": "RTSP", "rtsps": "RTSP", "rtmp": "RTMP", "rtmps": "RTMP", "http": "HTTP", "https": "HTTP"}

@@ -48,9 +48,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset import make_dataset, preprocess_image  # noqa: E402
+from dataset import make_dataset
+from segtoolkit.imaging import preprocess_image
 from make_sample_data import draw_objects, make_background  # noqa: E402
-from models import build_model, model_meta, save_checkpoint  # noqa: E402
+from segtoolkit.models import build_model, model_meta
+from segtoolkit.checkpoints import save_checkpoint
 from train import UnetTraining, resolve_precision  # noqa: E402
 
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models import build_model, model_meta, save_checkpoint  # noqa: E402
+from segtoolkit.models import build_model, model_meta
+from segtoolkit.checkpoints import save_checkpoint
 
 # one thread per process: the machine has two cores shared by everyone's tests
 QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import (BinaryDataset, Dataset, letterbox, make_dataset, normalize, pair_masks, preprocess_image,
-                     read_image, read_split_file, search_files, unletterbox)
-from models import IMAGENET_MEAN, IMAGENET_STD, UserError
+from dataset import BinaryDataset, Dataset, make_dataset
+from segtoolkit.imaging import letterbox, normalize, preprocess_image, read_image, unletterbox
+from segtoolkit.splits import pair_masks, read_split_file, search_files
+from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
+from segtoolkit.errors import UserError
 
 
 def write_pair(folder, stem, image, mask):
@@ -212,7 +214,7 @@ def test_portrait_photo_with_an_upright_mask_trains_and_the_mask_stays_as_stored
     assert image[labels == 1].mean() > 200 and image[labels == 0].mean() < 60  # the mask covers the square
     # masks are read as stored, even when a labelling tool copied the photo's EXIF into them
     tagged_mask = save_with_orientation(tmp_path / "masks" / "tagged.png", np.dstack([mask] * 3), 6)
-    from dataset import read_mask
+    from segtoolkit.masks import read_mask
     assert read_mask(tagged_mask).shape == (160, 100)
 
 
@@ -267,8 +269,8 @@ def test_source_list_with_bom_or_in_utf16(tmp_path):
 @pytest.fixture
 def fresh_bit_depth_notes(monkeypatch):
     """Each test sees the once-per-process bit-depth line again."""
-    import dataset
-    monkeypatch.setattr(dataset, "REPORTED_BIT_DEPTHS", set(), raising=False)
+    from segtoolkit import imaging
+    monkeypatch.setattr(imaging, "REPORTED_BIT_DEPTHS", set())
 
 
 @pytest.mark.parametrize("bits, suffix", [(10, ".png"), (12, ".tif"), (14, ".png")])
@@ -305,7 +307,7 @@ def test_full_range_16_bit_and_alpha_keep_the_16_bit_scale(tmp_path, capsys, fre
 
 
 def test_16_bit_masks_are_not_scaled(tmp_path):
-    from dataset import read_mask
+    from segtoolkit.masks import read_mask
     mask = np.zeros((8, 8), np.uint16)
     mask[2:4, 2:4] = 300
     cv2.imwrite(str(tmp_path / "m.png"), mask)
@@ -344,7 +346,7 @@ def label_set(tmp_path, masks, classes, ignore_index=None):
 
 
 def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_path):
-    from dataset import class_pixel_counts, label_warnings
+    from segtoolkit.masks import class_pixel_counts, label_warnings
     train = label_set(tmp_path, [square_mask(64, 64, 255), square_mask(64, 64, 255)], classes=2, ignore_index=255)
     counts = class_pixel_counts(train)
     assert counts == {0: 2 * (64 * 64 - 16 * 16), 255: 2 * 16 * 16}
@@ -356,7 +358,7 @@ def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_p
 
 
 def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
-    from dataset import class_pixel_counts, label_warnings
+    from segtoolkit.masks import class_pixel_counts, label_warnings
     train = label_set(tmp_path, [square_mask(64, 64, 1)], classes=3)  # 0/1 masks with --classes 3
     names = ["background", "road", "car"]
     assert label_warnings(class_pixel_counts(train), 3, None, names) == [
@@ -373,7 +375,7 @@ def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
 
 
 def test_binary_masks_without_foreground_warn(tmp_path):
-    from dataset import class_pixel_counts, label_warnings
+    from segtoolkit.masks import class_pixel_counts, label_warnings
     empty = label_set(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 2, classes=1)
     assert class_pixel_counts(empty) == {0: 2 * 64 * 64}
     assert label_warnings(class_pixel_counts(empty), 1, None, ["background", "foreground"]) == [

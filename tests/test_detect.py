@@ -17,10 +17,10 @@ from detect_helpers import (QUIET_ENV, FakeCamera, detect_process, easy_held_out
                             multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
                             write_video)
 from dataloaders import Frame
-from dataset import Letterbox
+from segtoolkit.imaging import Letterbox
 from detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
-from models import UserError
+from segtoolkit.errors import UserError
 from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
                      xvfb_display)

@@ -8,7 +8,8 @@ import cv2
 import torch
 
 from conftest import REPO
-from models import build_model, load_checkpoint, model_from_checkpoint
+from segtoolkit.models import build_model, model_from_checkpoint
+from segtoolkit.checkpoints import load_checkpoint
 
 
 def tiny_command(data, name, *extra):

@@ -14,8 +14,12 @@ import pytest
 import torch
 
 import export
-from dataset import BinaryDataset, pair_masks, preprocess_image, read_image, unletterbox
-from models import MODEL_META_KEYS, UserError, build_model, model_meta, save_checkpoint
+from dataset import BinaryDataset
+from segtoolkit.splits import pair_masks
+from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.checkpoints import MODEL_META_KEYS, save_checkpoint
+from segtoolkit.errors import UserError
+from segtoolkit.models import build_model, model_meta
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset import IMAGE_SUFFIXES, make_dataset, pair_masks, read_split_file, search_files  # noqa: E402
-from models import UserError, load_checkpoint, model_meta, save_checkpoint  # noqa: E402
+from segtoolkit.imaging import IMAGE_SUFFIXES
+from dataset import make_dataset
+from segtoolkit.splits import pair_masks, read_split_file, search_files
+from segtoolkit.errors import UserError
+from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models import model_meta
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MASK_VALUES = [0, 1, 2, 3, 4, 7, 100, 254, 255, 256, 1000, 65535, -1, 0.5]  # -1, 0.5: int16 / float TIFF masks

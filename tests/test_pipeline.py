@@ -152,7 +152,8 @@ def test_helper_threads_run_at_the_lowest_priority():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from models import build_model, model_meta, save_checkpoint
+    from segtoolkit.models import build_model, model_meta
+    from segtoolkit.checkpoints import save_checkpoint
     path = tmp_path_factory.mktemp("model") / "tiny.pth.tar"
     save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
     return path
@@ -175,7 +176,7 @@ def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_st
     import detect
     import detect_outputs
     from detect_helpers import read_rows, video_facts, write_video
-    from models import UserError
+    from segtoolkit.errors import UserError
     video = write_video(tmp_path / "clip.mp4", 30)
     original, written = detect_outputs.ResultWriter.write_video_frame, []
 

@@ -28,16 +28,17 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import train  # noqa: E402
-from dataset import make_dataset, pair_masks, read_split_file  # noqa: E402
-from make_sample_data import write_dataset  # noqa: E402
-from dataset import SegmentationDataset  # noqa: E402
-from models import (CHECKPOINT_FORMAT, RunFailure, UserError, build_model, load_checkpoint,  # noqa: E402
-                    model_from_checkpoint, model_meta, save_checkpoint)
-from run_logging import NullLogger  # noqa: E402
+import train
+from dataset import SegmentationDataset, make_dataset
+from make_sample_data import write_dataset
+from segtoolkit import run_logging
+from segtoolkit.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from segtoolkit.config import REPO, RunConfig
+from segtoolkit.errors import RunFailure, UserError
+from segtoolkit.loading import guarded_batches
+from segtoolkit.models import build_model, model_from_checkpoint, model_meta
+from segtoolkit.run_logging import NullLogger
+from segtoolkit.splits import pair_masks, read_split_file
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
         "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0"]
@@ -452,7 +453,7 @@ def test_train_refuses_code_running_checkpoint_and_encoder_weights(data, run_nam
 
 def test_every_torch_load_in_the_toolkit_is_weights_only():
     calls = []
-    for source in sorted(REPO.glob("*.py")):
+    for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/*.py")]):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
@@ -572,10 +573,12 @@ def small_trainer(d, run_dir, test_split=None, **options):
         return pair_masks(read_split_file(d / split, d), d / "masks")
     torch.manual_seed(0)
     architecture, encoder = FAST[1], FAST[3]
-    settings = dict(run_dir=run_dir, meta=model_meta(architecture, encoder, 1, 64), epochs=2, batch_size=2, workers=0)
+    config = RunConfig(**{**dict(model=architecture, encoder=encoder, patch_size=64, epochs=2, batch_size=2,
+                                 workers=0), **options})
     test_set = make_dataset(pairs(test_split), 64, 1) if test_split else None
     return train.UnetTraining(build_model(architecture, encoder, 1), make_dataset(pairs("train.txt"), 64, 1),
-                              make_dataset(pairs("val.txt"), 64, 1), test_set, **{**settings, **options})
+                              make_dataset(pairs("val.txt"), 64, 1), test_set, config=config, run_dir=run_dir,
+                              meta=model_meta(architecture, encoder, 1, 64))
 
 
 def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_path):
@@ -586,7 +589,7 @@ def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_pa
         yield from trainer.train_loader
         raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
     with pytest.raises(RunFailure) as error:
-        list(trainer.batches(loader_that_dies_at_the_end(), trainer.train_loader, "training"))
+        list(guarded_batches(loader_that_dies_at_the_end(), trainer.train_loader, "training", trainer.resume_hint))
     assert str(error.value) == ("loading training data after batch 2 failed: DataLoader worker (pid(s) 4242) exited "
                                 "unexpectedly; a killed worker? lower --workers or --batch-size; no checkpoint was "
                                 "saved yet")
@@ -776,7 +779,7 @@ def out_of_memory(*_):
 
 
 def grid_fails(trainer, monkeypatch):
-    monkeypatch.setattr(train, "prediction_grid", out_of_memory)
+    monkeypatch.setattr(run_logging, "prediction_grid", out_of_memory)
 
 
 PREVIEW_FAULTS = [

@@ -17,7 +17,8 @@ import torch
 import train
 from conftest import REPO
 from make_sample_data import write_dataset
-from models import load_checkpoint, save_checkpoint
+from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.config import start_mode
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--workers", "0", "--wandb-mode", "disabled"]
@@ -54,7 +55,7 @@ def interrupted_run(my_data, run_name, capsys, monkeypatch):
     evaluate = train.UnetTraining.end_of_evaluation_period
 
     def stop_after_first(self, stats):
-        self.stop_requested = True
+        self.stop.event.set()
         return evaluate(self, stats)
 
     monkeypatch.setattr(train.UnetTraining, "end_of_evaluation_period", stop_after_first)
@@ -166,7 +167,7 @@ def test_early_stopped_run_is_finished_and_fine_tunes(my_data, run_name, capsys)
     if "early stopping" in out:  # lr 1e-9: val Dice hardly moves, so it stops after two evaluations
         assert checkpoint["epoch"] < 4
     assert checkpoint["finished"] is True
-    assert train.start_mode(checkpoint, "checkpoint.pth.tar") == "fine-tune"
+    assert start_mode(checkpoint, "checkpoint.pth.tar") == "fine-tune"
 
 
 # ---------------------------------------------------------------- the README's commands on a user's data
@@ -210,7 +211,7 @@ def test_another_data_dir_without_split_files_says_what_to_give(my_data, run_nam
     (my_data / "validation_dataset.txt").write_text((my_data / "val.txt").read_text())
     code, out, err = run_in_process(capsys, *TINY, "--data-dir", my_data, "--name", run_name, "--epochs", "1")
     assert code == 0, err[-2000:]
-    assert "test none" in out and "no test split" in out
+    assert "test none (give --test-list" in out
 
 
 # ---------------------------------------------------------------- torchrun: other process counts, tiny splits
@@ -362,12 +363,12 @@ def test_help_shows_each_default_once_and_repository_paths_relative():
 
 
 def test_checkpoints_get_the_umask_mode_without_changing_the_umask(tmp_path):
-    code = ("import os, torch, models; os.umask(0o027); "
-            "models.save_checkpoint('{0}/c.pth.tar', torch.nn.Linear(1, 1), {{}}); "
+    code = ("import os, torch; from segtoolkit import checkpoints; os.umask(0o027); "
+            "checkpoints.save_checkpoint('{0}/c.pth.tar', torch.nn.Linear(1, 1), {{}}); "
             "print(oct(os.stat('{0}/c.pth.tar').st_mode & 0o777), oct(os.umask(0o022)))").format(tmp_path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.split() == ["0o640", "0o27"], result.stderr[-2000:]
-    calls = [(source.name, node.lineno) for source in sorted(REPO.glob("*.py"))
+    calls = [(source.name, node.lineno) for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/*.py")])
              for node in ast.walk(ast.parse(source.read_text()))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "umask"]
     assert not calls  # setting the umask to read it changes it for every thread meanwhile

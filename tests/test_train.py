@@ -9,11 +9,14 @@ import pytest
 import torch
 
 import train
-from dataset import make_dataset, pair_masks, read_split_file
-from models import build_model, load_checkpoint, model_from_checkpoint, model_meta
+from dataset import make_dataset
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.config import REPO, RunConfig
+from segtoolkit.metrics import ConfusionStats, EarlyStopping
+from segtoolkit.models import build_model, model_from_checkpoint, model_meta
+from segtoolkit.splits import pair_masks, read_split_file
+from segtoolkit.training import new_run_dir
 from wandb_records import logged_keys
-
-REPO = train.REPO
 
 
 def tiny_sets(root, patch=64, augment=False):
@@ -28,8 +31,8 @@ def make_trainer(root, run_dir, epochs=3, **options):
     train_set, val_set, test_set = tiny_sets(root)
     model = build_model("Unet", "resnet18", 1)
     meta = model_meta("Unet", "resnet18", 1, 64)
-    defaults = dict(run_dir=run_dir, meta=meta, epochs=epochs, batch_size=2, workers=0, lr=1e-3)
-    return train.UnetTraining(model, train_set, val_set, test_set, **{**defaults, **options})
+    config = RunConfig(**{**dict(epochs=epochs, batch_size=2, workers=0, lr=1e-3), **options})
+    return train.UnetTraining(model, train_set, val_set, test_set, config=config, run_dir=run_dir, meta=meta)
 
 
 def test_onecycle_spans_exactly_epochs_times_steps(tiny_data, tmp_path):
@@ -48,14 +51,14 @@ def test_onecycle_spans_exactly_epochs_times_steps(tiny_data, tmp_path):
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
-    stopper = train.EarlyStopping(patience=3)
+    stopper = EarlyStopping(patience=3)
     assert [stopper(i, f) for i, f in enumerate([0.5, 0.6, 0.6, 0.59])] == [False] * 4
     assert stopper(4, 0.58) is True  # evaluations 2, 3, 4 did not beat 0.6 (an equal value is no improvement)
     assert (stopper.best_fitness, stopper.best_epoch) == (0.6, 1)
-    restored = train.EarlyStopping()
+    restored = EarlyStopping()
     restored.load_state_dict(stopper.state_dict())
     assert restored.state_dict() == stopper.state_dict()
-    assert train.EarlyStopping(patience=0)(100, 0.0) is False
+    assert EarlyStopping(patience=0)(100, 0.0) is False
 
 
 def test_metrics_match_hand_computed_dice_and_iou():
@@ -65,7 +68,7 @@ def test_metrics_match_hand_computed_dice_and_iou():
     logits = torch.full((2, 1, 4, 4), -5.0)
     logits[0, 0, :2, :3] = 5  # 4 tp, 2 fp
     logits[1, 0, 0, :2] = 5  # 2 tp, 2 fn
-    stats = train.ConfusionStats(classes=1)
+    stats = ConfusionStats(classes=1)
     stats.update(logits, target, torch.tensor(0.5))
     metrics = stats.compute("val")
     tp, fp, fn = 6, 2, 2
@@ -76,14 +79,14 @@ def test_metrics_match_hand_computed_dice_and_iou():
     labels = torch.tensor([[[0, 1], [2, 2]]])
     predicted = torch.tensor([[[0, 1], [1, 2]]])
     logits3 = torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
-    stats3 = train.ConfusionStats(classes=3)
+    stats3 = ConfusionStats(classes=3)
     stats3.update(logits3, labels, torch.tensor(1.0))
     multi = stats3.compute("val", ["bg", "a", "b"])
     assert multi["val/dice_bg"] == pytest.approx(1.0)
     assert multi["val/dice_a"] == pytest.approx(2 / 3)  # tp 1, fp 1, fn 0
     assert multi["val/iou_b"] == pytest.approx(1 / 2)  # tp 1, fp 0, fn 1
     assert multi["val/dice"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
-    ignored = train.ConfusionStats(classes=3, ignore_index=255)
+    ignored = ConfusionStats(classes=3, ignore_index=255)
     ignored.update(logits3, torch.tensor([[[0, 1], [255, 2]]]), torch.tensor(1.0))  # the miss is ignored
     assert ignored.compute("val", ["bg", "a", "b"])["val/dice_a"] == pytest.approx(1.0)
 
@@ -91,7 +94,7 @@ def test_metrics_match_hand_computed_dice_and_iou():
 def test_checkpoint_round_trip_rebuilds_the_model_from_the_file_alone(tiny_data, tmp_path):
     trainer = make_trainer(tiny_data, tmp_path, epochs=1)
     trainer.train_one_epoch()
-    trainer.save("checkpoint.pth.tar")
+    trainer.save("last")
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pth.tar")
     assert checkpoint["meta"] == model_meta("Unet", "resnet18", 1, 64)
     assert {"optimizer", "scheduler", "scaler", "epoch", "best_fitness", "early_stopping"} <= set(checkpoint)
@@ -111,7 +114,7 @@ def test_resume_continues_epoch_schedule_and_weights_exactly(tiny_data, tmp_path
     (tmp_path / "b").mkdir()
     first = make_trainer(tiny_data, tmp_path / "b", epochs=3)
     first.train_one_epoch()
-    first.save("checkpoint.pth.tar")
+    first.save("last")
     lr_at_stop = first.scheduler.get_last_lr()[0]
 
     second = make_trainer(tiny_data, tmp_path / "b", epochs=3)
@@ -133,8 +136,8 @@ def test_resume_mid_epoch_skips_the_batches_already_done(tiny_data, tmp_path):
 
 
 def test_new_run_never_overwrites_an_existing_folder(tmp_path):
-    first = train.new_run_dir(tmp_path, "exp")
-    second = train.new_run_dir(tmp_path, "exp")
+    first = new_run_dir(tmp_path, "exp")
+    second = new_run_dir(tmp_path, "exp")
     assert (first.name, second.name) == ("exp", "exp2")
 
 
@@ -183,7 +186,7 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
 
 def test_best_checkpoint_waits_for_check_best_cooldown(tiny_data, tmp_path):
     trainer = make_trainer(tiny_data, tmp_path, epochs=2, check_best_cooldown=2)
-    assert trainer.check_best_cooldown == 2
+    assert trainer.config.check_best_cooldown == 2
     trainer.fit()
     assert (tmp_path / "checkpoint.pth.tar").is_file()
     assert not (tmp_path / "best-checkpoint.pth.tar").exists()
@@ -204,7 +207,7 @@ def test_encoder_weights_from_a_local_file(tmp_path):
 
 
 def test_unreachable_imagenet_weights_warn_once_and_train_on(tmp_path):
-    code = ("import warnings, models; warnings.simplefilter('always');\n"
+    code = ("import warnings; from segtoolkit import models; warnings.simplefilter('always');\n"
             "m = models.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})

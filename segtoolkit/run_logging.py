@@ -8,14 +8,18 @@ Usage:
     logger.finish()
 """
 
+import contextlib
 import csv
 import json
 import math
 import netrc
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from segtoolkit.errors import UserError
 
 RESULT_COLUMNS = ["epoch", "lr", "train/loss", "train/dice", "train/iou", "val/loss", "val/dice", "val/iou"]
 WANDB_MODES = ("online", "offline", "disabled")
@@ -34,7 +38,6 @@ def wandb_credentials_present():
 
 def resolve_wandb_mode(mode):
     """'auto' becomes online with credentials, otherwise offline; online without credentials is refused."""
-    from models import UserError
     if mode in (None, "auto"):
         return "online" if wandb_credentials_present() else "offline"
     if mode == "online" and not wandb_credentials_present():
@@ -81,7 +84,6 @@ class RunLogger(NullLogger):
                 self.run = wandb.init(project=project, name=name, dir=str(self.run_dir), config=config, mode=mode,
                                       id=wandb_id, resume="allow" if wandb_id else None, settings=settings)
             except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
-                from models import UserError
                 raise UserError(f"wandb could not start an {mode} run ({str(error).splitlines()[0][:160]}); "
                                 f"use --wandb-mode offline and upload later with `wandb sync`") from None
         self.wandb_id = self.run.id if self.run else None
@@ -166,6 +168,50 @@ def plot_results(csv_path, png_path):
     figure.savefig(temp, dpi=80)
     plt.close(figure)
     os.replace(temp, png_path)
+
+
+def log_preview(path, logger, draw, step, count):
+    """The validation preview of `count` images (image | ground truth | prediction) to `path` and wandb.
+    Losing a preview is not worth losing a run: a failure while drawing, writing or logging it is a warning
+    naming what failed."""
+    grid = preview_step(f"drawing the first {count} validation images", draw)
+    if grid is not None:
+        preview_step(f"writing {path}", write_rgb_image, path, grid)
+        preview_step("logging it to wandb", logger.log_image, "val/predictions", grid, step=step,
+                     caption="image | ground truth | prediction")
+
+
+def preview_step(what, function, *args, **kwargs):
+    """function(*args, **kwargs), or None with a warning naming `what` when it fails."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure of the preview, whatever its kind
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+        warnings.warn(f"validation preview: {what} failed ({reason}); training continues")
+        return None
+
+
+def write_rgb_image(path, image):
+    """An RGB uint8 array to an image file; OSError when OpenCV could not write it (it only returns False)."""
+    import cv2
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"OpenCV could not write {path}")
+
+
+def preview_grid(model, dataset, *, count, meta, ignore_index=None, device="cpu", autocast=contextlib.nullcontext):
+    """The RGB preview grid of `model` (unwrapped, eval mode) on the first `count` samples of `dataset`."""
+    import torch
+    samples = [dataset.load_sample(i) for i in range(count)]
+    with torch.inference_mode(), autocast():
+        logits = model(torch.stack([image for image, _ in samples]).to(device)).float()
+    predictions = (logits[:, 0] > 0).long() if meta["classes"] == 1 else logits.argmax(1)
+    truth = [mask.squeeze(0).long().numpy() for _, mask in samples]
+    truth = [np.where(t == ignore_index, 0, t) if ignore_index is not None else t for t in truth]
+    mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
+    shown = [np.clip((image.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+             for image, _ in samples]
+    return prediction_grid(shown, truth, list(predictions.cpu().numpy()), meta["classes"])
 
 
 def prediction_grid(images, masks, predictions, classes):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from models import UserError
+from segtoolkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,19 @@ def setup(device_name="auto", timeout_minutes=30):
     return process, device
 
 
+def wrap(model, device, sync_bn=False):
+    """DistributedDataParallel under torchrun (BatchNorm made SyncBatchNorm first with --sync-bn, which
+    PyTorch runs on GPUs only); the model itself in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    if sync_bn:
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); drop it on the CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None)
+
+
 def teardown():
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -97,3 +110,8 @@ def broadcast_buffers(model):
     if dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer.data, src=0)
+
+def unwrap(model):
+    """The bare model inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -21,16 +21,19 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from models import UserError
+from segtoolkit.errors import UserError
+from segtoolkit.imaging import check_patch_size
+from segtoolkit.models import architecture_class, check_encoder
+from segtoolkit.splits import pair_masks, read_split_file, search_files
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]  # the checkout: the bundled sample and its split files
 SAMPLE_DIR = REPO / "data" / "sample"
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
 RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model")
 MODEL_FIELDS = ("model", "encoder", "classes", "patch_size")
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
                "test_split", "ignore_index")
-PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model")
+PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class RunConfig:
     sync_bn: bool = False
     verbose: bool = False
     # Logging
+    project: str = str(REPO / "checkpoints")
     name: str = "exp"
     save_checkpoints: bool = False
     wandb_mode: str = "auto"
@@ -121,7 +125,7 @@ class RunConfig:
                 lists[key] = str(REPO / default)
             else:
                 lists[key] = str(data_dir / default) if (data_dir / default).is_file() else None
-        config = self.replace(data_dir=str(data_dir), **lists)
+        config = self.replace(data_dir=str(data_dir), project=str(Path(self.project).resolve()), **lists)
         if config.load_model:
             config = config.replace(load_model=str(Path(config.load_model).resolve()))
         if not config.search_files:
@@ -136,7 +140,6 @@ class RunConfig:
 
     def check(self):
         """Refuse impossible settings before anything is read, built or created."""
-        from models import architecture_class, check_encoder
         architecture_class(self.model)
         check_encoder(self.encoder)
         check_patch_size(self.patch_size)
@@ -191,18 +194,102 @@ class RunConfig:
         return self.replace(**{key: value for key, value in taken.items() if key not in given})
 
 
+# ---------------------------------------------------------------- how a run starts: new, resume, fine-tune
+
+
+def plan_run(config, given, checkpoint, world_size):
+    """(configuration, mode, data) of a run: `mode` is 'new', 'resume' or 'fine-tune' (see the module's
+    docstring), `data` the {'train', 'val', 'test'} lists of [image, mask] paths it trains on."""
+    mode = start_mode(checkpoint, config.load_model)
+    if mode == "resume":
+        config, data = resumed_config(config, given, checkpoint, world_size)
+        return config, mode, data
+    if mode == "fine-tune" and "meta" in checkpoint:
+        config = config.fine_tuned(checkpoint["meta"], stored_config(checkpoint), given)
+    config = config.with_data_defaults()
+    return config, mode, load_splits(config)
+
+
+def load_splits(config):
+    """(train, val, test) lists of (image, mask) pairs from the split files or --search-files."""
+    if config.search_files:
+        train, val, test = search_files(config.data_dir, config.img_dir, config.mask_dir, config.val_split,
+                                        config.test_split, config.seed)
+    else:
+        mask_dir = Path(config.data_dir) / config.mask_dir
+        train, val, test = (pair_masks(read_split_file(path, config.data_dir, config.img_dir), mask_dir)
+                            if path else [] for path in (config.train_list, config.val_list, config.test_list))
+    for name, pairs in (("training", train), ("validation", val)):
+        if not pairs:
+            raise UserError(f"the {name} split is empty; list images in it, or use --search-files with a "
+                            f"larger split")
+    return {"train": [list(map(str, pair)) for pair in train], "val": [list(map(str, pair)) for pair in val],
+            "test": [list(map(str, pair)) for pair in test]}
+
+
+def start_mode(checkpoint, path):
+    """'new' without a checkpoint; 'resume' for an unfinished run's last state; otherwise 'fine-tune': a
+    finished run, a best checkpoint or plain weights start a new run, so no finished run is ever rewritten."""
+    if checkpoint is None:
+        return "new"
+    if "optimizer" not in checkpoint:
+        return "fine-tune"
+    kind = checkpoint.get("kind") or ("best" if Path(path).name.startswith("best") else "last")
+    finished = checkpoint.get("finished", checkpoint["epoch"] >= checkpoint["epochs"])
+    return "resume" if kind == "last" and not finished else "fine-tune"
+
+
+def fine_tune_reason(checkpoint, path):
+    if "optimizer" not in checkpoint:
+        return "weights only"
+    if checkpoint.get("kind") == "best" or Path(path).name.startswith("best"):
+        return f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}"
+    return f"a finished run, {checkpoint['epoch']} of {checkpoint['epochs']} epochs"
+
+
+def resumed_config(config, given, checkpoint, world_size):
+    """The configuration and data a resume continues with; refuses what would not continue the same run."""
+    path = config.load_model
+    config = config.resumed(stored_config(checkpoint), given, path)
+    trained_by = checkpoint.get("world_size", 1)
+    if trained_by != world_size:
+        raise UserError(f"--load-model {path} was trained by {trained_by} process(es) and this run has "
+                        f"{world_size}: its learning-rate schedule and epoch position count steps of "
+                        f"{trained_by} process(es); resume it with {resume_command(path, trained_by)}, or "
+                        f"fine-tune from its weights in a new run")
+    data = checkpoint.get("data") or load_splits(config.with_data_defaults())  # older checkpoints: no file list
+    gone = [image_or_mask for pairs in data.values() for pair in pairs for image_or_mask in pair
+            if not Path(image_or_mask).is_file()]
+    if gone:
+        raise UserError(f"--load-model {path}: {len(gone)} of the files it was trained on are gone (first: "
+                        f"{gone[0]}); put them back where they were to resume, or fine-tune from its weights "
+                        f"in a new run")
+    return config, data
+
+
+def stored_config(checkpoint):
+    """The RunConfig a checkpoint was trained with (older checkpoints call it 'args'), or None."""
+    stored = checkpoint.get("config") or checkpoint.get("args")
+    return RunConfig.from_dict(stored) if stored else None
+
+
+def describe_data(config):
+    if config.search_files:
+        return f"{config.data_dir} (--search-files)"
+    return f"{config.data_dir} ({Path(config.train_list).name}, {Path(config.val_list).name})"
+
+
+def resume_command(checkpoint_path, world_size):
+    launcher = "python train.py" if world_size == 1 else f"torchrun --nproc_per_node={world_size} train.py"
+    return f"{launcher} --load-model {checkpoint_path}"
+
+
 def locate(path, data_dir):
     """A split file as given (relative to the working folder), or inside --data-dir when only it has one."""
     path = Path(path)
     if not path.is_absolute() and not path.exists() and (data_dir / path).exists():
         path = data_dir / path
     return path.resolve()
-
-
-def check_patch_size(patch_size):
-    if patch_size < 32 or patch_size % 32:
-        raise UserError(f"--patch-size {patch_size} is not a positive multiple of 32, which smp models need; "
-                        f"try {max(32, 32 * round(patch_size / 32))}")
 
 
 def check_run_name(name):

@@ -9,7 +9,7 @@ import math
 import segmentation_models_pytorch as smp
 import torch
 
-import distributed
+from segtoolkit import distributed
 
 
 class EarlyStopping:

@@ -1,0 +1,110 @@
+"""How train.py feeds the model: DataLoaders with a resumable training sampler and an exact evaluation
+sharder, and a wrapper that turns a failure while loading into one line naming the files to fix.
+
+Usage:
+    train_loader, val_loader, test_loader = make_loaders(train_set, val_set, test_set, batch_size=8, workers=2,
+                                                         seed=0, process=Process(), pin_memory=False)
+    for images, masks in guarded_batches(train_loader, train_loader, "training", hint=lambda: "resume with ..."):
+        ...
+"""
+
+import contextlib
+import itertools
+import signal
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from segtoolkit.errors import RunFailure
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: every index exactly once over all processes (DistributedSampler would pad with repeats)."""
+
+    def __init__(self, dataset, process):
+        self.indices = range(process.rank, len(dataset), process.world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also for one process) that can skip the batches already done in an epoch."""
+
+    def __init__(self, dataset, shuffle, seed, process, batch_size=1):
+        super().__init__(dataset, num_replicas=process.world_size, rank=process.rank, shuffle=shuffle,
+                         seed=seed, drop_last=shuffle)
+        self.batch_size, self.skip = batch_size, 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip * self.batch_size:])
+
+    def __len__(self):
+        return self.num_samples - self.skip * self.batch_size
+
+
+def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory):
+    """(train, val, test) DataLoaders: training shuffled per epoch and resumable mid-epoch, incomplete
+    batches dropped; evaluation sharded exactly over the processes (None for an empty split)."""
+    options = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                   worker_init_fn=ignore_sigint_in_worker if workers > 0 else None)
+    sampler = ResumableSampler(train_set, True, seed, process, batch_size)
+    train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **options)
+
+    def evaluation(dataset, persistent):
+        if dataset is None or len(dataset) == 0:
+            return None
+        return DataLoader(dataset, batch_size, sampler=ShardSampler(dataset, process),
+                          **dict(options, persistent_workers=persistent and workers > 0))
+
+    return train, evaluation(val_set, True), evaluation(test_set, False)
+
+
+def ignore_sigint_in_worker(_):
+    """Ctrl-C goes to the whole process group; the main process handles it, workers must not die of it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def guarded_batches(iterable, loader, split, hint):
+    """Iterate a DataLoader (or a progress bar over one); a failure while loading a batch becomes a
+    one-line RunFailure naming the batch's files, so a crash hours in says what to fix. `hint()` says what
+    is left (the checkpoint to resume from)."""
+    iterator = None
+    for number in itertools.count():
+        try:
+            if iterator is None:  # iter() starts or resumes the workers, and meets a dead one first
+                iterator = iter(iterable)
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:  # noqa: BLE001 - raised by the dataset, in this process or a worker
+            raise RunFailure(loading_failure(error, loader, split, number, hint())) from None
+        yield batch
+
+
+def loading_failure(error, loader, split, number, hint):
+    # a worker killed after the last batch fails the next() that would have ended the loop: no files then
+    indices = dict(enumerate(loader.batch_sampler)).get(number, [])
+    files = ", ".join(str(loader.dataset.pairs[index][0]) for index in indices)
+    what = f"{split} batch {number + 1} (images {files})" if files else f"{split} data after batch {number}"
+    fix = "fix or remove those files (a killed worker: lower --workers or --batch-size)" if files else \
+        "a killed worker? lower --workers or --batch-size"
+    lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return f"loading {what} failed: {lines[-1].strip()}; {fix}; {hint}"
+
+
+@contextlib.contextmanager
+def worker_crash_as_error(hint):
+    """torch reports a worker killed mid-step (often for memory) from a SIGCHLD handler, so the
+    RuntimeError can surface anywhere in the loop; turn it into the one-line RunFailure."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not str(error).startswith("DataLoader worker"):
+            raise
+        raise RunFailure(f"{str(error).splitlines()[0].strip()} (killed for memory? lower --workers or "
+                         f"--batch-size); {hint()}") from None
