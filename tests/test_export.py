@@ -221,3 +221,12 @@ def test_int8_flags_are_checked(checkpoint, tmp_path, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"")
     assert "give images" in error("--int8", "--calibration", str(tmp_path / "clip.mp4"))
     assert "--calibration-count 0" in error("--int8", "--calibration", str(SAMPLE / "imgs"), "--calibration-count", "0")
+
+
+def test_calibration_path_that_exists_is_taken_literally(tmp_path):
+    """--calibration goes through the same resolve_sources as detect.py --source: an existing 'img[1].png'
+    is that file, not a glob that matches img1.png beside it."""
+    import quantize
+    for name in ("img[1].png", "img1.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    assert quantize.calibration_images(str(tmp_path / "img[1].png")) == [tmp_path / "img[1].png"]
