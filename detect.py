@@ -222,14 +222,7 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
 
-    names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
-    colours = class_colours(meta["classes"])
-    # the folder is created with the first frame: a stream that never delivers one leaves nothing behind
-    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp",
-                          names if meta["classes"] > 1 else None, save_images=not nosave,
-                          save_video=save_video and not nosave, increment=not save_dir, sources=files)
-    writer.check_existing()  # a results.csv it cannot append to: say so before any work
-    outputs = FrameOutputs(writer, colours, names if meta["classes"] > 1 else None, len(files))
+    writer, outputs = make_outputs(meta, save_dir, save_video and not nosave, not nosave, files)
     viewer = Viewer() if view_img else None
     # Without a window, decoding (prefetch) and everything after the forward pass (finisher) run in
     # threads beside the model; a window must be drawn from this thread, so then they run in turn.
@@ -264,16 +257,30 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
-    elapsed = time.perf_counter() - started
     why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened else None
+    print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
+    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
+            "quit": user_quit}
+
+
+def make_outputs(meta, save_dir, save_video, save_images, files):
+    """(ResultWriter, FrameOutputs) for the run. The folder is created with the first frame, so a stream that
+    never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now."""
+    names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
+    class_names = names if meta["classes"] > 1 else None
+    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp", class_names, save_images=save_images,
+                          save_video=save_video, increment=not save_dir, sources=files)
+    writer.check_existing()
+    return writer, FrameOutputs(writer, class_colours(meta["classes"]), class_names, len(files))
+
+
+def print_summary(count, total_ms, elapsed, why, save_dir):
     if count:
         print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {total_ms / count:.1f} ms, "
               f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
     else:
         print(f"0 frames in {elapsed:.1f} s{why}: nothing to segment, nothing written", flush=True)
-    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
-            "quit": user_quit}
 
 
 def parse_args(argv=None):

@@ -184,10 +184,20 @@ class ResultWriter:
             if self.class_names:
                 counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
                 row += [int(c) for c in counts[1:len(self.class_names)]]
-            self.csv.writerow(row + list(files.values()))
-            self.csv_file.flush()
+            try:
+                self.csv.writerow(row + list(files.values()))
+                self.csv_file.flush()
+            except OSError:  # no row: this frame's image and mask must not stay without one
+                self.remove(files["image_file"], files["mask_file"])
+                raise
         except OSError as error:  # full disk, folder removed or made read-only, a file where a folder was
             raise write_failure(error.filename or self.save_dir / "results.csv", error.strerror or error) from None
+
+    def remove(self, *names):
+        """Delete files this run wrote (their names were free, so nothing earlier goes)."""
+        for name in filter(None, names):
+            with contextlib.suppress(OSError):
+                (self.save_dir / name).unlink(missing_ok=True)
 
     def write_image(self, frame, mask, annotated):
         """The annotated image and masks/<name>.png; returns both names. When either write fails, neither
@@ -201,9 +211,7 @@ class ResultWriter:
             write_picture(self.save_dir / names[0], cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
             write_picture(self.save_dir / names[1], stored.astype(np.uint8))
         except RunFailure:
-            for name in names:
-                with contextlib.suppress(OSError):
-                    (self.save_dir / name).unlink(missing_ok=True)
+            self.remove(*names)
             raise
         return names
 
@@ -241,7 +249,9 @@ class ResultWriter:
             video.writer.release()
         self.videos.clear()
         if self.opened:
-            self.csv_file.close()
+            # after a failed row its rest may still be buffered; that failure is being reported already
+            with contextlib.suppress(OSError):
+                self.csv_file.close()
 
 
 def ends_with_newline(path):

@@ -358,6 +358,28 @@ def test_masks_folder_replaced_by_a_file_mid_run_is_one_line_exit_1(multiclass_c
     assert files_in(out) == ["easy_000.png", "masks", "results.csv"]  # easy_001.png written first is removed
 
 
+def test_failed_results_row_removes_that_frames_files(tmp_path):
+    """The disk fills up at the results.csv row, after the image and mask were written: a RunFailure naming
+    results.csv, and the frame's two files are removed, so the folder still agrees with results.csv."""
+    rgb, mask = np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30), np.uint8)
+    frame = Frame("a.png", torch.zeros(3, 32, 32), rgb, None, 0, 1, Letterbox(20, 30, 21, 32))
+    writer = ResultWriter(tmp_path)
+    writer.add(frame, mask, rgb, 1.0, 0.0)
+
+    class FullDisk:
+        def writerow(self, row):
+            raise OSError(28, "No space left on device")
+
+    writer.csv = FullDisk()
+    with pytest.raises(detect.UserError) as failure:
+        writer.add(frame, mask, rgb, 1.0, 0.0)
+    writer.close()
+    assert failure.value.exit_code == 1 and str(failure.value) == \
+        f"cannot write {tmp_path / 'results.csv'} (No space left on device); the outputs before it are complete; " \
+        "free space or give another --save-dir"
+    assert files_in(tmp_path) == ["a.png", "masks/a.png", "results.csv"] and len(read_rows(tmp_path)) == 1
+
+
 def test_failed_write_on_the_command_line_has_no_traceback(multiclass_checkpoint, easy_held_out, tmp_path):
     script = tmp_path / "full_disk.py"
     script.write_text(textwrap.dedent(f"""\
