@@ -287,7 +287,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("Data")
     data.add_argument("--source", required=True,
-                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index")
+                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "
+                           "(a path that exists is never a glob, even with [ ] * ? in its name)")
     data.add_argument("--max-frames", type=int, default=None, help="stop after this many frames in total")
     data.add_argument("--stream-timeout", type=float, default=30.0,
                       help="seconds to keep reconnecting a dropped stream before ending it (default: 30)")
@@ -305,7 +306,8 @@ def parse_args(argv=None):
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
     runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
-    runtime.add_argument("--verbose", action="store_true", help="full tracebacks and FFmpeg/OpenCV warnings")
+    runtime.add_argument("--verbose", action="store_true",
+                         help="full tracebacks, FFmpeg/OpenCV warnings, and Python warnings with their source line")
     output = parser.add_argument_group("Output")
     output.add_argument("--save-dir", type=Path, default=None,
                         help="output folder, used as is: a second run adds its rows to its results.csv and "

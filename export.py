@@ -317,7 +317,8 @@ def parse_args(argv=None):
     quantization.add_argument("--calibration-count", type=int, default=None,
                               help="use at most this many of them, spread evenly (default: 32)")
     runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
+    runtime.add_argument("--verbose", action="store_true",
+                         help="full tracebacks for errors, and Python warnings with their source line")
     return parser.parse_args(argv)
 
 

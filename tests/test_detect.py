@@ -511,7 +511,7 @@ def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_
     assert process.returncode == 130, stderr
     rows = read_rows(tmp_path)
     assert 5 <= len(rows) < 300 and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
-    frames, fps, width, height = video_facts(tmp_path / "long_clip.mp4")
+    frames, fps, width, height = video_facts(tmp_path / "long clip.mp4")  # spaces are kept in output names
     assert (frames, fps, width, height) == (len(rows), 12.0, 176, 96)
     assert "SIGINT received" in stderr and "(interrupted)" in stdout
 
