@@ -93,7 +93,7 @@ class LoadImages:
         try:
             original = read_image(path)
         except UserError as error:  # one bad file should not end a folder run
-            warnings.warn(f"skipping {path}: {error}", stacklevel=3)
+            warnings.warn(f"skipping {path}: {detection_reason(error, path)}", stacklevel=3)
             return
         yield self.frame(path, original, None, 0, 1)
 
@@ -122,6 +122,15 @@ class LoadImages:
         if self.capture is not None:
             self.capture.release()
             self.capture = None
+
+
+def detection_reason(error, path):
+    """dataset.py's reading error in detection terms: 'image X cannot be read (...); replace it or remove it
+    from the split' -> 'cannot be read (...)'. The path is shown already, and a split is a training thing."""
+    parts = [part for part in str(error).split("; ") if "split" not in part]
+    reason = "; ".join(parts)
+    prefix = f"image {path} "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
 def to_rgb(bgr):

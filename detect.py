@@ -11,17 +11,22 @@ Usage:
     python detect.py --model best.pth.tar --source sources.txt               # one source per line
     python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
 
-Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is): for each
-image the annotated image and masks/<name>.png (0/255 for one class, class indices for several), with
---save-video an annotated MP4 per video or stream, and always results.csv with one row per frame.
+Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, and a second
+run into it appends to its results.csv): for each image the annotated image and masks/<name>.png (0/255
+for one class, class indices for several), with --save-video an annotated MP4 per video or stream (MJPEG
+.avi for an odd frame size, which MP4 cannot keep here), and always results.csv with one row per frame
+naming the files written for it. Files are named after their source (odd.avi.mp4 and odd.mp4.mp4 when
+stems collide; _2, _3... rather than overwriting any file).
 The folder is created with the first frame: a stream that cannot be opened within --stream-timeout
 is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
-normally (exit code 0) with every output complete.
+normally (exit code 0) with every output complete. A write that fails (full disk) stops the run with
+exit code 1; everything written before it is complete and listed in results.csv.
 --view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
-finishes the current frame, closes every output (MP4s stay playable) and exits with code 130.
+finishes the current frame, closes every output (videos stay playable) and exits with code 130.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
@@ -36,7 +41,7 @@ import torch
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames, resolve_sources
 from segtoolkit.imaging import check_patch_size, unletterbox
-from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
+from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir, one_line_warnings
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import UserError
 from segtoolkit.checkpoints import load_checkpoint
@@ -191,6 +196,16 @@ def install_stop_handler(stop_event):
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def check_flags(conf_thres, max_frames, patch_size):
+    """The numeric flags, checked before anything is read or loaded."""
+    if not 0 <= conf_thres <= 1:
+        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
+    if max_frames is not None and max_frames < 1:
+        raise UserError(f"--max-frames {max_frames} must be at least 1")
+    if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
+        check_patch_size(patch_size)
+
+
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
         view_img=False, save_video=False, device="auto", save_dir=None, nosave=False, stream_timeout=30.0,
         rtsp_transport="auto"):
@@ -198,27 +213,18 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
 
     save_dir is None in the summary when no frame was segmented (nothing was written then).
     """
-    if not 0 <= conf_thres <= 1:
-        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
-    if max_frames is not None and max_frames < 1:
-        raise UserError(f"--max-frames {max_frames} must be at least 1")
+    check_flags(conf_thres, max_frames, patch_size)
+    device = resolve_device(device)
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
     save_dir = Path(save_dir) if save_dir else None
     check_save_dir(save_dir or REPO / "runs" / "detect" / "exp")
     if view_img:
         check_display()
-    meta, predictor = load_predictor(model, resolve_device(device))
+    meta, predictor = load_predictor(model, device)
     check_model_flags(meta, classes, encoder, model)
-    size = patch_size or meta["patch_size"]
-    check_patch_size(size)
+    size = meta["patch_size"] if patch_size is None else patch_size
 
-    names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
-    colours = class_colours(meta["classes"])
-    # the folder is created with the first frame: a stream that never delivers one leaves nothing behind
-    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp",
-                          names if meta["classes"] > 1 else None, save_images=not nosave,
-                          save_video=save_video and not nosave, increment=not save_dir)
-    outputs = FrameOutputs(writer, colours, names if meta["classes"] > 1 else None, len(files))
+    writer, outputs = make_outputs(meta, save_dir, save_video and not nosave, not nosave, files)
     viewer = Viewer() if view_img else None
     # Without a window, decoding (prefetch) and everything after the forward pass (finisher) run in
     # threads beside the model; a window must be drawn from this thread, so then they run in turn.
@@ -253,23 +259,38 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
-    elapsed = time.perf_counter() - started
     why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened else None
+    print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
+    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
+            "quit": user_quit}
+
+
+def make_outputs(meta, save_dir, save_video, save_images, files):
+    """(ResultWriter, FrameOutputs) for the run. The folder is created with the first frame, so a stream that
+    never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now."""
+    names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
+    class_names = names if meta["classes"] > 1 else None
+    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp", class_names, save_images=save_images,
+                          save_video=save_video, increment=not save_dir, sources=files)
+    writer.check_existing()
+    return writer, FrameOutputs(writer, class_colours(meta["classes"]), class_names, len(files))
+
+
+def print_summary(count, total_ms, elapsed, why, save_dir):
     if count:
         print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {total_ms / count:.1f} ms, "
               f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
     else:
         print(f"0 frames in {elapsed:.1f} s{why}: nothing to segment, nothing written", flush=True)
-    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
-            "quit": user_quit}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("Data")
     data.add_argument("--source", required=True,
-                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index")
+                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "
+                           "(a path that exists is never a glob, even with [ ] * ? in its name)")
     data.add_argument("--max-frames", type=int, default=None, help="stop after this many frames in total")
     data.add_argument("--stream-timeout", type=float, default=30.0,
                       help="seconds to keep reconnecting a dropped stream before ending it (default: 30)")
@@ -278,7 +299,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group("Model")
     model.add_argument("--model", required=True, help="checkpoint from train.py (.pth.tar) or .onnx from export.py")
     model.add_argument("--patch-size", type=int, default=None,
-                       help="inference size, a multiple of 32 (default: the checkpoint's)")
+                       help="inference size, a positive multiple of 32 (default: the checkpoint's)")
     model.add_argument("--classes", type=int, default=None, help="only checked against the checkpoint")
     model.add_argument("--encoder", default=None, help="only checked against the checkpoint")
     model.add_argument("--conf-thres", type=float, default=0.5,
@@ -287,11 +308,14 @@ def parse_args(argv=None):
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
     runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
-    runtime.add_argument("--verbose", action="store_true", help="full tracebacks and FFmpeg/OpenCV warnings")
+    runtime.add_argument("--verbose", action="store_true",
+                         help="full tracebacks, FFmpeg/OpenCV warnings, and Python warnings with their source line")
     output = parser.add_argument_group("Output")
     output.add_argument("--save-dir", type=Path, default=None,
-                        help="output folder, used as is (default: runs/detect/exp, exp2, ...)")
-    output.add_argument("--save-video", action="store_true", help="write an annotated MP4 per video or stream")
+                        help="output folder, used as is: a second run adds its rows to its results.csv and "
+                             "never overwrites a file (default: runs/detect/exp, exp2, ...)")
+    output.add_argument("--save-video", action="store_true",
+                        help="write an annotated MP4 per video or stream (.avi, MJPEG, for an odd frame size)")
     output.add_argument("--nosave", action="store_true", help="write nothing but results.csv")
     return parser.parse_args(argv)
 
@@ -300,6 +324,12 @@ def main(args):
     if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    with contextlib.nullcontext() if args.verbose else one_line_warnings():
+        return run_command(args)
+
+
+def run_command(args):
+    """run() with the command line's arguments; a UserError is its one line and exit code."""
     try:
         summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
                       encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,

@@ -1,22 +1,35 @@
-"""Where detect.py's results go: results.csv, annotated images and masks, MP4 videos, the live window.
+"""Where detect.py's results go: results.csv, annotated images and masks, videos, the live window.
 
 Usage:
     from detect_outputs import ResultWriter, Viewer
-    writer = ResultWriter(Path("runs/detect/exp"), class_names=None, save_video=True, increment=True)
+    writer = ResultWriter(Path("runs/detect/exp"), class_names=None, save_video=True, increment=True,
+                          sources=files)
+    writer.check_existing()  # before any work: an existing results.csv must have the same columns
     writer.add(frame, mask, annotated_rgb, inference_ms, largest_polygon_px)   # the first add creates exp, exp2...
-    writer.close()   # always: finishes the MP4 files so they play even after Ctrl-C
+    writer.close()   # always: finishes the video files so they play even after Ctrl-C
+
+Output names come from the source names (sources.safe_name: Unicode kept, no path or credentials). Sources
+whose stems collide with different extensions keep the extension (odd.avi -> odd.avi.mp4, odd.mp4 ->
+odd.mp4.mp4); a name taken in this run or by a file already in the folder gets _2, _3...: nothing is
+ever overwritten. results.csv names each row's files (image_file, mask_file, video_file, relative to the
+folder; empty when none was written); a second run into the same --save-dir appends its rows to it.
 """
 
+import contextlib
 import csv
 import os
 import sys
+import warnings
+from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from sources import safe_name
-from segtoolkit.errors import UserError
+from segtoolkit.imaging import IMAGE_SUFFIXES
+from segtoolkit.errors import RunFailure, UserError
+from sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
@@ -55,91 +68,211 @@ def make_run_dir(path):
             continue
 
 
+FILE_COLUMNS = ("image_file", "mask_file", "video_file")
+WRITE_FAILED = "disk full, or its folder was removed or made read-only"
+
+
+def write_failure(path, reason=WRITE_FAILED):
+    """The one-line error for a write that failed mid-run (exit code 1): what came before it stays complete."""
+    return RunFailure(f"cannot write {path} ({reason}); the outputs before it are complete; free space or give "
+                      f"another --save-dir")
+
+
+def write_picture(path, pixels):
+    """cv2.imwrite, which reports a failed write (full disk, folder gone) only by returning False."""
+    try:
+        written = cv2.imwrite(str(path), pixels)
+    except cv2.error:
+        written = False
+    if not written:
+        raise write_failure(path)
+
+
+def colliding_stems(sources):
+    """Stems (case-folded) shared by sources with different extensions: odd.avi and odd.mp4 are both 'odd'."""
+    suffixes = defaultdict(set)
+    for source in sources:
+        suffixes[safe_name(source).casefold()].add(Path(str(source)).suffix.casefold())
+    return {stem for stem, found in suffixes.items() if len(found) > 1}
+
+
+class Video(NamedTuple):
+    writer: cv2.VideoWriter
+    size: tuple
+    name: str  # relative to save_dir
+
+
 class ResultWriter:
-    """results.csv (flushed per row), images and masks (unless nosave) and MP4s (with --save-video).
+    """results.csv (flushed per row), images and masks (unless nosave) and videos (with --save-video).
 
     Nothing is created before the first frame: a run that never gets one (a stream that cannot be opened)
     leaves no empty folder behind. With `increment`, save_dir names the default run folder and the first
-    free one of save_dir, save_dir2... is created then; otherwise save_dir is used as is.
+    free one of save_dir, save_dir2... is created then; otherwise save_dir is used as is, and a results.csv
+    already there is appended to. `sources` (the files of the run) decides which names keep their extension.
+    A write that fails raises RunFailure after removing that frame's files: each row's files exist.
     """
 
-    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False):
+    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False, sources=()):
         self.save_dir, self.increment = Path(save_dir), increment
         self.class_names, self.save_images, self.save_video = class_names, save_images, save_video
         self.videos, self.used_stems = {}, set()
+        is_video = [Path(str(source)).suffix.lower() in VIDEO_SUFFIXES for source in sources]
+        self.keep_suffix = colliding_stems(source for source, video in zip(sources, is_video)
+                                           if (save_video if video else save_images))
         self.csv_file = self.csv = None
 
     @property
     def opened(self):
         return self.csv_file is not None
 
+    @property
+    def header(self):
+        classes = [f"{name}_px" for name in (self.class_names or [])[1:]]
+        return ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS]
+
+    def check_existing(self):
+        """True when save_dir holds a results.csv to append to; one with other columns is a UserError (call it
+        before any work, so the run stops before anything is written)."""
+        path = self.save_dir / "results.csv"
+        if self.increment or not path.is_file() or path.stat().st_size == 0:
+            return False
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            header = next(csv.reader(handle), None)
+        if header != self.header:
+            raise UserError(f"--save-dir {self.save_dir} holds a results.csv with other columns (another model's "
+                            f"classes, or an earlier detect.py); give another --save-dir")
+        return True
+
     def open(self):
         if self.increment:
             self.save_dir = make_run_dir(self.save_dir)
         else:
             self.save_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_file = open(self.save_dir / "results.csv", "w", newline="", encoding="utf-8")
+        append = self.check_existing()
+        path = self.save_dir / "results.csv"
+        self.csv_file = open(path, "a", newline="", encoding="utf-8")
         self.csv = csv.writer(self.csv_file)
-        header = ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px"]
-        header += [f"{name}_px" for name in (self.class_names or [])[1:]]
-        self.csv.writerow(header)
+        if not append:
+            self.csv.writerow(self.header)
+        elif not ends_with_newline(path):  # a row cut off by a crash: start ours on a line of their own
+            self.csv_file.write("\r\n")
         self.csv_file.flush()
 
-    def unique_name(self, source, suffix):
-        """A file name inside save_dir from the source name, sanitized; its stem is never reused in this run
-        (a.png and a.jpg would otherwise share masks/a.png)."""
-        stem, number = safe_name(source), 2
-        unique = stem
-        while unique in self.used_stems:
-            unique, number = f"{stem}_{number}", number + 1
-        self.used_stems.add(unique)
-        return f"{unique}{suffix}"
+    def claim(self, source, names_for):
+        """The output names `names_for(stem)` for a source: its safe name (with its extension where stems
+        collide), numbered _2, _3... while the stem is taken in this run or a name exists in save_dir."""
+        stem = safe_name(source, keep_suffix=safe_name(source).casefold() in self.keep_suffix)
+        candidate, number = stem, 2
+        while candidate.casefold() in self.used_stems or any((self.save_dir / name).exists()
+                                                              for name in names_for(candidate)):
+            candidate, number = f"{stem}_{number}", number + 1
+        self.used_stems.add(candidate.casefold())  # case-folded: the folder may be copied to a macOS or Windows disk
+        return names_for(candidate)
 
     def add(self, frame, mask, annotated, inference_ms, largest):
-        """Write one frame's outputs; `mask` holds class indices at the original size."""
-        if not self.opened:
-            self.open()
-        if frame.is_image and self.save_images:
-            self.write_image(frame, mask, annotated)
-        elif not frame.is_image and self.save_video:
-            self.write_video_frame(frame, annotated)
-        row = [frame.path, frame.index, f"{inference_ms:.2f}", f"{largest:.1f}", int(np.count_nonzero(mask))]
-        if self.class_names:
-            counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
-            row += [int(c) for c in counts[1:len(self.class_names)]]
-        self.csv.writerow(row)
-        self.csv_file.flush()
+        """Write one frame's outputs, then its row; `mask` holds class indices at the original size."""
+        try:
+            if not self.opened:
+                self.open()
+            files = dict.fromkeys(FILE_COLUMNS, "")
+            if frame.is_image and self.save_images:
+                files["image_file"], files["mask_file"] = self.write_image(frame, mask, annotated)
+            elif not frame.is_image and self.save_video:
+                self.write_video_frame(frame, annotated)
+                files["video_file"] = self.videos[frame.path].name
+            row = [frame.path, frame.index, f"{inference_ms:.2f}", f"{largest:.1f}", int(np.count_nonzero(mask))]
+            if self.class_names:
+                counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
+                row += [int(c) for c in counts[1:len(self.class_names)]]
+            try:
+                self.csv.writerow(row + list(files.values()))
+                self.csv_file.flush()
+            except OSError:  # no row: this frame's image and mask must not stay without one
+                self.remove(files["image_file"], files["mask_file"])
+                raise
+        except OSError as error:  # full disk, folder removed or made read-only, a file where a folder was
+            raise write_failure(error.filename or self.save_dir / "results.csv", error.strerror or error) from None
+
+    def remove(self, *names):
+        """Delete files this run wrote (their names were free, so nothing earlier goes)."""
+        for name in filter(None, names):
+            with contextlib.suppress(OSError):
+                (self.save_dir / name).unlink(missing_ok=True)
 
     def write_image(self, frame, mask, annotated):
+        """The annotated image and masks/<name>.png; returns both names. When either write fails, neither
+        file of this frame is left (both names were free, so nothing earlier is removed)."""
         suffix = Path(frame.path).suffix.lower()
-        name = self.unique_name(frame.path, suffix if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif",
-                                                                 ".tiff", ".webp") else ".png")
+        suffix = suffix if suffix in IMAGE_SUFFIXES else ".png"
+        names = self.claim(frame.path, lambda stem: (f"{stem}{suffix}", f"masks/{stem}.png"))
         (self.save_dir / "masks").mkdir(exist_ok=True)
         stored = mask * 255 if self.class_names is None else mask
-        cv2.imwrite(str(self.save_dir / name), cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(self.save_dir / "masks" / f"{Path(name).stem}.png"), stored.astype(np.uint8))
+        try:
+            write_picture(self.save_dir / names[0], cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+            write_picture(self.save_dir / names[1], stored.astype(np.uint8))
+        except RunFailure:
+            self.remove(*names)
+            raise
+        return names
 
     def write_video_frame(self, frame, annotated):
         height, width = annotated.shape[:2]
         if frame.path not in self.videos:
-            path = self.save_dir / self.unique_name(frame.path, ".mp4")
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(frame.fps or 25.0),
+            self.videos[frame.path] = self.open_video(frame, width, height)
+        video = self.videos[frame.path]
+        if video.size != (width, height):  # a stream came back at another resolution after a reconnect
+            annotated = cv2.resize(annotated, video.size, interpolation=cv2.INTER_AREA)
+        video.writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+
+    def open_video(self, frame, width, height):
+        """An MP4 (mp4v) for even frame sizes; for odd ones MJPEG in .avi by OpenCV's own writer, because
+        OpenCV's FFmpeg writer cuts every codec's frames to even sizes (321x241 came back as 320x240)."""
+        even = width % 2 == 0 and height % 2 == 0
+        (name,) = self.claim(frame.path, lambda stem: (f"{stem}{'.mp4' if even else '.avi'}",))
+        path, fps = self.save_dir / name, float(frame.fps or 25.0)
+        if even:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        else:
+            writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
                                      (width, height))
-            if not writer.isOpened():
-                raise UserError(f"cannot write video {path}: OpenCV has no mp4v encoder here; drop --save-video")
-            self.videos[frame.path] = (writer, (width, height))
-        writer, size = self.videos[frame.path]
-        if size != (width, height):  # a stream came back at another resolution after a reconnect
-            annotated = cv2.resize(annotated, size, interpolation=cv2.INTER_AREA)
-        writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+            writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 95)  # the default 75 smears the thin outlines
+        if not writer.isOpened():
+            if not os.access(self.save_dir, os.W_OK | os.X_OK):
+                raise write_failure(path)
+            raise UserError(f"cannot write video {path}: OpenCV has no {'mp4v' if even else 'MJPEG'} encoder here; "
+                            f"drop --save-video")
+        return Video(writer, (width, height), name)
 
     def close(self):
-        """Finish every MP4 (writes its index, so it plays) and the CSV."""
-        for writer, _ in self.videos.values():
-            writer.release()
+        """Finish every video (writes its index, so it plays) and the CSV."""
+        for video in self.videos.values():
+            video.writer.release()
         self.videos.clear()
         if self.opened:
-            self.csv_file.close()
+            # after a failed row its rest may still be buffered; that failure is being reported already
+            with contextlib.suppress(OSError):
+                self.csv_file.close()
+
+
+def ends_with_newline(path):
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) in (b"\n", b"\r")
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Print warnings as one line 'warning: ...', like errors. Python's default format shows the file, line
+    and source line of the warn() call, which tell a user nothing (detect.py and export.py main)."""
+    def format_warning(message, category, filename, lineno, line=None):
+        kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+        return f"warning: {kind}{' '.join(str(message).split())}\n"
+
+    saved, warnings.formatwarning = warnings.formatwarning, format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
 
 
 # ---------------------------------------------------------------- the live window

@@ -17,8 +17,10 @@ Usage:
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from segtoolkit.imaging import check_patch_size
+from detect_outputs import one_line_warnings
 from segtoolkit.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, MODEL_META_KEYS
 from segtoolkit.errors import UserError
 from segtoolkit.models import model_from_checkpoint
@@ -69,7 +72,7 @@ def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
     import onnx  # export-only dependency; detect.py imports this module for load_onnx
 
     check_opset(opset)
-    patch_size = patch_size or meta["patch_size"]
+    patch_size = meta["patch_size"] if patch_size is None else patch_size
     check_patch_size(patch_size)
     multiple = SIZE_MULTIPLE.get(meta["architecture"], 32)
     if patch_size % multiple:
@@ -166,6 +169,18 @@ def remove_unused(graph):
     read = {name for node in graph.node for name in node.input}
     for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
         graph.initializer.remove(tensor)
+
+
+def check_output(output):
+    """--output must name an .onnx file: detect.py tells an ONNX model by its suffix, and a folder (or a path
+    ending in a separator, which Path() would silently drop) is not a file name."""
+    text = str(output)
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) or Path(text).is_dir():
+        raise UserError(f"--output {text} is a folder; give a file name ending in .onnx (for example "
+                        f"{Path(text) / 'model.onnx'})")
+    if Path(text).suffix.lower() != ".onnx":
+        raise UserError(f"--output {text}: give a file name ending in .onnx (detect.py tells an ONNX model by "
+                        f"that suffix)")
 
 
 def check_opset(opset):
@@ -292,8 +307,8 @@ def parse_args(argv=None):
     model.add_argument("--patch-size", type=int, default=None,
                        help="traced input size and the size stored for detect.py (default: the checkpoint's)")
     output = parser.add_argument_group("Output")
-    output.add_argument("--output", type=Path, default=None,
-                        help="ONNX file to write (default: next to the checkpoint, same stem, .onnx)")
+    output.add_argument("--output", default=None,
+                        help="ONNX file to write, ending in .onnx (default: next to the checkpoint, same stem)")
     output.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version, 17 or higher")
     output.add_argument("--simplify", action="store_true", help="run onnx-simplifier on the file (if installed)")
     quantization = parser.add_argument_group("int8 (CPU)")
@@ -304,7 +319,8 @@ def parse_args(argv=None):
     quantization.add_argument("--calibration-count", type=int, default=None,
                               help="use at most this many of them, spread evenly (default: 32)")
     runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
+    runtime.add_argument("--verbose", action="store_true",
+                         help="full tracebacks for errors, and Python warnings with their source line")
     return parser.parse_args(argv)
 
 
@@ -316,6 +332,10 @@ def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_gr
     (smallest, mean) mask IoU on the calibration images for an int8 one.
     """
     check_opset(opset)
+    if output is not None:
+        check_output(output)
+    if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
+        check_patch_size(patch_size)
     if simplify_graph:
         check_simplifier()
     if int8 != (calibration is not None):
@@ -347,6 +367,12 @@ def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_gr
 
 
 def main(args):
+    with contextlib.nullcontext() if args.verbose else one_line_warnings():
+        return run_command(args)
+
+
+def run_command(args):
+    """run() with the command line's arguments and its summary; a UserError is its one line and exit code."""
     try:
         path, meta, check = run(model=args.model, output=args.output, patch_size=args.patch_size, opset=args.opset,
                                 simplify_graph=args.simplify, int8=args.int8, calibration=args.calibration,

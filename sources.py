@@ -24,6 +24,8 @@ from segtoolkit.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
 STREAM_SCHEMES = {"rtsp": "RTSP", "rtsps": "RTSP", "rtmp": "RTMP", "rtmps": "RTMP", "http": "HTTP", "https": "HTTP"}
+# path separators, control characters (C0, DEL, C1, line and paragraph separators) and Windows' reserved ones
+UNSAFE_IN_NAMES = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u2028\u2029]+')
 SECRET_QUERY_KEYS = re.compile(r"^(pass(word)?|pwd|token|key|api_?key|auth|secret|sig(nature)?)$", re.IGNORECASE)
 
 
@@ -54,9 +56,11 @@ def detect_source(source):
                         f"rtmp://, http:// or https://")
     if source.isdigit():
         return SourceKind.WEBCAM
-    if any(char in source for char in "*?["):
-        return SourceKind.GLOB
     path = Path(source)
+    # a file or folder that exists is what the user named, even when its name holds glob characters
+    # ('img[1].png' beside img1.png, a folder 'shots [2024]'); only a path that does not exist is a pattern
+    if not path.exists() and any(char in source for char in "*?["):
+        return SourceKind.GLOB
     if path.is_dir():
         return SourceKind.FOLDER
     if not path.exists():
@@ -123,12 +127,23 @@ def expand_one(source, kind):
         files = media_files(sorted(Path(source).iterdir()))
         where = f"folder {source}"
     else:
-        files = media_files(sorted(glob.glob(source, recursive=True)))
+        files = media_files(sorted(glob.glob(literal_folders(source), recursive=True)))
         where = f"glob {source}"
     if not files:
         raise UserError(f"--source {where} holds no images ({', '.join(IMAGE_SUFFIXES)}) or videos "
                         f"({', '.join(VIDEO_SUFFIXES)})")
     return files, []
+
+
+def literal_folders(pattern):
+    """The glob pattern with its longest leading folder that exists escaped: in 'shots [2024]/*.png' the
+    folder 'shots [2024]' is a name, not a character class."""
+    parts = Path(pattern).parts
+    for end in range(len(parts) - 1, 0, -1):
+        prefix = Path(*parts[:end])
+        if prefix.is_dir():
+            return str(Path(glob.escape(str(prefix)), *parts[end:]))
+    return pattern
 
 
 def check_webcam(index, device_dir="/dev"):
@@ -160,8 +175,15 @@ def mask_credentials(source):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def safe_name(source, max_length=80):
-    """A file name stem for a source: letters, digits, '.', '_' and '-' only, no credentials, never '..'."""
+def safe_name(source, keep_suffix=False, max_bytes=150):
+    """A file name stem for a source, without credentials, safe to write inside the output folder.
+
+    The name is kept as the user wrote it (Unicode, spaces, brackets): only path separators, control
+    characters and the characters Windows refuses in names (<>:"|?*, so results can be copied to any
+    disk) become '_', and leading dots are dropped (never '..' nor a hidden file). keep_suffix keeps the
+    file's extension ('odd.avi'), for sources whose stems collide. At most max_bytes of UTF-8, so the
+    name with a '_2' and a suffix stays within the 255 bytes file systems allow.
+    """
     source = str(source)
     parts = urllib.parse.urlsplit(source)
     if parts.scheme and parts.netloc:
@@ -170,6 +192,7 @@ def safe_name(source, max_length=80):
     elif source.isdigit():
         text = f"webcam{source}"
     else:
-        text = Path(source).stem
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
-    return text[:max_length] or "source"
+        text = Path(source).name if keep_suffix else Path(source).stem
+    text = UNSAFE_IN_NAMES.sub("_", text).strip().lstrip(".").strip()
+    text = text.encode()[:max_bytes].decode(errors="ignore")  # never half a character
+    return text or "source"

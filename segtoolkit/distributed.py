@@ -9,6 +9,7 @@ Usage:
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,13 @@ class Process:
 
 
 def resolve_device(name="auto", local_rank=0):
-    """'auto' is CUDA (this process's GPU under torchrun) when available, else the CPU."""
+    """'auto' is CUDA (this process's GPU under torchrun) when available, else the CPU.
+
+    Only the devices the toolkit runs on are accepted (torch would take 'mps' or 'xpu' and fail later in
+    a kernel, and turns 'gpu' into a traceback)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device {name} is not a device this toolkit runs on; use auto, cpu, cuda or cuda:N "
+                        f"(N: the GPU's index)")
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)

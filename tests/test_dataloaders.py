@@ -93,6 +93,26 @@ def test_resolve_reports_every_problem_before_any_work(media, tmp_path):
         resolve_sources(str(tmp_path / "*.bmp"))
 
 
+def test_existing_paths_are_literal_only_missing_ones_are_globs(tmp_path):
+    """'img[1].png' names that file when it exists, even with img1.png (which the glob matches) beside it;
+    a folder named 'shots [2024]' is a folder, and a glob inside it treats the folder's name literally."""
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    for name in ("img[1].png", "img1.png", "shots [2024]/a.png", "shots [2024]/b.png", "shots 2/c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), pixels)
+    literal = tmp_path / "img[1].png"
+    assert detect_source(literal) == SourceKind.IMAGE
+    assert resolve_sources(str(literal)) == ([literal], [])
+    folder = tmp_path / "shots [2024]"
+    assert detect_source(folder) == SourceKind.FOLDER
+    assert [f.name for f in resolve_sources(str(folder))[0]] == ["a.png", "b.png"]
+    assert [f.name for f in resolve_sources(f"{folder}/*.png")[0]] == ["a.png", "b.png"]
+    assert [f.name for f in resolve_sources(str(tmp_path / "img[0-9].png"))[0]] == ["img1.png"]  # not a path: a glob
+    listing = tmp_path / "list.txt"
+    listing.write_text("img[1].png\nshots [2024]\n")
+    assert resolve_sources(listing)[0] == [literal, folder / "a.png", folder / "b.png"]
+
+
 def test_webcam_needs_its_device(tmp_path):
     with pytest.raises(UserError, match=r"video0 does not exist.*no camera is connected"):
         check_webcam(0, device_dir=tmp_path)
@@ -119,13 +139,29 @@ def test_mask_credentials(source, shown):
 
 @pytest.mark.parametrize("source, name", [
     ("rtsp://admin:s3cret@10.0.0.5:554/live/ch1", "10.0.0.5_554_live_ch1"),
-    ("data/imgs/sample 01.png", "sample_01"),
+    ("data/imgs/sample 01.png", "sample 01"),
+    ("data/imgs/日本.png", "日本"),
+    ("data/imgs/café ñ (2).JPG", "café ñ (2)"),
+    ("data/imgs/img[1].png", "img[1]"),
+    ("data/a\x1b[2Jb\nc.png", "a_[2Jb_c"),
+    ("data/a\\b:c*d?.png", "a_b_c_d_"),
     ("../../etc/passwd", "passwd"),
     ("..", "source"),
+    ("data/.hidden.png", "hidden"),
+    ("data/...x.png", "x"),
     ("3", "webcam3"),
 ])
 def test_safe_name_has_no_path_or_secret(source, name):
+    """Unicode, spaces and brackets stay; only separators, control characters and the characters Windows
+    refuses (<>:"|?*) become '_'; never '..' nor a leading dot (a hidden file)."""
     assert safe_name(source) == name
+
+
+def test_safe_name_keeps_the_suffix_when_asked_and_fits_a_file_name():
+    assert safe_name("clips/odd.avi", keep_suffix=True) == "odd.avi"
+    assert safe_name("rtsp://u:p@cam/live", keep_suffix=True) == "cam_live"
+    long_name = safe_name("日本" * 200 + ".png")
+    assert long_name.startswith("日本") and len(long_name.encode()) <= 150  # room for '_2' and suffixes: <= 255
 
 
 def test_ffmpeg_options_keep_the_users_and_set_the_transport():

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -225,3 +226,56 @@ def test_int8_flags_are_checked(checkpoint, tmp_path, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"")
     assert "give images" in error("--int8", "--calibration", str(tmp_path / "clip.mp4"))
     assert "--calibration-count 0" in error("--int8", "--calibration", str(SAMPLE / "imgs"), "--calibration-count", "0")
+
+
+def test_calibration_path_that_exists_is_taken_literally(tmp_path):
+    """--calibration goes through the same resolve_sources as detect.py --source: an existing 'img[1].png'
+    is that file, not a glob that matches img1.png beside it."""
+    import quantize
+    for name in ("img[1].png", "img1.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    assert quantize.calibration_images(str(tmp_path / "img[1].png")) == [tmp_path / "img[1].png"]
+
+
+def test_output_must_be_an_onnx_file_name_and_patch_size_is_checked(checkpoint, tmp_path, capsys):
+    """--output DIR/ (a folder, existing or not), another suffix, --patch-size 0: one line, exit 2, nothing
+    created. (Path() drops a trailing '/', and --patch-size 0 used to fall back to the checkpoint's size.)"""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    cases = {
+        f"{tmp_path / 'new'}{os.sep}": f"--output {tmp_path / 'new'}{os.sep} is a folder; give a file name ending in "
+                                       f".onnx (for example {tmp_path / 'new' / 'model.onnx'})",
+        str(folder): f"--output {folder} is a folder; give a file name ending in .onnx (for example "
+                     f"{folder / 'model.onnx'})",
+        str(tmp_path / "model.pt"): f"--output {tmp_path / 'model.pt'}: give a file name ending in .onnx (detect.py "
+                                    f"tells an ONNX model by that suffix)",
+    }
+    for output, message in cases.items():
+        assert export.main(export.parse_args(["--model", str(checkpoint), "--output", output])) == 2, output
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert export.main(export.parse_args(["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
+                                          "--patch-size", "0"])) == 2
+    assert capsys.readouterr().err == "error: --patch-size 0 is not a positive multiple of 32, which smp models " \
+                                      "need; try 32\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"] and not list(folder.iterdir())
+
+
+def test_warnings_are_one_line_without_a_source_line(tmp_path):
+    """export.py on the command line prints a warning raised during its run as 'warning: ...', not Python's
+    'file.py:NN: UserWarning' with the warn() call's source line."""
+    script = tmp_path / "warns.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys
+        import warnings
+        sys.path.insert(0, {str(REPO)!r})
+        import export
+        def load_checkpoint(path):
+            warnings.warn("something the user should know,\\nover two lines")
+            raise export.UserError("stopped here")
+        export.load_checkpoint = load_checkpoint
+        sys.exit(export.main(export.parse_args(sys.argv[1:])))
+        """))
+    result = subprocess.run([sys.executable, str(script), "--model", "any.pth.tar"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert result.stderr == "warning: something the user should know, over two lines\nerror: stopped here\n"
