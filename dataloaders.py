@@ -27,8 +27,8 @@ import torch
 from segtoolkit.imaging import Letterbox, preprocess_image, read_image
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
-from pipeline import Prefetcher
-from sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
+from segtoolkit.pipeline import Prefetcher
+from segtoolkit.sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
 
 __all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
            "resolve_sources", "mask_credentials", "safe_name"]

@@ -26,94 +26,27 @@ finishes the current frame, closes every output (videos stay playable) and exits
 """
 
 import argparse
-import contextlib
-import importlib.util
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-import torch
 
-from dataloaders import RTSP_TRANSPORTS, iterate_frames, resolve_sources
-from segtoolkit.imaging import check_patch_size, unletterbox
-from detect_outputs import ResultWriter, Viewer, check_display, check_save_dir, one_line_warnings
+from dataloaders import RTSP_TRANSPORTS, iterate_frames
+from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.config import check_run_name
+from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
 from segtoolkit.distributed import resolve_device
-from segtoolkit.errors import UserError
-from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.models import model_from_checkpoint
-from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
-from pipeline import Finisher
+from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
+from segtoolkit.imaging import check_patch_size, unletterbox
+from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.pipeline import Finisher
+from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
+from segtoolkit.sources import resolve_sources
 
 REPO = Path(__file__).resolve().parent
-
-
-# ---------------------------------------------------------------- model: torch or ONNX behind one call
-
-
-class TorchPredictor:
-    """Checkpoint from train.py: float32 NCHW batch in, float32 logits NCHW out (on the CPU)."""
-
-    def __init__(self, model, device):
-        self.model, self.device = model.to(device).eval(), device
-
-    def __call__(self, batch):
-        with torch.inference_mode():
-            return self.model(batch.to(self.device)).float().cpu()
-
-
-class OnnxPredictor:
-    """ONNX model from export.py: the same call, run by export.load_onnx's predict function."""
-
-    def __init__(self, predict):
-        self.predict = predict
-
-    def __call__(self, batch):
-        return torch.from_numpy(np.asarray(self.predict(batch.numpy().astype(np.float32)), dtype=np.float32))
-
-
-def load_predictor(model_path, device):
-    """(meta, predictor) for a .pth.tar checkpoint or an .onnx file."""
-    path = Path(model_path)
-    if path.suffix.lower() == ".onnx":
-        if not path.is_file():
-            raise UserError(f"--model {path}: no such file")
-        if importlib.util.find_spec("export") is None:
-            raise UserError(f"--model {path}: ONNX models need export.py next to detect.py")
-        import export  # only ONNX runs need onnxruntime
-        meta, predict = export.load_onnx(path)
-        return dict(meta), OnnxPredictor(predict)
-    checkpoint = load_checkpoint(path)
-    model = model_from_checkpoint(checkpoint, path)
-    return dict(checkpoint["meta"]), TorchPredictor(model, device)
-
-
-def check_model_flags(meta, classes, encoder, model_path):
-    """--classes and --encoder come from the checkpoint; given in conflict with it, they are an error."""
-    if classes is not None and classes != meta["classes"]:
-        raise UserError(f"--classes {classes} conflicts with {model_path}, which was trained with "
-                        f"{meta['classes']} class(es); drop --classes (it is read from the checkpoint)")
-    if encoder is not None and encoder != meta["encoder"]:
-        raise UserError(f"--encoder {encoder} conflicts with {model_path}, which uses encoder "
-                        f"{meta['encoder']}; drop --encoder (it is read from the checkpoint)")
-
-
-def logits_to_mask(logits, conf_thres):
-    """CxHxW logits -> HxW uint8 class indices.
-
-    One class: sigmoid > conf_thres gives 1. Several: argmax, and pixels whose top probability is below
-    conf_thres fall back to class 0 (background).
-    """
-    if logits.shape[0] == 1:
-        return (torch.sigmoid(logits[0]) > conf_thres).to(torch.uint8).numpy()
-    probabilities = torch.softmax(logits, dim=0)
-    top, labels = probabilities.max(dim=0)
-    labels[top < conf_thres] = 0
-    return labels.to(torch.uint8).numpy()
+DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
 def infer(predictor, frame, conf_thres):
@@ -182,22 +115,11 @@ def describe(frame, file_number, file_total):
     return f"{where} {width}x{height}"
 
 
-def install_stop_handler(stop_event):
-    """Ctrl-C / SIGTERM set `stop_event`: the loop finishes the frame, then outputs are closed properly."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def request_stop(signum, _frame):
-        if not stop_event.is_set():
-            print(f"\n{signal.Signals(signum).name} received: finishing this frame, then closing outputs",
-                  file=sys.stderr, flush=True)
-        stop_event.set()
-
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def check_flags(conf_thres, max_frames, patch_size):
-    """The numeric flags, checked before anything is read or loaded."""
+def check_flags(conf_thres, max_frames, patch_size, name):
+    """The flags, checked before anything is read or loaded."""
+    check_run_name(name)
     if not 0 <= conf_thres <= 1:
         raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
     if max_frames is not None and max_frames < 1:
@@ -207,45 +129,55 @@ def check_flags(conf_thres, max_frames, patch_size):
 
 
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
-        view_img=False, save_video=False, device="auto", save_dir=None, nosave=False, stream_timeout=30.0,
-        rtsp_transport="auto"):
+        view_img=False, save_video=False, device="auto", save_dir=None, project=DEFAULT_PROJECT, name="exp",
+        nosave=False, stream_timeout=30.0, rtsp_transport="auto"):
     """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
 
-    save_dir is None in the summary when no frame was segmented (nothing was written then).
+    Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
+    None in the summary when no frame was segmented (nothing was written then).
     """
-    check_flags(conf_thres, max_frames, patch_size)
+    check_flags(conf_thres, max_frames, patch_size, name)
     device = resolve_device(device)
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
     save_dir = Path(save_dir) if save_dir else None
-    check_save_dir(save_dir or REPO / "runs" / "detect" / "exp")
+    check_save_dir(save_dir or Path(project) / name)
     if view_img:
         check_display()
     meta, predictor = load_predictor(model, device)
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
+    writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
+                                   not nosave, files)
+    with StopRequest("finishing this frame, then closing outputs") as stop:
+        frames = iterate_frames(files, streams, size, meta["mean"], meta["std"], stream_timeout, rtsp_transport,
+                                stop.event, prefetch=0 if view_img else 2)
+        started = time.perf_counter()
+        count, total_ms, user_quit = segment_frames(frames, predictor, conf_thres, max_frames, outputs, writer,
+                                                    Viewer() if view_img else None, stop)
+    why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
+    save_dir = writer.save_dir if writer.opened else None
+    print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
+    return {"frames": count, "save_dir": save_dir, "interrupted": stop.is_set() and not user_quit,
+            "quit": user_quit}
 
-    writer, outputs = make_outputs(meta, save_dir, save_video and not nosave, not nosave, files)
-    viewer = Viewer() if view_img else None
-    # Without a window, decoding (prefetch) and everything after the forward pass (finisher) run in
-    # threads beside the model; a window must be drawn from this thread, so then they run in turn.
-    finisher = None if view_img else Finisher(outputs, depth=2)
-    stop_event = threading.Event()
-    handlers = install_stop_handler(stop_event)
-    frames = iterate_frames(files, streams, size, meta["mean"], meta["std"], stream_timeout, rtsp_transport,
-                            stop_event, prefetch=0 if view_img else 2)
-    count, total_ms, user_quit, started = 0, 0.0, False, time.perf_counter()
+
+def segment_frames(frames, predictor, conf_thres, max_frames, outputs, writer, viewer, stop):
+    """The loop: (frames segmented, total inference ms, whether the user quit the window). Without a window,
+    everything after the forward pass runs in a finisher thread beside the model (decoding is read ahead
+    by `frames`); a window must be drawn from this thread, so then they run in turn. Every output is
+    closed, and every frame inferred written, whatever ends the loop."""
+    finisher = None if viewer else Finisher(outputs, depth=2)
+    count, total_ms, user_quit = 0, 0.0, False
     try:
         for frame in frames:
             patch_mask, inference_ms = infer(predictor, frame, conf_thres)
             count, total_ms = count + 1, total_ms + inference_ms
             if finisher is not None:
                 finisher.submit(frame, patch_mask, inference_ms)
-            else:
-                annotated = outputs(frame, patch_mask, inference_ms)
-                if viewer is not None and not viewer.show(frame, annotated, stop_event):
-                    user_quit = True
-                    break
-            if (max_frames and count >= max_frames) or stop_event.is_set():
+            elif not viewer.show(frame, outputs(frame, patch_mask, inference_ms), stop.event):
+                user_quit = True
+                break
+            if (max_frames and count >= max_frames) or stop.is_set():
                 break
     finally:
         try:
@@ -256,23 +188,16 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
             writer.close()
             if viewer is not None:
                 viewer.close()
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-
-    why = " (interrupted)" if stop_event.is_set() and not user_quit else " (quit)" if user_quit else ""
-    save_dir = writer.save_dir if writer.opened else None
-    print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
-    return {"frames": count, "save_dir": save_dir, "interrupted": stop_event.is_set() and not user_quit,
-            "quit": user_quit}
+    return count, total_ms, user_quit
 
 
-def make_outputs(meta, save_dir, save_video, save_images, files):
+def make_outputs(meta, save_dir, increment, save_video, save_images, files):
     """(ResultWriter, FrameOutputs) for the run. The folder is created with the first frame, so a stream that
     never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now."""
     names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
     class_names = names if meta["classes"] > 1 else None
-    writer = ResultWriter(save_dir or REPO / "runs" / "detect" / "exp", class_names, save_images=save_images,
-                          save_video=save_video, increment=not save_dir, sources=files)
+    writer = ResultWriter(save_dir, class_names, save_images=save_images, save_video=save_video, increment=increment,
+                          sources=files)
     writer.check_existing()
     return writer, FrameOutputs(writer, class_colours(meta["classes"]), class_names, len(files))
 
@@ -286,7 +211,7 @@ def print_summary(count, total_ms, elapsed, why, save_dir):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("Data")
     data.add_argument("--source", required=True,
                       help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "
@@ -311,37 +236,34 @@ def parse_args(argv=None):
     runtime.add_argument("--verbose", action="store_true",
                          help="full tracebacks, FFmpeg/OpenCV warnings, and Python warnings with their source line")
     output = parser.add_argument_group("Output")
+    output.add_argument("--project", type=Path, default=DEFAULT_PROJECT,
+                        help="folder of the run folders (default: runs/detect/ in the repository)")
+    output.add_argument("--name", default="exp", help="run folder name: <project>/<name>, then name2, name3...")
     output.add_argument("--save-dir", type=Path, default=None,
-                        help="output folder, used as is: a second run adds its rows to its results.csv and "
-                             "never overwrites a file (default: runs/detect/exp, exp2, ...)")
+                        help="output folder, used as is instead of --project/--name: a second run adds its rows "
+                             "to its results.csv and never overwrites a file")
     output.add_argument("--save-video", action="store_true",
                         help="write an annotated MP4 per video or stream (.avi, MJPEG, for an odd frame size)")
     output.add_argument("--nosave", action="store_true", help="write nothing but results.csv")
     return parser.parse_args(argv)
 
 
-def main(args):
+def detect_from_args(args):
+    """run() with the command line's arguments; returns the exit code."""
     if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    with contextlib.nullcontext() if args.verbose else one_line_warnings():
-        return run_command(args)
+    summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
+                  encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
+                  view_img=args.view_img, save_video=args.save_video, device=args.device, save_dir=args.save_dir,
+                  project=args.project, name=args.name, nosave=args.nosave, stream_timeout=args.stream_timeout,
+                  rtsp_transport=args.rtsp_transport)
+    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 
-def run_command(args):
-    """run() with the command line's arguments; a UserError is its one line and exit code."""
-    try:
-        summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
-                      encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
-                      view_img=args.view_img, save_video=args.save_video, device=args.device,
-                      save_dir=args.save_dir, nosave=args.nosave, stream_timeout=args.stream_timeout,
-                      rtsp_transport=args.rtsp_transport)
-    except UserError as error:
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    return 130 if summary["interrupted"] else 0
+def main(args):
+    """detect.py with parsed arguments; returns the exit code (an error is one line: segtoolkit.cli)."""
+    return run_command(detect_from_args, args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ if [ "$dev" = 1 ]; then
 else
   "$PYTHON" -m pip install -q -r requirements.txt
 fi
+# The package and the commands, importable from anywhere (python3 -m bench.run needs no install)
+"$PYTHON" -m pip install -q --no-deps -e .
 # Both OpenCV wheels write the same cv2 folder: make sure the GUI build's files are the ones in place.
 "$PYTHON" -m pip install -q --force-reinstall --no-deps "$(grep '^opencv-python==' requirements.txt)"
 "$PYTHON" -c "import cv2, sys; sys.exit(0 if 'QT' in cv2.getBuildInformation().split('GUI')[1][:60] else 'cv2 has no GUI support')"

@@ -6,8 +6,8 @@ README describes). The reference loop has no augmentation, no letterbox, no earl
 loop the README of ../shared/data/membrane describes.
 
 Usage:
-    python bench/membrane_dice.py                 # both, prints one table
-    python bench/membrane_dice.py --only trainer  # just train.py
+    python3 -m bench.membrane_dice                 # both, prints one table
+    python3 -m bench.membrane_dice --only trainer  # just train.py
 """
 
 import argparse

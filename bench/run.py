@@ -19,11 +19,11 @@ on a busy one.
                     matrix-multiply peak                                                      target >= 1.3
 
 Usage:
-    python bench/run.py                                  # all five: one table, then `ratio NAME VALUE` lines
-    python bench/run.py --only onnx_speedup detect_overhead
-    python bench/run.py --rounds 5                       # more alternations: steadier on a busy machine
-    python bench/run.py --only channels_last             # extra: does channels_last help on this CPU?
-    python bench/run.py --only onnx_int8                 # extra: export.py --int8 against eager and float32
+    python3 -m bench.run                                  # all five: one table, then `ratio NAME VALUE` lines
+    python3 -m bench.run --only onnx_speedup detect_overhead
+    python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
+    python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
+    python3 -m bench.run --only onnx_int8                 # extra: export.py --int8 against eager and float32
 """
 
 import argparse
@@ -45,15 +45,14 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from dataset import make_dataset
-from segtoolkit.imaging import preprocess_image
-from make_sample_data import draw_objects, make_background  # noqa: E402
-from segtoolkit.models import build_model, model_meta
+from make_sample_data import draw_objects, make_background
 from segtoolkit.checkpoints import save_checkpoint
-from train import UnetTraining, resolve_precision  # noqa: E402
+from segtoolkit.config import REPO, RunConfig
+from segtoolkit.imaging import preprocess_image
+from segtoolkit.models import build_model, model_meta
+from segtoolkit.training import resolve_precision
+from train import UnetTraining
 
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")
 EXTRAS = ("channels_last", "onnx_int8")
@@ -179,8 +178,9 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
     val_set = make_dataset(pairs[:batch], **options)
     torch.manual_seed(seed)
     model = build_model("Unet", encoder, 1)
-    return UnetTraining(model, train_set, val_set, run_dir=work, meta=meta, epochs=epochs, batch_size=batch,
-                        workers=workers, use_amp=use_amp, eval_step=10 ** 9, seed=seed)
+    config = RunConfig(encoder=encoder, patch_size=patch, epochs=epochs, batch_size=batch, workers=workers,
+                       use_amp=use_amp, eval_step=10 ** 9, seed=seed)
+    return UnetTraining(model, train_set, val_set, config=config, run_dir=work, meta=meta)
 
 
 # ---------------------------------------------------------------- the five benchmarks
@@ -189,7 +189,7 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
 def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp=False):
     pairs = write_images(work / "data", batch * steps, seed=1)
     trainer = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                           epochs=rounds + 1, use_amp=use_amp)
+                           epochs=rounds + 2, use_amp=use_amp)  # beyond the rounds: no final evaluation
     samples = [make_dataset(pairs, patch_size=patch, classes=1).load_sample(i) for i in range(len(pairs))]
     images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
     bare = BareLoop(copy.deepcopy(trainer.model), images, masks, batch, steps, rounds + 1, use_amp=use_amp)
@@ -205,8 +205,8 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
 def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64):
     pairs = write_images(work / "data", 2 * count, seed=2)
     small = make_trainer(pairs[:count], work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                         epochs=rounds + 1)
-    large = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers, epochs=rounds + 1)
+                         epochs=rounds + 2)  # beyond the rounds: no final evaluation
+    large = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers, epochs=rounds + 2)
     for trainer in (small, large):
         trainer_epoch_rate(trainer)  # warm-up epoch: workers start
     best = alternate(rounds, small=lambda: trainer_epoch_rate(small), large=lambda: trainer_epoch_rate(large))
@@ -312,7 +312,7 @@ def matmul_peak(size=1024, repeats=8):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from export import session_options
+    from segtoolkit.onnx_runtime import session_options
 
     square = [size, size]
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
@@ -338,7 +338,8 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
     """Also reports each side's convolution GFLOP/s against the CPU's float32 matrix-multiply peak: a side
     near that peak cannot get much faster in float32, only by doing fewer operations."""
     from detect import TorchPredictor
-    from export import export_onnx, load_onnx
+    from segtoolkit.onnx_export import export_onnx
+    from segtoolkit.onnx_runtime import load_onnx
 
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)
@@ -374,8 +375,9 @@ def onnx_int8(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
     """Extra: export.py --int8 (calibrated QDQ) against PyTorch eager and the float32 ONNX file, as
     onnx_speedup. Calibrated on 4 random batches: the speed does not depend on the ranges found."""
     from detect import TorchPredictor
-    from export import INPUT_NAME, export_onnx, load_onnx
-    from quantize import quantize_int8
+    from segtoolkit.onnx_export import export_onnx
+    from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
+    from segtoolkit.quantize import quantize_int8
 
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)

@@ -5,9 +5,10 @@ A checkpoint holds the weights of the unwrapped model plus everything needed to 
 run's configuration and, for a training checkpoint, the state a resume needs. `detect.py` needs nothing else.
 
 Usage:
-    from segtoolkit.checkpoints import load_checkpoint, model_from_checkpoint
+    from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
     checkpoint = load_checkpoint("checkpoints/exp/best-checkpoint.pth.tar")
-    model = model_from_checkpoint(checkpoint)
+    model = segtoolkit.models.model_from_checkpoint(checkpoint)
+    save_checkpoint("weights.pth.tar", model, checkpoint["meta"])
 """
 
 import glob

@@ -45,8 +45,11 @@ def one_line_warnings(enabled=True):
     if not enabled:
         yield
         return
-    previous = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    def format_warning(message, category, filename, lineno, line=None):
+        kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+        return f"warning: {kind}{' '.join(str(message).split())}\n"
+
+    previous, warnings.formatwarning = warnings.formatwarning, format_warning
     try:
         yield
     finally:

@@ -75,11 +75,10 @@ def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=N
 
 
 def preferred_layout(model, encoder):
-    """channels_last where it was measured to help. On the CPU it trained 1.02-1.26x and inferred
-    0.99-1.4x as fast for Unet, Unet++, FPN, Linknet, MAnet, PAN, DeepLabV3(+) and UPerNet with resnet,
-    efficientnet, mobilenet and mit encoders (bench/run.py --only channels_last, README: Performance), but
-    Segformer inferred up to 5x slower (its MLP decoder), so Segformer, DPT and the unmeasured timm (tu-)
-    encoders keep the default layout. Only the layout changes: weights, state dicts and results stay the same."""
+    """channels_last where it was measured to help (README: Performance; python3 -m bench.run --only
+    channels_last): the CNN architectures train and infer faster on the CPU in it, but Segformer (its MLP
+    decoder) infers much slower, so Segformer, DPT and the unmeasured timm (tu-) encoders keep the default
+    layout. Only the layout changes: weights, state dicts and results stay the same."""
     if type(model).__name__ in ("Segformer", "DPT") or encoder.startswith("tu-"):
         return model
     return model.to(memory_format=torch.channels_last)

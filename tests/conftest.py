@@ -1,17 +1,19 @@
-"""Shared fixtures: the repo on sys.path, small synthetic datasets, tiny CPU settings."""
+"""Shared fixtures: small synthetic datasets, tiny CPU settings, run folders in temporary places.
+
+pytest finds the repository's modules and the tests' helpers through pyproject.toml (pythonpath)."""
 
 import os
 import shutil
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WANDB_SILENT", "true")
+# train.py's --project for every run the tests start: the repository's checkpoints/ is the user's
+RUNS = Path(tempfile.mkdtemp(prefix="pytest-runs-"))
 
 from make_sample_data import write_dataset  # noqa: E402
 
@@ -38,8 +40,12 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture
 def run_name(request):
-    """A unique run name under <repo>/checkpoints, removed (with any numeric-suffix siblings) afterwards."""
+    """A unique run name under RUNS, removed (with any numeric-suffix siblings) afterwards."""
     name = f"pytest-{request.node.name}-{os.getpid()}".replace("[", "-").replace("]", "")
     yield name
-    for folder in (REPO / "checkpoints").glob(f"{name}*"):
+    for folder in RUNS.glob(f"{name}*"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(RUNS, ignore_errors=True)

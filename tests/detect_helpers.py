@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from segtoolkit.models import build_model, model_meta
 from segtoolkit.checkpoints import save_checkpoint
@@ -110,13 +109,14 @@ def easy_held_out(tmp_path_factory):
 def trained_checkpoint(tmp_path_factory):
     """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core)."""
     data = write_easy_dataset(tmp_path_factory.mktemp("easy"), 32, seed=1)
-    name = f"pytest-detect-{os.getpid()}"
+    project = tmp_path_factory.mktemp("runs")
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--data-dir", str(data), "--search-files", "--val-split", "0.25",
          "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "12",
-         "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", name],
+         "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", "trained",
+         "--project", str(project)],
         cwd=REPO, env=QUIET_ENV, capture_output=True, text=True, timeout=900)
-    run_dirs = sorted((REPO / "checkpoints").glob(f"{name}*"))
+    run_dirs = sorted(project.glob("trained*"))
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         checkpoint = tmp_path_factory.mktemp("checkpoint") / "best-checkpoint.pth.tar"
@@ -208,7 +208,7 @@ def fake_webcam(monkeypatch, tmp_path):
     """Install a camera at index 0 for dataloaders: fake_webcam(open_camera) with open_camera(index) -> capture.
     A fake /dev/video0 lets the real check_webcam pass. Returns the CameraCv2 (its `cameras`)."""
     import dataloaders
-    import sources
+    from segtoolkit import sources
     devices = tmp_path / "dev"
     devices.mkdir()
     (devices / "video0").touch()

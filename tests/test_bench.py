@@ -1,13 +1,8 @@
 """bench/run.py: the report format scripts read (no timing here: the figures themselves are not tested)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import run as bench  # noqa: E402
+from bench import run as bench
 
 
 def test_report_has_a_table_and_one_ratio_line_per_benchmark(monkeypatch, capsys):

@@ -250,7 +250,7 @@ def test_nul_bytes_alone_do_not_make_a_file_utf16(tmp_path):
 
 
 def test_source_list_with_bom_or_in_utf16(tmp_path):
-    from sources import resolve_sources
+    from segtoolkit.sources import resolve_sources
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
     listing = tmp_path / "list.txt"

@@ -16,15 +16,18 @@ import pytest
 import torch
 
 import detect
+from segtoolkit import onnx_runtime
 from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_held_out, fake_webcam,  # noqa: F401
                             multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
                             write_video)
 from dataloaders import Frame
 from segtoolkit.imaging import Letterbox
-from detect_outputs import ResultWriter, increment_path
+from segtoolkit.detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
-from overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.models import model_from_checkpoint
+from segtoolkit.predict import logits_to_mask
+from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
                      xvfb_display)
 
@@ -53,11 +56,11 @@ def cli(capsys, *args):
 
 def test_logits_to_mask_thresholds():
     binary = torch.tensor([[[2.0, -2.0], [0.1, -0.1]]])  # sigmoid: 0.88, 0.12, 0.52, 0.48
-    assert detect.logits_to_mask(binary, 0.5).tolist() == [[1, 0], [1, 0]]
-    assert detect.logits_to_mask(binary, 0.6).tolist() == [[1, 0], [0, 0]]
+    assert logits_to_mask(binary, 0.5).tolist() == [[1, 0], [1, 0]]
+    assert logits_to_mask(binary, 0.6).tolist() == [[1, 0], [0, 0]]
     logits = torch.log(torch.tensor([[[0.1, 0.3]], [[0.8, 0.3]], [[0.1, 0.4]]]))  # 3 classes, 1x2 pixels
-    assert detect.logits_to_mask(logits, 0.5).tolist() == [[1, 0]]  # second pixel: top prob 0.4 < 0.5
-    assert detect.logits_to_mask(logits, 0.3).tolist() == [[1, 2]]
+    assert logits_to_mask(logits, 0.5).tolist() == [[1, 0]]  # second pixel: top prob 0.4 < 0.5
+    assert logits_to_mask(logits, 0.3).tolist() == [[1, 2]]
 
 
 def test_polygons_and_overlay():
@@ -222,11 +225,10 @@ def test_glob_list_max_frames_and_nosave(trained_checkpoint, easy_held_out, clip
     assert len(read_rows(nosave)) == 8
 
 
-def test_default_save_dir_never_overwrites(trained_checkpoint, easy_held_out, tmp_path, monkeypatch):
-    monkeypatch.setattr(detect, "REPO", tmp_path)
+def test_default_save_dir_never_overwrites(trained_checkpoint, easy_held_out, tmp_path):
     image = easy_held_out / "imgs" / "easy_003.png"
-    first = detect.run(model=trained_checkpoint, source=image)
-    second = detect.run(model=trained_checkpoint, source=image)
+    first = detect.run(model=trained_checkpoint, source=image, project=tmp_path / "runs" / "detect")
+    second = detect.run(model=trained_checkpoint, source=image, project=tmp_path / "runs" / "detect")
     assert first["save_dir"] == tmp_path / "runs" / "detect" / "exp"
     assert second["save_dir"] == tmp_path / "runs" / "detect" / "exp2"
     assert (second["save_dir"] / "easy_003.png").is_file() and first["frames"] == second["frames"] == 1
@@ -250,19 +252,17 @@ def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held
     assert read_rows(tmp_path / "sure")[0]["foreground_px"] == "0"
 
 
-def test_onnx_model_goes_through_export_load_onnx(trained_checkpoint, easy_held_out, tmp_path, monkeypatch):
-    """detect.py --model x.onnx calls export.load_onnx and shares everything else with the torch path."""
+def test_onnx_model_goes_through_load_onnx(trained_checkpoint, easy_held_out, tmp_path, monkeypatch):
+    """detect.py --model x.onnx calls onnx_runtime.load_onnx and shares everything else with the torch path."""
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
-    model = detect.model_from_checkpoint(checkpoint).eval()
+    model = model_from_checkpoint(checkpoint).eval()
     calls = []
 
     def load_onnx(path):
         calls.append(Path(path))
         return checkpoint["meta"], lambda batch: model(torch.from_numpy(batch)).detach().numpy()
 
-    monkeypatch.setitem(sys.modules, "export", type(sys)("export"))
-    sys.modules["export"].load_onnx = load_onnx
-    monkeypatch.setattr(detect.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(onnx_runtime, "load_onnx", load_onnx)
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"stand-in")
     image = easy_held_out / "imgs" / "easy_002.png"
@@ -340,7 +340,7 @@ def test_failed_image_write_is_one_line_exit_1_and_outputs_so_far_stay(multiclas
 
 def test_masks_folder_replaced_by_a_file_mid_run_is_one_line_exit_1(multiclass_checkpoint, easy_held_out, tmp_path,
                                                                    capsys, monkeypatch):
-    import detect_outputs
+    from segtoolkit import detect_outputs
     real_add = detect_outputs.ResultWriter.add
 
     def add(self, frame, *args):
@@ -371,7 +371,7 @@ def test_failed_results_row_removes_that_frames_files(tmp_path):
             raise OSError(28, "No space left on device")
 
     writer.csv = FullDisk()
-    with pytest.raises(detect.UserError) as failure:
+    with pytest.raises(UserError) as failure:
         writer.add(frame, mask, rgb, 1.0, 0.0)
     writer.close()
     assert failure.value.exit_code == 1 and str(failure.value) == \
@@ -382,10 +382,9 @@ def test_failed_results_row_removes_that_frames_files(tmp_path):
 
 def test_failed_write_on_the_command_line_has_no_traceback(multiclass_checkpoint, easy_held_out, tmp_path):
     script = tmp_path / "full_disk.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(textwrap.dedent("""\
         import sys
         import cv2
-        sys.path.insert(0, {str(REPO)!r})
         real, calls = cv2.imwrite, []
         def imwrite(path, *args):  # the disk fills up after the first image and its mask
             calls.append(path)
@@ -396,7 +395,8 @@ def test_failed_write_on_the_command_line_has_no_traceback(multiclass_checkpoint
         """))
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(script), "--model", str(multiclass_checkpoint), "--source",
-                             str(easy_held_out / "imgs"), "--save-dir", str(out)], cwd=REPO, env=QUIET_ENV,
+                             str(easy_held_out / "imgs"), "--save-dir", str(out)], cwd=REPO,
+                            env={**QUIET_ENV, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: cannot write {out / 'easy_001.png'} (disk full, or its folder was "

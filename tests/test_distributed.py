@@ -7,7 +7,7 @@ import sys
 import cv2
 import torch
 
-from conftest import REPO
+from conftest import REPO, RUNS
 from segtoolkit.models import build_model, model_from_checkpoint
 from segtoolkit.checkpoints import load_checkpoint
 
@@ -15,7 +15,8 @@ from segtoolkit.checkpoints import load_checkpoint
 def tiny_command(data, name, *extra):
     return ["train.py", "--data-dir", str(data), "--train-list", str(data / "train.txt"),
             "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), "--encoder", "resnet18",
-            "--encoder-weights", "none", "--patch-size", "64", "--workers", "0", "--name", name, *extra]
+            "--encoder-weights", "none", "--patch-size", "64", "--workers", "0", "--name", name, "--project", str(RUNS),
+            *extra]
 
 
 def torchrun(arguments, timeout=300):
@@ -28,7 +29,7 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
                                    "--wandb-mode", "offline"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("training in ") == 1  # only rank 0 speaks
-    runs = sorted((REPO / "checkpoints").glob(f"{run_name}*"))
+    runs = sorted(RUNS.glob(f"{run_name}*"))
     assert [run.name for run in runs] == [run_name]
     run_dir = runs[0]
     with open(run_dir / "results.csv") as handle:
@@ -57,8 +58,8 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, run_n
     one = subprocess.run([sys.executable, *tiny_command(tiny_data, f"{run_name}-one", "--batch-size", "4", *common)],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert one.returncode == 0, one.stderr[-3000:]
-    ddp = load_checkpoint(REPO / "checkpoints" / f"{run_name}-ddp" / "checkpoint.pth.tar")
-    single = load_checkpoint(REPO / "checkpoints" / f"{run_name}-one" / "checkpoint.pth.tar")
+    ddp = load_checkpoint(RUNS / f"{run_name}-ddp" / "checkpoint.pth.tar")
+    single = load_checkpoint(RUNS / f"{run_name}-one" / "checkpoint.pth.tar")
     assert ddp["global_step"] == single["global_step"] == 4
     torch.manual_seed(3)  # train.py seeds, then builds the model: the same initial weights
     initial = build_model("Unet", "resnet18", 1).state_dict()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -15,12 +16,13 @@ import pytest
 import torch
 
 import export
+from segtoolkit import onnx_export, onnx_runtime
 from dataset import BinaryDataset
 from segtoolkit.splits import pair_masks
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
 from segtoolkit.checkpoints import MODEL_META_KEYS, save_checkpoint
 from segtoolkit.errors import UserError
-from segtoolkit.models import build_model, model_meta
+from segtoolkit.models import build_model, model_from_checkpoint, model_meta
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -62,8 +64,8 @@ def iou(a, b):
 
 
 def test_default_output_strips_checkpoint_suffixes():
-    assert export.default_output("runs/exp/best-checkpoint.pth.tar") == Path("runs/exp/best-checkpoint.onnx")
-    assert export.default_output("weights.pt") == Path("weights.onnx")
+    assert onnx_export.default_output("runs/exp/best-checkpoint.pth.tar") == Path("runs/exp/best-checkpoint.onnx")
+    assert onnx_export.default_output("weights.pt") == Path("weights.onnx")
 
 
 def test_export_writes_file_with_meta_dynamic_axes_and_opset(checkpoint, exported):
@@ -73,17 +75,17 @@ def test_export_writes_file_with_meta_dynamic_axes_and_opset(checkpoint, exporte
     assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 17
     stored = {entry.key: entry.value for entry in proto.metadata_props}
     expected = torch.load(checkpoint, weights_only=True)["meta"]
-    assert json.loads(stored[export.META_KEY]) == {key: expected[key] for key in MODEL_META_KEYS}
+    assert json.loads(stored[onnx_runtime.META_KEY]) == {key: expected[key] for key in MODEL_META_KEYS}
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
-    meta, _ = export.load_onnx(path)
+    meta, _ = onnx_runtime.load_onnx(path)
     assert meta == {key: expected[key] for key in MODEL_META_KEYS}
 
 
 def test_onnx_masks_agree_with_pytorch_on_sample_images(checkpoint, exported):
     path, _ = exported
-    model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
-    meta, predict = export.load_onnx(path)
+    model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta, predict = onnx_runtime.load_onnx(path)
     scores, foreground = [], []
     for image_path in sorted((SAMPLE / "imgs").iterdir())[-16:]:
         image = read_image(image_path)
@@ -109,8 +111,8 @@ def test_decoder_resizes_take_constant_scales_and_agree_at_other_sizes(checkpoin
     assert len(resizes) == 5 and all(len(node.input) == 3 and scales[node.input[2]] == (1, 1, 2, 2)
                                      for node in resizes)
     assert not [node for node in graph.node if node.op_type == "Shape"]  # the size computations are gone
-    model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
-    _, predict = export.load_onnx(path)
+    model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    _, predict = onnx_runtime.load_onnx(path)
     for height, width in ((64, 64), (96, 160), (224, 128)):
         batch = torch.randn(1, 3, height, width)
         with torch.inference_mode():
@@ -127,9 +129,9 @@ def test_a_resize_whose_factor_changes_with_the_size_is_left_alone(tmp_path):
 
     path = tmp_path / "fixed.onnx"
     torch.onnx.export(FixedSize(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                      input_names=[export.INPUT_NAME], output_names=[export.OUTPUT_NAME],
-                      dynamic_axes={export.INPUT_NAME: {2: "h", 3: "w"}})
-    proto = export.resize_by_scales(onnx.load(str(path)), 32, 3)
+                      input_names=[onnx_runtime.INPUT_NAME], output_names=[onnx_runtime.OUTPUT_NAME],
+                      dynamic_axes={onnx_runtime.INPUT_NAME: {2: "h", 3: "w"}})
+    proto = onnx_export.resize_by_scales(onnx.load(str(path)), 32, 3)
     resizes = [node for node in proto.graph.node if node.op_type == "Resize"]
     assert [len(node.input) for node in resizes] == [3, 4]  # the 2x one takes scales, the fixed one keeps sizes
 
@@ -150,21 +152,21 @@ def test_detect_runs_the_onnx_file_with_no_extra_flags(checkpoint, exported, tmp
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, used on purpose
 def test_load_onnx_refuses_foreign_and_missing_files(tmp_path):
     with pytest.raises(UserError, match="not an ONNX model"):
-        export.load_onnx(REPO / "README.md")
+        onnx_runtime.load_onnx(REPO / "README.md")
     with pytest.raises(UserError, match="no such file"):
-        export.load_onnx(tmp_path / "missing.onnx")
+        onnx_runtime.load_onnx(tmp_path / "missing.onnx")
     foreign = tmp_path / "foreign.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(foreign), dynamo=False)
     with pytest.raises(UserError, match="not written by export.py"):
-        export.load_onnx(foreign)
+        onnx_runtime.load_onnx(foreign)
 
 
 def test_fixed_size_architecture_refuses_other_sizes_clearly(tmp_path):
     model = build_model("PSPNet", "resnet18", 1)
     with pytest.raises(UserError, match="multiple of 96"):
-        export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx")
-    export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx", patch_size=96)
-    meta, predict = export.load_onnx(tmp_path / "psp.onnx")
+        onnx_export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx")
+    onnx_export.export_onnx(model, model_meta("PSPNet", "resnet18", 1, 128), tmp_path / "psp.onnx", patch_size=96)
+    meta, predict = onnx_runtime.load_onnx(tmp_path / "psp.onnx")
     assert meta["patch_size"] == 96 and predict(np.zeros((2, 3, 96, 96), np.float32)).shape == (2, 1, 96, 96)
     with pytest.raises(UserError, match="accepts only 96x96"):
         predict(np.zeros((1, 3, 128, 128), np.float32))
@@ -174,7 +176,7 @@ def test_cli_errors_exit_2(checkpoint, tmp_path, capsys):
     assert export.main(export.parse_args(["--model", str(checkpoint), "--opset", "13"])) == 2
     assert "17 or higher" in capsys.readouterr().err
     assert export.main(export.parse_args(["--model", str(REPO / "README.md")])) == 2
-    if export.importlib.util.find_spec("onnxsim") is None:
+    if importlib.util.find_spec("onnxsim") is None:
         output = tmp_path / "simplified.onnx"
         assert export.main(export.parse_args(["--model", str(checkpoint), "--simplify", "--output",
                                               str(output)])) == 2
@@ -195,8 +197,8 @@ def test_int8_export_keeps_the_description_and_agrees_with_pytorch(checkpoint, c
     assert not list(path.parent.glob(".export-*"))  # temporary files removed
     graph = onnx.load(str(path)).graph
     assert sum(node.op_type == "QuantizeLinear" for node in graph.node) >= 10  # really quantized
-    model = export.model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
-    meta, predict = export.load_onnx(path)
+    model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta, predict = onnx_runtime.load_onnx(path)
     assert meta == {key: torch.load(checkpoint, weights_only=True)["meta"][key] for key in MODEL_META_KEYS}
     image_pixels = sure_pixels = flipped = 0
     for image_path in sorted((SAMPLE / "imgs").iterdir())[-16:]:  # not among the 16 calibration images
@@ -231,7 +233,7 @@ def test_int8_flags_are_checked(checkpoint, tmp_path, capsys):
 def test_calibration_path_that_exists_is_taken_literally(tmp_path):
     """--calibration goes through the same resolve_sources as detect.py --source: an existing 'img[1].png'
     is that file, not a glob that matches img1.png beside it."""
-    import quantize
+    from segtoolkit import quantize
     for name in ("img[1].png", "img1.png"):
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
     assert quantize.calibration_images(str(tmp_path / "img[1].png")) == [tmp_path / "img[1].png"]
@@ -264,10 +266,9 @@ def test_warnings_are_one_line_without_a_source_line(tmp_path):
     """export.py on the command line prints a warning raised during its run as 'warning: ...', not Python's
     'file.py:NN: UserWarning' with the warn() call's source line."""
     script = tmp_path / "warns.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(textwrap.dedent("""\
         import sys
         import warnings
-        sys.path.insert(0, {str(REPO)!r})
         import export
         def load_checkpoint(path):
             warnings.warn("something the user should know,\\nover two lines")
@@ -276,6 +277,6 @@ def test_warnings_are_one_line_without_a_source_line(tmp_path):
         sys.exit(export.main(export.parse_args(sys.argv[1:])))
         """))
     result = subprocess.run([sys.executable, str(script), "--model", "any.pth.tar"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert result.returncode == 2
     assert result.stderr == "warning: something the user should know, over two lines\nerror: stopped here\n"

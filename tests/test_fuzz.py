@@ -3,7 +3,6 @@
 range, or raises the documented UserError naming the file; never another exception.
 """
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segtoolkit.imaging import IMAGE_SUFFIXES
 from dataset import make_dataset

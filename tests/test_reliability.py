@@ -33,6 +33,7 @@ from dataset import SegmentationDataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit import run_logging
 from segtoolkit.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from conftest import RUNS
 from segtoolkit.config import REPO, RunConfig
 from segtoolkit.errors import RunFailure, UserError
 from segtoolkit.loading import guarded_batches
@@ -41,7 +42,7 @@ from segtoolkit.run_logging import NullLogger
 from segtoolkit.splits import pair_masks, read_split_file
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
-        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0"]
+        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0", "--project", RUNS]
 FAST = ["--model", "Linknet", "--encoder", "tu-mobilenetv3_small_050"]  # 0.4M parameters, for runs that only need steps
 # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make each step 10x slower.
 ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -76,7 +77,7 @@ def unique_name(label):
 def run_name(request):
     name = unique_name(request.node.name.split("[")[0][5:30])
     yield name
-    for folder in (REPO / "checkpoints").glob(f"{name}*"):
+    for folder in RUNS.glob(f"{name}*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -300,7 +301,7 @@ def test_bad_input_is_one_line_error_before_training(case, setup, message, data,
     assert lines[-1].startswith("error: ") and "Traceback" not in err, err[-2000:]
     assert re.search(message, lines[-1]), lines[-1]
     assert "training in" not in out  # refused before the model, the run folder or any step
-    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+    assert not list(RUNS.glob(f"{run_name}*"))
 
 
 def test_wandb_online_without_credentials_suggests_offline(data, run_name, capsys, monkeypatch, tmp_path):
@@ -310,7 +311,7 @@ def test_wandb_online_without_credentials_suggests_offline(data, run_name, capsy
     assert code == 2
     assert err.strip() == ("error: --wandb-mode online needs wandb credentials (run `wandb login` or set "
                            "WANDB_API_KEY); or use --wandb-mode offline and upload later with `wandb sync`")
-    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+    assert not list(RUNS.glob(f"{run_name}*"))
 
 
 def test_command_line_prints_one_line_and_exits_2(data, run_name, tmp_path):
@@ -332,8 +333,8 @@ def finished_run(pristine):
     """A complete 1-epoch run (empty test split); yields (run_dir, exit code, stdout)."""
     name = unique_name("finished")
     code = train.main(train.parse_args([*TINY, *data_flags(pristine), "--name", name]))
-    yield REPO / "checkpoints" / name, code
-    shutil.rmtree(REPO / "checkpoints" / name, ignore_errors=True)
+    yield RUNS / name, code
+    shutil.rmtree(RUNS / name, ignore_errors=True)
 
 
 def test_empty_test_split_trains_and_skips_the_test_evaluation(finished_run):
@@ -388,7 +389,7 @@ def test_bad_checkpoints_are_refused_and_nothing_is_touched(finished_run, pristi
         assert re.search(message, last), (case, last)
         assert path.read_bytes() == content, case
     assert fingerprint(run_dir) == before
-    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+    assert not list(RUNS.glob(f"{run_name}*"))
 
 
 # ---------------------------------------------------------------- security: checkpoints that would run code
@@ -448,7 +449,7 @@ def test_train_refuses_code_running_checkpoint_and_encoder_weights(data, run_nam
                                     "--encoder-weights", paths["zip, open() creates a file"])
     assert code == 2 and "refused: it would call io.open" in err.strip().splitlines()[-1]
     assert not marker.exists()
-    assert not list((REPO / "checkpoints").glob(f"{run_name}*"))
+    assert not list(RUNS.glob(f"{run_name}*"))
 
 
 def test_every_torch_load_in_the_toolkit_is_weights_only():
@@ -473,7 +474,7 @@ def temp_files(run_dir):
 def test_sigkill_at_any_moment_leaves_complete_checkpoints_and_resumes(data, run_name, tmp_path):
     """Kill -9 repeatedly, mostly while a checkpoint is being written (--eval-step 1 --save-checkpoints
     write one after every step): each file is always the previous or the new complete one."""
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     flags = [*TINY, *data_flags(data), "--name", run_name, "--epochs", "3", "--eval-step", "1",
              "--save-checkpoints", "--patience", "0"]
     resume = ["--load-model", run_dir / "checkpoint.pth.tar", "--wandb-mode", "disabled", "--workers", "0"]
@@ -518,7 +519,7 @@ def exit_codes_in_wandb(run_dir):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_sigterm_finish_the_step_save_and_resume(signum, data, run_name, tmp_path):
     """Ctrl-C reaches the whole process group (workers included); SIGTERM only the trainer."""
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     wandb_mode = "offline" if signum == signal.SIGTERM else "disabled"
     workers = "1" if signum == signal.SIGINT else "0"
     flags = [*TINY, *data_flags(data), "--name", run_name, "--epochs", "3", "--workers", workers,
@@ -549,7 +550,7 @@ def test_sigint_sigterm_finish_the_step_save_and_resume(signum, data, run_name, 
 
 
 def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     flags = [*TINY, *FAST, *data_flags(data), "--name", run_name, "--epochs", "20", "--workers", "1"]
     proc = start_cli(flags, tmp_path, "worker")
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
@@ -678,7 +679,7 @@ def test_divergence_on_the_command_line_is_one_line(data, run_name, capsys):
     assert code == 1  # the input was valid; the run failed
     assert err.strip().splitlines()[-1].startswith("error: 20 non-finite steps in a row: training diverged; lower --lr")
     assert "Traceback" not in err
-    assert_complete_checkpoints(REPO / "checkpoints" / run_name)
+    assert_complete_checkpoints(RUNS / run_name)
 
 
 def test_sample_failing_mid_run_on_the_command_line_exits_1(data, run_name, capsys, monkeypatch):
@@ -721,7 +722,7 @@ def test_worker_killed_during_the_test_evaluation_is_a_one_line_error(data, run_
     monkeypatch.setattr(SegmentationDataset, "load_sample", killed_in_the_test_worker)
     monkeypatch.setattr(train.UnetTraining, "test", test_marked)
     code, out, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name, "--workers", "1")
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     last = err.strip().splitlines()[-1]
     assert code == 1, err[-2000:]
     assert last.startswith("error: ") and "DataLoader worker" in last, last

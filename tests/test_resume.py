@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import train
-from conftest import REPO
+from conftest import REPO, RUNS
 from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.config import start_mode
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled"]
+        "--workers", "0", "--wandb-mode", "disabled", "--project", RUNS]
 ENV = dict(os.environ, WANDB_SILENT="true", OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
 SAMPLE = REPO / "data" / "sample"
 
@@ -64,7 +64,7 @@ def interrupted_run(my_data, run_name, capsys, monkeypatch):
     code, _, err = run_in_process(capsys, *flags)
     assert code == 130, err[-2000:]
     monkeypatch.setattr(train.UnetTraining, "end_of_evaluation_period", evaluate)
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     assert load_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 1
     return run_dir
 
@@ -140,13 +140,13 @@ def test_finished_run_given_to_load_model_fine_tunes_in_a_new_run(my_data, run_n
     flags = [*TINY, "--data-dir", my_data, "--train-list", "train.txt", "--val-list", "val.txt", "--name", run_name]
     code, _, err = run_in_process(capsys, *flags, "--epochs", "2")
     assert code == 0, err[-2000:]
-    finished = REPO / "checkpoints" / run_name
+    finished = RUNS / run_name
     before = fingerprint(finished)
     for checkpoint, why in (("checkpoint.pth.tar", "a finished run, 2 of 2 epochs"),
                             ("best-checkpoint.pth.tar", "a best checkpoint, epoch")):
         code, out, err = run_in_process(capsys, "--load-model", finished / checkpoint, "--epochs", "1",
                                         "--batch-size", "2", "--workers", "0", "--wandb-mode", "disabled",
-                                        "--name", run_name)
+                                        "--name", run_name, "--project", RUNS)
         assert code == 0, err[-2000:]
         line = next(line for line in out.splitlines() if line.startswith("fine-tuning from"))
         assert f"({why}" in line and f"a new run on {my_data} (train.txt, val.txt)" in line, line
@@ -163,7 +163,7 @@ def test_early_stopped_run_is_finished_and_fine_tunes(my_data, run_name, capsys)
              "--epochs", "4", "--patience", "1", "--lr", "1e-9"]
     code, out, err = run_in_process(capsys, *flags)
     assert code == 0, err[-2000:]
-    checkpoint = load_checkpoint(REPO / "checkpoints" / run_name / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(RUNS / run_name / "checkpoint.pth.tar")
     if "early stopping" in out:  # lr 1e-9: val Dice hardly moves, so it stops after two evaluations
         assert checkpoint["epoch"] < 4
     assert checkpoint["finished"] is True
@@ -190,7 +190,7 @@ def test_every_readme_train_command_runs_as_written_on_a_users_folder(my_data, t
         words = command.split()[2:]  # after `python3 train.py`
         # as written, then only what makes it tiny; later flags win in argparse
         tiny = ["--epochs", "1", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-                "--workers", "0", "--wandb-mode", "disabled", "--name", f"{run_name}-{number}"]
+                "--workers", "0", "--wandb-mode", "disabled", "--name", f"{run_name}-{number}", "--project", RUNS]
         if "--encoder" not in words:
             tiny += ["--encoder", "resnet18"]
         result = subprocess.run([sys.executable, str(REPO / "train.py"), *words, *tiny], cwd=folder, env=ENV,
@@ -198,7 +198,7 @@ def test_every_readme_train_command_runs_as_written_on_a_users_folder(my_data, t
         assert result.returncode == 0, (command, result.stderr[-3000:])
         assert "training in" in result.stdout, command
     split_run = next(i for i, command in enumerate(commands) if "--train-list" in command)
-    run_dir = REPO / "checkpoints" / f"{run_name}-{split_run}"
+    run_dir = RUNS / f"{run_name}-{split_run}"
     assert not (run_dir / "test_results.json").exists()  # another --data-dir and no --test-list: no test split
 
 
@@ -249,7 +249,7 @@ def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_
         [sys.executable, str(REPO / "train.py"), *map(str, flags)], capture_output=True, text=True, timeout=600,
         cwd=REPO, env=ENV)
     assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = REPO / "checkpoints" / run_name / "checkpoint.pth.tar"
+    checkpoint = RUNS / run_name / "checkpoint.pth.tar"
     unfinished(checkpoint)
     before = checkpoint.read_bytes()
     resume = ["--load-model", checkpoint, "--workers", "0", "--wandb-mode", "disabled"]
@@ -279,7 +279,7 @@ def test_evaluation_with_fewer_validation_images_than_processes_does_not_hang(ti
     result = torchrun(4, flags, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test: dice" in result.stdout
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     with open(run_dir / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 1
 
@@ -292,7 +292,7 @@ def test_last_line_says_why_there_is_no_best_checkpoint(tiny_data, run_name, cap
              tiny_data / "val.txt", "--test-list", tiny_data / "test.txt", "--epochs", "1", "--name", run_name]
     code, out, err = run_in_process(capsys, *flags, "--check-best-cooldown", "3")
     assert code == 0, err[-2000:]
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     assert not (run_dir / "best-checkpoint.pth.tar").exists() and (run_dir / "checkpoint.pth.tar").exists()
     assert out.splitlines()[-1] == (f"no best checkpoint: none of the 1 evaluation(s) could count as the best (1 "
                                     f"were within --check-best-cooldown 3 epochs); the last weights are in "
@@ -328,7 +328,7 @@ def test_bad_flags_are_one_line_before_anything_is_created(flags, message, tiny_
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     assert re.search(message, err.strip()), err
     assert "training in" not in out
-    assert not list((REPO / "checkpoints").glob(f"{run_name}*")) and not (Path("/tmp/abs").exists())
+    assert not list(RUNS.glob(f"{run_name}*")) and not (Path("/tmp/abs").exists())
 
 
 def test_load_model_given_something_else_says_what_it_is(tiny_data, tmp_path, run_name, capsys):

@@ -11,6 +11,7 @@ import torch
 import train
 from dataset import make_dataset
 from segtoolkit.checkpoints import load_checkpoint
+from conftest import RUNS
 from segtoolkit.config import REPO, RunConfig
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
@@ -151,10 +152,10 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
                "--train-list", str(tiny_data / "train.txt"), "--val-list", str(tiny_data / "val.txt"),
                "--test-list", str(tiny_data / "test.txt"), "--encoder", "resnet18", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "4", "--workers", "1",
-               "--wandb-mode", "offline", "--name", run_name]
+               "--wandb-mode", "offline", "--name", run_name, "--project", str(RUNS)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     assert "test: dice" in result.stdout
     for name in ("best-checkpoint.pth.tar", "checkpoint.pth.tar", "results.csv", "results.png",
                  "val_predictions.png", "test_results.json"):
@@ -177,7 +178,8 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
 
     # a finished run given to --load-model is not resumed (that would rewrite it): it fine-tunes in a new run
     finetuned = subprocess.run(command[:2] + ["--load-model", str(run_dir / "checkpoint.pth.tar"), "--epochs", "1",
-                                              "--workers", "0", "--wandb-mode", "disabled", "--name", run_name],
+                                              "--workers", "0", "--wandb-mode", "disabled", "--name", run_name,
+                                              "--project", str(RUNS)],
                                capture_output=True, text=True, timeout=300, cwd=REPO)
     assert finetuned.returncode == 0, finetuned.stderr[-3000:]
     assert "fine-tuning from" in finetuned.stdout and f"training in {run_dir}2" in finetuned.stdout
@@ -223,10 +225,10 @@ def test_cli_multiclass_eval_step_and_no_test_split(tmp_path, run_name):
     command = [sys.executable, str(REPO / "train.py"), "--data-dir", str(tmp_path), "--search-files",
                "--val-split", "0.2", "--classes", "3", "--encoder", "mobilenet_v2", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "2", "--eval-step", "2", "--workers", "0",
-               "--wandb-mode", "disabled", "--name", run_name]
+               "--wandb-mode", "disabled", "--name", run_name, "--project", str(RUNS)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = REPO / "checkpoints" / run_name
+    run_dir = RUNS / run_name
     with open(run_dir / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4  # 8 images / batch 2 = 4 steps per epoch, evaluated every 2 steps

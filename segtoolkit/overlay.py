@@ -1,7 +1,7 @@
 """What detect.py draws and measures on a frame: polygons from a mask, the colour overlay, text and legend.
 
 Usage:
-    from overlay import find_polygons, largest_polygon_area, draw_overlay, class_colours
+    from segtoolkit.overlay import find_polygons, largest_polygon_area, draw_overlay, class_colours
     polygons = find_polygons(mask)                       # [(class_index, contour)]
     area = largest_polygon_area(polygons)                # pixels (cv2.contourArea), 0.0 when none
     picture = draw_overlay(rgb, mask, polygons, class_colours(3), ["12.3 ms (81 FPS)"], ["bg", "a", "b"])

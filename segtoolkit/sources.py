@@ -6,7 +6,7 @@ missing paths before any model work; `mask_credentials` and `safe_name` keep pas
 console, results.csv and file names, and file names inside the output folder.
 
 Usage:
-    from sources import SourceKind, detect_source, resolve_sources
+    from segtoolkit.sources import SourceKind, detect_source, resolve_sources
     detect_source("rtsp://cam.local/live")      # SourceKind.RTSP
     files, streams = resolve_sources("data/sample/imgs")
 """

@@ -1,7 +1,7 @@
 """Where detect.py's results go: results.csv, annotated images and masks, videos, the live window.
 
 Usage:
-    from detect_outputs import ResultWriter, Viewer
+    from segtoolkit.detect_outputs import ResultWriter, Viewer
     writer = ResultWriter(Path("runs/detect/exp"), class_names=None, save_video=True, increment=True,
                           sources=files)
     writer.check_existing()  # before any work: an existing results.csv must have the same columns
@@ -19,7 +19,6 @@ import contextlib
 import csv
 import os
 import sys
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +28,7 @@ import numpy as np
 
 from segtoolkit.imaging import IMAGE_SUFFIXES
 from segtoolkit.errors import RunFailure, UserError
-from sources import VIDEO_SUFFIXES, safe_name
+from segtoolkit.sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
@@ -258,21 +257,6 @@ def ends_with_newline(path):
     with open(path, "rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) in (b"\n", b"\r")
-
-
-@contextlib.contextmanager
-def one_line_warnings():
-    """Print warnings as one line 'warning: ...', like errors. Python's default format shows the file, line
-    and source line of the warn() call, which tell a user nothing (detect.py and export.py main)."""
-    def format_warning(message, category, filename, lineno, line=None):
-        kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
-        return f"warning: {kind}{' '.join(str(message).split())}\n"
-
-    saved, warnings.formatwarning = warnings.formatwarning, format_warning
-    try:
-        yield
-    finally:
-        warnings.formatwarning = saved
 
 
 # ---------------------------------------------------------------- the live window

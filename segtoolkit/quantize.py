@@ -2,14 +2,13 @@
 
 export.py --int8 --calibration IMAGES calls this after the float32 export. Weights become int8 per
 channel, activations uint8 with ranges measured on the calibration images (QDQ format), which
-onnxruntime runs with integer kernels: on a 2-core AVX-512 VNNI CPU, Unet/resnet34 at 512 ran 2.1-2.3x
-faster than the float32 file (README: Performance), but on a 2-core AMD EPYC (Zen 1: AVX2, no VNNI)
-0.95-0.96x: its integer convolutions are no faster than its float ones. The masks move a little; export.py
-reports how much against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
+onnxruntime runs with integer kernels. Whether that is faster depends on the CPU's integer instructions
+(README: Performance gives the figures per CPU). The masks move a little; export.py reports how much
+against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
 
 Usage:
     python export.py --model best.pth.tar --int8 --calibration data/sample/imgs   # -> best-int8.onnx
-    from quantize import calibration_images, quantize_int8, mask_agreement
+    from segtoolkit.quantize import calibration_images, quantize_int8, mask_agreement
 """
 
 import tempfile
@@ -20,7 +19,7 @@ import torch
 
 from segtoolkit.imaging import IMAGE_SUFFIXES, preprocess_image, read_image
 from segtoolkit.errors import UserError
-from sources import resolve_sources
+from segtoolkit.sources import resolve_sources
 
 DEFAULT_COUNT = 32  # calibration images: ranges settle with a few dozen; more only makes export slower
 MIN_AGREEMENT = 0.99  # smallest mask IoU against PyTorch below which export.py warns
