@@ -42,7 +42,7 @@ from segtoolkit.run_logging import NullLogger
 from segtoolkit.splits import pair_masks, read_split_file
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
-        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0", "--project", RUNS]
+        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
 FAST = ["--model", "Linknet", "--encoder", "tu-mobilenetv3_small_050"]  # 0.4M parameters, for runs that only need steps
 # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make each step 10x slower.
 ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -21,7 +21,7 @@ from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.config import start_mode
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--project", RUNS]
+        "--workers", "0", "--wandb-mode", "disabled", "--project", str(RUNS)]
 ENV = dict(os.environ, WANDB_SILENT="true", OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
 SAMPLE = REPO / "data" / "sample"
 
