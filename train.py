@@ -31,7 +31,10 @@ from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.cli import HelpFormatter, StopRequest, parse_with_given, run_command
 from segtoolkit.config import REPO, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
-from segtoolkit.evaluation import evaluate, make_criterion
+from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
+                                save_augmentation)
+from segtoolkit.evaluation import evaluate
+from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
 from segtoolkit.loading import guarded_batches, make_loaders, worker_crash_as_error
 from segtoolkit.masks import class_pixel_counts, label_warnings
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
@@ -50,8 +53,9 @@ class UnetTraining:
     """
 
     def __init__(self, model, train_set, val_set, test_set=None, *, config, run_dir, meta, data=None,
-                 device=torch.device("cpu"), process=distributed.Process(), logger=None, num_preview=4):
-        self.config, self.meta, self.data = config, meta, data
+                 class_weights=None, device=torch.device("cpu"), process=distributed.Process(), logger=None,
+                 num_preview=4):
+        self.config, self.meta, self.data, self.class_weights = config, meta, data, class_weights
         self.run_dir, self.device, self.process = Path(run_dir), device, process
         self.logger = logger or NullLogger()
         self.train_set, self.val_set, self.test_set, self.num_preview = train_set, val_set, test_set, num_preview
@@ -67,7 +71,8 @@ class UnetTraining:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr,
                                                              total_steps=config.epochs * self.steps_per_epoch)
         self.autocast, self.scaler = resolve_precision(device, config.use_amp)
-        self.criterion = make_criterion(config.classes, config.ignore_index)
+        self.criterion = make_loss(config.loss or default_loss(config.classes), config.classes,
+                                   class_weights).to(device)
         self.early_stopping = EarlyStopping(config.patience)
         self.stop = StopRequest("finishing this step, then saving checkpoint.pth.tar")
         self.best_fitness = -math.inf
@@ -231,8 +236,8 @@ class UnetTraining:
         count = min(self.num_preview, len(self.val_set))
         if count:
             log_preview(self.run_dir / "val_predictions.png", self.logger, lambda: preview_grid(
-                distributed.unwrap(self.model), self.val_set, count=count, meta=self.meta,
-                ignore_index=self.config.ignore_index, device=self.device, autocast=self.autocast),
+                distributed.unwrap(self.model), self.val_set, count=count, meta=self.meta, device=self.device,
+                autocast=self.autocast),
                 self.global_step, count)
 
     def save(self, kind):
@@ -249,7 +254,8 @@ class UnetTraining:
                 "global_step": self.global_step, "evaluations": self.evaluations, "best_fitness": self.best_fitness,
                 "early_stopping": self.early_stopping.state_dict(), "wandb_id": self.logger.wandb_id,
                 "epochs": self.config.epochs, "finished": self.finished, "world_size": self.process.world_size,
-                "data": self.data}
+                "data": self.data, "augmentation": augmentation_dict(self.train_set.transform),
+                "class_weights": self.class_weights}
 
     def load_state(self, checkpoint):
         """Continue exactly where `checkpoint` stopped: weights, optimizer, LR schedule, epoch, stopping."""
@@ -313,7 +319,11 @@ def train_and_test(args):
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     meta = model_meta(config.model, config.encoder, config.classes, config.patch_size)
-    train_set, val_set, test_set = load_datasets(config, meta, data, process)
+    transform = augmentation_from_dict(checkpoint["augmentation"]) if mode == "resume" and \
+        "augmentation" in checkpoint else load_augmentation(config.augment)
+    train_set, val_set, test_set = load_datasets(config, meta, data, transform, process)
+    class_weights = checkpoint.get("class_weights") if mode == "resume" else resolve_class_weights(
+        config, train_set, meta, process)
     # a resume or fine-tune loads its weights over the encoder's: downloading ImageNet's first would be wasted
     weights = None if mode != "new" or config.encoder_weights.lower() == "none" else config.encoder_weights
     model = build_model(config.model, config.encoder, config.classes, encoder_weights=weights)
@@ -324,7 +334,9 @@ def train_and_test(args):
     run_dir = Path(distributed.broadcast_object(str(run_dir) if process.is_main else None))
     logger = make_logger(config, meta, run_dir, checkpoint.get("wandb_id") if mode == "resume" else None, process)
     trainer = UnetTraining(model, train_set, val_set, test_set, config=config, run_dir=run_dir, meta=meta,
-                           data=data, device=device, process=process, logger=logger)
+                           data=data, class_weights=class_weights, device=device, process=process, logger=logger)
+    if process.is_main and transform is not None and not (run_dir / "augmentation.yaml").exists():
+        save_augmentation(transform, run_dir / "augmentation.yaml")  # what --augment reads back
     if mode == "resume":
         trainer.load_state(checkpoint)
     if process.is_main:
@@ -340,11 +352,11 @@ def train_and_test(args):
     return exit_code
 
 
-def load_datasets(config, meta, data, process):
+def load_datasets(config, meta, data, transform, process):
     """(train, val, test) datasets, every file read and checked; warnings about their labels printed."""
     options = dict(patch_size=config.patch_size, classes=config.classes, ignore_index=config.ignore_index,
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers))
-    train_set = make_dataset(data["train"], augment=not config.no_augment, **options)
+    train_set = make_dataset(data["train"], augment=transform, **options)
     val_set = make_dataset(data["val"], **options)
     test_set = make_dataset(data["test"], **options) if data["test"] else None
     check_batch_size(len(train_set), config.batch_size, process.world_size)
@@ -354,6 +366,19 @@ def load_datasets(config, meta, data, process):
                                        meta["class_names"], split=split):
                 print(f"warning: {line}", file=sys.stderr, flush=True)
     return train_set, val_set, test_set
+
+
+def resolve_class_weights(config, train_set, meta, process):
+    """--class-weights as a list (auto: median-frequency balancing over the training masks), said once."""
+    weights = parse_class_weights(config.class_weights, config.classes)
+    if weights == "auto":
+        weights = median_frequency_weights(class_pixel_counts(train_set), config.classes)
+    if weights is not None and process.is_main:
+        names = meta["class_names"] if config.classes > 1 else ["background", "foreground"]
+        how = "median frequency over the training masks" if config.class_weights == "auto" else "--class-weights"
+        print(f"class weights ({how}): " + ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights)),
+              flush=True)
+    return weights
 
 
 def make_logger(config, meta, run_dir, wandb_id, process):
@@ -378,6 +403,9 @@ def summary(trainer):
                      f"test {test}"),
             ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size}, "
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
+            ("training", f"loss {config.loss or default_loss(config.classes)}"
+                         f"{' with class weights' if trainer.class_weights else ''}, augmentation "
+                         f"{config.augment if trainer.train_set.transform is not None else 'none'}"),
             ("runtime", f"{trainer.device}, {trainer.process.world_size} process(es), mixed precision "
                         f"{'on' if config.use_amp else 'off'}"),
             ("run folder", str(trainer.run_dir))]
@@ -492,8 +520,21 @@ def add_optimization_flags(optim):
                        help="stop when val Dice has not improved for this many evaluations (0: never)")
     optim.add_argument("--check-best-cooldown", type=int, default=0,
                        help="evaluations within the first N epochs never write best-checkpoint.pth.tar")
-    optim.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, splits and augmentation")
-    optim.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    optim.add_argument("--seed", type=int, default=0,
+                       help="seed for weights, shuffling, splits and augmentation: the same seed and data give the "
+                            "same run")
+    optim.add_argument("--augment", default="upright",
+                       help=f"augmentation: a preset ({', '.join(PRESETS)}) or an albumentations pipeline file "
+                            f"(A.save, .yaml/.json). upright (default): natural images with a top and a bottom "
+                            f"(streets, people, products); topdown: microscopy, aerial, documents (flips and 90 "
+                            f"degree turns); none")
+    optim.add_argument("--no-augment", action="store_true", help="the same as --augment none")
+    optim.add_argument("--loss", default=None,
+                       help="bce (default, one class), ce (default, several), dice, jaccard, focal, lovasz, "
+                            "tversky, or a sum such as ce+dice or bce+dice; padding and --ignore-index never count")
+    optim.add_argument("--class-weights", default=None,
+                       help="per-class loss weights: 'auto' (median-frequency balancing over the training "
+                            "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
     optim.add_argument("--freeze-bn", action="store_true",
                        help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
 

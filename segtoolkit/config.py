@@ -21,7 +21,9 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from segtoolkit.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.errors import UserError
+from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.models import architecture_class, check_encoder
 from segtoolkit.splits import pair_masks, read_split_file, search_files
@@ -69,7 +71,9 @@ class RunConfig:
     patience: int = 10
     check_best_cooldown: int = 0
     seed: int = 0
-    no_augment: bool = False
+    augment: str = DEFAULT_AUGMENTATION
+    loss: str | None = None
+    class_weights: str | None = None
     freeze_bn: bool = False
     # Runtime
     device: str = "auto"
@@ -91,6 +95,10 @@ class RunConfig:
         """The configuration of an argparse namespace, checked (paths as given: see with_data_defaults)."""
         values = {field.name: getattr(args, field.name) for field in fields(cls) if hasattr(args, field.name)}
         values = {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+        if getattr(args, "no_augment", False):  # --no-augment is --augment none
+            if "augment" in getattr(args, "given", ()) and values.get("augment") != "none":
+                raise UserError(f"--no-augment and --augment {values['augment']} contradict each other; keep one")
+            values["augment"] = "none"
         config = cls(**values)
         config.check()
         return config
@@ -99,7 +107,10 @@ class RunConfig:
     def from_dict(cls, stored):
         """A stored configuration (a checkpoint's); keys this version does not know are ignored."""
         known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in dict(stored).items() if key in known})
+        stored = dict(stored)
+        if stored.get("no_augment") and "augment" not in stored:  # written before --augment existed
+            stored["augment"] = "none"
+        return cls(**{key: value for key, value in stored.items() if key in known})
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -166,13 +177,18 @@ class RunConfig:
             raise UserError("--search-files --val-split 0 leaves no validation images, which early stopping and "
                             "the best checkpoint need; give --val-split 0.1 or more (or split files)")
         check_run_name(self.name)
+        parse_loss(self.loss or default_loss(self.classes), self.classes)
+        parse_class_weights(self.class_weights, self.classes)
+        if self.augment not in PRESETS:
+            load_augmentation(self.augment)  # the file exists and albumentations reads it
 
     # ------------------------------------------------------------ resume and fine-tune
 
     def resumed(self, stored, given, checkpoint_path):
         """The stored configuration, with this command line's runtime flags. A flag given that would change
         the run is refused: a resume continues the run exactly as it was."""
-        changed = [key for key in sorted(given) if key not in RUNTIME_FIELDS
+        typed = {"augment" if key == "no_augment" else key for key in given} & {field.name for field in fields(self)}
+        changed = [key for key in sorted(typed) if key not in RUNTIME_FIELDS
                    and comparable(key, getattr(self, key)) != comparable(key, getattr(stored, key))]
         if changed:
             key = changed[0]

@@ -4,7 +4,7 @@ The same function serves train.py's validation and test evaluation (on the unwra
 its shard, counts summed over processes) and val.py.
 
 Usage:
-    metrics = evaluate(model, loader, classes=1, criterion=make_criterion(1))
+    metrics = evaluate(model, loader, classes=1, criterion=make_loss("bce", 1))
     metrics["val/dice"], metrics["val/iou"], metrics["val/loss"]
 """
 
@@ -13,13 +13,6 @@ import contextlib
 import torch
 
 from segtoolkit.metrics import ConfusionStats
-
-
-def make_criterion(classes, ignore_index=None):
-    """The design's defaults: BCE with logits for one class, cross-entropy (with the ignore label) for several."""
-    if classes == 1:
-        return torch.nn.BCEWithLogitsLoss()
-    return torch.nn.CrossEntropyLoss(ignore_index=-100 if ignore_index is None else ignore_index)
 
 
 @torch.inference_mode()

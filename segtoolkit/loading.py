@@ -32,7 +32,9 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler (also for one process) that can skip the batches already done in an epoch."""
+    """DistributedSampler (also for one process) that can skip the batches already done in an epoch, and
+    yields (index, augmentation seed): the seed depends on the run's seed, the epoch and the sample only, so
+    augmentation is the same with any number of DataLoader workers and after a resume."""
 
     def __init__(self, dataset, shuffle, seed, process, batch_size=1):
         super().__init__(dataset, num_replicas=process.world_size, rank=process.rank, shuffle=shuffle,
@@ -40,11 +42,16 @@ class ResumableSampler(DistributedSampler):
         self.batch_size, self.skip = batch_size, 0
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip * self.batch_size:])
+        indices = list(super().__iter__())[self.skip * self.batch_size:]
+        return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
 
     def __len__(self):
         return self.num_samples - self.skip * self.batch_size
+
+
+def sample_seed(seed, epoch, index):
+    """A 32-bit seed for one sample's augmentation in one epoch (tuples of ints hash the same in every process)."""
+    return hash((seed, epoch, index)) % 2 ** 32
 
 
 def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory):
@@ -89,7 +96,8 @@ def guarded_batches(iterable, loader, split, hint):
 def loading_failure(error, loader, split, number, hint):
     # a worker killed after the last batch fails the next() that would have ended the loop: no files then
     indices = dict(enumerate(loader.batch_sampler)).get(number, [])
-    files = ", ".join(str(loader.dataset.pairs[index][0]) for index in indices)
+    files = ", ".join(str(loader.dataset.pairs[index[0] if isinstance(index, tuple) else index][0])
+                      for index in indices)
     what = f"{split} batch {number + 1} (images {files})" if files else f"{split} data after batch {number}"
     fix = "fix or remove those files (a killed worker: lower --workers or --batch-size)" if files else \
         "a killed worker? lower --workers or --batch-size"

@@ -10,6 +10,8 @@ import collections
 import numpy as np
 
 from segtoolkit.errors import UserError
+
+IGNORE = -1  # the target of a pixel left out of the loss and every metric: padding, fill, --ignore-index
 from segtoolkit.imaging import decode_file
 
 

@@ -1,4 +1,4 @@
-"""Evaluation arithmetic: summed smp confusion counts (Dice, IoU, loss) and YOLO-style early stopping.
+"""Evaluation arithmetic: a summed confusion matrix (Dice, IoU, loss) and YOLO-style early stopping.
 
 The counts are summed, never averaged per batch or per process, so a metric is that of the whole split
 whether it was computed in one process or sharded over many (torchrun).
@@ -6,10 +6,10 @@ whether it was computed in one process or sharded over many (torchrun).
 
 import math
 
-import segmentation_models_pytorch as smp
 import torch
 
 from segtoolkit import distributed
+from segtoolkit.masks import IGNORE
 
 
 class EarlyStopping:
@@ -34,44 +34,69 @@ class EarlyStopping:
 
 
 class ConfusionStats:
-    """Summed smp confusion counts (tp, fp, fn, tn per class) and loss; reducible across processes."""
+    """A summed confusion matrix (ground truth x prediction, over the pixels that count) and the loss;
+    reducible across processes. Dice, IoU and the per-class table all derive from the matrix.
+
+    One class (binary) is counted as background/foreground, and its Dice and IoU are the foreground's.
+    Targets equal to IGNORE (padding, transform fill, --ignore-index) are not counted.
+    """
 
     def __init__(self, classes, ignore_index=None, device="cpu"):
-        self.classes, self.ignore_index = classes, ignore_index
-        self.counts = torch.zeros(4, max(classes, 1), dtype=torch.float64, device=device)
+        self.classes, self.ignore_index = classes, ignore_index  # a raw --ignore-index is left out too
+        self.size = max(classes, 2)
+        self.matrix = torch.zeros(self.size, self.size, dtype=torch.float64, device=device)
         self.loss = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x images, images
 
-    def update(self, logits, masks, loss):
+    def update(self, logits, masks, loss=None):
+        """Count a batch: logits NxCxHxW, masks Nx1xHxW (binary) or NxHxW (classes), IGNORE left out."""
         logits = logits.detach().float()
-        if self.classes == 1:
-            # threshold the logits here: smp applies `threshold` to the target too
-            stats = smp.metrics.get_stats((logits > 0).long(), masks.long(), mode="binary")
-        else:
-            stats = smp.metrics.get_stats(logits.argmax(1), masks, mode="multiclass",
-                                          num_classes=self.classes, ignore_index=self.ignore_index)
-        self.counts += torch.stack([s.to(self.counts.device).sum(0) for s in stats]).to(torch.float64)
-        self.loss += torch.stack([loss.detach().double() * len(masks), torch.tensor(len(masks), device=loss.device,
-                                                                                     dtype=torch.float64)])
+        predicted = (logits[:, 0] > 0).long() if self.classes == 1 else logits.argmax(1)
+        target = masks.reshape(predicted.shape).long()
+        counted = target != IGNORE
+        if self.ignore_index is not None:
+            counted &= target != self.ignore_index
+        pairs = target[counted] * self.size + predicted[counted]
+        self.matrix += torch.bincount(pairs, minlength=self.size ** 2).reshape(self.size, self.size).to(
+            self.matrix)
+        if loss is not None:
+            self.loss += torch.stack([loss.detach().double() * len(masks),
+                                      torch.tensor(len(masks), device=loss.device, dtype=torch.float64)])
+
+    def reduced(self):
+        """(confusion matrix, loss sums) summed over all processes, on the CPU."""
+        return (distributed.all_reduce_sum(self.matrix.clone()).cpu(),
+                distributed.all_reduce_sum(self.loss.clone()).cpu())
 
     def compute(self, prefix, class_names=None):
         """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes.
 
         A class absent from the split's ground truth (no tp, no fn) has no Dice or IoU: NaN, left out of
-        the means (smp's zero_division would score it 1.0 and lift the mean; 0.0 would sink it). A binary
-        split without foreground pixels thus has NaN Dice, which never counts as an improvement.
+        the means (scoring it 1.0 would lift the mean; 0.0 would sink it). A binary split without
+        foreground pixels thus has NaN Dice, which never counts as an improvement.
         """
-        counts = distributed.all_reduce_sum(self.counts.clone()).cpu()
-        loss = distributed.all_reduce_sum(self.loss.clone()).cpu()
-        tp, fp, fn, tn = (c.unsqueeze(0) for c in counts)
-        present = (tp + fn)[0] > 0
-        dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=math.nan)[0]
-        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=math.nan)[0]
-        dice, iou = (torch.where(present, score, math.nan) for score in (dice, iou))
+        matrix, loss = self.reduced()
+        dice, iou = scores(matrix)
+        if self.classes == 1:
+            dice, iou = dice[1:], iou[1:]
         metrics = {f"{prefix}/loss": float(loss[0] / max(loss[1], 1)),
-                   f"{prefix}/dice": float(dice.nanmean()), f"{prefix}/iou": float(iou.nanmean())}
+                   f"{prefix}/dice": nanmean(dice), f"{prefix}/iou": nanmean(iou)}
         if self.classes > 1:
             names = class_names or [str(i) for i in range(self.classes)]
             for index, name in enumerate(names):
                 metrics[f"{prefix}/dice_{name}"] = float(dice[index])
                 metrics[f"{prefix}/iou_{name}"] = float(iou[index])
         return metrics
+
+
+def scores(matrix):
+    """Per-class (Dice, IoU) of a confusion matrix (rows: ground truth); NaN for a class absent from it."""
+    tp = matrix.diagonal()
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    present = (tp + fn) > 0
+    dice = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp_min(1), math.nan)
+    iou = torch.where(present, tp / (tp + fp + fn).clamp_min(1), math.nan)
+    return dice, iou
+
+
+def nanmean(values):
+    return float(values.nanmean()) if bool(torch.isfinite(values).any()) else math.nan

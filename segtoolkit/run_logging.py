@@ -199,15 +199,14 @@ def write_rgb_image(path, image):
         raise OSError(f"OpenCV could not write {path}")
 
 
-def preview_grid(model, dataset, *, count, meta, ignore_index=None, device="cpu", autocast=contextlib.nullcontext):
+def preview_grid(model, dataset, *, count, meta, device="cpu", autocast=contextlib.nullcontext):
     """The RGB preview grid of `model` (unwrapped, eval mode) on the first `count` samples of `dataset`."""
     import torch
     samples = [dataset.load_sample(i) for i in range(count)]
     with torch.inference_mode(), autocast():
         logits = model(torch.stack([image for image, _ in samples]).to(device)).float()
     predictions = (logits[:, 0] > 0).long() if meta["classes"] == 1 else logits.argmax(1)
-    truth = [mask.squeeze(0).long().numpy() for _, mask in samples]
-    truth = [np.where(t == ignore_index, 0, t) if ignore_index is not None else t for t in truth]
+    truth = [np.maximum(mask.squeeze(0).long().numpy(), 0) for _, mask in samples]  # IGNORE shown as 0
     mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
     shown = [np.clip((image.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
              for image, _ in samples]

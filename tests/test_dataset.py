@@ -12,6 +12,7 @@ from segtoolkit.imaging import letterbox, normalize, preprocess_image, read_imag
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
+from segtoolkit.masks import IGNORE
 
 
 def write_pair(folder, stem, image, mask):
@@ -59,8 +60,8 @@ def test_binary_masks_0_1_and_0_255_become_0_1(tmp_path, foreground):
     assert dataset.images[0].dtype == np.uint8 and dataset.images[0].shape == (43, 64, 3)  # longest side = patch
     _, mask = dataset.load_sample(0)
     assert mask.shape == (1, 64, 64) and mask.dtype == torch.float32
-    assert set(mask.unique().tolist()) == {0.0, 1.0}
-    assert mask[0, 43:].sum() == 0  # padding is background
+    assert set(mask[0, :43].unique().tolist()) == {0.0, 1.0}
+    assert (mask[0, 43:] == IGNORE).all()  # padding is not background: it never counts
 
 
 def test_normalization_uses_the_mean_and_std():
@@ -86,7 +87,8 @@ def test_multiclass_masks_class_indices_and_ignore_index(tmp_path):
     dataset = Dataset([pair], 64, classes=3, ignore_index=255)
     _, labels = dataset.load_sample(0)
     assert labels.dtype == torch.int64 and labels.shape == (64, 64)
-    assert set(labels.unique().tolist()) == {0, 2, 255}
+    assert set(labels.unique().tolist()) == {0, 2, IGNORE}  # --ignore-index becomes IGNORE, like padding
+    assert (labels[0:4] == IGNORE).all() and (labels[4:] != IGNORE).all()
     with pytest.raises(UserError, match=r"multi\.png has value 255.*neither a class \(0\.\.2\)"):
         Dataset([pair], 64, classes=3)
     mask[10, 10] = 7

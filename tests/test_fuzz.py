@@ -18,6 +18,7 @@ from segtoolkit.imaging import IMAGE_SUFFIXES
 from dataset import make_dataset
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 from segtoolkit.errors import UserError
+from segtoolkit.masks import IGNORE
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.models import model_meta
 
@@ -109,11 +110,10 @@ def test_sample_loading_gives_a_valid_sample_or_the_documented_error(spec):
     assert image.dtype == torch.float32 and image.shape == (3, patch, patch) and torch.isfinite(image).all()
     if spec["classes"] == 1:
         assert target.dtype == torch.float32 and target.shape == (1, patch, patch)
-        assert set(target.unique().tolist()) <= {0.0, 1.0}
+        assert set(target.unique().tolist()) <= {0.0, 1.0, IGNORE}
     else:
         assert target.dtype == torch.int64 and target.shape == (patch, patch)
-        allowed = set(range(spec["classes"])) | {spec["ignore_index"]}
-        assert set(target.unique().tolist()) <= allowed
+        assert set(target.unique().tolist()) <= set(range(spec["classes"])) | {IGNORE}  # --ignore-index too
 
 
 # ---------------------------------------------------------------- split files
