@@ -118,7 +118,7 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
     if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
         raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
-    make_loss(settings.loss, classes, settings.class_weights)  # a bad --loss or --class-weights fails before any reading
+    make_loss(settings.loss, classes, settings.class_weights)  # a bad --loss or --class-weights: before any reading
     return settings
 
 
