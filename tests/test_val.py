@@ -12,6 +12,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -412,6 +414,24 @@ def test_checkpoint_whose_files_are_gone_names_them(binary_run, tmp_path, capsys
     assert code == 2
     assert err == (f"error: --model {run_dir / 'best-checkpoint.pth.tar'}: 1 of the files of its test split are gone "
                    f"(first: {image}); put them back where they were, or give --data\n")
+
+
+def test_the_real_command_prints_one_line_and_exits_2(onnx_model, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
+    result = subprocess.run([sys.executable, str(REPO / "val.py"), "--model", str(onnx_model), "--project",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: --model {onnx_model} is an exported model, which lists no data files")
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_the_repository_split_files_go_with_the_bundled_sample():
+    """As in train.py: test_dataset.txt at the root lists data/sample's images (imgs/sample_068.png...)."""
+    data = val.data_from_path(REPO / "test_dataset.txt", None, "imgs", "masks")
+    assert data.pairs and all(Path(image).parent == REPO / "data" / "sample" / "imgs" for image, _ in data.pairs)
+    assert all(Path(mask).parent == REPO / "data" / "sample" / "masks" for _, mask in data.pairs)
+    assert data.prefix == "val" and data.description == (f"split file {REPO / 'test_dataset.txt'} (entries in "
+                                                          f"{REPO / 'data' / 'sample'})")
 
 
 def test_unknown_split_name_is_refused_by_the_parser(capsys):
