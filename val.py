@@ -24,7 +24,9 @@ earlier val_results.json): val_results.json (train.py's metric keys, named after
 val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model, data and settings; null
 for a class absent from the ground truth), confusion_matrix.png (row-normalized), per_image.csv (one row
 per image, worst Dice first) and, with --save-masks, masks/<name>.png at each image's size as detect.py
-writes them (0/255 for one class, class indices for several).
+writes them (0/255 for one class, class indices for several): the labels the metrics count, which for
+several classes is the plain argmax (detect.py --conf-thres 0). Pixels are counted at the patch size, as
+train.py counts them.
 Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
