@@ -1,11 +1,15 @@
 """Evaluation as a plain function: a model over a loader, returning Loss, Dice and IoU as a dict.
 
-The same function serves train.py's validation and test evaluation (on the unwrapped model, each process
-its shard, counts summed over processes) and val.py.
+The same loop serves train.py's validation and test evaluation (on the unwrapped model, each process
+its shard, counts summed over processes) and val.py, which also looks at each batch's logits (per-image
+scores, masks) through `on_batch`.
 
 Usage:
     metrics = evaluate(model, loader, classes=1, criterion=make_loss("bce", 1))
     metrics["val/dice"], metrics["val/iou"], metrics["val/loss"]
+
+    stats = accumulate(predictor, loader, ConfusionStats(classes=1), criterion=criterion, on_batch=save_masks)
+    metrics, matrix = stats.compute("test"), stats.reduced()[0]
 """
 
 import contextlib
@@ -16,16 +20,26 @@ from segtoolkit.metrics import ConfusionStats
 
 
 @torch.inference_mode()
-def evaluate(model, batches, *, classes, criterion, device=torch.device("cpu"), ignore_index=None,
-             class_names=None, autocast=contextlib.nullcontext, prefix="val"):
-    """{prefix/loss, prefix/dice, prefix/iou} (+ per class for several classes) of `model` over `batches`
-    of (images, masks). The caller sets model.eval(); under torchrun each process passes its shard and
-    every process gets the metrics of the whole split."""
-    stats = ConfusionStats(classes, ignore_index, device)
+def accumulate(model, batches, stats, *, criterion, device=torch.device("cpu"), autocast=contextlib.nullcontext,
+               on_batch=None):
+    """Count every batch of (images, masks) into `stats` (a ConfusionStats) with its loss; `on_batch(logits,
+    masks)` sees each batch's float32 logits and targets after it is counted. Returns `stats`."""
     for images, masks in batches:
         images, masks = images.to(device), masks.to(device)
         with autocast():
             logits = model(images)
         logits = logits.float()
         stats.update(logits, masks, criterion(logits, masks))
+        if on_batch is not None:
+            on_batch(logits, masks)
+    return stats
+
+
+def evaluate(model, batches, *, classes, criterion, device=torch.device("cpu"), ignore_index=None,
+             class_names=None, autocast=contextlib.nullcontext, prefix="val"):
+    """{prefix/loss, prefix/dice, prefix/iou} (+ per class for several classes) of `model` over `batches`
+    of (images, masks). The caller sets model.eval(); under torchrun each process passes its shard and
+    every process gets the metrics of the whole split."""
+    stats = accumulate(model, batches, ConfusionStats(classes, ignore_index, device), criterion=criterion,
+                       device=device, autocast=autocast)
     return stats.compute(prefix, class_names if classes > 1 else None)

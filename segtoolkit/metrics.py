@@ -49,15 +49,8 @@ class ConfusionStats:
 
     def update(self, logits, masks, loss=None):
         """Count a batch: logits NxCxHxW, masks Nx1xHxW (binary) or NxHxW (classes), IGNORE left out."""
-        logits = logits.detach().float()
-        predicted = (logits[:, 0] > 0).long() if self.classes == 1 else logits.argmax(1)
-        target = masks.reshape(predicted.shape).long()
-        counted = target != IGNORE
-        if self.ignore_index is not None:
-            counted &= target != self.ignore_index
-        pairs = target[counted] * self.size + predicted[counted]
-        self.matrix += torch.bincount(pairs, minlength=self.size ** 2).reshape(self.size, self.size).to(
-            self.matrix)
+        predicted = predicted_labels(logits, self.classes)
+        self.matrix += confusion_matrix(predicted, masks, self.size, self.ignore_index).to(self.matrix)
         if loss is not None:
             self.loss += torch.stack([loss.detach().double() * len(masks),
                                       torch.tensor(len(masks), device=loss.device, dtype=torch.float64)])
@@ -86,6 +79,24 @@ class ConfusionStats:
                 metrics[f"{prefix}/dice_{name}"] = float(dice[index])
                 metrics[f"{prefix}/iou_{name}"] = float(iou[index])
         return metrics
+
+
+def predicted_labels(logits, classes):
+    """The class each pixel counts as, NxCxHxW logits -> NxHxW int64: logit > 0 for one class (foreground
+    1), the argmax for several. val.py writes exactly these as its masks."""
+    logits = logits.detach().float()
+    return (logits[:, 0] > 0).long() if classes == 1 else logits.argmax(1)
+
+
+def confusion_matrix(predicted, masks, size, ignore_index=None):
+    """size x size pixel counts (rows: ground truth, columns: prediction) of one image or a batch; targets
+    equal to IGNORE or to a raw `ignore_index` are left out."""
+    target = masks.reshape(predicted.shape).long()
+    counted = target != IGNORE
+    if ignore_index is not None:
+        counted &= target != ignore_index
+    pairs = target[counted] * size + predicted[counted]
+    return torch.bincount(pairs, minlength=size ** 2).reshape(size, size)
 
 
 def scores(matrix):

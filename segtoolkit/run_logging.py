@@ -132,9 +132,19 @@ def format_value(value):
 
 
 def metrics_json(metrics):
-    """Metrics as JSON text for test_results.json; NaN and infinity, which JSON lacks, become null."""
-    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value) else value
-                       for key, value in metrics.items()}, indent=2, allow_nan=False)
+    """Metrics as JSON text for test_results.json and val_results.json; NaN and infinity, which JSON lacks,
+    become null, also inside nested lists and dicts."""
+    return json.dumps(finite_or_null(metrics), indent=2, allow_nan=False)
+
+
+def finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def csv_float(text):

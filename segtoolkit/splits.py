@@ -4,9 +4,10 @@ Every listed file is checked to exist (broken links named as such) before anythi
 is read as UTF-8 with or without a byte order mark; UTF-16 is refused with the fix.
 
 Usage:
-    from segtoolkit.splits import read_split_file, pair_masks, search_files
+    from segtoolkit.splits import folder_pairs, read_split_file, pair_masks, search_files
     pairs = pair_masks(read_split_file("training_dataset.txt", "data/sample"), "data/sample/masks")
     train, val, test = search_files("my_data", val_split=0.2, test_split=0.1, seed=0)
+    pairs = folder_pairs("my_data")                  # every image of my_data/imgs with its mask
 """
 
 import math
@@ -145,6 +146,13 @@ def pair_masks(images, mask_dir):
         raise UserError(f"no mask in {mask_dir} for {len(missing)} image(s): {', '.join(missing[:10])}"
                         f"{' ...' if len(missing) > 10 else ''}; add masks with the same file stem")
     return [(Path(image), masks[Path(image).stem]) for image in images]
+
+
+def folder_pairs(folder, img_dir="imgs", mask_dir="masks"):
+    """[(image, mask)] of every image in folder/img_dir with the mask of the same stem in folder/mask_dir, in
+    the order of their stems; an image without a mask is an error listing them all (val.py --data DIR)."""
+    images = index_by_stem(Path(folder) / img_dir)
+    return pair_masks([images[stem] for stem in sorted(images)], Path(folder) / mask_dir)
 
 
 def search_files(data_dir, img_dir="imgs", mask_dir="masks", val_split=0.2, test_split=0.0, seed=0):

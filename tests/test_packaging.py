@@ -25,7 +25,7 @@ def test_the_package_never_imports_a_root_file():
 
 
 def test_the_root_holds_the_commands_and_the_designs_files_only():
-    assert ROOT_MODULES == {"train", "detect", "export", "dataset", "dataloaders", "make_sample_data"}
+    assert ROOT_MODULES == {"train", "detect", "export", "val", "dataset", "dataloaders", "make_sample_data"}
 
 
 def test_pyproject_declares_the_pins_of_requirements_txt():

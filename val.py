@@ -1,0 +1,381 @@
+"""Evaluate a trained model on a labelled split without training: loss, Dice and IoU computed by train.py's
+own code, per class and per image, with a confusion matrix (as YOLO's `val` and MMSegmentation's test tool).
+
+Usage:
+    python val.py --model checkpoints/exp/best-checkpoint.pth.tar             # its run's test split (else val)
+    python val.py --model checkpoints/exp/best-checkpoint.pth.tar --split val --save-masks
+    python val.py --model best-checkpoint.pth.tar --data my_data/test.txt     # a split file
+    python val.py --model best-checkpoint.onnx --data my_data/holdout         # a folder with imgs/ and masks/
+    python val.py --model best-checkpoint.onnx --data-dir my_data --search-files --val-split 0.2 --test-split 0.1
+
+Data: a train.py checkpoint lists the files of its run, and without a data flag val.py takes its test split
+(its validation split when it has none; --split chooses). Otherwise, or for an exported model (which lists
+no files), give --data FILE, a split file as train.py reads them: found as given or inside --data-dir, its
+entries relative to --data-dir, else to the split file's own folder (the repository's three split files go
+with data/sample, as in train.py); or --data DIR, a folder holding imgs/ and masks/ (every image, paired
+with its mask by stem); or --data-dir DIR --search-files with train.py's --val-split, --test-split and
+--seed, which draws exactly train.py's random split (--split chooses the part).
+Settings: patch size, classes, normalization and class names come from the model; ignore index, loss,
+class weights and batch size from the checkpoint's run (train.py's defaults for an exported model), so the
+figures are those train.py computes: on a run's test split, val.py reproduces its test_results.json. The
+flags below override them.
+Writes to runs/val/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, if it holds no
+earlier val_results.json): val_results.json (train.py's metric keys, named after the split: test/dice...,
+val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model, data and settings; null
+for a class absent from the ground truth), confusion_matrix.png (row-normalized), per_image.csv (one row
+per image, worst Dice first) and, with --save-masks, masks/<name>.png at each image's size as detect.py
+writes them (0/255 for one class, class indices for several): the labels the metrics count, which for
+several classes is the plain argmax (detect.py --conf-thres 0). Pixels are counted at the patch size, as
+train.py counts them.
+Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
+input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset import make_dataset
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
+    stored_config
+from segtoolkit.distributed import resolve_device
+from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
+from segtoolkit.evaluation import accumulate
+from segtoolkit.loading import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
+from segtoolkit.losses import default_loss, make_loss, parse_class_weights
+from segtoolkit.masks import class_pixel_counts, label_warnings
+from segtoolkit.metrics import ConfusionStats, predicted_labels
+from segtoolkit.predict import TorchPredictor, load_predictor
+from segtoolkit.run_logging import metrics_json
+from segtoolkit.splits import folder_pairs, pair_masks, read_split_file, search_files
+from segtoolkit.val_outputs import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
+                                    plot_confusion_matrix, write_text)
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_PROJECT = REPO / "runs" / "val"
+SPLITS = ("train", "val", "test")
+SEARCH_DEFAULTS = {"val_split": 0.2, "test_split": 0.0, "seed": 0}  # train.py's
+
+
+@dataclass(frozen=True)
+class Data:
+    """The labelled images to evaluate: pairs of (image, mask), the metric prefix, and what they are."""
+    pairs: list
+    prefix: str
+    description: str
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the images are read and scored: the model's description, and its run's ignore index, loss, class
+    weights and batch size (the loss is a mean over batches, so the batch size changes it)."""
+    patch_size: int
+    classes: int
+    mean: tuple
+    std: tuple
+    class_names: list
+    ignore_index: int | None
+    loss: str
+    class_weights: list | None
+    batch_size: int
+
+
+# ---------------------------------------------------------------- the model and its run
+
+
+def open_model(model, device):
+    """(meta, predictor, checkpoint dict or None): the one place a model file is opened. Whether it is a
+    train.py checkpoint is load_predictor's own decision (a TorchPredictor), so any format it learns later
+    (OpenVINO .xml...) is an exported model here, with no stored run. load_predictor takes no `half`
+    argument in this tree yet: --half is one flag and `half=half` in this call once it does."""
+    meta, predictor = load_predictor(model, device)
+    # loaded a second time for the run's data and settings: load_predictor keeps only the model
+    checkpoint = load_checkpoint(model, "--model") if isinstance(predictor, TorchPredictor) else None
+    return meta, predictor, checkpoint
+
+
+def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None):
+    """The Settings: the model's description, the run's configuration (train.py's defaults for an exported
+    model, which stores none), then the flags given."""
+    config = (stored_config(checkpoint) if checkpoint else None) or RunConfig()
+    classes = meta["classes"]
+    weights = (checkpoint or {}).get("class_weights")
+    if class_weights is not None:
+        weights = parse_class_weights(class_weights, classes)
+        if weights == "auto":
+            raise UserError("--class-weights auto is computed from a training split; give the weights as a list "
+                            "(train.py printed them at the start of the run)")
+    settings = Settings(patch_size=meta["patch_size"], classes=classes, mean=tuple(meta["mean"]),
+                        std=tuple(meta["std"]), class_names=list(meta["class_names"]),
+                        ignore_index=config.ignore_index if ignore_index is None else ignore_index,
+                        loss=loss or config.loss or default_loss(classes), class_weights=weights,
+                        batch_size=batch_size or config.batch_size)
+    if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
+        raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
+                        f"use a value outside them, e.g. 255")
+    make_loss(settings.loss, classes, settings.class_weights)  # a bad --loss or --class-weights: before any reading
+    return settings
+
+
+# ---------------------------------------------------------------- the data
+
+
+def choose_data(*, checkpoint, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs",
+                mask_dir="masks", search_flags=None):
+    """The Data to evaluate, from the data flags, or the checkpoint's own split without one."""
+    search_flags = search_flags or {}
+    if data is not None:
+        for flag, given in (("--search-files", search), ("--split", split), *search_flags_given(search_flags)):
+            if given:
+                raise UserError(f"{flag} goes with a checkpoint's split or --search-files, but --data {data} is "
+                                f"evaluated whole; drop {flag}")
+        return data_from_path(Path(data), data_dir, img_dir, mask_dir)
+    if search:
+        if data_dir is None:
+            raise UserError("--search-files needs --data-dir DIR, the folder holding imgs/ and masks/ that train.py "
+                            "split")
+        return searched_split(data_dir, img_dir, mask_dir, split, **{**SEARCH_DEFAULTS, **search_flags})
+    for flag, given in (("--data-dir", data_dir is not None), *search_flags_given(search_flags)):
+        if given:
+            raise UserError(f"{flag} needs --search-files (train.py's random split of --data-dir), or give --data "
+                            f"FILE, a split file whose entries are relative to --data-dir")
+    if checkpoint is None:
+        raise UserError(f"--model {model} is an exported model, which lists no data files (a train.py checkpoint "
+                        f"does); give --data FILE (a split file) or DIR (holding imgs/ and masks/), or --data-dir "
+                        f"DIR --search-files")
+    return checkpoint_split(checkpoint, model, split)
+
+
+def search_flags_given(search_flags):
+    return [(f"--{key.replace('_', '-')}", True) for key in search_flags]
+
+
+def data_from_path(path, data_dir, img_dir, mask_dir):
+    """--data: a folder holding img_dir/ and mask_dir/ (every pair, by stem), or a split file."""
+    if path.is_dir():
+        if data_dir is not None:
+            raise UserError(f"--data-dir {data_dir} is where a split file's entries are; --data {path} is a folder, "
+                            f"evaluated whole: drop --data-dir")
+        if not (path / img_dir).is_dir():
+            raise UserError(f"--data {path} is a folder without {img_dir}/; give a folder holding {img_dir}/ and "
+                            f"{mask_dir}/ (paired by file stem), or a split file")
+        pairs = folder_pairs(path, img_dir, mask_dir)
+        what = f"folder {path} ({img_dir}/ and {mask_dir}/)"
+    else:
+        split_file = locate(path, Path(data_dir).resolve()) if data_dir is not None else path
+        if not split_file.is_file():
+            raise UserError(f"--data {path}: no such file or folder; give a split file (one image per line) or a "
+                            f"folder holding {img_dir}/ and {mask_dir}/")
+        root = Path(data_dir) if data_dir is not None else entries_folder(split_file)
+        pairs = pair_masks(read_split_file(split_file, root, img_dir), root / mask_dir)
+        what = f"split file {split_file} (entries in {root})"
+    if not pairs:
+        raise UserError(f"--data {path} holds no images; list images in it, or give another --data")
+    return Data([list(map(str, pair)) for pair in pairs], "val", what)
+
+
+def entries_folder(split_file):
+    """Where a split file's entries are without --data-dir: beside it, except for the repository's three
+    split files, which list the bundled sample (as in train.py)."""
+    if split_file.resolve() in {(CHECKOUT / name).resolve() for name in SPLIT_FILES}:
+        return SAMPLE_DIR
+    return split_file.parent
+
+
+def searched_split(data_dir, img_dir, mask_dir, split, *, val_split, test_split, seed):
+    """--search-files: train.py's random split of data_dir (segtoolkit.splits.search_files), one part."""
+    parts = dict(zip(SPLITS, search_files(data_dir, img_dir, mask_dir, val_split, test_split, seed)))
+    name = split or ("test" if parts["test"] else "val")
+    if not parts[name]:
+        raise UserError(f"--search-files in {data_dir} gives no {name} images with --val-split {val_split} "
+                        f"--test-split {test_split}; give the fractions the run was trained with, or another --split")
+    flags = f"--val-split {val_split} --test-split {test_split} --seed {seed}"
+    return Data([list(map(str, pair)) for pair in parts[name]], name,
+                f"the {name} split of --search-files in {data_dir} ({flags})", name)
+
+
+def checkpoint_split(checkpoint, model, split):
+    """A split of the files the checkpoint's run used: test when it has one, else val, or --split."""
+    data = checkpoint.get("data")
+    if not data:
+        raise UserError(f"--model {model} lists no data files (weights only, or written before checkpoints kept "
+                        f"them); give --data FILE or DIR, or --data-dir DIR --search-files")
+    name = split or ("test" if data.get("test") else "val")
+    pairs = data.get(name) or []
+    if not pairs:
+        other = "val" if name != "val" else "test"
+        raise UserError(f"--split {name}: the run of {model} has no {name} split (it was trained without one); "
+                        f"give --split {other}, or --data")
+    gone = [path for pair in pairs for path in pair if not Path(path).is_file()]
+    if gone:
+        raise UserError(f"--model {model}: {len(gone)} of the files of its {name} split are gone (first: "
+                        f"{gone[0]}); put them back where they were, or give --data")
+    return Data([list(pair) for pair in pairs], name, f"the {name} split of the checkpoint's run", name)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def check_flags(batch_size, workers, name):
+    """The flags, checked before anything is read or loaded."""
+    check_run_name(name)
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be at least 1")
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be at least 0")
+
+
+def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
+        search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
+        workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp"):
+    """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
+    fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
+    stopped), interrupted."""
+    check_flags(batch_size, workers, name)
+    device = resolve_device(device)
+    folder = RunFolder(save_dir, project, name)
+    meta, predictor, checkpoint = open_model(model, device)
+    chosen = choose_data(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search,
+                         split=split, img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
+    settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
+                             class_weights=class_weights)
+    dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
+                           mean=settings.mean, std=settings.std, threads=max(2, workers))
+    for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
+                               settings.class_names, split=chosen.split or "evaluation"):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    print(f"evaluating {model} on {chosen.description}: {len(dataset)} images, patch {settings.patch_size}, "
+          f"batch {settings.batch_size}, loss {settings.loss}", flush=True)
+    with StopRequest("stopping after this batch; no results are written") as stop:
+        stats, per_image = score(predictor, dataset, settings, folder, save_masks, workers, stop)
+    if stop.is_set():
+        print("stopped: no results written" + (f" (the masks so far are in {folder.created})" if folder.created
+                                               else ""), flush=True)
+        return {"metrics": None, "save_dir": None, "interrupted": True}
+    metrics = stats.compute(chosen.prefix, settings.class_names if settings.classes > 1 else None)
+    matrix = stats.reduced()[0]
+    rows = class_rows(matrix, settings.class_names)
+    write_outputs(folder, metrics, matrix, rows, per_image, model=model, chosen=chosen, settings=settings)
+    print("\n".join(class_table(rows, metrics, chosen.prefix, settings.classes)))
+    print(f"loss {metrics[f'{chosen.prefix}/loss']:.4f} over {len(dataset)} images ({chosen.description}); "
+          f"results in {folder.path}: {RESULTS_FILE}, confusion_matrix.png, per_image.csv"
+          + (", masks/" if save_masks else ""), flush=True)
+    return {"metrics": metrics, "save_dir": folder.path, "interrupted": False}
+
+
+def score(predictor, dataset, settings, folder, save_masks, workers, stop):
+    """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.accumulate):
+    (ConfusionStats, PerImageScores); masks written as each batch comes with --save-masks."""
+    loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=ignore_sigint_in_worker if workers else None)
+    criterion = make_loss(settings.loss, settings.classes, settings.class_weights)
+    per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names, settings.ignore_index)
+    masks = MaskWriter(folder, dataset, settings.classes) if save_masks else None
+
+    def on_batch(logits, targets):
+        predicted = predicted_labels(logits, settings.classes)
+        per_image.add(predicted, targets)
+        if masks is not None:
+            masks.add(predicted)
+
+    hint = "no results were written"
+    bar = tqdm(loader, total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
+    batches = until_stopped(guarded_batches(bar, loader, "evaluation", lambda: hint), stop)
+    with worker_crash_as_error(lambda: hint):
+        stats = accumulate(predictor, batches, ConfusionStats(settings.classes, settings.ignore_index),
+                           criterion=criterion, on_batch=on_batch)
+    bar.close()
+    return stats, per_image
+
+
+def until_stopped(batches, stop):
+    """The batches until Ctrl-C or SIGTERM: the current batch is finished, none started after it."""
+    for batch in batches:
+        if stop.is_set():
+            return
+        yield batch
+
+
+def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, settings):
+    """val_results.json, confusion_matrix.png and per_image.csv in the run folder."""
+    results = {**metrics, "model": str(model), "data": chosen.description, "split": chosen.split,
+               "images": len(per_image.rows), "per_class": rows,
+               "confusion_matrix": matrix.long().tolist(),  # rows: ground truth, columns: prediction
+               "settings": {"patch_size": settings.patch_size, "classes": settings.classes,
+                            "ignore_index": settings.ignore_index, "loss": settings.loss,
+                            "class_weights": settings.class_weights, "batch_size": settings.batch_size}}
+    write_text(folder.path / RESULTS_FILE, metrics_json(results) + "\n")
+    title = f"{Path(model).name} on {chosen.description}, {len(per_image.rows)} images"
+    plot_confusion_matrix(matrix, settings.class_names, folder.path / "confusion_matrix.png", title)
+    per_image.write_csv(folder.path / "per_image.csv")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    model = parser.add_argument_group("Model")
+    model.add_argument("--model", required=True,
+                       help="checkpoint from train.py (.pth.tar) or a model exported by export.py (.onnx)")
+    data = parser.add_argument_group("Data (default: the checkpoint's own split)")
+    data.add_argument("--data", default=None,
+                      help="a split file (entries relative to --data-dir, else to the file's folder) or a folder "
+                           "holding imgs/ and masks/ (every image, paired with its mask by stem)")
+    data.add_argument("--data-dir", default=None, help="folder of a split file's entries, or of --search-files")
+    data.add_argument("--img-dir", default="imgs", help="image folder inside the data folder")
+    data.add_argument("--mask-dir", default="masks", help="mask folder inside the data folder")
+    data.add_argument("--search-files", action="store_true",
+                      help="split --data-dir's imgs/ and masks/ at random exactly as train.py --search-files does")
+    data.add_argument("--val-split", type=float, default=None, help="as train.py's (default: 0.2)")
+    data.add_argument("--test-split", type=float, default=None, help="as train.py's (default: 0)")
+    data.add_argument("--seed", type=int, default=None, help="as train.py's (default: 0)")
+    data.add_argument("--split", choices=SPLITS, default=None,
+                      help="part of the checkpoint's split or of --search-files (default: test, or val without one)")
+    metrics = parser.add_argument_group("Metrics (default: as the checkpoint's run; train.py's for an export)")
+    metrics.add_argument("--batch-size", type=int, default=None, help="images per batch (the loss is a batch mean)")
+    metrics.add_argument("--ignore-index", type=int, default=None, help="mask value left out of loss and metrics")
+    metrics.add_argument("--loss", default=None, help="loss spec as train.py's --loss (bce, ce, ce+dice...)")
+    metrics.add_argument("--class-weights", default=None, help="one weight per class, comma-separated")
+    runtime = parser.add_argument_group("Runtime")
+    runtime.add_argument("--device", default="auto",
+                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
+    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    runtime.add_argument("--verbose", action="store_true",
+                         help="full tracebacks for errors, and Python warnings with their source line")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--project", type=Path, default=DEFAULT_PROJECT,
+                        help="folder of the run folders (default: runs/val/ in the repository)")
+    output.add_argument("--name", default="exp", help="run folder name: <project>/<name>, then name2, name3...")
+    output.add_argument("--save-dir", type=Path, default=None,
+                        help="output folder, used as is instead of --project/--name (not one holding val_results.json)")
+    output.add_argument("--save-masks", action="store_true",
+                        help="write the predicted masks to masks/ at each image's size, as detect.py does")
+    return parser.parse_args(argv)
+
+
+def val_from_args(args):
+    """run() with the command line's arguments; returns the exit code."""
+    search_flags = {key: getattr(args, key) for key in SEARCH_DEFAULTS if getattr(args, key) is not None}
+    summary = run(model=args.model, data=args.data, data_dir=args.data_dir, search=args.search_files,
+                  split=args.split, img_dir=args.img_dir, mask_dir=args.mask_dir, search_flags=search_flags,
+                  batch_size=args.batch_size, ignore_index=args.ignore_index, loss=args.loss,
+                  class_weights=args.class_weights, device=args.device, workers=args.workers,
+                  save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name)
+    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
+
+
+def main(args):
+    """val.py with parsed arguments; returns the exit code (an error is one line: segtoolkit.cli)."""
+    return run_command(val_from_args, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
