@@ -44,18 +44,18 @@ class Frame:
     """One picture to segment, the same record for every kind of source.
 
     path: the source as shown to the user (credentials masked); image: the preprocessed float32 3xPxP
-    tensor; original: the frame as uint8 RGB HxWx3; capture: the cv2.VideoCapture (None for images);
+    tensor (None when the frame is segmented whole by sliding window); original: the frame as uint8 RGB HxWx3; capture: the cv2.VideoCapture (None for images);
     index: frame number in the source (0-based; for streams, frames received so far, so gaps show frames
     skipped to stay live); count: frames in the source (1 for images, None for streams); letterbox: how
-    `image` was fitted into the patch; fps: the source's frame rate (None for images).
+    `image` was fitted into the patch (None without `image`); fps: the source's frame rate (None for images).
     """
     path: str
-    image: torch.Tensor
+    image: torch.Tensor | None
     original: np.ndarray
     capture: object
     index: int
     count: int | None
-    letterbox: Letterbox
+    letterbox: Letterbox | None
     fps: float | None = None
 
     @property
@@ -86,7 +86,7 @@ class LoadImages:
                 yield from self.image_frame(path)
 
     def frame(self, path, original, capture, index, count, fps=None):
-        image, box = preprocess_image(original, self.patch_size, self.mean, self.std)
+        image, box = preprocessed(original, self.patch_size, self.mean, self.std)
         return Frame(str(path), image, original, capture, index, count, box, fps)
 
     def image_frame(self, path):
@@ -131,6 +131,14 @@ def detection_reason(error, path):
     reason = "; ".join(parts)
     prefix = f"image {path} "
     return reason[len(prefix):] if reason.startswith(prefix) else reason
+
+
+def preprocessed(original, patch_size, mean, std):
+    """(letterboxed tensor, Letterbox) of a frame, or (None, None) with no patch size: sliding-window
+    inference (detect.py's Segmenter) reads frame.original itself."""
+    if patch_size is None:
+        return None, None
+    return preprocess_image(original, patch_size, mean, std)
 
 
 def to_rgb(bgr):
@@ -351,7 +359,7 @@ class LoadStreams:
             self.consumed[i] = reader.sequence
             bgr, index, capture = reader.frame, reader.sequence, reader.capture
         original = to_rgb(bgr)
-        image, box = preprocess_image(original, self.patch_size, self.mean, self.std)
+        image, box = preprocessed(original, self.patch_size, self.mean, self.std)
         return Frame(reader.name_shown, image, original, capture, index, None, box, reader.fps)
 
     def unseen_reader(self):

@@ -1,10 +1,15 @@
 """The training and validation datasets: `BinaryDataset` (one class: masks 0/1 or 0/255) and `Dataset`
 (several classes: masks of class indices).
 
-Both preload every sample at construction as uint8, already scaled so the longest side is the patch size;
-`load_sample(i)` letterboxes to patch x patch, augments (training only) and normalizes, through the same
-preprocessing as detection (segtoolkit.imaging). Bad files are found here, before any training, and
-reported with their path.
+Three ways to see the images (`mode`):
+- `letterbox` (default): each sample is stored with its longest side at the patch size and letterboxed to
+  patch x patch, the preprocessing detection uses for letterbox-trained models (segtoolkit.imaging);
+- `crop` (train.py --crop): stored at the image's own resolution (times --scale), and a random patch x patch
+  crop is taken each time, padded when the image is smaller;
+- `full`: whole images at their own resolution (times --scale), for sliding-window evaluation of
+  crop-trained models (`full_sample`).
+Samples are decoded once and kept as --cache says (segtoolkit.samples: ram, disk, none); every file is
+read and checked when the dataset is built, and a bad one is reported with its path.
 
 Usage:
     from dataset import BinaryDataset
@@ -14,7 +19,6 @@ Usage:
     image, mask = train_set.load_sample(0)   # float32 3xPxP normalized, float32 1xPxP of 0, 1 and IGNORE (-1)
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,32 +27,39 @@ import torch
 
 from segtoolkit.augment import DEFAULT_AUGMENTATION, load_augmentation
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD, check_patch_size, fit_longest_side, normalize, \
-    pad_to_square, read_image
+from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, check_patch_size, fit_longest_side, normalize,
+                                pad_to_square, read_image)
 from segtoolkit.masks import IGNORE, binary_mask, class_mask, read_mask
+from segtoolkit.samples import build_store
+
+MODES = ("letterbox", "crop", "full")
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Preloaded (image, mask) pairs; subclasses say how mask values become labels.
+    """(image, mask) pairs; subclasses say how mask values become labels.
 
-    A sample is indexed by `i`, or by `(i, seed)` (what the training sampler yields): the seed makes its
-    augmentation the same whatever process loads it and whenever, so runs with the same --seed are equal
-    and a resumed run continues the same augmentation stream. Pixels that are not the image's (letterbox
-    padding, the fill of a geometric transform) and the --ignore-index label become IGNORE in the target.
+    A sample is indexed by `i`, or by `(i, seed)` (what the training sampler yields): the seed makes its crop
+    and augmentation the same whatever process loads it and whenever, so runs with the same --seed are equal
+    and a resumed run continues the same stream. Pixels that are not the image's (letterbox padding, the fill
+    of a geometric transform) and the --ignore-index label become IGNORE in the target.
     """
 
     ignore_index = None
 
-    def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4):
+    def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4,
+                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None):
         check_patch_size(patch_size)
+        if mode not in MODES:
+            raise ValueError(f"mode {mode} is not one of {MODES}")
+        if not 0 < scale <= 1 or (scale != 1 and mode == "letterbox"):
+            raise UserError(f"--scale {scale} must be in (0, 1] and goes with --crop")
         self.pairs = [(Path(image), Path(mask)) for image, mask in pairs]
-        self.patch_size = patch_size
+        self.patch_size, self.mode, self.scale = patch_size, mode, scale
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # cv2 releases the GIL while decoding
-            samples = list(pool.map(self.preload, self.pairs))
-        self.images = [image for image, _ in samples]
-        self.masks = [mask for _, mask in samples]
+        key = f"{'letterbox-' + str(patch_size) if mode == 'letterbox' else f'scale-{scale}'}-" \
+              f"{getattr(self, 'classes', 1)}-{self.ignore_index}"
+        self.store = build_store(cache, self.prepare, self.pairs, key=key, cache_dir=cache_dir, threads=threads)
 
     def __len__(self):
         return len(self.pairs)
@@ -57,32 +68,71 @@ class SegmentationDataset(torch.utils.data.Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         return self.load_sample(index, seed)
 
+    @property
+    def images(self):
+        return [self.store.get(index)[0] for index in range(len(self))]
+
+    @property
+    def masks(self):
+        return [self.store.get(index)[1] for index in range(len(self))]
+
+    @property
+    def label_counts(self):
+        """{label: pixels} over every mask as trained on (letterbox: at the patch size), padding excluded."""
+        return self.store.label_counts
+
     def convert_mask(self, mask, path):
         raise NotImplementedError
 
-    def preload(self, pair):
-        """Read, check and shrink one pair to uint8 arrays with the longest side = patch size."""
+    def prepare(self, pair):
+        """Read, check and size one pair: uint8 image and label mask at the resolution the mode trains at."""
         image_path, mask_path = pair
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != mask.shape[:2]:
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                             f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
         mask = self.convert_mask(mask, mask_path)
-        return (fit_longest_side(image, self.patch_size),
-                fit_longest_side(mask, self.patch_size, cv2.INTER_NEAREST))
+        if self.mode == "letterbox":
+            return (fit_longest_side(image, self.patch_size),
+                    fit_longest_side(mask, self.patch_size, cv2.INTER_NEAREST))
+        return scaled(image, self.scale, cv2.INTER_AREA), scaled(mask, self.scale, cv2.INTER_NEAREST)
 
     def load_sample(self, index, seed=None):
-        """Letterbox, augment (training only, seeded when `seed` is given) and normalize sample `index`:
-        (float32 3xPxP image, target with IGNORE on the pixels that do not count)."""
-        image = pad_to_square(self.images[index], self.patch_size)
-        mask = pad_to_square(self.masks[index], self.patch_size)
-        valid = pad_to_square(np.ones(self.masks[index].shape[:2], np.uint8), self.patch_size)
+        """Letterbox (or crop), augment (training only, seeded when `seed` is given) and normalize sample
+        `index`: (float32 3xPxP image, target with IGNORE on the pixels that do not count)."""
+        image, mask = self.store.get(index)
+        if self.mode == "letterbox":
+            image, mask, valid = self.letterboxed(image, mask)
+        else:
+            image, mask, valid = self.cropped(image, mask, seed)
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)
             augmented = self.transform(image=image, mask=mask, masks=[valid])
             image, mask, valid = augmented["image"], augmented["mask"], augmented["masks"][0]
         return normalize(image, self.mean, self.std), self.target(mask, valid)
+
+    def letterboxed(self, image, mask):
+        valid = np.ones(mask.shape[:2], np.uint8)
+        return tuple(pad_to_square(array, self.patch_size) for array in (image, mask, valid))
+
+    def cropped(self, image, mask, seed):
+        """A random patch x patch window (its place from `seed`), the part outside the image invalid."""
+        rng = np.random.default_rng(seed)
+        height, width = mask.shape[:2]
+        top = int(rng.integers(0, max(height - self.patch_size, 0) + 1))
+        left = int(rng.integers(0, max(width - self.patch_size, 0) + 1))
+        window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
+        valid = np.ones(mask.shape[:2], np.uint8)[window]
+        return tuple(pad_to_square(array[window], self.patch_size) for array in (image, mask, valid))
+
+    def full_sample(self, index):
+        """(uint8 RGB image at the stored scale, target at the image's ORIGINAL size) for sliding-window
+        evaluation: the metrics are those of full-resolution masks, --scale or not."""
+        image, mask = self.store.get(index)
+        if self.scale != 1:
+            mask = self.convert_mask(read_mask(self.pairs[index][1]), self.pairs[index][1])
+        return image, self.target(mask, np.ones(mask.shape[:2], np.uint8))
 
     def target(self, mask, valid):
         """The label tensor of a mask: IGNORE where `valid` is 0 or the mask holds --ignore-index."""
@@ -94,6 +144,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def as_target(self, labels):
         raise NotImplementedError
+
+
+def scaled(array, scale, interpolation):
+    if scale == 1:
+        return array
+    height, width = array.shape[:2]
+    return cv2.resize(array, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=interpolation)
 
 
 def as_transform(augment):

@@ -43,24 +43,41 @@ from segtoolkit.imaging import check_patch_size, unletterbox
 from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
 from segtoolkit.pipeline import Finisher
 from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
+from segtoolkit.tiling import WEIGHTINGS, Tiler
 from segtoolkit.sources import resolve_sources
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
-def infer(predictor, frame, conf_thres):
-    """(mask of class indices at the letterboxed patch size, inference milliseconds) for one Frame."""
+class Segmenter:
+    """One frame's mask of class indices. Letterbox (the default for models trained on letterboxed images):
+    the model sees frame.image, and the mask is the patch's (FrameOutputs unletterboxes it). Tiled (models
+    trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
+    sliding window, and the mask is the frame's own size."""
+
+    def __init__(self, predictor, meta, conf_thres, size, tiled=False, overlap=0.25, batch=4,
+                 weighting="gaussian"):
+        self.predictor, self.conf_thres = predictor, conf_thres
+        self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"]) if tiled else None
+        self.scale = meta.get("scale", 1.0) if tiled else 1.0
+
+    def __call__(self, frame):
+        if self.tiler is None:
+            return logits_to_mask(self.predictor(frame.image.unsqueeze(0))[0], self.conf_thres)
+        height, width = frame.original.shape[:2]
+        image = frame.original if self.scale == 1 else cv2.resize(
+            frame.original, (max(1, round(width * self.scale)), max(1, round(height * self.scale))),
+            interpolation=cv2.INTER_AREA)
+        mask = self.tiler.mask(image, self.conf_thres)
+        return mask if self.scale == 1 else cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def infer(segmenter, frame):
+    """(mask of class indices, inference milliseconds) for one Frame: see Segmenter for its size."""
     began = time.perf_counter()
-    logits = predictor(frame.image.unsqueeze(0))[0]
-    inference_ms = (time.perf_counter() - began) * 1000
-    return logits_to_mask(logits, conf_thres), inference_ms
-
-
-def segment(predictor, frame, conf_thres):
-    """(mask of class indices at the frame's original size, inference milliseconds) for one Frame."""
-    patch_mask, inference_ms = infer(predictor, frame, conf_thres)
-    return unletterbox(patch_mask, frame.letterbox), inference_ms
+    mask = segmenter(frame)
+    return mask, (time.perf_counter() - began) * 1000
 
 
 # ---------------------------------------------------------------- the run
@@ -89,7 +106,7 @@ class FrameOutputs:
 
     def __call__(self, frame, patch_mask, inference_ms):
         """Write and print one frame; returns the annotated RGB image."""
-        mask = unletterbox(patch_mask, frame.letterbox)
+        mask = patch_mask if frame.letterbox is None else unletterbox(patch_mask, frame.letterbox)
         polygons = find_polygons(mask)
         largest = largest_polygon_area(polygons)
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
@@ -130,7 +147,8 @@ def check_flags(conf_thres, max_frames, patch_size, name):
 
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
         view_img=False, save_video=False, device="auto", save_dir=None, project=DEFAULT_PROJECT, name="exp",
-        nosave=False, stream_timeout=30.0, rtsp_transport="auto"):
+        nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25, tile_batch=4,
+        tile_weighting="gaussian"):
     """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
 
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
@@ -146,13 +164,15 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     meta, predictor = load_predictor(model, device)
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
+    tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
+    segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting)
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
                                    not nosave, files)
     with StopRequest("finishing this frame, then closing outputs") as stop:
-        frames = iterate_frames(files, streams, size, meta["mean"], meta["std"], stream_timeout, rtsp_transport,
-                                stop.event, prefetch=0 if view_img else 2)
+        frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
+                                rtsp_transport, stop.event, prefetch=0 if view_img else 2)
         started = time.perf_counter()
-        count, total_ms, user_quit = segment_frames(frames, predictor, conf_thres, max_frames, outputs, writer,
+        count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
                                                     Viewer() if view_img else None, stop)
     why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened else None
@@ -161,7 +181,7 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
             "quit": user_quit}
 
 
-def segment_frames(frames, predictor, conf_thres, max_frames, outputs, writer, viewer, stop):
+def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop):
     """The loop: (frames segmented, total inference ms, whether the user quit the window). Without a window,
     everything after the forward pass runs in a finisher thread beside the model (decoding is read ahead
     by `frames`); a window must be drawn from this thread, so then they run in turn. Every output is
@@ -170,7 +190,7 @@ def segment_frames(frames, predictor, conf_thres, max_frames, outputs, writer, v
     count, total_ms, user_quit = 0, 0.0, False
     try:
         for frame in frames:
-            patch_mask, inference_ms = infer(predictor, frame, conf_thres)
+            patch_mask, inference_ms = infer(segmenter, frame)
             count, total_ms = count + 1, total_ms + inference_ms
             if finisher is not None:
                 finisher.submit(frame, patch_mask, inference_ms)
@@ -227,6 +247,15 @@ def parse_args(argv=None):
                        help="inference size, a positive multiple of 32 (default: the checkpoint's)")
     model.add_argument("--classes", type=int, default=None, help="only checked against the checkpoint")
     model.add_argument("--encoder", default=None, help="only checked against the checkpoint")
+    model.add_argument("--tile", action="store_true",
+                       help="segment whole frames at full resolution by sliding window (tile = the patch size); "
+                            "automatic for models trained with --crop")
+    model.add_argument("--tile-overlap", type=float, default=0.25, help="overlap of the tiles, a fraction of a tile")
+    model.add_argument("--tile-weighting", default="gaussian", choices=WEIGHTINGS,
+                       help="how overlapping tiles' logits are blended: gaussian (the middle of a tile counts most) "
+                            "or linear")
+    model.add_argument("--tile-batch", type=int, default=4,
+                       help="tiles per forward pass: memory is bounded by it, not by the frame")
     model.add_argument("--conf-thres", type=float, default=0.5,
                        help="probability above which a pixel is foreground (several classes: below it, class 0)")
     runtime = parser.add_argument_group("Runtime")
@@ -257,7 +286,8 @@ def detect_from_args(args):
                   encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
                   view_img=args.view_img, save_video=args.save_video, device=args.device, save_dir=args.save_dir,
                   project=args.project, name=args.name, nosave=args.nosave, stream_timeout=args.stream_timeout,
-                  rtsp_transport=args.rtsp_transport)
+                  rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap,
+                  tile_batch=args.tile_batch, tile_weighting=args.tile_weighting)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

@@ -33,13 +33,14 @@ from segtoolkit.config import REPO, RunConfig, describe_data, fine_tune_reason, 
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
-from segtoolkit.evaluation import evaluate
+from segtoolkit.evaluation import evaluate, evaluate_tiled
 from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
-from segtoolkit.loading import guarded_batches, make_loaders, worker_crash_as_error
+from segtoolkit.loading import ShardSampler, guarded_batches, make_loaders, worker_crash_as_error
 from segtoolkit.masks import class_pixel_counts, label_warnings
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
-from segtoolkit.run_logging import NullLogger, RunLogger, log_preview, metrics_json, preview_grid, resolve_wandb_mode
+from segtoolkit.run_logging import (NullLogger, RunLogger, log_preview, metrics_json, preview_grid,
+                                   preview_grid_tiled, resolve_wandb_mode)
 from segtoolkit.training import check_batch_size, new_run_dir, resolve_precision, set_train_mode
 
 MAX_BAD_STEPS = 20
@@ -61,9 +62,10 @@ class UnetTraining:
         self.train_set, self.val_set, self.test_set, self.num_preview = train_set, val_set, test_set, num_preview
         self.model = distributed.wrap(model.to(device), device, config.sync_bn)
         check_batch_size(len(train_set), config.batch_size, process.world_size)
-        self.train_loader, self.val_loader, self.test_loader = make_loaders(
-            train_set, val_set, test_set, batch_size=config.batch_size, workers=config.workers, seed=config.seed,
-            process=process, pin_memory=config.pin_memory and device.type == "cuda")
+        self.train_loader, self.val_loader, self.test_loader = make_loaders(  # --crop evaluates images whole
+            train_set, None if config.crop else val_set, None if config.crop else test_set,
+            batch_size=config.batch_size, workers=config.workers, seed=config.seed, process=process,
+            pin_memory=config.pin_memory and device.type == "cuda")
         self.train_sampler = self.train_loader.sampler
         self.steps_per_epoch = len(self.train_loader)  # what each process really steps (drop_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
@@ -182,7 +184,7 @@ class UnetTraining:
         """Evaluate, log, write checkpoints; return True when early stopping says stop."""
         progress = self.epoch + self.step_in_epoch / self.steps_per_epoch  # epochs done, fractional with --eval-step
         metrics = {"epoch": round(progress, 3), "lr": self.scheduler.get_last_lr()[0],
-                   **train_stats.compute("train", self.class_names), **self.evaluate(self.val_loader, "val")}
+                   **train_stats.compute("train", self.class_names), **self.evaluate("val")}
         fitness = metrics["val/dice"]
         finite = math.isfinite(metrics["val/loss"]) and math.isfinite(fitness)
         improved = fitness > self.best_fitness and finite and progress > self.config.check_best_cooldown
@@ -204,27 +206,33 @@ class UnetTraining:
             self.save("last")
         return distributed.broadcast_object(stop)
 
-    def evaluate(self, loader, prefix="val"):
-        """Metrics over a whole split with the unwrapped model and rank 0's BatchNorm statistics:
-        DistributedDataParallel's forward syncs buffers with every process, and a process whose shard is
-        empty (a split smaller than the number of processes) would never join, leaving the others waiting."""
+    def evaluate(self, prefix="val"):
+        """Metrics over the whole 'val' or 'test' split with the unwrapped model and rank 0's BatchNorm
+        statistics: DistributedDataParallel's forward syncs buffers with every process, and a process whose
+        shard is empty (a split smaller than the number of processes) would never join, leaving the others
+        waiting. Crop-trained models are evaluated on whole images at full resolution, by sliding window."""
         model = distributed.unwrap(self.model).eval()
         distributed.broadcast_buffers(model)
+        common = dict(classes=self.config.classes, criterion=self.criterion, device=self.device,
+                      class_names=self.class_names, autocast=self.autocast, prefix=prefix)
+        if self.config.crop:
+            dataset = self.val_set if prefix == "val" else self.test_set
+            return evaluate_tiled(model, dataset, ShardSampler(dataset, self.process), tile=self.config.patch_size,
+                                  overlap=self.config.tile_overlap, tile_batch=self.config.tile_batch, **common)
+        loader = self.val_loader if prefix == "val" else self.test_loader
         batches = guarded_batches(loader, loader, prefix, lambda: self.resume_hint(prefix))
-        return evaluate(model, batches, classes=self.config.classes, criterion=self.criterion, device=self.device,
-                        ignore_index=self.config.ignore_index, class_names=self.class_names,
-                        autocast=self.autocast, prefix=prefix)
+        return evaluate(model, batches, ignore_index=self.config.ignore_index, **common)
 
     def test(self):
         """Evaluate the best checkpoint (or the last weights) on the test split; None when it is empty."""
-        if self.test_loader is None:
+        if not self.test_set:
             return None
         best = self.run_dir / CHECKPOINT_NAMES["best"]
         distributed.barrier()
         if best.exists():
             distributed.unwrap(self.model).load_state_dict(load_checkpoint(best)["model"])
         with worker_crash_as_error(lambda: self.resume_hint("test")):
-            metrics = self.evaluate(self.test_loader, "test")
+            metrics = self.evaluate("test")
         if self.process.is_main:
             (self.run_dir / "test_results.json").write_text(metrics_json(metrics))
             self.logger.summary(metrics)
@@ -235,10 +243,12 @@ class UnetTraining:
         """Image | ground truth | prediction for the first validation images, to a PNG and wandb."""
         count = min(self.num_preview, len(self.val_set))
         if count:
-            log_preview(self.run_dir / "val_predictions.png", self.logger, lambda: preview_grid(
-                distributed.unwrap(self.model), self.val_set, count=count, meta=self.meta, device=self.device,
-                autocast=self.autocast),
-                self.global_step, count)
+            options = dict(count=count, meta=self.meta, device=self.device, autocast=self.autocast)
+            if self.config.crop:
+                options.update(overlap=self.config.tile_overlap, tile_batch=self.config.tile_batch)
+            draw = preview_grid_tiled if self.config.crop else preview_grid
+            log_preview(self.run_dir / "val_predictions.png", self.logger,
+                        lambda: draw(distributed.unwrap(self.model), self.val_set, **options), self.global_step, count)
 
     def save(self, kind):
         """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
@@ -318,7 +328,8 @@ def train_and_test(args):
     config, mode, data = plan_run(config, getattr(args, "given", set(vars(args))), checkpoint, process.world_size)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    meta = model_meta(config.model, config.encoder, config.classes, config.patch_size)
+    meta = model_meta(config.model, config.encoder, config.classes, config.patch_size,
+                      input_mode="tile" if config.crop else "letterbox", scale=config.scale)
     transform = augmentation_from_dict(checkpoint["augmentation"]) if mode == "resume" and \
         "augmentation" in checkpoint else load_augmentation(config.augment)
     train_set, val_set, test_set = load_datasets(config, meta, data, transform, process)
@@ -355,10 +366,13 @@ def train_and_test(args):
 def load_datasets(config, meta, data, transform, process):
     """(train, val, test) datasets, every file read and checked; warnings about their labels printed."""
     options = dict(patch_size=config.patch_size, classes=config.classes, ignore_index=config.ignore_index,
-                   mean=meta["mean"], std=meta["std"], threads=max(2, config.workers))
-    train_set = make_dataset(data["train"], augment=transform, **options)
-    val_set = make_dataset(data["val"], **options)
-    test_set = make_dataset(data["test"], **options) if data["test"] else None
+                   mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
+                   cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache")
+    evaluated = "full" if config.crop else "letterbox"  # crop-trained models are evaluated on whole images
+    train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else "letterbox",
+                             **options)
+    val_set = make_dataset(data["val"], mode=evaluated, **options)
+    test_set = make_dataset(data["test"], mode=evaluated, **options) if data["test"] else None
     check_batch_size(len(train_set), config.batch_size, process.world_size)
     if process.is_main:
         for split, dataset in (("training", train_set), ("validation", val_set)):
@@ -470,7 +484,19 @@ def build_parser():
     data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files")
     data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files")
     data.add_argument("--patch-size", type=int, default=256,
-                      help="square training size, a multiple of 32; images are letterboxed into it")
+                      help="square training size, a multiple of 32; images are letterboxed into it (with --crop: "
+                           "the size of the crops, and of the tiles of evaluation and detection)")
+    data.add_argument("--crop", action="store_true",
+                      help="train on random patch-size crops at the images' own resolution (times --scale) instead "
+                           "of letterboxing whole images; validation, test and detection then segment whole images "
+                           "by sliding window, at full resolution")
+    data.add_argument("--scale", type=float, default=1.0,
+                      help="with --crop, shrink images by this factor first (e.g. 0.5 for very large images)")
+    data.add_argument("--cache", default="ram", choices=("ram", "disk", "none"),
+                      help="where decoded images live: ram (fastest), disk (uint8 files in --cache-dir, read "
+                           "memory-mapped: data larger than memory), none (decoded again at every read)")
+    data.add_argument("--cache-dir", type=Path, default=None,
+                      help="folder of --cache disk (default: .segtoolkit-cache inside --data-dir)")
     data.add_argument("--classes", type=int, default=1,
                       help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices 0..N-1")
     data.add_argument("--ignore-index", type=int, default=None,
@@ -535,6 +561,10 @@ def add_optimization_flags(optim):
     optim.add_argument("--class-weights", default=None,
                        help="per-class loss weights: 'auto' (median-frequency balancing over the training "
                             "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
+    optim.add_argument("--tile-overlap", type=float, default=0.25,
+                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile")
+    optim.add_argument("--tile-batch", type=int, default=4,
+                       help="with --crop: tiles per forward pass in evaluation (memory is bounded by it)")
     optim.add_argument("--freeze-bn", action="store_true",
                        help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
 

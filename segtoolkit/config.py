@@ -24,6 +24,7 @@ from pathlib import Path
 from segtoolkit.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.errors import UserError
 from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
+from segtoolkit.samples import CACHE_MODES
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.models import architecture_class, check_encoder
 from segtoolkit.splits import pair_masks, read_split_file, search_files
@@ -31,8 +32,9 @@ from segtoolkit.splits import pair_masks, read_split_file, search_files
 REPO = Path(__file__).resolve().parents[1]  # the checkout: the bundled sample and its split files
 SAMPLE_DIR = REPO / "data" / "sample"
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
-RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model")
-MODEL_FIELDS = ("model", "encoder", "classes", "patch_size")
+RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model", "cache", "cache_dir",
+                  "tile_batch")
+MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "scale")
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
                "test_split", "ignore_index")
 PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project")
@@ -52,6 +54,10 @@ class RunConfig:
     val_split: float = 0.2
     test_split: float = 0.0
     patch_size: int = 256
+    crop: bool = False
+    scale: float = 1.0
+    cache: str = "ram"
+    cache_dir: str | None = None
     classes: int = 1
     ignore_index: int | None = None
     # Model
@@ -75,6 +81,8 @@ class RunConfig:
     loss: str | None = None
     class_weights: str | None = None
     freeze_bn: bool = False
+    tile_overlap: float = 0.25
+    tile_batch: int = 4
     # Runtime
     device: str = "auto"
     workers: int = 2
@@ -177,10 +185,23 @@ class RunConfig:
             raise UserError("--search-files --val-split 0 leaves no validation images, which early stopping and "
                             "the best checkpoint need; give --val-split 0.1 or more (or split files)")
         check_run_name(self.name)
+        self.check_full_resolution()
         parse_loss(self.loss or default_loss(self.classes), self.classes)
         parse_class_weights(self.class_weights, self.classes)
         if self.augment not in PRESETS:
             load_augmentation(self.augment)  # the file exists and albumentations reads it
+
+    def check_full_resolution(self):
+        if not (0 < self.scale <= 1):
+            raise UserError(f"--scale {self.scale} must be in (0, 1]: the factor images are shrunk by before --crop")
+        if self.scale != 1 and not self.crop:
+            raise UserError(f"--scale {self.scale} goes with --crop (letterboxing already fits images to the patch)")
+        if self.cache not in CACHE_MODES:
+            raise UserError(f"--cache {self.cache}: choose one of {', '.join(CACHE_MODES)}")
+        if not 0 <= self.tile_overlap < 1:
+            raise UserError(f"--tile-overlap {self.tile_overlap} must be a fraction in [0, 1)")
+        if self.tile_batch < 1:
+            raise UserError(f"--tile-batch {self.tile_batch} must be at least 1")
 
     # ------------------------------------------------------------ resume and fine-tune
 
@@ -204,7 +225,8 @@ class RunConfig:
         for them. The data is the command line's when it gives any data flag, else that of the checkpoint's
         run: a fine-tune must not quietly train on the bundled sample. Everything else is the command line's."""
         taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
-                 "patch_size": meta["patch_size"]}
+                 "patch_size": meta["patch_size"], "crop": meta.get("input_mode") == "tile",
+                 "scale": meta.get("scale", 1.0)}
         if stored is not None and not set(DATA_FIELDS) & set(given):
             taken.update({key: getattr(stored, key) for key in DATA_FIELDS})
         return self.replace(**{key: value for key, value in taken.items() if key not in given})

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.checkpoints import MODEL_META_KEYS
+from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.onnx_runtime import INPUT_NAME, META_KEY, OUTPUT_NAME
@@ -85,7 +85,8 @@ def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
     if dynamic:
         proto = resize_by_scales(proto, patch_size, meta["in_channels"])
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps({key: meta[key] for key in MODEL_META_KEYS})
+    entry.key, entry.value = META_KEY, json.dumps({key: meta.get(key, default) for key, default in
+                                             {**dict.fromkeys(MODEL_META_KEYS), **OPTIONAL_META_KEYS}.items()})
     proto.doc_string = f"{meta['architecture']}/{meta['encoder']} exported by export.py"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(output))

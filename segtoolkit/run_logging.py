@@ -223,6 +223,27 @@ def preview_grid(model, dataset, *, count, meta, device="cpu", autocast=contextl
     return prediction_grid(shown, truth, list(predictions.cpu().numpy()), meta["classes"])
 
 
+def preview_grid_tiled(model, dataset, *, count, meta, overlap, tile_batch, device="cpu",
+                       autocast=contextlib.nullcontext):
+    """The preview of a crop-trained model: the first `count` whole images segmented by sliding window at
+    full resolution, each shown fitted into the patch size."""
+    from segtoolkit.evaluation import run_batch
+    from segtoolkit.imaging import letterbox
+    from segtoolkit.tiling import Tiler
+    tiler = Tiler(lambda batch: run_batch(model, batch, device, autocast), meta["patch_size"], overlap, tile_batch,
+                  mean=meta["mean"], std=meta["std"])
+    images, truths, predictions = [], [], []
+    for index in range(count):
+        image, target = dataset.full_sample(index)
+        truth = np.maximum(target.reshape(target.shape[-2:]).numpy(), 0).astype(np.uint8)
+        prediction = tiler.mask(image)
+        shown = [letterbox(array, meta["patch_size"], interpolation)[0] for array, interpolation in
+                 ((image, 3), (truth, 0), (prediction, 0))]  # 3: cv2.INTER_AREA, 0: INTER_NEAREST
+        for collected, array in zip((images, truths, predictions), shown):
+            collected.append(array)
+    return prediction_grid(images, truths, predictions, meta["classes"])
+
+
 def prediction_grid(images, masks, predictions, classes):
     """Rows of (image | ground truth | prediction) as one RGB uint8 array."""
     palette = class_palette(max(classes, 2))

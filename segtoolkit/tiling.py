@@ -1,0 +1,126 @@
+"""Sliding-window inference: an image of any size segmented at full resolution by tiles of the model's patch
+size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap,
+as MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile
+at a time, so memory holds the uint8 image, the result and one row band of tiles, never a float copy of the
+whole image.
+
+Usage:
+    tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"])
+    logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
+    mask = tiler.mask(rgb, conf_thres=0.5)     # uint8 HxW, one band of logits in memory at a time
+"""
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from segtoolkit.errors import UserError
+from segtoolkit.imaging import normalize
+
+WEIGHTINGS = ("gaussian", "linear")
+
+
+def tile_starts(length, tile, stride):
+    """Starts of the tiles along one axis: every `stride`, the last one flush with the end; one tile (start 0)
+    when the axis is not longer than a tile (it is padded then)."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(index * stride, length - tile) for index in range(count)})
+
+
+@lru_cache(maxsize=8)
+def tile_weights(tile, weighting):
+    """The blending weight of each pixel of a tile: highest in the middle, low (never 0) at the borders, where a
+    model sees the least context."""
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"--tile-weighting {weighting}: choose {' or '.join(WEIGHTINGS)}")
+    position = (np.arange(tile, dtype=np.float64) + 0.5) / tile - 0.5  # -0.5..0.5 across the tile
+    if weighting == "gaussian":
+        profile = np.exp(-0.5 * (position / 0.125) ** 2)  # sigma 1/8 of the tile, as nnU-Net
+    else:
+        profile = 1.0 - 2 * np.abs(position)
+    profile = np.maximum(profile, 1e-3 * profile.max())
+    return torch.from_numpy(np.outer(profile, profile).astype(np.float32))
+
+
+class Tiler:
+    """Segments whole images with a predictor (batch NCHW float32 -> logits NCHW float32) by tiles."""
+
+    def __init__(self, predictor, tile, overlap=0.25, batch=4, weighting="gaussian", mean=(0.485, 0.456, 0.406),
+                 std=(0.229, 0.224, 0.225)):
+        if not 0 <= overlap < 1:
+            raise UserError(f"--tile-overlap {overlap} must be a fraction in [0, 1)")
+        if batch < 1:
+            raise UserError(f"--tile-batch {batch} must be at least 1")
+        self.predictor, self.tile, self.batch = predictor, tile, batch
+        self.stride = max(1, int(round(tile * (1 - overlap))))
+        self.weights = tile_weights(tile, weighting)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def logits(self, image):
+        """float32 CxHxW logits of a uint8 RGB HxWx3 image, at its size."""
+        height, width = image.shape[:2]
+        bands = [self.band(image, top) for top in tile_starts(height, self.tile, self.stride)]
+        return self.assemble(bands, height, width)
+
+    def mask(self, image, conf_thres=0.5):
+        """uint8 HxW class indices of a uint8 RGB HxWx3 image: rows are finished (logits to classes) as soon
+        as no later band of tiles overlaps them, so only a band's logits are ever held."""
+        from segtoolkit.predict import logits_to_mask
+        height, width = image.shape[:2]
+        out = np.zeros((height, width), np.uint8)
+        pending, done = [], 0
+        tops = tile_starts(height, self.tile, self.stride)
+        for number, top in enumerate(tops):
+            pending.append(self.band(image, top))
+            finished = height if number == len(tops) - 1 else tops[number + 1]
+            if finished > done:
+                logits = self.assemble(pending, height, width, rows=(done, finished))
+                out[done:finished] = logits_to_mask(logits, conf_thres)
+                done = finished
+                pending = [band for band in pending if band[0] + band[1].shape[1] > done]
+        return out
+
+    def band(self, image, top):
+        """(top, summed weighted logits CxTxW, summed weights TxW) of one row of tiles starting at `top`."""
+        height, width = image.shape[:2]
+        rows = min(self.tile, height - top)
+        lefts = tile_starts(width, self.tile, self.stride)
+        tiles = [self.tile_input(image, top, left) for left in lefts]
+        logits = torch.cat([self.predictor(torch.stack(tiles[start:start + self.batch]))
+                            for start in range(0, len(tiles), self.batch)])
+        total = torch.zeros(logits.shape[1], rows, width)
+        weight = torch.zeros(rows, width)
+        for left, tile_logits in zip(lefts, logits):
+            columns = min(self.tile, width - left)
+            w = self.weights[:rows, :columns]
+            total[:, :, left:left + columns] += tile_logits[:, :rows, :columns] * w
+            weight[:, left:left + columns] += w
+        return top, total, weight
+
+    def tile_input(self, image, top, left):
+        """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value
+        letterbox padding has, which training leaves out)."""
+        crop = image[top:top + self.tile, left:left + self.tile]
+        if crop.shape[:2] != (self.tile, self.tile):
+            padded = np.zeros((self.tile, self.tile, 3), np.uint8)
+            padded[:crop.shape[0], :crop.shape[1]] = crop
+            crop = padded
+        return normalize(crop, self.mean, self.std)
+
+    @staticmethod
+    def assemble(bands, height, width, rows=None):
+        """Blend bands into logits for `rows` (start, stop) of the image (all rows by default)."""
+        start, stop = rows or (0, height)
+        channels = bands[0][1].shape[0]
+        total = torch.zeros(channels, stop - start, width)
+        weight = torch.zeros(stop - start, width)
+        for top, band_total, band_weight in bands:
+            low, high = max(start, top), min(stop, top + band_total.shape[1])
+            if low < high:
+                total[:, low - start:high - start] += band_total[:, low - top:high - top]
+                weight[low - start:high - start] += band_weight[low - top:high - top]
+        return total / weight

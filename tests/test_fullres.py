@@ -1,0 +1,220 @@
+"""Full resolution (issue 14): random-crop training, sliding-window inference shared by evaluation and
+detect.py, and the --cache modes for data larger than memory."""
+
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detect
+import train
+from conftest import REPO, RUNS
+from dataset import BinaryDataset, Dataset
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.errors import UserError
+from segtoolkit.imaging import normalize
+from segtoolkit.masks import IGNORE
+from segtoolkit.models import build_model, model_from_checkpoint
+from segtoolkit.predict import TorchPredictor, logits_to_mask
+from segtoolkit.tiling import Tiler, tile_starts
+
+TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
+        "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
+
+
+def write_pair(folder, name, image, mask):
+    for sub in ("imgs", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "imgs" / f"{name}.png"), image)
+    cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
+    return folder / "imgs" / f"{name}.png", folder / "masks" / f"{name}.png"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("Unet", "resnet18", 2).eval()
+
+
+# ---------------------------------------------------------------- sliding window
+
+
+def test_tiles_cover_every_pixel_once_or_more_and_stay_inside():
+    for length, tile, stride in ((300, 64, 48), (64, 64, 48), (65, 64, 48), (10, 64, 48), (1000, 256, 192)):
+        starts = tile_starts(length, tile, stride)
+        covered = np.zeros(max(length, tile), bool)
+        for start in starts:
+            covered[start:start + tile] = True
+            assert start + tile <= max(length, tile)
+        assert covered[:length].all() and starts[0] == 0
+
+
+class BorderSensitive(torch.nn.Module):
+    """A stand-in model whose output falls at its input's borders, as a CNN's does (zero padding): class 1
+    where the 5x5 mean of the input is above 0.7 of its value inside, so the outer pixel rows and columns of
+    every input it sees become class 0."""
+
+    def forward(self, images):
+        signal = images.sum(1, keepdim=True)
+        mean = torch.nn.functional.avg_pool2d(signal, 5, stride=1, padding=2, count_include_pad=True)
+        inside = signal[:, :, 32:33, 32:33]
+        return torch.cat([0.7 * inside.expand_as(mean), mean], 1)
+
+
+def test_a_constant_image_gives_a_constant_mask_across_tile_seams():
+    """Each tile's border is wrong, as a CNN's is; blending must hide it wherever a neighbouring tile covers
+    the pixel, so the mask is class 1 everywhere but at the image's own border."""
+    image = np.full((150, 230, 3), 200, np.uint8)
+    mask = Tiler(BorderSensitive(), 64, 0.25, 4).mask(image)
+    assert mask.shape == (150, 230)
+    assert (mask[2:-2, 2:-2] == 1).all()  # no seam where one tile ends and the next begins
+    untiled = logits_to_mask(BorderSensitive()(normalize(image[:64, :64])[None])[0], 0.5)
+    assert (untiled[0] == 0).all() and (untiled[:, -1] == 0).all()  # the stand-in is wrong at a tile's border
+
+
+def test_an_image_the_size_of_one_tile_equals_the_untiled_prediction(model):
+    predictor = TorchPredictor(model, torch.device("cpu"))
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    tiled = Tiler(predictor, 64, 0.25, 4).logits(image)
+    untiled = predictor(normalize(image)[None])[0]
+    assert torch.allclose(tiled, untiled, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 200), (150, 203), (257, 129)])
+def test_output_sizes_always_equal_input_sizes_and_mask_streams_like_logits(model, size):
+    tiler = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 3, "linear")
+    image = np.random.default_rng(1).integers(0, 255, (*size, 3), dtype=np.uint8)
+    logits = tiler.logits(image)
+    assert tuple(logits.shape) == (2, *size)
+    assert np.array_equal(tiler.mask(image), logits_to_mask(logits, 0.5))  # the row-band path, same answer
+
+
+def test_onnx_tiled_equals_pytorch_tiled(model, tmp_path):
+    from segtoolkit.models import model_meta
+    from segtoolkit.onnx_export import export_onnx
+    from segtoolkit.onnx_runtime import load_onnx
+    from segtoolkit.predict import OnnxPredictor
+    export_onnx(model, model_meta("Unet", "resnet18", 2, 64), tmp_path / "m.onnx")
+    _, predict = load_onnx(tmp_path / "m.onnx")
+    image = np.random.default_rng(2).integers(0, 255, (150, 203, 3), dtype=np.uint8)
+    torch_logits = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 4).logits(image)
+    onnx_logits = Tiler(OnnxPredictor(predict), 64, 0.25, 4).logits(image)
+    assert torch.allclose(torch_logits, onnx_logits, atol=1e-3)
+    sure = torch_logits.softmax(0).max(0).values > 0.6
+    assert torch.equal(torch_logits.argmax(0)[sure], onnx_logits.argmax(0)[sure])
+
+
+def test_an_8000x6000_image_runs_with_memory_bounded_by_the_tile_batch(tmp_path):
+    """A cheap stand-in model, so the test measures the tiling, not a network: the peak memory beyond the
+    uint8 image (144 MB) and the uint8 mask (48 MB) stays far below a float32 copy of the image (576 MB)."""
+    code = (
+        "import resource, numpy as np, torch\n"
+        "from segtoolkit.tiling import Tiler\n"
+        "conv = torch.nn.Conv2d(3, 2, 1)\n"
+        "predict = lambda batch: conv(batch).detach()\n"
+        "image = np.zeros((6000, 8000, 3), np.uint8); image[:, 4000:] = 255\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "mask = Tiler(predict, 256, 0.25, 8).mask(image)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(mask.shape, (after - before) // 1024)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=900,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    shape, growth_mib = result.stdout.rsplit(")", 1)
+    assert shape + ")" == "(6000, 8000"  + ")"
+    assert int(growth_mib) < 250, result.stdout  # mask 48 MiB + one band of logits, not 576 MiB of floats
+
+
+# ---------------------------------------------------------------- crop training data
+
+
+def test_crops_are_taken_at_the_images_own_resolution_and_small_images_padded(tmp_path):
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    mask = (rng.random((120, 200)) > 0.5).astype(np.uint8) * 255
+    pair = write_pair(tmp_path, "big", big, mask)
+    dataset = BinaryDataset([pair], 64, mode="crop")
+    stored_image, stored_mask = dataset.store.get(0)
+    assert stored_image.shape == (120, 200, 3)  # not shrunk to the patch
+    crops = [dataset.load_sample(0, seed) for seed in range(8)]
+    assert all(image.shape == (3, 64, 64) and target.shape == (1, 64, 64) for image, target in crops)
+    assert torch.equal(crops[0][0], dataset.load_sample(0, 0)[0])  # the seed decides the window
+    assert len({tuple(image[0, 0, :4].tolist()) for image, _ in crops}) > 1  # windows move
+    rgb = cv2.cvtColor(big, cv2.COLOR_BGR2RGB)
+    image, target = crops[0]
+    found = [(top, left) for top in range(120 - 63) for left in range(200 - 63)
+             if torch.allclose(normalize(rgb[top:top + 64, left:left + 64]), image)]
+    assert len(found) == 1  # the crop is an exact window of the full-resolution image
+    small = write_pair(tmp_path / "s", "small", rng.integers(0, 255, (40, 50, 3), dtype=np.uint8),
+                       np.full((40, 50), 255, np.uint8))
+    _, target = BinaryDataset([small], 64, mode="crop").load_sample(0, 0)
+    assert (target[0, :40, :50] == 1).all() and (target[0, 40:] == IGNORE).all() and (target[0, :, 50:] == IGNORE).all()
+
+
+@pytest.mark.parametrize("cache", ["ram", "disk", "none"])
+def test_every_cache_mode_gives_the_same_samples(tmp_path, cache):
+    pairs = [write_pair(tmp_path / "d", f"p{i}", np.random.default_rng(i).integers(0, 255, (50 + i, 70, 3),
+                                                                                   dtype=np.uint8),
+                        (np.random.default_rng(i).random((50 + i, 70)) * 3).astype(np.uint8)) for i in range(4)]
+    reference = Dataset(pairs, 64, classes=3)
+    dataset = Dataset(pairs, 64, classes=3, cache=cache, cache_dir=tmp_path / "cache")
+    for index in range(4):
+        for a, b in zip(reference.load_sample(index), dataset.load_sample(index)):
+            assert torch.equal(a, b)
+    assert dataset.label_counts == reference.label_counts
+
+
+def test_disk_cache_is_rebuilt_when_a_file_changes_and_reused_otherwise(tmp_path):
+    pair = write_pair(tmp_path / "d", "a", np.full((40, 60, 3), 10, np.uint8), np.zeros((40, 60), np.uint8))
+    cache = tmp_path / "cache"
+    Dataset([pair], 64, classes=2, cache="disk", cache_dir=cache)
+    notes = sorted(cache.glob("*.json"))
+    written = notes[0].stat().st_mtime_ns
+    time.sleep(0.01)
+    Dataset([pair], 64, classes=2, cache="disk", cache_dir=cache)
+    assert notes[0].stat().st_mtime_ns == written  # valid: not decoded or written again
+    cv2.imwrite(str(pair[1]), np.ones((40, 60), np.uint8))
+    changed = Dataset([pair], 64, classes=2, cache="disk", cache_dir=cache)
+    assert notes[0].stat().st_mtime_ns != written
+    assert changed.label_counts == {1: 64 * 43}  # the new mask (shrunk to the patch: 64x43), not the old one
+
+
+def test_disk_cache_in_a_folder_that_cannot_be_written_is_one_line(tmp_path):
+    pair = write_pair(tmp_path / "d", "a", np.zeros((40, 60, 3), np.uint8), np.zeros((40, 60), np.uint8))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"--cache disk cannot write its cache in .*file/cache .*; give --cache-dir"):
+        Dataset([pair], 64, classes=2, cache="disk", cache_dir=tmp_path / "file" / "cache")
+
+
+# ---------------------------------------------------------------- crop training end to end
+
+
+def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_path, run_name, capsys):
+    rng = np.random.default_rng(4)
+    data = tmp_path / "data"
+    for index in range(6):
+        image = rng.integers(0, 255, (90 + 10 * index, 150, 3), dtype=np.uint8)
+        mask = np.zeros(image.shape[:2], np.uint8)
+        mask[:, : 60 + index] = 255
+        write_pair(data, f"s{index}", image, mask)
+    code = train.main(train.parse_args([*TINY, "--data-dir", str(data), "--search-files", "--val-split", "0.34",
+                                        "--epochs", "1", "--crop", "--cache", "disk", "--name", run_name]))
+    assert code == 0, capsys.readouterr().err[-2000:]
+    checkpoint = load_checkpoint(RUNS / run_name / "best-checkpoint.pth.tar")
+    assert checkpoint["meta"]["input_mode"] == "tile" and checkpoint["config"]["crop"] is True
+    # detect.py picks sliding-window inference from the checkpoint, with no flag: masks at each image's size
+    image_path = data / "imgs" / "s5.png"
+    summary = detect.run(model=RUNS / run_name / "best-checkpoint.pth.tar", source=image_path,
+                         save_dir=tmp_path / "out")
+    assert summary["frames"] == 1
+    written = cv2.imread(str(tmp_path / "out" / "masks" / "s5.png"), cv2.IMREAD_UNCHANGED)
+    model = model_from_checkpoint(checkpoint).eval()
+    expected = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 4).mask(
+        cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB))
+    assert written.shape == (140, 150) and np.array_equal(written > 0, expected > 0)
