@@ -70,11 +70,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def images(self):
-        return [self.store.get(index)[0] for index in range(len(self))]
+        """The stored uint8 images, read on demand (a sequence: dataset.images[i])."""
+        return StoreView(self.store, 0)
 
     @property
     def masks(self):
-        return [self.store.get(index)[1] for index in range(len(self))]
+        """The stored label masks, read on demand."""
+        return StoreView(self.store, 1)
 
     @property
     def label_counts(self):
@@ -100,6 +102,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load_sample(self, index, seed=None):
         """Letterbox (or crop), augment (training only, seeded when `seed` is given) and normalize sample
         `index`: (float32 3xPxP image, target with IGNORE on the pixels that do not count)."""
+        if self.mode == "full":  # a whole image for sliding-window evaluation: uint8, not normalized
+            image, target = self.full_sample(index)
+            return torch.from_numpy(np.ascontiguousarray(image)), target
         image, mask = self.store.get(index)
         if self.mode == "letterbox":
             image, mask, valid = self.letterboxed(image, mask)
@@ -144,6 +149,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def as_target(self, labels):
         raise NotImplementedError
+
+
+class StoreView:
+    """dataset.images / dataset.masks: the store's arrays by index, without loading them all."""
+
+    def __init__(self, store, part):
+        self.store, self.part = store, part
+
+    def __len__(self):
+        return len(self.store.pairs)
+
+    def __getitem__(self, index):
+        return self.store.get(index)[self.part]
+
+    def __iter__(self):
+        return (self[index] for index in range(len(self)))
 
 
 def scaled(array, scale, interpolation):

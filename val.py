@@ -46,7 +46,7 @@ from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConf
     stored_config
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.evaluation import accumulate
+from segtoolkit.evaluation import TiledModel, accumulate
 from segtoolkit.loading import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
 from segtoolkit.losses import default_loss, make_loss, parse_class_weights
 from segtoolkit.masks import class_pixel_counts, label_warnings
@@ -54,6 +54,7 @@ from segtoolkit.metrics import ConfusionStats, predicted_labels
 from segtoolkit.predict import TorchPredictor, load_predictor
 from segtoolkit.run_logging import metrics_json
 from segtoolkit.splits import folder_pairs, pair_masks, read_split_file, search_files
+from segtoolkit.tiling import Tiler
 from segtoolkit.val_outputs import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
                                     plot_confusion_matrix, write_text)
 
@@ -85,6 +86,10 @@ class Settings:
     loss: str
     class_weights: list | None
     batch_size: int
+    tiled: bool = False  # whole images by sliding window (models trained with --crop, or --tile)
+    scale: float = 1.0
+    tile_overlap: float = 0.25
+    tile_batch: int = 4
 
 
 # ---------------------------------------------------------------- the model and its run
@@ -101,7 +106,8 @@ def open_model(model, device):
     return meta, predictor, checkpoint
 
 
-def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None):
+def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None,
+                  tile=False, tile_overlap=None, tile_batch=None):
     """The Settings: the model's description, the run's configuration (train.py's defaults for an exported
     model, which stores none), then the flags given."""
     config = (stored_config(checkpoint) if checkpoint else None) or RunConfig()
@@ -112,11 +118,15 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
         if weights == "auto":
             raise UserError("--class-weights auto is computed from a training split; give the weights as a list "
                             "(train.py printed them at the start of the run)")
+    tiled = tile or meta.get("input_mode") == "tile"
     settings = Settings(patch_size=meta["patch_size"], classes=classes, mean=tuple(meta["mean"]),
                         std=tuple(meta["std"]), class_names=list(meta["class_names"]),
                         ignore_index=config.ignore_index if ignore_index is None else ignore_index,
                         loss=loss or config.loss or default_loss(classes), class_weights=weights,
-                        batch_size=batch_size or config.batch_size)
+                        batch_size=1 if tiled else batch_size or config.batch_size, tiled=tiled,
+                        scale=meta.get("scale", 1.0) if tiled else 1.0,
+                        tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
+                        tile_batch=tile_batch or config.tile_batch)
     if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
         raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
@@ -234,7 +244,8 @@ def check_flags(batch_size, workers, name):
 
 def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
         search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
-        workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp"):
+        workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
+        tile_overlap=None, tile_batch=None):
     """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
     fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
     stopped), interrupted."""
@@ -245,14 +256,17 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     chosen = choose_data(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search,
                          split=split, img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
     settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
-                             class_weights=class_weights)
+                             class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch)
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
-                           mean=settings.mean, std=settings.std, threads=max(2, workers))
+                           mean=settings.mean, std=settings.std, threads=max(2, workers),
+                           mode="full" if settings.tiled else "letterbox", scale=settings.scale)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):
         print(f"warning: {line}", file=sys.stderr, flush=True)
-    print(f"evaluating {model} on {chosen.description}: {len(dataset)} images, patch {settings.patch_size}, "
-          f"batch {settings.batch_size}, loss {settings.loss}", flush=True)
+    how = f"whole images by sliding window of {settings.patch_size}" if settings.tiled else \
+        f"patch {settings.patch_size}, batch {settings.batch_size}"
+    print(f"evaluating {model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}",
+          flush=True)
     with StopRequest("stopping after this batch; no results are written") as stop:
         stats, per_image = score(predictor, dataset, settings, folder, save_masks, workers, stop)
     if stop.is_set():
@@ -276,6 +290,9 @@ def score(predictor, dataset, settings, folder, save_masks, workers, stop):
     loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers,
                         worker_init_fn=ignore_sigint_in_worker if workers else None)
     criterion = make_loss(settings.loss, settings.classes, settings.class_weights)
+    if settings.tiled:  # crop-trained models: whole images at full resolution, one at a time
+        predictor = TiledModel(Tiler(predictor, settings.patch_size, settings.tile_overlap, settings.tile_batch,
+                                     mean=settings.mean, std=settings.std))
     per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names, settings.ignore_index)
     masks = MaskWriter(folder, dataset, settings.classes) if save_masks else None
 
@@ -344,6 +361,11 @@ def parse_args(argv=None):
     metrics.add_argument("--ignore-index", type=int, default=None, help="mask value left out of loss and metrics")
     metrics.add_argument("--loss", default=None, help="loss spec as train.py's --loss (bce, ce, ce+dice...)")
     metrics.add_argument("--class-weights", default=None, help="one weight per class, comma-separated")
+    metrics.add_argument("--tile", action="store_true",
+                         help="segment whole images at full resolution by sliding window (automatic for models "
+                              "trained with --crop)")
+    metrics.add_argument("--tile-overlap", type=float, default=None, help="overlap of the tiles (default: the run's)")
+    metrics.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the run's)")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
@@ -368,7 +390,8 @@ def val_from_args(args):
                   split=args.split, img_dir=args.img_dir, mask_dir=args.mask_dir, search_flags=search_flags,
                   batch_size=args.batch_size, ignore_index=args.ignore_index, loss=args.loss,
                   class_weights=args.class_weights, device=args.device, workers=args.workers,
-                  save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name)
+                  save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
+                  tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

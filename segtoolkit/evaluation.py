@@ -31,6 +31,9 @@ def accumulate(model, batches, stats, *, criterion, device=torch.device("cpu"), 
         with autocast():
             logits = model(images)
         logits = logits.float()
+        if logits.shape[-2:] != masks.shape[-2:]:  # a --scale model's full-resolution masks: logits follow
+            logits = torch.nn.functional.interpolate(logits, size=tuple(masks.shape[-2:]), mode="bilinear",
+                                                     align_corners=False)
         stats.update(logits, masks, criterion(logits, masks))
         if on_batch is not None:
             on_batch(logits, masks)
@@ -47,24 +50,27 @@ def evaluate(model, batches, *, classes, criterion, device=torch.device("cpu"), 
     return stats.compute(prefix, class_names if classes > 1 else None)
 
 
-@torch.inference_mode()
 def evaluate_tiled(model, dataset, indices, *, tile, overlap=0.25, tile_batch=4, weighting="gaussian", classes,
                    criterion, device=torch.device("cpu"), class_names=None, autocast=contextlib.nullcontext,
                    prefix="val"):
-    """The same metrics over whole images at full resolution (dataset.full_sample), each segmented by sliding
-    window (segtoolkit.tiling), for models trained on crops. `indices`: this process's shard of the split."""
-    stats = ConfusionStats(classes, device=device)
-    tiler = Tiler(lambda batch: run_batch(model, batch, device, autocast), tile, overlap, tile_batch, weighting,
-                  dataset.mean, dataset.std)
-    for index in indices:
-        image, target = dataset.full_sample(index)
-        logits = tiler.logits(image)
-        if tuple(logits.shape[1:]) != tuple(target.shape[-2:]):  # --scale: back to the mask's own size
-            logits = torch.nn.functional.interpolate(logits[None], size=tuple(target.shape[-2:]),
-                                                     mode="bilinear", align_corners=False)[0]
-        logits, target = logits[None].to(device), target[None].to(device)
-        stats.update(logits, target, criterion(logits, target))
-    return stats.compute(prefix, class_names if classes > 1 else None)
+    """evaluate() over whole images at full resolution (a dataset in 'full' mode), each segmented by sliding
+    window, for models trained on crops. `indices`: this process's shard of the split."""
+    tiled = TiledModel(Tiler(lambda batch: run_batch(model, batch, device, autocast), tile, overlap, tile_batch,
+                             weighting, dataset.mean, dataset.std))
+    batches = (tuple(part[None] for part in dataset[index]) for index in indices)
+    return evaluate(tiled, batches, classes=classes, criterion=criterion, class_names=class_names, prefix=prefix)
+
+
+class TiledModel:
+    """A batch of whole uint8 RGB images (N x H x W x 3) -> float32 logits N x C x H x W by sliding window:
+    what accumulate() calls a model, for models trained on crops."""
+
+    def __init__(self, tiler):
+        self.tiler = tiler
+
+    @torch.inference_mode()
+    def __call__(self, images):
+        return torch.stack([self.tiler.logits(image.cpu().numpy()) for image in images])
 
 
 @torch.inference_mode()

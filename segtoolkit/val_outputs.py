@@ -202,9 +202,11 @@ class MaskWriter:
         for labels in predicted.cpu():
             image, mask_path = self.dataset.pairs[self.written]
             height, width = read_mask(mask_path).shape[:2]  # the image's upright size: the dataset checked it
-            scaled_height, scaled_width = self.dataset.images[self.written].shape[:2]
             dtype = np.uint8 if self.classes <= 256 else np.uint16
-            mask = unletterbox(labels.numpy().astype(dtype), Letterbox(height, width, scaled_height, scaled_width))
+            mask = labels.numpy().astype(dtype)
+            if mask.shape != (height, width):  # letterboxed: back from the patch (sliding window: already whole)
+                scaled_height, scaled_width = self.dataset.images[self.written].shape[:2]
+                mask = unletterbox(mask, Letterbox(height, width, scaled_height, scaled_width))
             write_picture(self.claim(image), mask * 255 if self.classes == 1 else mask)
             self.written += 1
 

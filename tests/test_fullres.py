@@ -218,3 +218,29 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
     expected = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 4).mask(
         cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB))
     assert written.shape == (140, 150) and np.array_equal(written > 0, expected > 0)
+
+
+def test_val_reproduces_a_crop_trained_runs_full_resolution_test_results(tmp_path, run_name, capsys):
+    import json
+
+    import val
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    for index in range(8):
+        image = rng.integers(0, 255, (80 + 9 * index, 130, 3), dtype=np.uint8)
+        mask = np.zeros(image.shape[:2], np.uint8)
+        mask[10:, : 50 + 5 * index] = 255
+        write_pair(data, f"s{index}", image, mask)
+    code = train.main(train.parse_args([*TINY, "--data-dir", str(data), "--search-files", "--val-split", "0.25",
+                                        "--test-split", "0.25", "--epochs", "1", "--crop", "--scale", "0.5",
+                                        "--name", run_name]))
+    assert code == 0, capsys.readouterr().err[-2000:]
+    expected = json.loads((RUNS / run_name / "test_results.json").read_text())
+    summary = val.run(model=RUNS / run_name / "best-checkpoint.pth.tar", save_dir=tmp_path / "val", workers=0,
+                      save_masks=True)
+    assert summary["metrics"].keys() >= expected.keys()
+    for key, value in expected.items():
+        assert summary["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    test_image = load_checkpoint(RUNS / run_name / "checkpoint.pth.tar")["data"]["test"][0][0]
+    written = cv2.imread(str(tmp_path / "val" / "masks" / f"{os.path.basename(test_image)}"), cv2.IMREAD_UNCHANGED)
+    assert written.shape == cv2.imread(test_image).shape[:2]  # the image's own size (scale 0.5 undone)
