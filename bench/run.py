@@ -1,4 +1,4 @@
-"""Performance benchmarks: five ratios, each measured side by side in one run, on the CPU.
+"""Performance benchmarks: ratios, each measured side by side in one run, on the CPU.
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
@@ -17,9 +17,10 @@ on a busy one.
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
                     batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
                     matrix-multiply peak                                                      target >= 1.3
+  tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
 
 Usage:
-    python3 -m bench.run                                  # all five: one table, then `ratio NAME VALUE` lines
+    python3 -m bench.run                                  # all of them: one table, then `ratio NAME VALUE` lines
     python3 -m bench.run --only onnx_speedup detect_overhead
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
@@ -52,9 +53,11 @@ from segtoolkit.config import REPO, RunConfig
 from segtoolkit.imaging import preprocess_image
 from segtoolkit.models import build_model, model_meta
 from segtoolkit.training import resolve_precision
+from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
 
-BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")
+BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup",
+              "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
 EXTRAS = ("channels_last", "onnx_int8")
 
 
@@ -170,16 +173,16 @@ class BareLoop:
         return self.steps * self.batch_size / (time.perf_counter() - started)
 
 
-def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0):
+def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0, crop=False):
     """UnetTraining as train.py builds it (binary, augmentation on), evaluation pushed beyond the run."""
-    meta = model_meta("Unet", encoder, 1, patch)
+    meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
-    train_set = make_dataset(pairs, augment=True, **options)
-    val_set = make_dataset(pairs[:batch], **options)
+    train_set = make_dataset(pairs, augment=True, mode="crop" if crop else "letterbox", **options)
+    val_set = make_dataset(pairs[:batch], mode="full" if crop else "letterbox", **options)
     torch.manual_seed(seed)
     model = build_model("Unet", encoder, 1)
     config = RunConfig(encoder=encoder, patch_size=patch, epochs=epochs, batch_size=batch, workers=workers,
-                       use_amp=use_amp, eval_step=10 ** 9, seed=seed)
+                       use_amp=use_amp, eval_step=10 ** 9, seed=seed, crop=crop)
     return UnetTraining(model, train_set, val_set, config=config, run_dir=work, meta=meta)
 
 
@@ -480,7 +483,7 @@ def table(results):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS + EXTRAS, default=list(BENCHMARKS),
-                        help="run these benchmarks only (default: the five)")
+                        help="run these benchmarks only (default: all but the extras)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations per ratio; each side keeps its best")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
     return parser.parse_args(argv)
