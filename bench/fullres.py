@@ -87,19 +87,6 @@ def cache_rss_growth(work, rounds, workers, count=48, patch=128, batch=8, size=(
                   f"1 epoch, Unet/resnet18")
 
 
-def epoch_scaling_crop(work, rounds, workers, patch=128, batch=8, count=64):
-    from bench.run import Result, alternate, make_trainer, trainer_epoch_rate, write_images
-    pairs = write_images(work / "data", 2 * count, seed=2)
-    small = make_trainer(pairs[:count], work, encoder="resnet18", patch=patch, batch=batch, workers=workers,
-                         epochs=rounds + 2, crop=True)
-    large = make_trainer(pairs, work, encoder="resnet18", patch=patch, batch=batch, workers=workers,
-                         epochs=rounds + 2, crop=True)
-    for trainer in (small, large):
-        trainer_epoch_rate(trainer)  # warm-up epoch: workers start
-    best = alternate(rounds, small=lambda: trainer_epoch_rate(small), large=lambda: trainer_epoch_rate(large))
-    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in (("small", small),
-                                                                                          ("large", large))}
-    return Result("epoch_scaling_crop", seconds["large"] / seconds["small"], "<= 2.1",
-                  f"{2 * count} images {seconds['large']:.1f} s, {count} images {seconds['small']:.1f} s",
-                  f"--crop Unet/resnet18 patch {patch} batch {batch} workers {workers} "
-                  f"threads {torch.get_num_threads()}")
+def epoch_scaling_crop(work, rounds, workers):
+    from bench.run import epoch_scaling
+    return epoch_scaling(work, rounds, workers, crop=True)

@@ -205,19 +205,20 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
                   f"amp {'on' if use_amp else 'off'}")
 
 
-def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64):
+def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64, crop=False):
     pairs = write_images(work / "data", 2 * count, seed=2)
-    small = make_trainer(pairs[:count], work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                         epochs=rounds + 2)  # beyond the rounds: no final evaluation
-    large = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers, epochs=rounds + 2)
-    for trainer in (small, large):
+    trainers = {name: make_trainer(chosen, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                                   epochs=rounds + 2, crop=crop)  # beyond the rounds: no final evaluation
+                for name, chosen in (("small", pairs[:count]), ("large", pairs))}
+    for trainer in trainers.values():
         trainer_epoch_rate(trainer)  # warm-up epoch: workers start
-    best = alternate(rounds, small=lambda: trainer_epoch_rate(small), large=lambda: trainer_epoch_rate(large))
-    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in (("small", small),
-                                                                                          ("large", large))}
-    return Result("epoch_scaling", seconds["large"] / seconds["small"], "<= 2.1",
+    best = alternate(rounds, **{name: (lambda trainer=trainer: trainer_epoch_rate(trainer))
+                                for name, trainer in trainers.items()})
+    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in trainers.items()}
+    return Result("epoch_scaling_crop" if crop else "epoch_scaling", seconds["large"] / seconds["small"], "<= 2.1",
                   f"{2 * count} images {seconds['large']:.1f} s, {count} images {seconds['small']:.1f} s",
-                  f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()}")
+                  f"{'--crop ' if crop else ''}Unet/{encoder} patch {patch} batch {batch} workers {workers} "
+                  f"threads {torch.get_num_threads()}")
 
 
 def preload_probe(pairs, patch, threads):
