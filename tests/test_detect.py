@@ -15,7 +15,7 @@ import torch
 import detect
 from detect_helpers import (QUIET_ENV, FakeCamera, detect_process, easy_held_out, fake_webcam,  # noqa: F401
                             multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
-                            write_video)
+                            wait_for_rows, wait_for_stderr, write_video)
 from dataloaders import Frame
 from dataset import Letterbox
 from detect_outputs import ResultWriter, increment_path
@@ -32,10 +32,15 @@ def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 20)
 
 
+LONG_CLIP_FRAMES = 1200
+
+
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
-    """300 frames: long enough to interrupt or quit in the middle."""
-    return write_video(tmp_path_factory.mktemp("long") / "long clip.mp4", 300)
+    """1200 frames: long enough to interrupt or quit in the middle. detect.py reads a file as fast as it can
+    (300 frames took 26-35 s on a busy CPU, at 74-107 ms a frame, and a quiet one is several times faster),
+    while the test acts only after polls, screenshots and key presses."""
+    return write_video(tmp_path_factory.mktemp("long") / "long clip.mp4", LONG_CLIP_FRAMES)
 
 
 def cli(capsys, *args):
@@ -277,12 +282,12 @@ def test_unreadable_image_is_skipped_with_its_name(trained_checkpoint, easy_held
 def test_ctrl_c_leaves_playable_video_and_complete_csv(trained_checkpoint, long_clip, tmp_path):
     with detect_process("--model", trained_checkpoint, "--source", long_clip, "--save-video", "--save-dir",
                         tmp_path) as process:
-        assert wait_until(lambda: (tmp_path / "results.csv").exists() and len(read_rows(tmp_path)) >= 5, 180)
+        wait_for_rows(process, tmp_path, 5)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     rows = read_rows(tmp_path)
-    assert 5 <= len(rows) < 300 and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
+    assert 5 <= len(rows) < LONG_CLIP_FRAMES and all(None not in r.values() and r["foreground_px"] != "" for r in rows)
     frames, fps, width, height = video_facts(tmp_path / "long_clip.mp4")
     assert (frames, fps, width, height) == (len(rows), 12.0, 176, 96)
     assert "SIGINT received" in stderr and "(interrupted)" in stdout
