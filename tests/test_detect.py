@@ -470,37 +470,71 @@ def find_window(display, title_start):
 
 
 def screenshot(display, path):
-    subprocess.run(["import", "-display", display, "-window", "root", str(path)], check=True, timeout=30)
+    subprocess.run(["import", "-display", display, "-window", "root", str(path)], check=True, timeout=60)
     return cv2.imread(str(path))
 
 
-def press_key(display, window, key, process):
-    """Focus the window and type `key` (XTEST, like a real keyboard) until the process exits."""
+def wait_for_window_showing(display, title_start, path, process, shows, timeout=120):
+    """(id, pixels on screen) of the window titled `title_start`... once `shows(pixels)` is true, or of the
+    last look when `timeout` s have passed (the caller's assertions then say what is wrong).
+
+    A window is mapped, at its size, before its first paint, and on a busy machine that paint can come
+    seconds later (a screenshot then shows the window all black): one screenshot races it. The window is
+    looked up again for every screenshot, since it may still be moved or resized."""
+    last = []
+
+    def look():
+        assert process.poll() is None, f"detect.py ended while its window was awaited: {process.output()}"
+        window = find_window(display, title_start)
+        if window is None:
+            return False
+        window_id, x, y, width, height = window
+        last[:] = [window_id, screenshot(display, path)[y:y + height, x:x + width]]
+        return shows(last[1])
+    wait_until(look, timeout, interval=0.5)
+    assert last, f"no window {title_start!r} on the display"
+    return last
+
+
+def overlay_green(shown):
+    """Pixels of a screenshot where the blended mask colour (class 1's green) shows."""
+    return (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
+
+
+def press_key(display, window, key, process, timeout=120):
+    """Focus the window and type `key` (XTEST, like a real keyboard) until the process exits.
+
+    A key typed before the window has the focus is lost, so it is typed again every 10 s until `timeout`:
+    on a busy machine the frame in hand, closing the outputs and exiting can take a while."""
     env = {**QUIET_ENV, "DISPLAY": display}
-    for _ in range(5):
-        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True, timeout=30)
-        subprocess.run(["xdotool", "key", key], env=env, capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, capture_output=True, timeout=30)
+            subprocess.run(["xdotool", "key", key], env=env, capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:  # the window went away meanwhile: the process is ending
+            pass
         if wait_until(lambda: process.poll() is not None, 10):
             return
-    raise AssertionError(f"detect.py did not react to key {key}")
+    raise AssertionError(f"detect.py did not react to key {key} within {timeout} s")
 
 
 def test_view_img_shows_live_video_and_q_quits(trained_checkpoint, long_clip, xvfb_display, tmp_path):
     env = {**QUIET_ENV, "DISPLAY": xvfb_display}
     with detect_process("--model", trained_checkpoint, "--source", long_clip, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 180)
-        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
-        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 120)
-        window_id, x, y, width, height = window
-        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
-        assert width >= 400 and shown.mean() > 20  # enlarged from 176x96, and not black
-        overlay_green = (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
-        assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 300)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.output()}"
+        wait_for_rows(process, tmp_path, 10)
+        window_id, shown = wait_for_window_showing(
+            xvfb_display, "detect.py ", tmp_path / "screen.png", process,
+            lambda shown: shown.shape[1] >= 400 and shown.mean() > 20 and overlay_green(shown).mean() > 0.02)
+        assert shown.shape[1] >= 400 and shown.mean() > 20  # enlarged from 176x96, and not black
+        assert overlay_green(shown).mean() > 0.02  # the blended mask colour is on screen
         press_key(xvfb_display, window_id, "q", process)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert "(quit)" in stdout and len(read_rows(tmp_path)) < 300
+    assert "(quit)" in stdout and len(read_rows(tmp_path)) < LONG_CLIP_FRAMES
 
 
 def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server, xvfb_display, tmp_path):
@@ -510,15 +544,15 @@ def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server,
     with detect_process("--model", trained_checkpoint, "--source", mjpeg_server.url, "--view-img", "--save-video",
                         "--save-dir", tmp_path, "--stream-timeout", "10", env=env) as process:
         window = wait_until(lambda: find_window(xvfb_display, f"detect.py {mjpeg_server.url}")
-                            or process.poll() is not None, 180)
-        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
-        assert wait_until(lambda: len(read_rows(tmp_path)) >= 10, 120)
-        window_id, x, y, width, height = window
-        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
+                            or process.poll() is not None, 300)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.output()}"
+        wait_for_rows(process, tmp_path, 10)
+        window_id, shown = wait_for_window_showing(
+            xvfb_display, f"detect.py {mjpeg_server.url}", tmp_path / "screen.png", process,
+            lambda shown: shown.shape[1] >= 400 and shown.mean() > 20 and overlay_green(shown).mean() > 0.02)
         assert process.poll() is None  # the stream is still running
-        assert width >= 400 and shown.mean() > 20  # enlarged from 192x128, and not black
-        overlay_green = (shown[..., 1].astype(int) - shown[..., 2] > 60) & (shown[..., 1] > 150)
-        assert overlay_green.mean() > 0.02  # the blended mask colour is on screen
+        assert shown.shape[1] >= 400 and shown.mean() > 20  # enlarged from 192x128, and not black
+        assert overlay_green(shown).mean() > 0.02  # the blended mask colour is on screen
         press_key(xvfb_display, window_id, "q", process)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
@@ -535,14 +569,18 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
     image = easy_held_out / "imgs" / "easy_004.png"
     with detect_process("--model", trained_checkpoint, "--source", image, "--view-img", "--save-dir", tmp_path,
                         env=env) as process:
-        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 180)
-        assert window and process.poll() is None, f"no detect.py window on the display: {process.communicate()}"
+        window = wait_until(lambda: find_window(xvfb_display, "detect.py ") or process.poll() is not None, 300)
+        assert window and process.poll() is None, f"no detect.py window on the display: {process.output()}"
         time.sleep(1.5)
         assert process.poll() is None, "the window closed without a key press"
-        window_id, x, y, width, height = window
-        shown = screenshot(xvfb_display, tmp_path / "screen.png")[y:y + height, x:x + width]
-        saved = cv2.resize(cv2.imread(str(tmp_path / "easy_004.png")), (width, height), interpolation=cv2.INTER_AREA)
-        assert np.abs(shown.astype(int) - saved).mean() < 25  # the window shows the annotated image
+
+        def difference_to_saved(shown):
+            saved = cv2.imread(str(tmp_path / "easy_004.png"))
+            saved = cv2.resize(saved, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_AREA)
+            return np.abs(shown.astype(int) - saved).mean()
+        window_id, shown = wait_for_window_showing(xvfb_display, "detect.py ", tmp_path / "screen.png", process,
+                                                   lambda shown: difference_to_saved(shown) < 25)
+        assert difference_to_saved(shown) < 25  # the window shows the annotated image
         press_key(xvfb_display, window_id, "space", process)
         process.communicate(timeout=60)
     assert process.returncode == 0
