@@ -106,8 +106,10 @@ def logs(proc):
     return proc.logs[0].read_text(errors="replace"), proc.logs[1].read_text(errors="replace")
 
 
-def wait_until(condition, proc, timeout=120, interval=0.05):
-    """Poll `condition()` until true; False if the process ended first or time ran out."""
+def wait_until(condition, proc, timeout=300, interval=0.05):
+    """Poll `condition()` until true; False if the process ended first; AssertionError if time ran out.
+
+    The bound covers train.py's start on a CPU shared three or four ways (importing torch alone: 20-40 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -530,7 +532,7 @@ def test_sigint_sigterm_finish_the_step_save_and_resume(signum, data, run_name, 
         os.killpg(proc.pid, signum)
     else:
         proc.send_signal(signum)
-    assert proc.wait(timeout=120) == 130
+    assert proc.wait(timeout=300) == 130  # the step in flight, then a checkpoint and wandb's close: slow when busy
     out, err = logs(proc)
     name = signal.Signals(signum).name
     assert f"{name} received: finishing this step, then saving checkpoint.pth.tar" in err
@@ -556,7 +558,7 @@ def test_killed_dataloader_worker_is_a_one_line_error(data, run_name, tmp_path):
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     assert wait_until(lambda: (run_dir / "checkpoint.pth.tar").exists() and children.read_text().split(), proc)
     os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
-    assert proc.wait(timeout=120) == 1  # a fault, not the user's input
+    assert proc.wait(timeout=300) == 1  # a fault, not the user's input
     err = logs(proc)[1]
     last = err.strip().splitlines()[-1]
     # torch reports the dead worker either itself or as a broken pipe while a batch is received
@@ -916,16 +918,21 @@ def test_detect_refuses_bad_model_files_with_one_line(case, name, message, detec
     assert (path.read_bytes() if path.exists() else None) == content
 
 
-def test_detect_unreachable_stream_is_one_line_with_credentials_masked(detect_inputs, tmp_path):
+def test_detect_unreachable_stream_is_one_line_with_credentials_masked(detect_inputs, tmp_path, capsys):
+    import detect
     from servers import free_port
     url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, str(REPO / "detect.py"), "--model", str(detect_inputs / "model.pth.tar"),
-                             "--source", url, "--stream-timeout", "2", "--save-dir", str(tmp_path / "out")],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    arguments = ["--model", str(detect_inputs / "model.pth.tar"), "--source", url, "--stream-timeout", "2",
+                 "--save-dir", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, str(REPO / "detect.py"), *arguments], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=600)  # only a hang: see below for the time
     assert result.returncode == 2, result.stderr
     assert result.stderr == (f"error: stream {url.replace('s3cret', '***')}: could not read a frame within 2 s "
                              f"(--stream-timeout); check the address, that the server is running, and "
                              f"--rtsp-transport\n")
-    assert time.monotonic() - started < 60
     assert result.stdout == "" and not (tmp_path / "out").exists()  # no frame: no run folder, no results.csv
+    # bounded by --stream-timeout: timed in this process, as the command's own time is mostly importing torch,
+    # which a CPU shared three or four ways stretches to a minute
+    started = time.monotonic()
+    assert detect.main(detect.parse_args(arguments)) == 2
+    assert time.monotonic() - started < 20, capsys.readouterr().err
