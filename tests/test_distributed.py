@@ -52,7 +52,25 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
     assert resumed_alone["epoch"] == 2 and resumed_alone["global_step"] == 4  # 8 images / (2 x 2) per step
 
 
-def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, run_name):
+def square_copy(data, folder):
+    """tiny_data with every image and mask resized to 96x96: letterboxing then pads nothing, so every process
+    averages its loss over as many pixels as the others (padding never counts, and DDP averages the processes'
+    gradients, each the mean over its own counted pixels)."""
+    for path in data.rglob("*"):
+        target = folder / path.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        elif path.suffix == ".png":
+            cv2.imwrite(str(target), cv2.resize(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), (96, 96),
+                                                interpolation=cv2.INTER_NEAREST))
+        else:
+            target.write_bytes(path.read_bytes())
+    return folder
+
+
+def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, tmp_path, run_name):
+    tiny_data = square_copy(tiny_data, tmp_path / "square")
     common = ("--epochs", "2", "--lr", "0.05", "--no-augment", "--freeze-bn", "--wandb-mode", "disabled", "--seed", "3",
               "--patience", "0")
     two = torchrun(tiny_command(tiny_data, f"{run_name}-ddp", "--batch-size", "2", *common))

@@ -613,10 +613,10 @@ def test_sample_failing_mid_run_names_its_files(data, tmp_path, workers):
     trainer = small_trainer(data, tmp_path, workers=workers)
     load_sample = trainer.train_set.load_sample
 
-    def broken(index):
+    def broken(index, seed=None):
         if index == 3:
             raise OSError("Input/output error")
-        return load_sample(index)
+        return load_sample(index, seed)
     trainer.train_set.load_sample = broken
     with pytest.raises(RunFailure) as error:
         trainer.fit()
@@ -645,9 +645,9 @@ def poison_after(trainer, good_samples):
     """Training samples load as usual for the first `good_samples` loads, then every image is all inf."""
     load_sample, calls = trainer.train_set.load_sample, [0]
 
-    def poisoned(index):
+    def poisoned(index, seed=None):
         calls[0] += 1
-        image, mask = load_sample(index)
+        image, mask = load_sample(index, seed)
         return (image if calls[0] <= good_samples else torch.full_like(image, math.inf)), mask
     trainer.train_set.load_sample = poisoned
 
@@ -687,11 +687,11 @@ def test_divergence_on_the_command_line_is_one_line(data, run_name, capsys):
 def test_sample_failing_mid_run_on_the_command_line_exits_1(data, run_name, capsys, monkeypatch):
     load_sample, calls = SegmentationDataset.load_sample, [0]
 
-    def failing_after_the_first_batch(self, index):
+    def failing_after_the_first_batch(self, index, seed=None):
         calls[0] += 1
         if calls[0] > 2:
             raise OSError("Input/output error")
-        return load_sample(self, index)
+        return load_sample(self, index, seed)
     monkeypatch.setattr(SegmentationDataset, "load_sample", failing_after_the_first_batch)
     code, _, err = train_in_process(capsys, *TINY, *FAST, *data_flags(data), "--name", run_name)
     last = err.strip().splitlines()[-1]
@@ -712,10 +712,10 @@ def test_worker_killed_during_the_test_evaluation_is_a_one_line_error(data, run_
     load_sample = SegmentationDataset.load_sample
     testing = [False]
 
-    def killed_in_the_test_worker(self, index):
+    def killed_in_the_test_worker(self, index, seed=None):
         if testing[0] and torch.utils.data.get_worker_info() is not None and self.pairs[index][0].name in test_images:
             os.kill(os.getpid(), signal.SIGKILL)
-        return load_sample(self, index)
+        return load_sample(self, index, seed)
     test = train.UnetTraining.test
 
     def test_marked(self):
@@ -770,10 +770,10 @@ def sample_fails_in_the_main_process(trainer, monkeypatch):
     """The evaluation loads in a worker and passes; the preview loads in the main process and fails."""
     load_sample = trainer.val_set.load_sample
 
-    def failing(index):
+    def failing(index, seed=None):
         if torch.utils.data.get_worker_info() is None:
             raise OSError("Input/output error")
-        return load_sample(index)
+        return load_sample(index, seed)
     monkeypatch.setattr(trainer.val_set, "load_sample", failing)
 
 
