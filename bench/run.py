@@ -33,7 +33,6 @@ import copy
 import io
 import multiprocessing
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import cv2
 import numpy as np
 import torch
 
+from bench.machine import cpu_name
 from dataset import make_dataset
 from make_sample_data import draw_objects, make_background
 from segtoolkit.checkpoints import save_checkpoint
@@ -448,21 +448,6 @@ def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8)
 
 
 # ---------------------------------------------------------------- report
-
-
-def cpu_name():
-    """The CPU's model name and its widest vector extensions, which the ratios depend on (from Linux's
-    /proc/cpuinfo; elsewhere just the architecture)."""
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(flags.group(1).split()) if flags else set()
-    vector = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"))
-              if flag in flags]
-    if not vector and "avx2" in flags:
-        vector = ["AVX2"]
-    return (name.group(1) if name else platform.machine()) + (f" ({', '.join(vector)})" if vector else "")
 
 
 def machine():
