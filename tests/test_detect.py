@@ -38,12 +38,12 @@ def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 20)
 
 
-LONG_CLIP_FRAMES = 1200
+LONG_CLIP_FRAMES = 3600  # about 2 minutes at detect.py's pace here: the window tests' bound
 
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
-    """1200 frames: long enough to interrupt or quit in the middle. detect.py reads a file as fast as it can
+    """3600 frames: long enough to interrupt or quit in the middle. detect.py reads a file as fast as it can
     (300 frames took 26-35 s on a busy CPU, at 74-107 ms a frame, and a quiet one is several times faster),
     while the test acts only after polls, screenshots and key presses."""
     return write_video(tmp_path_factory.mktemp("long") / "long clip.mp4", LONG_CLIP_FRAMES)
@@ -712,7 +712,8 @@ def wait_for_window_showing(display, title_start, path, process, shows, timeout=
     last = []
 
     def look():
-        assert process.poll() is None, f"detect.py ended while its window was awaited: {process.output()}"
+        assert process.poll() is None, (f"detect.py ended while its window was awaited; last look: "
+                                        f"{describe(last[1]) if last else 'no window'}; {process.output()[1]}")
         window = find_window(display, title_start)
         if window is None:
             return False
@@ -722,6 +723,12 @@ def wait_for_window_showing(display, title_start, path, process, shows, timeout=
     wait_until(look, timeout, interval=0.5)
     assert last, f"no window {title_start!r} on the display"
     return last
+
+
+def describe(shown):
+    """What a test saw of a window: its size, mean brightness and share of overlay green."""
+    return (f"{shown.shape[1]}x{shown.shape[0]} px, mean {shown.mean():.1f}, green {overlay_green(shown).mean():.3f}"
+            if shown.size else "an empty screenshot")
 
 
 def overlay_green(shown):

@@ -20,6 +20,7 @@ from segtoolkit import onnx_export, onnx_runtime
 from dataset import BinaryDataset
 from segtoolkit.splits import pair_masks
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.losses import make_loss
 from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS, save_checkpoint
 from segtoolkit.errors import UserError
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
@@ -40,9 +41,10 @@ def checkpoint(tmp_path_factory):
     loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, drop_last=True)
     model = build_model("Unet", "resnet18", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    criterion = make_loss("bce", 1)  # the letterbox padding's targets are IGNORE: it must not count
     model.train()
     for batch, masks in itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), 30):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), masks)
+        loss = criterion(model(batch), masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
