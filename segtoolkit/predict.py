@@ -8,9 +8,9 @@ Usage:
     logits = predictor(batch)                       # float32 NCHW in, float32 logits NCHW out, on the CPU
     mask = logits_to_mask(logits[0], conf_thres=0.5)
 
---half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX), where it runs 2-2.8x
-float32 eager; on any other CPU one warning line and float32, because bfloat16 emulated in software is far
-slower than float32 there (README: Performance has the figures per CPU).
+--half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX), where issue 16 measured
+2.2x (PyTorch) and 2.7x (OpenVINO) float32 eager; on any other CPU one warning line and float32, because
+bfloat16 emulated there is slower than float32 (0.23x on an AVX2 EPYC; README: Performance, per CPU).
 """
 
 import platform
