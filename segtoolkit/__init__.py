@@ -6,8 +6,8 @@ one run's settings, and the rules of resume and fine-tune), `models` (the smp fa
 self-describing file format), `training` (precision, run folders), `loading` (DataLoaders and the
 loader-failure wrapper), `evaluation` (a model over a split -> metrics dict), `metrics` (confusion counts,
 early stopping), `run_logging` (results.csv, plots, previews, wandb), `distributed` (torchrun). Inference:
-`predict` (a checkpoint or ONNX file behind one call), `sources` (what a --source is), `pipeline`
+`predict` (a checkpoint, ONNX or OpenVINO file behind one call, and --half), `sources` (what a --source is), `pipeline`
 (prefetch and finisher threads), `overlay` (polygons and drawing), `detect_outputs` (results.csv, images,
-videos, the window), `onnx_export`, `onnx_runtime`, `quantize` (int8). Shared: `errors` (UserError,
+videos, the window), `onnx_export`, `onnx_runtime`, `openvino_runtime`, `quantize` (int8). Shared: `errors` (UserError,
 RunFailure, exit codes) and `cli` (one error handler, one Ctrl-C/SIGTERM helper, help formatting).
 """
