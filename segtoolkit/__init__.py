@@ -1,13 +1,14 @@
-"""segtoolkit: the library behind train.py, detect.py and export.py (the commands at the repository's root,
-with dataset.py's BinaryDataset and Dataset and dataloaders.py's LoadImages and LoadStreams). Reading data:
+"""segtoolkit: the library behind train.py, detect.py and export.py (the commands at the repository's root, with
+dataset.py's BinaryDataset and Dataset and dataloaders.py's LoadImages and LoadStreams). Reading data:
 `imaging` (image files, upright and 8-bit, and the one preprocessing path: letterbox, normalize), `masks`
-(what mask values mean), `splits` (split files, --search-files), `augment`. Training: `config` (RunConfig,
-one run's settings, and the rules of resume and fine-tune), `models` (the smp factory), `checkpoints` (the
+(what mask values mean), `splits` (split files, --search-files), `augment`. Training: `config` (RunConfig, one
+run's settings, and the rules of resume and fine-tune), `models` (the smp factory), `checkpoints` (the
 self-describing file format), `training` (precision, run folders), `loading` (DataLoaders and the
 loader-failure wrapper), `evaluation` (a model over a split -> metrics dict), `metrics` (confusion counts,
 early stopping), `run_logging` (results.csv, plots, previews, wandb), `distributed` (torchrun). Inference:
-`predict` (a checkpoint, ONNX or OpenVINO file behind one call, and --half), `sources` (what a --source is), `pipeline`
-(prefetch and finisher threads), `overlay` (polygons and drawing), `detect_outputs` (results.csv, images,
-videos, the window), `onnx_export`, `onnx_runtime`, `openvino_runtime`, `quantize` (int8). Shared: `errors` (UserError,
-RunFailure, exit codes) and `cli` (one error handler, one Ctrl-C/SIGTERM helper, help formatting).
+`predict` (a checkpoint, ONNX or OpenVINO file behind one call, and --half), `sources` (what a --source is),
+`pipeline` (prefetch and finisher threads), `overlay` (polygons and drawing), `detect_outputs` (results.csv,
+images, videos, the window), `onnx_export`, `onnx_runtime`, `openvino_runtime`, `quantize` (int8). Shared:
+`errors` (UserError, RunFailure, exit codes) and `cli` (one error handler, one Ctrl-C/SIGTERM helper, help
+formatting).
 """
