@@ -10,6 +10,8 @@ Usage:
     python detect.py --model best.pth.tar --source 0 --view-img              # first webcam
     python detect.py --model best.pth.tar --source sources.txt               # one source per line
     python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
+    python detect.py --model best-checkpoint.xml --source clip.mp4           # OpenVINO model from export.py
+    python detect.py --model best.pth.tar --source clip.mp4 --half           # bfloat16 CPUs, float16 GPUs
 
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, and a second
 run into it appends to its results.csv): for each image the annotated image and masks/<name>.png (0/255
@@ -146,9 +148,9 @@ def check_flags(conf_thres, max_frames, patch_size, name):
 
 
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
-        view_img=False, save_video=False, device="auto", save_dir=None, project=DEFAULT_PROJECT, name="exp",
-        nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25, tile_batch=4,
-        tile_weighting="gaussian"):
+        view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
+        name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
+        tile_batch=4, tile_weighting="gaussian"):
     """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
 
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
@@ -161,7 +163,7 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     check_save_dir(save_dir or Path(project) / name)
     if view_img:
         check_display()
-    meta, predictor = load_predictor(model, device)
+    meta, predictor = load_predictor(model, device, half)
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
     tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
@@ -242,7 +244,9 @@ def parse_args(argv=None):
     data.add_argument("--rtsp-transport", default="auto", choices=RTSP_TRANSPORTS,
                       help="RTSP over tcp, udp, or auto (TCP, then UDP)")
     model = parser.add_argument_group("Model")
-    model.add_argument("--model", required=True, help="checkpoint from train.py (.pth.tar) or .onnx from export.py")
+    model.add_argument("--model", required=True,
+                       help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file (onnxruntime) or "
+                            "an .xml with its .bin (OpenVINO)")
     model.add_argument("--patch-size", type=int, default=None,
                        help="inference size, a positive multiple of 32 (default: the checkpoint's)")
     model.add_argument("--classes", type=int, default=None, help="only checked against the checkpoint")
@@ -260,7 +264,11 @@ def parse_args(argv=None):
                        help="probability above which a pixel is foreground (several classes: below it, class 0)")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
-                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
+                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "
+                              ".xml: OpenVINO on the CPU)")
+    runtime.add_argument("--half", action="store_true",
+                         help="half precision: float16 on CUDA, bfloat16 on CPUs with AVX-512 BF16 or AMX (.pth.tar "
+                              "and .xml); on other CPUs, and for .onnx, a warning and float32")
     runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
     runtime.add_argument("--verbose", action="store_true",
                          help="full tracebacks, FFmpeg/OpenCV warnings, and Python warnings with their source line")
@@ -284,10 +292,10 @@ def detect_from_args(args):
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
                   encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
-                  view_img=args.view_img, save_video=args.save_video, device=args.device, save_dir=args.save_dir,
-                  project=args.project, name=args.name, nosave=args.nosave, stream_timeout=args.stream_timeout,
-                  rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap,
-                  tile_batch=args.tile_batch, tile_weighting=args.tile_weighting)
+                  view_img=args.view_img, save_video=args.save_video, device=args.device, half=args.half,
+                  save_dir=args.save_dir, project=args.project, name=args.name, nosave=args.nosave,
+                  stream_timeout=args.stream_timeout, rtsp_transport=args.rtsp_transport, tile=args.tile,
+                  tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weighting=args.tile_weighting)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

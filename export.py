@@ -1,11 +1,14 @@
-"""Export a train.py checkpoint to ONNX (float32, or int8 calibrated on your images) for detect.py and
-onnxruntime.
+"""Export a train.py checkpoint for detect.py: to ONNX (float32, or int8 calibrated on your images) for
+onnxruntime, or to OpenVINO (float32 weights; detect.py --half runs it in bfloat16 on CPUs that have it).
 
-The file carries the checkpoint's self-description in its metadata, so `detect.py --model model.onnx`
-needs no other flag; export.py checks it against PyTorch before it finishes.
+The file carries the checkpoint's self-description (ONNX metadata, OpenVINO rt_info), so `detect.py --model
+FILE` needs no other flag; export.py checks it against PyTorch before it finishes: the largest logit
+difference on a random input, and with --check-images (or --int8's --calibration images) the masks' IoU,
+with a warning below 0.99.
 
 Usage:
     python export.py --model checkpoints/exp/best-checkpoint.pth.tar     # -> checkpoints/exp/best-checkpoint.onnx
+    python export.py --model best.pth.tar --format openvino --check-images data/sample/imgs   # -> best.xml, .bin
     python export.py --model best.pth.tar --output unet.onnx --patch-size 512
     python export.py --model best.pth.tar --int8 --calibration data/sample/imgs   # -> best-int8.onnx, CPU
     python detect.py --model checkpoints/exp/best-checkpoint.onnx --source data/sample/imgs
@@ -16,6 +19,7 @@ Exit codes: 0 done, 2 bad input (a one-line error naming the file or flag).
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from segtoolkit import quantize
@@ -27,6 +31,20 @@ from segtoolkit.models import model_from_checkpoint
 from segtoolkit.onnx_export import (DEFAULT_OPSET, STATIC_SIZE_ARCHITECTURES, check_opset, check_output,
                                     check_simplifier, default_output, export_onnx, max_difference, simplify)
 from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
+from segtoolkit.predict import cpu_summary, native_bfloat16
+
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+@dataclass
+class Check:
+    """How the written file compares with PyTorch float32: the largest logit difference on a random input
+    (float32 files), the (lowest, mean) mask IoU on `images` and, for OpenVINO on a CPU with native bfloat16,
+    the same with --half."""
+    difference: float | None = None
+    agreement: tuple | None = None
+    half_agreement: tuple | None = None
+    images: str = ""
 
 
 def parse_args(argv=None):
@@ -36,13 +54,23 @@ def parse_args(argv=None):
     model.add_argument("--patch-size", type=int, default=None,
                        help="traced input size and the size stored for detect.py (default: the checkpoint's)")
     output = parser.add_argument_group("Output")
+    output.add_argument("--format", default="onnx", choices=tuple(SUFFIXES),
+                        help="onnx (onnxruntime) or openvino (an .xml and its .bin, converted from the ONNX "
+                             "export by OpenVINO)")
     output.add_argument("--output", default=None,
-                        help="ONNX file to write, ending in .onnx (default: next to the checkpoint, same stem)")
+                        help="file to write, ending in .onnx (.xml for openvino) (default: next to the checkpoint, "
+                             "same stem)")
     output.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version, 17 or higher")
     output.add_argument("--simplify", action="store_true", help="run onnx-simplifier on the file (if installed)")
+    check = parser.add_argument_group("Check")
+    check.add_argument("--check-images", default=None,
+                       help="images (a folder, glob or .txt list; at most 32, spread evenly) to compare the file's "
+                            "masks with PyTorch's on (default: --int8's calibration images, else none: the logit "
+                            "difference on a random input only)")
     quantization = parser.add_argument_group("int8 (CPU)")
     quantization.add_argument("--int8", action="store_true",
-                              help="write an int8 model calibrated on --calibration (default file: STEM-int8.onnx)")
+                              help="write an int8 ONNX model calibrated on --calibration (default file: "
+                                   "STEM-int8.onnx)")
     quantization.add_argument("--calibration", default=None,
                               help="images for the int8 ranges: a folder, glob or .txt list (the training images)")
     quantization.add_argument("--calibration-count", type=int, default=None,
@@ -53,16 +81,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_graph=False, int8=False,
-        calibration=None, calibration_count=None):
-    """Export the checkpoint `model` and check the file against PyTorch.
-
-    Returns (path, meta, check): check is the largest logit difference for a float32 file, and the
-    (smallest, mean) mask IoU on the calibration images for an int8 one.
-    """
+def check_flags(output, patch_size, opset, simplify_graph, file_format, int8, calibration):
+    """The flags, checked before the checkpoint is read."""
     check_opset(opset)
+    if int8 and file_format != "onnx":
+        raise UserError("--int8 writes an int8 ONNX file; drop --format openvino (OpenVINO runs the float32 "
+                        "export, with --half where the CPU has bfloat16)")
     if output is not None:
-        check_output(output)
+        check_output(output, SUFFIXES[file_format])
     if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
         check_patch_size(patch_size)
     if simplify_graph:
@@ -70,47 +96,97 @@ def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_gr
     if int8 != (calibration is not None):
         raise UserError("--int8 needs --calibration IMAGES (a folder, glob or .txt list of training images, "
                         "for example data/sample/imgs)" if int8 else "--calibration is only used with --int8")
+
+
+def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_graph=False, file_format="onnx",
+        int8=False, calibration=None, calibration_count=None, check_images=None):
+    """Export the checkpoint `model` as `file_format` ("onnx" or "openvino") and check the file against
+    PyTorch. Returns (path, meta, Check)."""
+    check_flags(output, patch_size, opset, simplify_graph, file_format, int8, calibration)
+    count = quantize.DEFAULT_COUNT if calibration_count is None else calibration_count
+    calibration = quantize.calibration_images(calibration, count) if int8 else None
+    checked = quantize.calibration_images(check_images, flag="--check-images") if check_images else calibration
     checkpoint = load_checkpoint(model)
     torch_model = model_from_checkpoint(checkpoint, model)
-    output = Path(output) if output else default_output(model, "-int8" if int8 else "")
-    if not int8:
-        meta = export_onnx(torch_model, checkpoint["meta"], output, patch_size, opset)
-        if simplify_graph:
-            simplify(output)
-        _, predict = load_onnx(output)
-        return output, meta, max_difference(torch_model, predict, meta, meta["patch_size"])
-
-    count = quantize.DEFAULT_COUNT if calibration_count is None else calibration_count
-    images = quantize.calibration_images(calibration, count)
+    output = Path(output) if output else default_output(model, "-int8" if int8 else "", SUFFIXES[file_format])
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as work:
-        float_path = Path(work) / "float32.onnx"
-        meta = export_onnx(torch_model, checkpoint["meta"], float_path, patch_size, opset)
+        onnx_path = output if file_format == "onnx" and not int8 else Path(work) / "float32.onnx"
+        meta = export_onnx(torch_model, checkpoint["meta"], onnx_path, patch_size, opset)
         if simplify_graph:
-            simplify(float_path)
+            simplify(onnx_path)
+        if int8:
+            quantize.quantize_int8(onnx_path, output, quantize.preprocessed(calibration, meta), INPUT_NAME)
+        elif file_format == "openvino":
+            from segtoolkit.openvino_runtime import convert_onnx  # only OpenVINO exports need openvino
+            convert_onnx(onnx_path, output, meta)
+    what = f"{len(checked or [])} images ({'--check-images' if check_images else 'the calibration images'})"
+    return output, meta, check_file(torch_model, output, meta, file_format, int8, checked, what)
+
+
+def check_file(torch_model, path, meta, file_format, int8, images, what):
+    """The file against PyTorch float32 (see Check)."""
+    predict = load_file(path, file_format)
+    check = Check(images=what)
+    if not int8:
+        check.difference = max_difference(torch_model, predict, meta, meta["patch_size"])
+    if images:
         batches = quantize.preprocessed(images, meta)
-        quantize.quantize_int8(float_path, output, batches, INPUT_NAME)
-    _, predict = load_onnx(output)
-    return output, meta, quantize.mask_agreement(torch_model, predict, batches)
+        check.agreement = quantize.mask_agreement(torch_model, predict, batches)
+        if file_format == "openvino" and native_bfloat16():  # what detect.py --half will run on this CPU
+            check.half_agreement = quantize.mask_agreement(torch_model, load_file(path, file_format, "bf16"), batches)
+    return check
+
+
+def load_file(path, file_format, precision="f32"):
+    """The predict function of a written file (precision: OpenVINO's inference precision hint)."""
+    if file_format == "onnx":
+        return load_onnx(path)[1]
+    from segtoolkit.openvino_runtime import load_openvino  # only OpenVINO exports need openvino
+
+    return load_openvino(path, precision)[1]
+
+
+def describe_check(check, file_format, int8):
+    """(summary text, warnings) for the file's Check; a warning for each IoU below quantize.MIN_AGREEMENT."""
+    parts, warnings = [], []
+    if check.difference is not None:
+        parts.append(f"largest logit difference from PyTorch {check.difference:.2e}")
+    runtime = "OpenVINO" if file_format == "openvino" else "ONNX"
+    runs = [("int8" if int8 else f"{runtime} float32", check.agreement),
+            (f"{runtime} --half (bfloat16)", check.half_agreement)]
+    for name, agreement in runs:
+        if agreement is None:
+            continue
+        lowest, mean = agreement
+        text = f"{name} masks against PyTorch's on {check.images}: IoU {mean:.4f} mean, {lowest:.4f} lowest"
+        parts.append(text)
+        if lowest < quantize.MIN_AGREEMENT:
+            fix = "use the float32 export (without --int8) or calibrate on more images" if name == "int8" else \
+                "compare detect.py's masks from the checkpoint and from this file before relying on it"
+            warnings.append(f"warning: {name} changes the masks more than expected ({text}); {fix}")
+    if file_format == "openvino" and check.agreement is not None and check.half_agreement is None:
+        parts.append(f"--half runs float32 on this CPU ({cpu_summary()})")
+    return "; ".join(parts), warnings
 
 
 def export_from_args(args):
     """run() with the command line's arguments, then its one-paragraph summary; returns the exit code."""
     path, meta, check = run(model=args.model, output=args.output, patch_size=args.patch_size, opset=args.opset,
-                            simplify_graph=args.simplify, int8=args.int8, calibration=args.calibration,
-                            calibration_count=args.calibration_count)
+                            simplify_graph=args.simplify, file_format=args.format, int8=args.int8,
+                            calibration=args.calibration, calibration_count=args.calibration_count,
+                            check_images=args.check_images)
     size = "any size (multiple of 32)" if meta["architecture"] not in STATIC_SIZE_ARCHITECTURES else \
         f"{meta['patch_size']}x{meta['patch_size']} only"
-    if args.int8:
-        lowest, mean = check
-        agreement = f"masks against PyTorch's on the calibration images: IoU {mean:.4f} mean, {lowest:.4f} lowest"
-        if lowest < quantize.MIN_AGREEMENT:
-            print(f"warning: int8 changes the masks more than expected ({agreement}); use the float32 export "
-                  f"(without --int8) or calibrate on more images", file=sys.stderr)
-    else:
-        agreement = f"largest logit difference from PyTorch {check:.2e}"
-    print(f"exported {meta['architecture']}/{meta['encoder']} to {path} ({path.stat().st_size / 1e6:.1f} MB, "
-          f"opset {args.opset}, {'int8, ' if args.int8 else ''}dynamic batch, {size}); {agreement}\n"
+    summary, warnings = describe_check(check, args.format, args.int8)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    written = [path, path.with_suffix(".bin")] if args.format == "openvino" else [path]
+    files = " and ".join(str(file) if file == path else file.name for file in written)
+    megabytes = sum(file.stat().st_size for file in written) / 1e6
+    kind = "OpenVINO, float32 weights, " if args.format == "openvino" else "int8, " if args.int8 else ""
+    print(f"exported {meta['architecture']}/{meta['encoder']} to {files} ({megabytes:.1f} MB, opset {args.opset}, "
+          f"{kind}dynamic batch, {size}); {summary}\n"
           f"run it with: python detect.py --model {path} --source IMAGE_OR_VIDEO")
     return 0
 

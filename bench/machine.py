@@ -13,8 +13,8 @@ def cpu_name():
     name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
     flags = set(flags.group(1).split()) if flags else set()
-    vector = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"))
-              if flag in flags]
+    vector = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"),
+                                        ("amx_tile", "AMX")) if flag in flags]
     if not vector and "avx2" in flags:
         vector = ["AVX2"]
     return (name.group(1) if name else platform.machine()) + (f" ({', '.join(vector)})" if vector else "")

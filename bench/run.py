@@ -17,6 +17,15 @@ on a busy one.
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
                     batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
                     matrix-multiply peak                                                      target >= 1.3
+  half_speedup      detect.py's PyTorch inference with --half / without, Unet/resnet34 at 512: bfloat16 on a CPU
+                    with AVX-512 BF16 or AMX (target >= 1.8), float32 with a warning on any other (target >= 0.95:
+                    the fallback costs nothing; bfloat16 forced there is shown beside it, to show why)
+  openvino_speedup  OpenVINO (with --half where the CPU has bfloat16) / PyTorch eager float32, Unet/resnet34 at
+                    512; OpenVINO float32 and onnxruntime shown beside it. The issue's goal for the fastest
+                    runtime: target >= 2.5 on a bfloat16 CPU, >= 1.3 on others
+  detect_overhead_fast  detect.py end to end, as detect_overhead, with the runtime that runs the forward pass
+                    fastest on this CPU / that runtime's forward pass alone                   target >= 0.95
+
   tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
 
 Usage:
@@ -25,6 +34,7 @@ Usage:
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
     python3 -m bench.run --only onnx_int8                 # extra: export.py --int8 against eager and float32
+    python3 -m bench.run --only amp_training              # extra: train.py --use-amp against float32
 """
 
 import argparse
@@ -38,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +63,14 @@ from segtoolkit.checkpoints import save_checkpoint
 from segtoolkit.config import REPO, RunConfig
 from segtoolkit.imaging import preprocess_image
 from segtoolkit.models import build_model, model_meta
+from segtoolkit.predict import TorchPredictor, half_dtype, load_predictor, native_bfloat16
 from segtoolkit.training import resolve_precision
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
 
-BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup",
-              "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
-EXTRAS = ("channels_last", "onnx_int8")
+BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
+              "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
+EXTRAS = ("channels_last", "onnx_int8", "amp_training")
 
 
 @dataclass
@@ -252,9 +264,33 @@ def preload_memory(work, rounds, workers, count=512, patch=256, size=(480, 640))
                   f"{count} images {size[1]}x{size[0]} -> patch {patch} (RGB + mask), {threads} preload threads")
 
 
-def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames=48):
-    from detect import TorchPredictor
+def detect_rate(work, model_file, video, frames, *flags):
+    """detect.py as a user runs it, timed at each per-frame line it prints: frames 2..N, so both sides leave out
+    the first frame's one-off set-up (oneDNN kernels, allocator), as the forward pass's warm-up does."""
+    errors = work / "detect-stderr.txt"
+    with open(errors, "w") as stderr:
+        process = subprocess.Popen([sys.executable, str(REPO / "detect.py"), "--model", str(model_file), "--source",
+                                    str(video), "--save-video", "--save-dir", str(work / "detect"), *flags],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        stamps = [time.perf_counter() for line in process.stdout if line.startswith("video ")]
+    if process.wait() != 0 or len(stamps) != frames:
+        raise RuntimeError(f"detect.py printed {len(stamps)} frame lines for {frames} frames, exit "
+                           f"{process.returncode}: {errors.read_text()[-2000:]}")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
+
+def frames_rate(predictor, tensors):
+    """A measure: frames/s of `predictor` over `tensors`, one at a time, as detect.py feeds them."""
+    def measure():
+        started = time.perf_counter()
+        for tensor in tensors:
+            predictor(tensor)
+        return len(tensors) / (time.perf_counter() - started)
+
+    return measure
+
+
+def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames=48):
     video = write_video(work / "clip.mp4", frames)
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)
@@ -262,33 +298,63 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
     checkpoint = work / "model.pth.tar"
     save_checkpoint(checkpoint, model, meta)
     tensors = [preprocess_image(rgb, patch, meta["mean"], meta["std"])[0][None] for rgb in read_video_rgb(video)]
-    predictor = TorchPredictor(model, torch.device("cpu"))
-
-    def forward_rate():
-        started = time.perf_counter()
-        for tensor in tensors:
-            predictor(tensor)
-        return len(tensors) / (time.perf_counter() - started)
-
-    def detect_rate():
-        """detect.py as a user runs it, timed at each per-frame line it prints: frames 2..N, so both sides
-        leave out the first frame's one-off set-up (oneDNN kernels, allocator), as the warm-up does above."""
-        errors = work / "detect-stderr.txt"
-        with open(errors, "w") as stderr:
-            process = subprocess.Popen([sys.executable, str(REPO / "detect.py"), "--model", str(checkpoint),
-                                        "--source", str(video), "--save-video", "--save-dir", str(work / "detect")],
-                                       cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
-            stamps = [time.perf_counter() for line in process.stdout if line.startswith("video ")]
-        if process.wait() != 0 or len(stamps) != len(tensors):
-            raise RuntimeError(f"detect.py printed {len(stamps)} frame lines for {len(tensors)} frames, exit "
-                               f"{process.returncode}: {errors.read_text()[-2000:]}")
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
+    forward_rate = frames_rate(TorchPredictor(model, torch.device("cpu")), tensors)
     forward_rate()  # warm-up
-    best = alternate(rounds, forward=forward_rate, detect=detect_rate)
+    best = alternate(rounds, forward=forward_rate, detect=lambda: detect_rate(work, checkpoint, video, len(tensors)))
     return Result("detect_overhead", best["detect"] / best["forward"], ">= 0.90",
                   f"detect.py {best['detect']:.2f} FPS, forward alone {best['forward']:.2f} FPS",
                   f"Unet/{encoder} patch {patch} batch 1, {len(tensors)} frames 640x480 -> MP4, PyTorch, "
+                  f"threads {torch.get_num_threads()}")
+
+
+def model_files(work, encoder, patch):
+    """A random-weight Unet at `patch` written as a checkpoint, an ONNX file and an OpenVINO model, as
+    train.py and export.py write them: (model, meta, {runtime: file})."""
+    from segtoolkit.onnx_export import export_onnx
+    from segtoolkit.openvino_runtime import convert_onnx
+
+    meta = model_meta("Unet", encoder, 1, patch)
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1).eval()
+    save_checkpoint(work / "model.pth.tar", model, meta)
+    export_onnx(model, meta, work / "model.onnx")
+    convert_onnx(work / "model.onnx", work / "model.xml", meta)
+    return model, meta, {"PyTorch": work / "model.pth.tar", "onnxruntime": work / "model.onnx",
+                         "OpenVINO": work / "model.xml"}
+
+
+def runtimes(files, half):
+    """{name: (predictor, detect.py flags)} for every runtime detect.py can run these files with; with `half`
+    also the --half runs that differ from float32 on this CPU (bfloat16 where it is native)."""
+    cpu = torch.device("cpu")
+    found = {name: (load_predictor(path, cpu)[1], ()) for name, path in files.items()}
+    if half and native_bfloat16():
+        for name in ("PyTorch", "OpenVINO"):
+            found[f"{name} --half"] = (load_predictor(files[name], cpu, half=True)[1], ("--half",))
+    return found
+
+
+def detect_overhead_fast(work, rounds, workers, encoder="resnet34", patch=256, frames=48):
+    """detect_overhead with the runtime whose forward pass is fastest here (picked by one alternated round over
+    every runtime and, where the CPU has native bfloat16, --half): the pipeline must keep up with it."""
+    video = write_video(work / "clip.mp4", frames)
+    _, meta, files = model_files(work, encoder, patch)
+    tensors = [preprocess_image(rgb, patch, meta["mean"], meta["std"])[0][None] for rgb in read_video_rgb(video)]
+    candidates = runtimes(files, half=True)
+    measures = {name: frames_rate(predictor, tensors[:8]) for name, (predictor, _) in candidates.items()}
+    for measure in measures.values():
+        measure()  # warm-up
+    picked = alternate(min(rounds, 2), **measures)
+    fastest = max(picked, key=picked.get)
+    predictor, flags = candidates[fastest]
+    model_file = files[fastest.split()[0]]
+    best = alternate(rounds, forward=frames_rate(predictor, tensors),
+                     detect=lambda: detect_rate(work, model_file, video, len(tensors), *flags))
+    others = ", ".join(f"{name} {rate:.2f}" for name, rate in picked.items() if name != fastest)
+    return Result("detect_overhead_fast", best["detect"] / best["forward"], ">= 0.95",
+                  f"detect.py {best['detect']:.2f} FPS, forward alone {best['forward']:.2f} FPS with {fastest} "
+                  f"(the fastest forward pass here; {others} FPS)",
+                  f"Unet/{encoder} patch {patch} batch 1, {len(tensors)} frames 640x480 -> MP4, {fastest}, "
                   f"threads {torch.get_num_threads()}")
 
 
@@ -341,7 +407,6 @@ def matmul_peak(size=1024, repeats=8):
 def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
     """Also reports each side's convolution GFLOP/s against the CPU's float32 matrix-multiply peak: a side
     near that peak cannot get much faster in float32, only by doing fewer operations."""
-    from detect import TorchPredictor
     from segtoolkit.onnx_export import export_onnx
     from segtoolkit.onnx_runtime import load_onnx
 
@@ -378,7 +443,6 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
 def onnx_int8(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
     """Extra: export.py --int8 (calibrated QDQ) against PyTorch eager and the float32 ONNX file, as
     onnx_speedup. Calibrated on 4 random batches: the speed does not depend on the ranges found."""
-    from detect import TorchPredictor
     from segtoolkit.onnx_export import export_onnx
     from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
     from segtoolkit.quantize import quantize_int8
@@ -408,6 +472,86 @@ def onnx_int8(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
                   f"int8 onnxruntime {best['int8']:.2f} FPS, float32 {best['float32']:.2f} FPS "
                   f"(x{best['int8'] / best['float32']:.2f}), PyTorch eager {best['torch']:.2f} FPS",
                   f"Unet/{encoder} patch {patch} batch 1, uint8 activations, int8 weights per channel")
+
+
+def repeat_rate(run, frames):
+    """A measure: frames/s of calling `run` `frames` times."""
+    def measure():
+        started = time.perf_counter()
+        for _ in range(frames):
+            run()
+        return frames / (time.perf_counter() - started)
+
+    return measure
+
+
+def half_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
+    """load_predictor(half=True), as detect.py --half runs a checkpoint, against float32 eager. Where the CPU has
+    no native bfloat16 that is float32 (with its warning), and bfloat16 forced is measured beside it on one
+    frame a round: the reason for the fallback."""
+    torch.manual_seed(0)
+    model = build_model("Unet", encoder, 1).eval()
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dtype = half_dtype(cpu, True)
+    batch = torch.randn(1, 3, patch, patch)
+    eager = TorchPredictor(copy.deepcopy(model), cpu)
+    half = TorchPredictor(copy.deepcopy(model), cpu, dtype)
+    measures = {"float32": repeat_rate(lambda: eager(batch), frames), "half": repeat_rate(lambda: half(batch), frames)}
+    if dtype == torch.float32:
+        forced = TorchPredictor(copy.deepcopy(model), cpu, torch.bfloat16)
+        measures["forced"] = repeat_rate(lambda: forced(batch), 1)
+    for measure in measures.values():
+        measure()  # warm-up
+    best = alternate(rounds, **measures)
+    native = bool(native_bfloat16())
+    how = "bfloat16" if native else f"float32 ({'warned' if caught else 'NOT warned'}; bfloat16 forced: " \
+        f"{best['forced']:.3f} FPS, x{best['forced'] / best['float32']:.2f})"
+    return Result("half_speedup", best["half"] / best["float32"], ">= 1.8" if native else ">= 0.95",
+                  f"--half ran {how} {best['half']:.2f} FPS, float32 eager {best['float32']:.2f} FPS",
+                  f"Unet/{encoder} patch {patch} batch 1, PyTorch, threads {torch.get_num_threads()}")
+
+
+def openvino_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
+    """OpenVINO as detect.py runs an export.py --format openvino file (with --half too where the CPU has
+    native bfloat16) against PyTorch eager float32; onnxruntime and each side's share of the CPU's float32
+    matrix-multiply peak beside it, as onnx_speedup."""
+    _, _, files = model_files(work, encoder, patch)
+    found = runtimes(files, half=True)
+    batch = torch.randn(1, 3, patch, patch)
+    gflops = conv_flops(found["PyTorch"][0].model, batch) / 1e9
+    measures = {name: repeat_rate(lambda predictor=predictor: predictor(batch), frames)
+                for name, (predictor, _) in found.items() if not name.startswith("PyTorch --")}
+    for measure in measures.values():
+        measure()  # warm-up
+    best = alternate(rounds, **measures, peak=matmul_peak())
+    openvino = max((name for name in best if name.startswith("OpenVINO")), key=best.get)
+    share = {name: gflops * best[name] / best["peak"] for name in ("OpenVINO", "onnxruntime", "PyTorch")}
+    others = ", ".join(f"{name} {best[name]:.2f} FPS (x{best[name] / best['PyTorch']:.2f})"
+                       for name in measures if name not in (openvino, "PyTorch"))
+    return Result("openvino_speedup", best[openvino] / best["PyTorch"], ">= 2.5" if "--half" in openvino else ">= 1.3",
+                  f"{openvino} {best[openvino]:.2f} FPS, PyTorch eager float32 {best['PyTorch']:.2f} FPS; {others}; "
+                  f"float32 convolutions {gflops:.1f} GFLOP a frame: OpenVINO {share['OpenVINO']:.0%}, onnxruntime "
+                  f"{share['onnxruntime']:.0%}, eager {share['PyTorch']:.0%} of the float32 matmul peak "
+                  f"{best['peak']:.0f} GFLOP/s",
+                  f"Unet/{encoder} patch {patch} batch 1, torch threads {torch.get_num_threads()}, OpenVINO latency "
+                  f"hint, onnxruntime one thread per core")
+
+
+def amp_training(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=4):
+    """Extra: train.py --use-amp (bfloat16 autocast on the CPU) against float32, UnetTraining images/s."""
+    pairs = write_images(work / "data", batch * steps, seed=4)
+    trainers = {amp: make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                                  epochs=rounds + 2, use_amp=amp) for amp in (False, True)}
+    for trainer in trainers.values():
+        trainer_epoch_rate(trainer)  # warm-up: worker start, oneDNN kernels
+    best = alternate(rounds, float32=lambda: trainer_epoch_rate(trainers[False]),
+                     amp=lambda: trainer_epoch_rate(trainers[True]))
+    return Result("amp_training", best["amp"] / best["float32"], ">= 1.0",
+                  f"--use-amp {best['amp']:.2f} img/s, float32 {best['float32']:.2f} img/s",
+                  f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()}, "
+                  f"bfloat16 autocast, {'native' if native_bfloat16() else 'no native'} bfloat16")
 
 
 def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8):
@@ -453,8 +597,10 @@ def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8)
 def machine():
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     import onnxruntime
+    import openvino
     return (f"{cpu_name()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, CUDA "
+            f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, openvino "
+            f"{openvino.__version__.split('-')[0]}, CUDA "
             f"{'yes' if torch.cuda.is_available() else 'no'}")
 
 

@@ -35,15 +35,15 @@ SIZE_MULTIPLE = {"PSPNet": 96, "UPerNet": 192}
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 
 
-def default_output(checkpoint_path, tag=""):
-    """checkpoints/exp/best-checkpoint.pth.tar -> checkpoints/exp/best-checkpoint{tag}.onnx"""
+def default_output(checkpoint_path, tag="", suffix=".onnx"):
+    """checkpoints/exp/best-checkpoint.pth.tar -> checkpoints/exp/best-checkpoint{tag}{suffix}"""
     path = Path(checkpoint_path)
     name = path.name
-    for suffix in CHECKPOINT_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[:-len(suffix)]
+    for checkpoint_suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(checkpoint_suffix):
+            name = name[:-len(checkpoint_suffix)]
             break
-    return path.with_name(f"{name}{tag}.onnx")
+    return path.with_name(f"{name}{tag}{suffix}")
 
 
 def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
@@ -155,15 +155,17 @@ def remove_unused(graph):
         graph.initializer.remove(tensor)
 
 
-def check_output(output):
-    """--output must name an .onnx file: detect.py tells an ONNX model by its suffix, and a folder (or a path
-    ending in a separator, which Path() would silently drop) is not a file name."""
+def check_output(output, suffix=".onnx"):
+    """--output must name a file ending in `suffix` (.onnx, or .xml for OpenVINO): detect.py tells the runtime
+    by the suffix, and a folder (or a path ending in a separator, which Path() would silently drop) is not a
+    file name."""
     text = str(output)
+    kind = "an OpenVINO" if suffix == ".xml" else "an ONNX"
     if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) or Path(text).is_dir():
-        raise UserError(f"--output {text} is a folder; give a file name ending in .onnx (for example "
-                        f"{Path(text) / 'model.onnx'})")
-    if Path(text).suffix.lower() != ".onnx":
-        raise UserError(f"--output {text}: give a file name ending in .onnx (detect.py tells an ONNX model by "
+        raise UserError(f"--output {text} is a folder; give a file name ending in {suffix} (for example "
+                        f"{Path(text) / ('model' + suffix)})")
+    if Path(text).suffix.lower() != suffix:
+        raise UserError(f"--output {text}: give a file name ending in {suffix} (detect.py tells {kind} model by "
                         f"that suffix)")
 
 

@@ -64,6 +64,12 @@ def read_meta(session, path):
         raise UserError(f"{path} is an ONNX model but was not written by export.py (no '{META_KEY}' "
                         f"metadata: architecture, normalization, patch size); export it with: "
                         f"python export.py --model CHECKPOINT")
+    return check_meta(stored, path)
+
+
+def check_meta(stored, path):
+    """The checkpoint meta from its stored JSON text (ONNX metadata or OpenVINO rt_info), checked to hold every
+    key detect.py reads."""
     try:
         meta = json.loads(stored)
     except json.JSONDecodeError:

@@ -25,15 +25,16 @@ DEFAULT_COUNT = 32  # calibration images: ranges settle with a few dozen; more o
 MIN_AGREEMENT = 0.99  # smallest mask IoU against PyTorch below which export.py warns
 
 
-def calibration_images(source, count=DEFAULT_COUNT):
-    """Up to `count` image paths from a folder, glob or .txt list, spread evenly over it."""
+def calibration_images(source, count=DEFAULT_COUNT, flag="--calibration"):
+    """Up to `count` image paths from a folder, glob or .txt list, spread evenly over it (`flag`: the option
+    that gave them, for the error messages: --calibration or --check-images)."""
     try:
         files, streams = resolve_sources(source)
     except UserError as error:  # the same checks as detect.py --source, named after this flag
-        raise UserError(str(error).replace("--source", "--calibration", 1)) from None
+        raise UserError(str(error).replace("--source", flag, 1)) from None
     images = [path for path in files if Path(path).suffix.lower() in IMAGE_SUFFIXES]
     if streams or not images:
-        raise UserError(f"--calibration {source}: give images (a folder, glob or .txt list of the training "
+        raise UserError(f"{flag} {source}: give images (a folder, glob or .txt list of the training "
                         f"images, for example data/sample/imgs), not videos or streams")
     if count < 1:
         raise UserError(f"--calibration-count {count} must be at least 1")
@@ -91,8 +92,8 @@ def quantize_int8(float_path, output, batches, input_name):
 
 
 def mask_agreement(model, predict, batches):
-    """(smallest, mean) IoU of the int8 file's masks against PyTorch's over `batches` (foreground: a logit
-    above 0 for one class, the argmax for several)."""
+    """(smallest, mean) IoU of `predict`'s masks (an int8, float32 ONNX or OpenVINO file's) against PyTorch
+    float32's over `batches` (foreground: a logit above 0 for one class, the argmax for several)."""
     scores = []
     for batch in batches:
         with torch.inference_mode():

@@ -26,6 +26,8 @@ from segtoolkit.detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
 from segtoolkit.models import model_from_checkpoint
+from segtoolkit import predict
+from segtoolkit.imaging import preprocess_image, read_image
 from segtoolkit.predict import logits_to_mask
 from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
@@ -819,3 +821,107 @@ def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_
         press_key(xvfb_display, window_id, "space", process)
         process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+# ---------------------------------------------------------------- --half and the runtime chosen by the file
+
+
+def iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def write_cpuinfo(path, flags):
+    path.write_text(f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx {flags}\n\n")
+    return path
+
+
+def test_half_precision_follows_the_device_and_the_cpus_native_bfloat16(tmp_path, monkeypatch):
+    sapphire = write_cpuinfo(tmp_path / "amx", "avx2 avx512f avx512_bf16 amx_tile amx_bf16")
+    zen4 = write_cpuinfo(tmp_path / "zen4", "avx2 avx512f avx512_bf16")
+    epyc = write_cpuinfo(tmp_path / "epyc", "avx2 fma f16c")
+    assert predict.native_bfloat16(sapphire) == ["AVX-512 BF16", "AMX"]
+    assert predict.native_bfloat16(zen4) == ["AVX-512 BF16"] and predict.native_bfloat16(epyc) == []
+    assert predict.cpu_summary(epyc) == "Test CPU 9000: AVX2, no AVX-512 BF16 or AMX"
+    cpu = torch.device("cpu")
+    assert predict.half_dtype(torch.device("cuda"), True) == torch.float16  # no CUDA needed to decide
+    assert predict.half_dtype(cpu, True, cpu_bfloat16=True) == torch.bfloat16
+    assert predict.half_dtype(cpu, False, cpu_bfloat16=True) == torch.float32
+    monkeypatch.setattr(predict, "cpu_summary", lambda: "Test CPU 9000: AVX2, no AVX-512 BF16 or AMX")
+    with pytest.warns(UserWarning) as caught:
+        assert predict.half_dtype(cpu, True, cpu_bfloat16=False) == torch.float32
+    assert [str(w.message) for w in caught] == ["--half: this CPU has no native bfloat16 (Test CPU 9000: AVX2, no "
+                                                "AVX-512 BF16 or AMX); running float32"]
+
+
+def test_half_without_native_bfloat16_warns_once_and_runs_float32(trained_checkpoint, easy_held_out, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(predict, "native_bfloat16", lambda: [])
+    source = easy_held_out / "imgs"
+    with pytest.warns(UserWarning, match=r"^--half: this CPU has no native bfloat16 \(.*\); running float32$") as caught:
+        detect.run(model=trained_checkpoint, source=source, save_dir=tmp_path / "half", half=True)
+    assert len([w for w in caught if "--half" in str(w.message)]) == 1
+    detect.run(model=trained_checkpoint, source=source, save_dir=tmp_path / "float32")
+    for mask in sorted((tmp_path / "float32" / "masks").iterdir()):
+        assert mask.read_bytes() == (tmp_path / "half" / "masks" / mask.name).read_bytes()
+
+
+def test_half_on_a_bfloat16_cpu_runs_bfloat16_and_agrees_on_sure_pixels(trained_checkpoint, easy_held_out):
+    """The bfloat16 path itself, forced on a CPU without native bfloat16 (where PyTorch emulates it, slowly):
+    weights and inputs in bfloat16, logits back in float32, and no pixel that float32 is sure of flips."""
+    cpu = torch.device("cpu")
+    meta, half = predict.load_predictor(trained_checkpoint, cpu, half=True, cpu_bfloat16=True)
+    _, float32 = predict.load_predictor(trained_checkpoint, cpu)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    flipped = sure = 0
+    for image_path in sorted((easy_held_out / "imgs").iterdir()):
+        tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"])
+        expected, got = float32(tensor[None])[0, 0], half(tensor[None])[0, 0]
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        image = np.s_[:box.scaled_height, :box.scaled_width]
+        confident = expected[image].abs() > 2
+        flipped += ((got[image] > 0) != (expected[image] > 0))[confident].sum().item()
+        sure += confident.sum().item()
+        assert iou((got[image] > 0).numpy(), (expected[image] > 0).numpy()) >= 0.95
+    assert sure > 1000 and flipped <= 1e-3 * sure, (flipped, sure)
+
+
+def test_half_chooses_the_openvino_precision_hint_and_onnx_stays_float32(trained_checkpoint, tmp_path, monkeypatch):
+    """.xml: --half is OpenVINO's bf16 inference precision where the CPU has bfloat16, f32 elsewhere (with the
+    warning); .onnx: onnxruntime has no half precision for the file, so --half says so and runs it."""
+    from segtoolkit import openvino_runtime
+    meta = torch.load(trained_checkpoint, weights_only=True)["meta"]
+    hints = []
+    monkeypatch.setattr(openvino_runtime, "load_openvino",
+                        lambda path, precision: hints.append(precision) or (meta, lambda batch: batch[:, :1]))
+    monkeypatch.setattr(onnx_runtime, "load_onnx", lambda path: (meta, lambda batch: batch[:, :1]))
+    for name in ("model.xml", "model.onnx"):
+        (tmp_path / name).write_text("stand-in")
+    cpu = torch.device("cpu")
+    predict.load_predictor(tmp_path / "model.xml", cpu, half=True, cpu_bfloat16=True)
+    predict.load_predictor(tmp_path / "model.xml", cpu)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        predict.load_predictor(tmp_path / "model.xml", cpu, half=True, cpu_bfloat16=False)
+    assert hints == ["bf16", "f32", "f32"]
+    with pytest.warns(UserWarning, match=r"^--half: onnxruntime runs model.onnx in float32 \(it has no half "
+                                         r"precision for a float32 file\); for half precision give the \.pth\.tar "
+                                         r"checkpoint or an OpenVINO export \(\.xml\)$"):
+        _, predictor = predict.load_predictor(tmp_path / "model.onnx", cpu, half=True)
+    assert predictor(torch.ones(1, 3, 4, 4)).dtype == torch.float32
+
+
+def test_half_on_the_command_line(trained_checkpoint, easy_held_out, tmp_path):
+    """The real command on this machine's CPU: without native bfloat16 one warning line and float32's masks;
+    with it no warning and masks that agree."""
+    image = easy_held_out / "imgs" / "easy_001.png"
+    half = run_detect("--model", trained_checkpoint, "--source", image, "--half", "--save-dir", tmp_path / "half")
+    float32 = run_detect("--model", trained_checkpoint, "--source", image, "--save-dir", tmp_path / "float32")
+    assert half.returncode == 0 and float32.returncode == 0, half.stderr
+    masks = [cv2.imread(str(tmp_path / name / "masks" / image.name), cv2.IMREAD_GRAYSCALE) > 0
+             for name in ("half", "float32")]
+    if predict.native_bfloat16():
+        assert half.stderr == "" and iou(*masks) >= 0.99
+    else:
+        assert half.stderr == f"warning: --half: this CPU has no native bfloat16 ({predict.cpu_summary()}); " \
+                              f"running float32\n"
+        assert np.array_equal(*masks)

@@ -1,8 +1,11 @@
 """export.py: ONNX export, metadata round trip, agreement with PyTorch, and detect.py running the file."""
 
+import contextlib
+import io
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import importlib.util
@@ -16,7 +19,8 @@ import pytest
 import torch
 
 import export
-from segtoolkit import onnx_export, onnx_runtime
+from segtoolkit import onnx_export, onnx_runtime, openvino_runtime, quantize
+from segtoolkit import predict as predict_module
 from dataset import BinaryDataset
 from segtoolkit.splits import pair_masks
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
@@ -289,3 +293,137 @@ def test_warnings_are_one_line_without_a_source_line(tmp_path):
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert result.returncode == 2
     assert result.stderr == "warning: something the user should know, over two lines\nerror: stopped here\n"
+
+
+# ---------------------------------------------------------------- OpenVINO and the masks' agreement
+
+
+def sure_pixel_flips(model, predict, image_paths, meta):
+    """(pixels flipped where PyTorch float32 is sure, |logit| > 2; sure pixels; image pixels) over the images,
+    letterbox padding left out."""
+    flipped = sure_pixels = image_pixels = 0
+    for image_path in image_paths:
+        tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"])
+        with torch.inference_mode():
+            expected = model(tensor[None])[0, 0].numpy()
+        got = np.asarray(predict(tensor[None].numpy()))[0, 0]
+        image = np.s_[:box.scaled_height, :box.scaled_width]
+        expected, got = expected[image], got[image]
+        sure = np.abs(expected) > 2
+        flipped += ((got > 0) != (expected > 0))[sure].sum()
+        sure_pixels, image_pixels = sure_pixels + sure.sum(), image_pixels + expected.size
+    return flipped, sure_pixels, image_pixels
+
+
+@pytest.fixture(scope="module")
+def exported_openvino(checkpoint):
+    """export.py --model CHECKPOINT --format openvino --check-images (8 sample images): (xml path, exit code,
+    stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = export.main(export.parse_args(["--model", str(checkpoint), "--format", "openvino", "--check-images",
+                                              str(SAMPLE / "imgs" / "sample_00*.png")]))
+    return checkpoint.with_name("best-checkpoint.xml"), code, out.getvalue(), err.getvalue()
+
+
+def test_openvino_export_writes_xml_and_bin_with_the_checkpoints_description(checkpoint, exported_openvino):
+    path, code, out, err = exported_openvino
+    assert code == 0, err
+    assert path.is_file() and path.with_suffix(".bin").stat().st_size > 40e6  # float32 weights, not FP16-compressed
+    assert not list(path.parent.glob(".export-*")) and not list(path.parent.glob("*float32*"))
+    expected = {key: torch.load(checkpoint, weights_only=True)["meta"][key] for key in MODEL_META_KEYS}
+    import openvino
+    stored = openvino.Core().read_model(str(path)).get_rt_info(onnx_runtime.META_KEY).astype(str)
+    assert json.loads(stored) == expected  # under the ONNX file's key
+    meta, predict = openvino_runtime.load_openvino(path)
+    assert meta == expected
+    assert predict(np.zeros((2, 3, 96, 128), np.float32)).shape == (2, 1, 96, 128)  # dynamic batch and size
+    assert f"to {path} and best-checkpoint.bin" in out
+    lowest = float(re.search(r"OpenVINO float32 masks against PyTorch's on 10 images \(--check-images\): IoU "
+                             r"[\d.]+ mean, ([\d.]+) lowest", out).group(1))
+    assert lowest >= 0.99 and "warning" not in err
+    assert ("--half runs float32 on this CPU" in out) == (not predict_module.native_bfloat16())
+
+
+def test_openvino_masks_agree_with_pytorch_on_the_pixels_it_is_sure_of(checkpoint, exported_openvino):
+    path, _, _, _ = exported_openvino
+    model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta, predict = openvino_runtime.load_openvino(path)
+    flipped, sure, pixels = sure_pixel_flips(model, predict, sorted((SAMPLE / "imgs").iterdir())[-16:], meta)
+    assert sure > 0.5 * pixels and flipped == 0, (flipped, sure)  # float32 both: not one sure pixel moves
+    batch = torch.randn(1, 3, 96, 160)
+    with torch.inference_mode():
+        assert np.abs(predict(batch.numpy()) - model(batch).numpy()).max() < 1e-3
+
+
+def test_detect_runs_the_openvino_file_with_no_extra_flags(checkpoint, exported_openvino, tmp_path):
+    path, _, _, _ = exported_openvino
+    images = sorted((SAMPLE / "imgs").iterdir())[-3:]
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{image}\n" for image in images))
+    for name, model in (("openvino", path), ("torch", checkpoint)):
+        result = subprocess.run([sys.executable, str(REPO / "detect.py"), "--model", str(model), "--source",
+                                 str(listing), "--save-dir", str(tmp_path / name)], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    torch_model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta = onnx_runtime.check_meta(json.dumps(torch.load(checkpoint, weights_only=True)["meta"]), checkpoint)
+    for image in images:
+        masks = {name: cv2.imread(str(tmp_path / name / "masks" / f"{image.stem}.png"), cv2.IMREAD_GRAYSCALE) > 0
+                 for name in ("openvino", "torch")}
+        tensor, box = preprocess_image(read_image(image), meta["patch_size"], meta["mean"], meta["std"])
+        with torch.inference_mode():
+            logits = torch_model(tensor[None])[0, 0].numpy()
+        sure = unletterbox((np.abs(logits) > 2).astype(np.uint8), box) > 0
+        assert sure.mean() > 0.5 and np.array_equal(masks["openvino"][sure], masks["torch"][sure])
+        assert iou(masks["openvino"], masks["torch"]) >= 0.99
+
+
+def test_float32_onnx_export_reports_its_masks_agreement(checkpoint, tmp_path, capsys, monkeypatch):
+    """--check-images: the IoU against PyTorch on those images; below 0.99 a warning (forced here by a stand-in
+    for the IoU: a float32 file agrees)."""
+    output = tmp_path / "checked.onnx"
+    args = ["--model", str(checkpoint), "--output", str(output), "--check-images", str(SAMPLE / "imgs"),
+            "--patch-size", "32"]
+    assert export.main(export.parse_args(args)) == 0
+    out, err = capsys.readouterr()
+    match = re.search(r"ONNX float32 masks against PyTorch's on 32 images \(--check-images\): IoU ([\d.]+) mean, "
+                      r"([\d.]+) lowest", out)
+    assert match and float(match.group(2)) >= 0.99 and err == "", (out, err)
+    monkeypatch.setattr(quantize, "mask_agreement", lambda model, predict, batches: (0.9512, 0.9876))
+    assert export.main(export.parse_args(args)) == 0
+    assert capsys.readouterr().err == (
+        "warning: ONNX float32 changes the masks more than expected (ONNX float32 masks against PyTorch's on 32 "
+        "images (--check-images): IoU 0.9876 mean, 0.9512 lowest); compare detect.py's masks from the checkpoint "
+        "and from this file before relying on it\n")
+
+
+def test_openvino_export_on_a_bfloat16_cpu_also_reports_half(checkpoint, exported_openvino, monkeypatch):
+    """Where detect.py --half would run the file in bfloat16, export.py checks that precision too (here the CPU's
+    answer is forced; OpenVINO runs the bf16 hint in float32 on a CPU without it, so the IoU stays high)."""
+    path, _, _, _ = exported_openvino
+    monkeypatch.setattr(export, "native_bfloat16", lambda: ["AMX"])
+    model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
+    meta = openvino_runtime.load_openvino(path)[0]
+    check = export.check_file(model, path, meta, "openvino", False, sorted((SAMPLE / "imgs").iterdir())[:2], "2 images")
+    assert check.half_agreement[0] >= 0.99
+    summary, warnings = export.describe_check(check, "openvino", False)
+    assert "OpenVINO --half (bfloat16) masks against PyTorch's on 2 images: IoU" in summary and not warnings
+    assert "--half runs float32" not in summary
+
+
+def test_format_and_check_images_flags_are_checked(checkpoint, tmp_path, capsys):
+    def error(*flags):
+        assert export.main(export.parse_args(["--model", str(checkpoint), *flags])) == 2
+        assert not list(tmp_path.iterdir())  # nothing written
+        return capsys.readouterr().err
+
+    assert error("--format", "openvino", "--output", str(tmp_path / "model.onnx")) == (
+        f"error: --output {tmp_path / 'model.onnx'}: give a file name ending in .xml (detect.py tells an OpenVINO "
+        f"model by that suffix)\n")
+    assert error("--format", "openvino", "--int8", "--calibration", str(SAMPLE / "imgs"), "--output",
+                 str(tmp_path / "m.xml")).startswith("error: --int8 writes an int8 ONNX file; drop --format openvino")
+    assert error("--output", str(tmp_path / "m.onnx"), "--check-images", str(tmp_path / "nope")).startswith(
+        f"error: --check-images {tmp_path / 'nope'}: no such file or folder")
+    with pytest.raises(SystemExit):
+        export.parse_args(["--model", str(checkpoint), "--format", "tflite"])

@@ -878,6 +878,11 @@ def detect_inputs(tmp_path_factory):
         warnings.simplefilter("ignore")  # the legacy exporter, used on purpose for a file export.py did not write
         torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(folder / "foreign.onnx"),
                           dynamo=False)
+    import openvino
+    openvino.save_model(openvino.convert_model(str(folder / "foreign.onnx")), str(folder / "foreign.xml"))
+    (folder / "no_weights.xml").write_bytes((folder / "foreign.xml").read_bytes())  # its .bin not copied
+    (folder / "text.xml").write_text("not an OpenVINO model")
+    (folder / "text.bin").write_bytes(b"\0" * 64)
     return folder
 
 
@@ -900,6 +905,18 @@ DETECT_BAD_MODELS = [
      r"metadata: architecture, normalization, patch size\); export it with: python export\.py --model CHECKPOINT"),
     ("not an ONNX file", "text.onnx", r"{dir}/text\.onnx is not an ONNX model onnxruntime can load \(.*\); export "
                                       r"one with: python export\.py --model CHECKPOINT"),
+    ("OpenVINO model missing", "missing.xml", r"--model {dir}/missing\.xml: no such file"),
+    ("OpenVINO model not written by export.py", "foreign.xml",
+     r"{dir}/foreign\.xml is an OpenVINO model but was not written by export\.py \(no 'unet-segmentation-toolkit' "
+     r"rt_info: architecture, normalization, patch size\); export one with: python export\.py --model CHECKPOINT "
+     r"--format openvino"),
+    ("OpenVINO .xml without its .bin", "no_weights.xml",
+     r"OpenVINO model {dir}/no_weights\.xml: its weights no_weights\.bin are not beside it; an OpenVINO model is the "
+     r"\.xml and the \.bin export\.py wrote, keep \(or copy\) them together"),
+    ("not an OpenVINO file", "text.xml", r"{dir}/text\.xml is not an OpenVINO model OpenVINO can load \(.+\); export "
+                                         r"one with: python export\.py --model CHECKPOINT --format openvino"),
+    ("the .bin of an OpenVINO model", "foreign.bin", r"--model {dir}/foreign\.bin is the weights of an OpenVINO "
+                                                     r"model; give {dir}/foreign\.xml"),
 ]
 
 
