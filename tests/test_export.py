@@ -331,7 +331,7 @@ def test_openvino_export_writes_xml_and_bin_with_the_checkpoints_description(che
     assert code == 0, err
     assert path.is_file() and path.with_suffix(".bin").stat().st_size > 40e6  # float32 weights, not FP16-compressed
     assert not list(path.parent.glob(".export-*")) and not list(path.parent.glob("*float32*"))
-    expected = {key: torch.load(checkpoint, weights_only=True)["meta"][key] for key in MODEL_META_KEYS}
+    expected = exported_meta(torch.load(checkpoint, weights_only=True)["meta"])
     import openvino
     stored = openvino.Core().read_model(str(path)).get_rt_info(onnx_runtime.META_KEY).astype(str)
     assert json.loads(stored) == expected  # under the ONNX file's key
