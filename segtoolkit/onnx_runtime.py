@@ -81,6 +81,14 @@ def check_meta(stored, path):
     return meta
 
 
+def check_input_size(batch, fixed_size, path, meta):
+    """A model exported at a fixed size takes only that size: a UserError that says what to do otherwise."""
+    if len(fixed_size) == 2 and tuple(batch.shape[2:]) != fixed_size:
+        raise UserError(f"{path} accepts only {fixed_size[1]}x{fixed_size[0]} inputs ({meta['architecture']} "
+                        f"is exported at a fixed size), got {batch.shape[3]}x{batch.shape[2]}; drop "
+                        f"--patch-size or export again with export.py --patch-size {batch.shape[2]}")
+
+
 def load_onnx(path, threads=None):
     """(meta, predict) for an ONNX file written by export.py.
 
@@ -94,10 +102,7 @@ def load_onnx(path, threads=None):
 
     def predict(batch):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if len(fixed_size) == 2 and tuple(batch.shape[2:]) != fixed_size:
-            raise UserError(f"{path} accepts only {fixed_size[1]}x{fixed_size[0]} inputs ({meta['architecture']} "
-                            f"is exported at a fixed size), got {batch.shape[3]}x{batch.shape[2]}; drop "
-                            f"--patch-size or export again with export.py --patch-size {batch.shape[2]}")
+        check_input_size(batch, fixed_size, path, meta)
         return session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
     return meta, predict

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from segtoolkit.errors import UserError
-from segtoolkit.onnx_runtime import META_KEY, check_meta
+from segtoolkit.onnx_runtime import META_KEY, check_input_size, check_meta
 
 EXPORT_HINT = "export one with: python export.py --model CHECKPOINT --format openvino"
 
@@ -81,10 +81,7 @@ def load_openvino(path, precision="f32", device="CPU"):
 
     def predict(batch):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if len(fixed_size) == 2 and tuple(batch.shape[2:]) != fixed_size:
-            raise UserError(f"{path} accepts only {fixed_size[1]}x{fixed_size[0]} inputs ({meta['architecture']} "
-                            f"is exported at a fixed size), got {batch.shape[3]}x{batch.shape[2]}; drop "
-                            f"--patch-size or export again with export.py --patch-size {batch.shape[2]}")
+        check_input_size(batch, fixed_size, path, meta)
         request.infer({0: batch})
         # the request overwrites its output buffer on the next call: hand out a copy, as onnxruntime does
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)
