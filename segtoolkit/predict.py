@@ -8,9 +8,8 @@ Usage:
     logits = predictor(batch)                       # float32 NCHW in, float32 logits NCHW out, on the CPU
     mask = logits_to_mask(logits[0], conf_thres=0.5)
 
---half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX), where issue 16 measured
-2.2x (PyTorch) and 2.7x (OpenVINO) float32 eager; on any other CPU one warning line and float32, because
-bfloat16 emulated there is slower than float32 (0.23x on an AVX2 EPYC; README: Performance, per CPU).
+--half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX); on any other CPU one
+warning line and float32, because bfloat16 emulated there is slower than float32 (README: Performance, per CPU).
 """
 
 import platform
@@ -30,8 +29,8 @@ BFLOAT16_FLAGS = {"avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}  # /proc/cpu
 
 class TorchPredictor:
     """Checkpoint from train.py: float32 NCHW batch in, float32 logits NCHW out (on the CPU). With dtype
-    bfloat16 or float16 the weights are cast once and each batch on the way in: measured faster than autocast,
-    which casts every layer's weights again each frame (issue 16: 2.2x against 1.8x float32 on a bf16 CPU)."""
+    bfloat16 or float16 the weights are cast once and each batch on the way in, rather than autocast, which
+    casts every layer's weights again each frame (README: Performance)."""
 
     def __init__(self, model, device, dtype=torch.float32):
         self.model, self.device, self.dtype = model.to(device=device, dtype=dtype).eval(), device, dtype
