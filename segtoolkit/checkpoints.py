@@ -30,7 +30,8 @@ CHECKPOINT_VERSION = 1
 
 
 MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", "std", "patch_size", "class_names")
-OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0}  # absent from older files: these defaults
+# absent from older files: these defaults (mask_colors: the --mask-colors table, segtoolkit.classes)
+OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0, "mask_colors": None}
 
 
 def save_checkpoint(path, model, meta, config=None, **state):
