@@ -298,16 +298,18 @@ class UnetTraining:
             return f"then resume with: {resume_command(checkpoint, self.process.world_size)}"
         return "no checkpoint was saved yet"
 
-    def why_no_best(self):
-        """Why no evaluation wrote best-checkpoint.pth.tar, for the run's last line."""
-        if self.evaluations == 0:
-            return "no evaluation ran"
-        reasons = [f"{self.best_refused['cooldown']} were within --check-best-cooldown "
-                   f"{self.config.check_best_cooldown} epochs" if self.best_refused["cooldown"] else "",
-                   f"{self.best_refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the "
-                   f"validation masks hold no foreground)" if self.best_refused["not finite"] else ""]
-        return (f"none of the {self.evaluations} evaluation(s) could count as the best ("
-                + "; ".join(reason for reason in reasons if reason) + ")")
+
+def why_no_best(trainer):
+    """Why no evaluation wrote best-checkpoint.pth.tar, for the run's last line."""
+    if trainer.evaluations == 0:
+        return "no evaluation ran"
+    refused = trainer.best_refused
+    reasons = [f"{refused['cooldown']} were within --check-best-cooldown {trainer.config.check_best_cooldown} "
+               f"epochs" if refused["cooldown"] else "",
+               f"{refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the validation masks "
+               f"hold no foreground)" if refused["not finite"] else ""]
+    return (f"none of the {trainer.evaluations} evaluation(s) could count as the best ("
+            + "; ".join(reason for reason in reasons if reason) + ")")
 
 
 # ---------------------------------------------------------------- a run: set up, train, test
@@ -458,7 +460,7 @@ def finish(trainer, run_dir, process):
     if best.exists():
         print(f"best val Dice {trainer.best_fitness:.4f}; weights in {best}")
     else:
-        print(f"no best checkpoint: {trainer.why_no_best()}; the last weights are in "
+        print(f"no best checkpoint: {why_no_best(trainer)}; the last weights are in "
               f"{run_dir / CHECKPOINT_NAMES['last']}")
     return EXIT_OK
 
@@ -474,7 +476,37 @@ def parse_args(argv=None):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    data = parser.add_argument_group("Data")
+    add_data_flags(parser.add_argument_group("Data"))
+    model = parser.add_argument_group("Model")
+    model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
+    model.add_argument("--encoder", default="resnet34", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
+    model.add_argument("--encoder-weights", default="imagenet",
+                       help="'imagenet' (downloaded; random init with a warning when offline), 'none', or a file")
+    model.add_argument("--load-model", type=Path, default=None,
+                       help="an unfinished run's checkpoint.pth.tar resumes it; a finished run's, a "
+                            "best-checkpoint.pth.tar or plain weights start a new run from those weights")
+    add_optimization_flags(parser.add_argument_group("Optimization"))
+    runtime = parser.add_argument_group("Runtime")
+    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
+                         help="pin host memory for faster CUDA copies (ignored on the CPU)")
+    runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
+    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
+    logging = parser.add_argument_group("Logging")
+    logging.add_argument("--project", type=Path, default=REPO / "checkpoints",
+                         help="folder of the run folders (default: checkpoints/ in the repository)")
+    logging.add_argument("--name", default="exp", help="run name: <project>/<name> (a suffix is added if taken)")
+    logging.add_argument("--save-checkpoints", action="store_true",
+                         help="also write checkpoint.pth.tar after every evaluation (it is always written at "
+                              "the end of every epoch)")
+    logging.add_argument("--wandb-mode", default="auto", choices=("auto", "online", "offline", "disabled"),
+                         help="auto: online with wandb credentials, otherwise offline (sync later with `wandb sync`)")
+    logging.add_argument("--wandb-project", default="unet-segmentation", help="wandb project name")
+    return parser
+
+
+def add_data_flags(data):
     data.add_argument("--data-dir", type=Path, default=None,
                       help="dataset root holding the image and mask folders (default: data/sample, the bundled sample)")
     data.add_argument("--img-dir", default="imgs", help="image folder name under --data-dir")
@@ -516,33 +548,6 @@ def build_parser():
     data.add_argument("--class-names", default=None,
                       help="class names, background first: background,cell,nucleus (one class: background,object); "
                            "they name results.csv columns, wandb keys, the preview and detect.py's outputs")
-    model = parser.add_argument_group("Model")
-    model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
-    model.add_argument("--encoder", default="resnet34", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
-    model.add_argument("--encoder-weights", default="imagenet",
-                       help="'imagenet' (downloaded; random init with a warning when offline), 'none', or a file")
-    model.add_argument("--load-model", type=Path, default=None,
-                       help="an unfinished run's checkpoint.pth.tar resumes it; a finished run's, a "
-                            "best-checkpoint.pth.tar or plain weights start a new run from those weights")
-    add_optimization_flags(parser.add_argument_group("Optimization"))
-    runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
-    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
-                         help="pin host memory for faster CUDA copies (ignored on the CPU)")
-    runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
-    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
-    logging = parser.add_argument_group("Logging")
-    logging.add_argument("--project", type=Path, default=REPO / "checkpoints",
-                         help="folder of the run folders (default: checkpoints/ in the repository)")
-    logging.add_argument("--name", default="exp", help="run name: <project>/<name> (a suffix is added if taken)")
-    logging.add_argument("--save-checkpoints", action="store_true",
-                         help="also write checkpoint.pth.tar after every evaluation (it is always written at "
-                              "the end of every epoch)")
-    logging.add_argument("--wandb-mode", default="auto", choices=("auto", "online", "offline", "disabled"),
-                         help="auto: online with wandb credentials, otherwise offline (sync later with `wandb sync`)")
-    logging.add_argument("--wandb-project", default="unet-segmentation", help="wandb project name")
-    return parser
 
 
 def add_optimization_flags(optim):

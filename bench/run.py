@@ -1,4 +1,4 @@
-"""Performance benchmarks: five ratios, each measured side by side in one run, on the CPU.
+"""Performance benchmarks: ratios, each measured side by side in one run, on the CPU.
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
@@ -17,9 +17,10 @@ on a busy one.
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
                     batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
                     matrix-multiply peak                                                      target >= 1.3
+  tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
 
 Usage:
-    python3 -m bench.run                                  # all five: one table, then `ratio NAME VALUE` lines
+    python3 -m bench.run                                  # all of them: one table, then `ratio NAME VALUE` lines
     python3 -m bench.run --only onnx_speedup detect_overhead
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
@@ -32,7 +33,6 @@ import copy
 import io
 import multiprocessing
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 import torch
 
+from bench.machine import cpu_name
 from dataset import make_dataset
 from make_sample_data import draw_objects, make_background
 from segtoolkit.checkpoints import save_checkpoint
@@ -52,9 +53,11 @@ from segtoolkit.config import REPO, RunConfig
 from segtoolkit.imaging import preprocess_image
 from segtoolkit.models import build_model, model_meta
 from segtoolkit.training import resolve_precision
+from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
 
-BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup")
+BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup",
+              "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
 EXTRAS = ("channels_last", "onnx_int8")
 
 
@@ -170,16 +173,16 @@ class BareLoop:
         return self.steps * self.batch_size / (time.perf_counter() - started)
 
 
-def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0):
+def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0, crop=False):
     """UnetTraining as train.py builds it (binary, augmentation on), evaluation pushed beyond the run."""
-    meta = model_meta("Unet", encoder, 1, patch)
+    meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
-    train_set = make_dataset(pairs, augment=True, **options)
-    val_set = make_dataset(pairs[:batch], **options)
+    train_set = make_dataset(pairs, augment=True, mode="crop" if crop else "letterbox", **options)
+    val_set = make_dataset(pairs[:batch], mode="full" if crop else "letterbox", **options)
     torch.manual_seed(seed)
     model = build_model("Unet", encoder, 1)
     config = RunConfig(encoder=encoder, patch_size=patch, epochs=epochs, batch_size=batch, workers=workers,
-                       use_amp=use_amp, eval_step=10 ** 9, seed=seed)
+                       use_amp=use_amp, eval_step=10 ** 9, seed=seed, crop=crop)
     return UnetTraining(model, train_set, val_set, config=config, run_dir=work, meta=meta)
 
 
@@ -202,19 +205,20 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
                   f"amp {'on' if use_amp else 'off'}")
 
 
-def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64):
+def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64, crop=False):
     pairs = write_images(work / "data", 2 * count, seed=2)
-    small = make_trainer(pairs[:count], work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                         epochs=rounds + 2)  # beyond the rounds: no final evaluation
-    large = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers, epochs=rounds + 2)
-    for trainer in (small, large):
+    trainers = {name: make_trainer(chosen, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                                   epochs=rounds + 2, crop=crop)  # beyond the rounds: no final evaluation
+                for name, chosen in (("small", pairs[:count]), ("large", pairs))}
+    for trainer in trainers.values():
         trainer_epoch_rate(trainer)  # warm-up epoch: workers start
-    best = alternate(rounds, small=lambda: trainer_epoch_rate(small), large=lambda: trainer_epoch_rate(large))
-    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in (("small", small),
-                                                                                          ("large", large))}
-    return Result("epoch_scaling", seconds["large"] / seconds["small"], "<= 2.1",
+    best = alternate(rounds, **{name: (lambda trainer=trainer: trainer_epoch_rate(trainer))
+                                for name, trainer in trainers.items()})
+    seconds = {name: trainer.steps_per_epoch * batch / best[name] for name, trainer in trainers.items()}
+    return Result("epoch_scaling_crop" if crop else "epoch_scaling", seconds["large"] / seconds["small"], "<= 2.1",
                   f"{2 * count} images {seconds['large']:.1f} s, {count} images {seconds['small']:.1f} s",
-                  f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()}")
+                  f"{'--crop ' if crop else ''}Unet/{encoder} patch {patch} batch {batch} workers {workers} "
+                  f"threads {torch.get_num_threads()}")
 
 
 def preload_probe(pairs, patch, threads):
@@ -446,21 +450,6 @@ def channels_last(work, rounds, workers, encoder="resnet34", patch=256, batch=8)
 # ---------------------------------------------------------------- report
 
 
-def cpu_name():
-    """The CPU's model name and its widest vector extensions, which the ratios depend on (from Linux's
-    /proc/cpuinfo; elsewhere just the architecture)."""
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(flags.group(1).split()) if flags else set()
-    vector = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"))
-              if flag in flags]
-    if not vector and "avx2" in flags:
-        vector = ["AVX2"]
-    return (name.group(1) if name else platform.machine()) + (f" ({', '.join(vector)})" if vector else "")
-
-
 def machine():
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     import onnxruntime
@@ -480,7 +469,7 @@ def table(results):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS + EXTRAS, default=list(BENCHMARKS),
-                        help="run these benchmarks only (default: the five)")
+                        help="run these benchmarks only (default: all but the extras)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations per ratio; each side keeps its best")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
     return parser.parse_args(argv)

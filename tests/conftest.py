@@ -49,3 +49,13 @@ def run_name(request):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(RUNS, ignore_errors=True)
+
+
+def write_pair(folder, stem, image, mask):
+    """Write an image and its mask as folder/imgs/<stem>.png and folder/masks/<stem>.png; returns the pair."""
+    import cv2
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "imgs" / f"{stem}.png"), image)
+    cv2.imwrite(str(folder / "masks" / f"{stem}.png"), mask)
+    return folder / "imgs" / f"{stem}.png", folder / "masks" / f"{stem}.png"

@@ -15,6 +15,7 @@ Usage:
 import argparse
 import http.server
 import ssl
+import sys
 import threading
 import time
 
@@ -124,7 +125,13 @@ def main():
     parser.add_argument("--start", type=int, default=0, help="number of the first frame")
     parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (needs --keyfile)")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument("--hold", action="store_true", help="print 'holding', listen only after a line on stdin "
+                        "(tests/servers.py prepare(): a restart without the interpreter's start-up time)")
     args = parser.parse_args()
+    if args.hold:
+        print("holding", flush=True)
+        if not sys.stdin.readline():  # the test ended without starting this server
+            return
     camera = Camera(args.fps, args.width, args.height, args.start)
     if args.certfile:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

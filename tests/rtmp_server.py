@@ -50,7 +50,7 @@ def main():
     try:
         # FFmpeg reads its input before it opens the output, so frames flow before it listens
         threading.Thread(target=feed, args=(server, args), daemon=True).start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # FFmpeg starts in well under a second, but a busy CPU stretches it
         while not listening(args.port):
             if server["ffmpeg"].poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"ffmpeg does not listen on 127.0.0.1:{args.port}")

@@ -10,6 +10,7 @@ Usage:
 
 import argparse
 import signal
+import sys
 
 import gi
 
@@ -28,6 +29,8 @@ def main():
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--fps", type=int, default=10)
+    parser.add_argument("--hold", action="store_true", help="print 'holding', listen only after a line on stdin "
+                        "(tests/servers.py prepare(): a restart without the interpreter's start-up time)")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -43,6 +46,10 @@ def main():
         protocols |= TRANSPORTS[name.strip()]
     factory.set_protocols(GstRtsp.RTSPLowerTrans(protocols))
     server.get_mount_points().add_factory("/test", factory)
+    if args.hold:
+        print("holding", flush=True)
+        if not sys.stdin.readline():  # the test ended without starting this server
+            return
     if server.attach(None) == 0:
         raise SystemExit(f"cannot listen on 127.0.0.1:{args.port}")
     loop = GLib.MainLoop()

@@ -32,47 +32,109 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_until(condition, timeout, interval=0.1):
-    """Poll `condition` until it returns something true or `timeout` seconds pass; return its last value."""
+def wait_until(condition, timeout, interval=0.1, what=None):
+    """Poll `condition` until it returns something true or `timeout` seconds pass; return its last value.
+
+    Anything that arrives asynchronously (a window's first paint, a row a subprocess writes, a server that
+    comes back) is waited for this way, with a bound generous enough for a CPU shared three or four ways,
+    never with a fixed sleep. With `what` (a string, or a function returning one, saying what was waited
+    for and what is known so far), running out of time raises AssertionError with that text instead of
+    returning the false value.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value or time.monotonic() > deadline:
+        if value:
             return value
+        if time.monotonic() > deadline:
+            if what is None:
+                return value
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 
 class ServerProcess:
-    """A child process that prints 'ready' once it serves; start() waits for that line."""
+    """A child process that prints 'ready' once it serves; start() waits for that line.
+
+    For a restart, prepare() boots the next process beforehand up to the point where it would listen
+    (interpreter, imports, pipeline) and holds it there; start() then only tells it to listen. Booting
+    takes seconds on a busy machine (importing cv2 alone), longer than a client's reconnect attempts may
+    wait: a test that restarts a server must not depend on how fast an interpreter starts.
+    """
 
     def __init__(self, command, log_path):
-        self.command, self.log_path, self.process = command, Path(log_path), None
+        self.command, self.log_path, self.process, self.spare = command, Path(log_path), None, None
 
-    def start(self, timeout=60):  # a fresh machine builds its GStreamer plugin registry on first use
-        self.log = open(self.log_path, "a")
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log, text=True)
+    def spawn(self, *extra):
+        log = open(self.log_path, "a")
+        process = subprocess.Popen([*self.command, *extra], stdin=subprocess.PIPE if extra else subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=log, text=True)
+        process.log = log
+        return process
+
+    def await_line(self, process, word, timeout):
+        """Wait for a line holding `word` on the process's stdout; if it ends or times out, end it and raise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.2)
-            if ready and "ready" in self.process.stdout.readline():
-                return self
-            if self.process.poll() is not None:
+            ready, _, _ = select.select([process.stdout], [], [], 0.2)
+            if ready and word in process.stdout.readline():
+                return
+            if process.poll() is not None:
                 break
-        self.stop()
-        raise RuntimeError(f"{' '.join(map(str, self.command))} did not start; log: {self.log_path.read_text()[-2000:]}")
+        end(process)
+        raise RuntimeError(f"{' '.join(map(str, self.command))} did not print {word!r} within {timeout:g} s; "
+                           f"log: {self.log_path.read_text()[-2000:]}")
+
+    def prepare(self, timeout=120):
+        """Boot the process the next start() uses, and hold it just before it listens."""
+        self.spare = self.spawn("--hold")
+        try:
+            self.await_line(self.spare, "holding", timeout)
+        except RuntimeError:
+            self.spare = None
+            raise
+        return self
+
+    def start(self, timeout=120):  # a fresh machine builds its GStreamer plugin registry on first use
+        if self.spare is not None:
+            self.process, self.spare = self.spare, None
+            self.process.stdin.write("listen\n")
+            self.process.stdin.flush()
+        else:
+            self.process = self.spawn()
+        try:
+            self.await_line(self.process, "ready", timeout)
+        except RuntimeError:
+            self.process = None
+            raise
+        return self
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        """Stop the serving process (a prepared one stays for the next start())."""
         if self.process is not None:
-            self.process.stdout.close()
-            self.log.close()
+            end(self.process)
         self.process = None
+
+    def close(self):
+        """Stop the serving process and any prepared one."""
+        self.stop()
+        if self.spare is not None:
+            end(self.spare)
+        self.spare = None
+
+
+def end(process):
+    """Terminate (then kill) a server process and close its pipes and log."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    for stream in (process.stdin, process.stdout, process.log):
+        if stream is not None:
+            stream.close()
 
 
 def self_signed_certificate(folder):
@@ -118,7 +180,7 @@ def mjpeg_server(tmp_path):
     """A running MJPEG server at 10 FPS, 192x128 (its `url`); the test may stop() and start() it."""
     server = MjpegServer(tmp_path).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
@@ -126,7 +188,7 @@ def https_mjpeg_server(tmp_path):
     """The same MJPEG stream over HTTPS only, with a self-signed certificate made for this test."""
     server = MjpegServer(tmp_path, certificate=self_signed_certificate(tmp_path)).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
@@ -134,7 +196,7 @@ def rtsp_server(tmp_path):
     """A running GStreamer RTSP server (TCP and UDP) at 10 FPS, 160x120."""
     server = RtspServer(tmp_path).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
@@ -142,7 +204,7 @@ def rtsp_udp_only_server(tmp_path):
     """An RTSP server that refuses TCP transport (like some cameras)."""
     server = RtspServer(tmp_path, protocols="udp").start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
@@ -150,7 +212,7 @@ def rtmp_server(tmp_path):
     """A running RTMP server (FFmpeg, H.264) at 10 FPS, 176x96, frames numbered like the MJPEG server's."""
     server = RtmpServer(tmp_path).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +224,7 @@ def xvfb_display(tmp_path_factory):
                                 "800x600x24", "-nolisten", "tcp"], pass_fds=(write_end,), stdout=log, stderr=log)
     os.close(write_end)
     number = b""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # seconds on a busy machine; a missing Xvfb fails at once
     while not number.endswith(b"\n") and time.monotonic() < deadline and process.poll() is None:
         if select.select([read_end], [], [], 0.2)[0]:
             chunk = os.read(read_end, 16)

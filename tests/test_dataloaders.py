@@ -15,7 +15,7 @@ from detect_helpers import FakeCamera, fake_webcam, write_video  # noqa: F401
 from mjpeg_server import frame_number
 from segtoolkit.errors import UserError
 from servers import (MjpegServer, free_port, https_mjpeg_server, mjpeg_server, rtmp_server,  # noqa: F401
-                     rtsp_server, rtsp_udp_only_server)
+                     rtsp_server, rtsp_udp_only_server, wait_until)
 from segtoolkit.sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
 
 
@@ -203,6 +203,14 @@ def test_iterate_frames_releases_video_when_closed_early(media):
 # ---------------------------------------------------------------- LoadStreams against real servers
 
 
+def wait_for_newer_frames(loader, frame, count=2, timeout=60):
+    """Be a consumer slower than the stream: return once `count` frames newer than `frame` have reached its
+    reader. A fixed sleep would assume the stream's pace, which a busy machine does not keep."""
+    reader = next(r for r in loader.readers if r.name_shown == frame.path)
+    wait_until(lambda: reader.sequence >= frame.index + count or reader.finished, timeout,
+               what=lambda: f"{count} frames after frame {frame.index} of {frame.path} (reader at {reader.sequence})")
+
+
 def test_http_stream_newest_frame_only(mjpeg_server):
     """A slow consumer gets the newest frame each time: never a frame twice, no lag building up."""
     caller_stop = threading.Event()
@@ -212,7 +220,7 @@ def test_http_stream_newest_frame_only(mjpeg_server):
         for frame in loader:
             numbers.append(frame_number(frame.original))
             frames.append(frame)
-            time.sleep(0.35)  # slower than the 10 FPS stream
+            wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
             if len(numbers) == 6:
                 break
     finally:
@@ -238,7 +246,7 @@ def test_https_stream_with_self_signed_certificate(https_mjpeg_server):
         frames = []
         for frame in loader:
             frames.append(frame)
-            time.sleep(0.35)  # slower than the 10 FPS stream
+            wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
             if len(frames) == 5:
                 break
     finally:
@@ -270,7 +278,7 @@ def test_rtmp_stream_newest_frame_only(rtmp_server):
         frames = []
         for frame in loader:
             frames.append(frame)
-            time.sleep(0.3)  # slower than the 10 FPS stream
+            wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
             if len(frames) == 5:
                 break
     finally:
@@ -292,7 +300,7 @@ def test_webcam_newest_frame_only(fake_webcam, tmp_path):
         frames = []
         for frame in loader:
             frames.append(frame)
-            time.sleep(0.25)  # slower than the camera
+            wait_for_newer_frames(loader, frame)  # slower than the camera
             if len(frames) == 5:
                 break
     finally:
@@ -327,13 +335,24 @@ def test_unreachable_stream_is_a_clear_error_within_timeout():
     assert time.monotonic() - started < 15
 
 
-def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path):
+def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path, capfd):
+    """The server is down from the stop until the reader has seen the drop; its replacement is booted
+    beforehand, so coming back takes no longer than binding the port (a Python start importing cv2 could
+    outlast the reader's retries, at 0.5, 1.5 and 3.5 s within the 6 s, on a busy machine)."""
+    printed = []
+
+    def printed_so_far():
+        printed.append(capfd.readouterr().err)
+        return "".join(printed)
     loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=6)
+    restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000)
     try:
         before = frame_number(next(loader).original)
+        restarted.prepare()
         mjpeg_server.stop()
-        time.sleep(1.0)
-        restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000).start()
+        wait_until(lambda: "no frame, reconnecting" in printed_so_far(), 60,
+                   what=lambda: f"the reader to see the stream drop; stderr: {printed_so_far()[-2000:]}")
+        restarted.start()
         try:
             after = []
             for frame in loader:  # frames left over from before the drop come first, then the new server's
@@ -341,12 +360,13 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
                 if after[-1] >= 5000:
                     break
         finally:
-            restarted.stop()
+            restarted.close()
         started = time.monotonic()
         rest = list(loader)  # the server never comes back: the loader ends by itself
         ended = time.monotonic() - started
     finally:
         loader.close()
+        restarted.close()
     assert before < 5000 <= after[-1]
     assert ended < 6 + 10 and len(rest) < 20
     assert not loader.readers[0].is_alive()
@@ -359,7 +379,10 @@ def test_two_streams_take_turns(rtsp_server, mjpeg_server):
         frames = []
         for frame in loader:
             frames.append(frame)
-            time.sleep(0.25)  # slower than both 10 FPS streams, so each has a new frame every time
+            # slower than both 10 FPS streams, so each has a new frame every time
+            wait_until(lambda: all(r.sequence > seen for r, seen in zip(loader.readers, loader.consumed)), 60,
+                       what=lambda: f"a new frame from each stream (readers at "
+                                    f"{[r.sequence for r in loader.readers]}, consumed {loader.consumed})")
             if len(frames) == 6:
                 break
     finally:

@@ -12,15 +12,8 @@ from segtoolkit.imaging import letterbox, normalize, preprocess_image, read_imag
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
+from conftest import write_pair
 from segtoolkit.masks import IGNORE
-
-
-def write_pair(folder, stem, image, mask):
-    (folder / "imgs").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(folder / "imgs" / f"{stem}.png"), image)
-    cv2.imwrite(str(folder / "masks" / f"{stem}.png"), mask)
-    return folder / "imgs" / f"{stem}.png", folder / "masks" / f"{stem}.png"
 
 
 def square_mask(height, width, value):

@@ -20,7 +20,7 @@ from segtoolkit import onnx_export, onnx_runtime
 from dataset import BinaryDataset
 from segtoolkit.splits import pair_masks
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
-from segtoolkit.checkpoints import MODEL_META_KEYS, save_checkpoint
+from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS, save_checkpoint
 from segtoolkit.errors import UserError
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
 
@@ -68,6 +68,13 @@ def test_default_output_strips_checkpoint_suffixes():
     assert onnx_export.default_output("weights.pt") == Path("weights.onnx")
 
 
+def exported_meta(meta):
+    """What an export carries of a checkpoint's meta: the model keys, and the input mode and scale (defaults
+    when an older checkpoint has none)."""
+    return {**{key: meta[key] for key in MODEL_META_KEYS}, **{key: meta.get(key, default) for key, default in
+                                                               OPTIONAL_META_KEYS.items()}}
+
+
 def test_export_writes_file_with_meta_dynamic_axes_and_opset(checkpoint, exported):
     path, code = exported
     assert code == 0 and path.is_file()
@@ -75,11 +82,11 @@ def test_export_writes_file_with_meta_dynamic_axes_and_opset(checkpoint, exporte
     assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 17
     stored = {entry.key: entry.value for entry in proto.metadata_props}
     expected = torch.load(checkpoint, weights_only=True)["meta"]
-    assert json.loads(stored[onnx_runtime.META_KEY]) == {key: expected[key] for key in MODEL_META_KEYS}
+    assert json.loads(stored[onnx_runtime.META_KEY]) == exported_meta(expected)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
     meta, _ = onnx_runtime.load_onnx(path)
-    assert meta == {key: expected[key] for key in MODEL_META_KEYS}
+    assert meta == exported_meta(expected)
 
 
 def test_onnx_masks_agree_with_pytorch_on_sample_images(checkpoint, exported):
@@ -199,7 +206,7 @@ def test_int8_export_keeps_the_description_and_agrees_with_pytorch(checkpoint, c
     assert sum(node.op_type == "QuantizeLinear" for node in graph.node) >= 10  # really quantized
     model = model_from_checkpoint(torch.load(checkpoint, weights_only=True)).eval()
     meta, predict = onnx_runtime.load_onnx(path)
-    assert meta == {key: torch.load(checkpoint, weights_only=True)["meta"][key] for key in MODEL_META_KEYS}
+    assert meta == exported_meta(torch.load(checkpoint, weights_only=True)["meta"])
     image_pixels = sure_pixels = flipped = 0
     for image_path in sorted((SAMPLE / "imgs").iterdir())[-16:]:  # not among the 16 calibration images
         tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"])

@@ -2,7 +2,6 @@
 detect.py, and the --cache modes for data larger than memory."""
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import torch
 
 import detect
 import train
-from conftest import REPO, RUNS
+from conftest import REPO, RUNS, write_pair
 from dataset import BinaryDataset, Dataset
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.errors import UserError
@@ -26,14 +25,6 @@ from segtoolkit.tiling import Tiler, tile_starts
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
-
-
-def write_pair(folder, name, image, mask):
-    for sub in ("imgs", "masks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(folder / "imgs" / f"{name}.png"), image)
-    cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
-    return folder / "imgs" / f"{name}.png", folder / "masks" / f"{name}.png"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, RUNS
+from conftest import REPO, RUNS, write_pair
 from dataset import BinaryDataset, Dataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.augment import augmentation_from_dict, load_augmentation, preset
@@ -29,14 +29,6 @@ from segtoolkit.splits import pair_masks, read_split_file
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--wandb-mode", "disabled", "--project", RUNS]
-
-
-def write_pair(folder, name, image, mask):
-    (folder / "imgs").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(folder / "imgs" / f"{name}.png"), image)
-    cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
-    return folder / "imgs" / f"{name}.png", folder / "masks" / f"{name}.png"
 
 
 # ---------------------------------------------------------------- augmentation chosen for the data

@@ -1,0 +1,373 @@
+"""Model quality side by side: train.py with default flags against a plain reference loop, scored alike.
+
+For each data set both sides train Unet/resnet18 from random weights with the same batch size, epochs,
+square input size and seed, then one function of this benchmark scores both models on the validation
+images at their original resolution; train.py's own printout is shown beside it but never compared.
+
+  membrane   ISBI-2012 EM slices (../shared/data/membrane, see its README): slices 0-23 train, 24-29
+             validate, 512x512 grey, binary (255 = cell interior). Patch 256, batch 4, 10 epochs.
+             Scored by the foreground Dice.
+  synthetic  street scenes made by bench.street_scenes from a fixed seed (13) into a temporary folder:
+             120 training and 30 validation images, 160-320 px wide in six aspect ratios, 8 classes whose
+             place depends on the row (sky, building, vegetation, sidewalk, road, lane_mark, car,
+             pedestrian; lane marks and pedestrians under 0.3% of the pixels) and void 255 on class
+             borders, given as --ignore-index 255. Patch 128, batch 4, 16 epochs. Scored by the macro Dice
+             over the 8 classes.
+
+The sides:
+  train.py   `python3 train.py` with only --encoder resnet18 --encoder-weights none, --patch-size,
+             --batch-size, --epochs, --seed and the data flags (--data-dir, the split lists, --classes,
+             --ignore-index) given: augmentation, letterbox, loss, early stopping, workers are its defaults.
+             --project, --name and --wandb-mode disabled only say where its files go. Its
+             best-checkpoint.pth.tar is scored.
+  reference  the plain loop of the membrane README: images resized to the square patch and scaled to
+             [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3),
+             BCE with logits for one class, cross-entropy with the ignore index for several; the last
+             weights are scored.
+
+Scoring (`evaluate_at_original_size`): each model predicts every validation image at the input size it was
+trained at (train.py's model through segtoolkit.imaging.preprocess_image with its checkpoint's patch size
+and normalization, then unletterbox; the reference's through the same resize it trained on), the label map
+is brought back to the image's own size with nearest neighbour, and one confusion matrix over all
+validation pixels, void excluded, gives each class's Dice. A class absent from the validation masks has
+no Dice (nan) and is left out of the macro mean. Times are wall-clock seconds: train.py's include its
+start-up, its per-epoch validation and checkpoint writing, which the reference loop does not do.
+
+Usage:
+    python3 -m bench.quality                          # both data sets: about 35 min on a quiet 2-core CPU
+    python3 -m bench.quality --only synthetic --seed 1
+    python3 -m bench.quality --quick                  # tiny (few images, 1 epoch): checks the report only
+    python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
+
+Prints one table per data set, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or
+foreground_dice, dice_CLASS for each class, seconds).
+"""
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from bench.machine import cpu_name
+from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.masks import binary_mask, class_mask, read_mask
+from segtoolkit.models import model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
+DATASETS = ("membrane", "synthetic")
+SIDES = ("train.py", "reference")
+STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data set and the budget both sides train it with."""
+    name: str
+    description: str
+    root: Path
+    train: tuple  # image paths relative to root; masks are root/masks/<same file name>
+    val: tuple
+    classes: int  # 1: binary
+    ignore_index: int | None
+    class_names: tuple
+    patch: int
+    batch: int
+    epochs: int
+
+    @property
+    def metric(self):
+        return "foreground_dice" if self.classes == 1 else "macro_dice"
+
+
+@dataclass
+class Result:
+    """One side's score on one data set."""
+    side: str
+    dice: list  # per class, nan for a class absent from the validation masks
+    headline: float
+    seconds: float  # training, wall clock
+    eval_seconds: float
+    note: str = ""
+
+
+# ---------------------------------------------------------------- the data sets
+
+
+def membrane_setting(quick=False, epochs=None):
+    """ISBI-2012 membrane as its README splits it (slices 0-23 / 24-29); quick: 4 / 2 slices at patch 64."""
+    train, val = (range(0, 4), range(24, 26)) if quick else (range(0, 24), range(24, 30))
+    patch, batch, default_epochs = (64, 2, 1) if quick else (256, 4, 10)
+    return Setting("membrane", f"ISBI-2012 membrane, {len(train)} train / {len(val)} val slices 512x512, binary",
+                   MEMBRANE, tuple(f"imgs/{i}.png" for i in train), tuple(f"imgs/{i}.png" for i in val),
+                   classes=1, ignore_index=None, class_names=("background", "foreground"),
+                   patch=patch, batch=batch, epochs=epochs or default_epochs)
+
+
+def synthetic_setting(work, quick=False, epochs=None):
+    """Street scenes written into work/streets (120 / 30 images; quick: 8 / 4 at patch 64)."""
+    train, val = (8, 4) if quick else (120, 30)
+    patch, batch, default_epochs = (64, 2, 1) if quick else (128, 4, 16)
+    split = write_street_scenes(Path(work) / "streets", train=train, val=val, seed=STREETS_SEED)
+    return Setting("synthetic", f"synthetic street scenes (seed {STREETS_SEED}), {train} train / {val} val images "
+                   f"160-320 px wide, {len(CLASS_NAMES)} classes + void {VOID}", Path(work) / "streets",
+                   tuple(split["train"]), tuple(split["val"]), classes=len(CLASS_NAMES), ignore_index=VOID,
+                   class_names=CLASS_NAMES, patch=patch, batch=batch, epochs=epochs or default_epochs)
+
+
+def read_pair(setting, path):
+    """(uint8 RGB image, label map) at the file's own size, read by the toolkit's own readers; binary masks
+    become 0/1, class masks keep their indices and the ignore index."""
+    image_path = setting.root / path
+    mask_path = setting.root / "masks" / Path(path).name
+    mask = read_mask(mask_path)
+    labels = binary_mask(mask, mask_path) if setting.classes == 1 else \
+        class_mask(mask, mask_path, setting.classes, setting.ignore_index)
+    return read_image(image_path), labels
+
+
+# ---------------------------------------------------------------- scoring, the same for both sides
+
+
+def logits_to_labels(logits):
+    """CxHxW logits -> HxW uint8 labels: sigmoid > 0.5 for one class, argmax for several."""
+    if logits.shape[0] == 1:
+        return (logits[0] > 0).to(torch.uint8).numpy()
+    return logits.argmax(0).to(torch.uint8).numpy()
+
+
+def dice_per_class(confusion):
+    """Dice of each class from a confusion matrix (rows truth, columns prediction); nan where the class
+    never occurs in the truth, as train.py's metrics leave such a class out."""
+    tp = np.diag(confusion).astype(np.float64)
+    truth, predicted = confusion.sum(1), confusion.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * tp / (truth + predicted)
+    return [float(d) if t > 0 else math.nan for d, t in zip(dice, truth)]
+
+
+@torch.inference_mode()
+def evaluate_at_original_size(predict, setting):
+    """Per-class Dice of `predict` (uint8 RGB image -> label map of the image's size) over every
+    validation pixel at the images' original resolution, pixels labelled the ignore index left out."""
+    labels = max(setting.classes, 2)
+    confusion = np.zeros((labels, labels), np.int64)
+    for path in setting.val:
+        image, truth = read_pair(setting, path)
+        predicted = predict(image)
+        assert predicted.shape == truth.shape, f"prediction {predicted.shape} for {path} of size {truth.shape}"
+        valid = truth != setting.ignore_index if setting.ignore_index is not None else np.ones(truth.shape, bool)
+        pairs = truth[valid].astype(np.int64) * labels + predicted[valid]
+        confusion += np.bincount(pairs, minlength=labels * labels).reshape(labels, labels)
+    return dice_per_class(confusion)
+
+
+def headline(setting, dice):
+    """Foreground Dice for a binary set, macro Dice over the classes present otherwise."""
+    return dice[1] if setting.classes == 1 else float(np.nanmean(dice))
+
+
+def reference_predictor(model, patch):
+    """Predict as the reference loop trained: resize to patch x patch, [0, 1]; labels resized back (nearest)."""
+    model.eval()
+
+    def predict(image):
+        x = torch.from_numpy(cv2.resize(image, (patch, patch))).permute(2, 0, 1).float().div(255)
+        labels = logits_to_labels(model(x[None])[0])
+        return cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return predict
+
+
+def checkpoint_predictor(path):
+    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed with its meta, unletterboxed."""
+    checkpoint = load_checkpoint(path)
+    model, meta = model_from_checkpoint(checkpoint, path).eval(), checkpoint["meta"]
+
+    def predict(image):
+        tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"])
+        return unletterbox(logits_to_labels(model(tensor[None])[0]), box)
+    return predict
+
+
+# ---------------------------------------------------------------- the two sides
+
+
+def load_resized(setting, paths):
+    """The reference loop's data: images resized to patch x patch and scaled to [0, 1] (N,3,P,P float);
+    masks resized with nearest neighbour (binary: N,1,P,P float; classes: N,P,P int64 with the ignore index)."""
+    size = (setting.patch, setting.patch)
+    pairs = [read_pair(setting, path) for path in paths]
+    images = torch.from_numpy(np.stack([cv2.resize(image, size) for image, _ in pairs]))
+    masks = torch.from_numpy(np.stack([cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+                                       for _, labels in pairs]))
+    images = images.permute(0, 3, 1, 2).float().div(255)
+    return images, masks.float().unsqueeze(1) if setting.classes == 1 else masks.long()
+
+
+def train_reference(setting, seed, lr=1e-3):
+    """The plain loop: Unet/resnet18 from random weights, AdamW + OneCycleLR, shuffled batches, no
+    augmentation, BCE with logits (one class) or cross-entropy with the ignore index; the last weights."""
+    torch.manual_seed(seed)
+    images, masks = load_resized(setting, setting.train)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=setting.classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    steps = len(images) // setting.batch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=setting.epochs * steps)
+    loss_fn = torch.nn.BCEWithLogitsLoss() if setting.classes == 1 else \
+        torch.nn.CrossEntropyLoss(ignore_index=-100 if setting.ignore_index is None else setting.ignore_index)
+    model.train()
+    for _ in range(setting.epochs):
+        order = torch.randperm(len(images))
+        for step in range(steps):
+            index = order[step * setting.batch:(step + 1) * setting.batch]
+            loss = loss_fn(model(images[index]), masks[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return model.eval()
+
+
+def train_py_command(setting, seed, work):
+    """train.py's command line: defaults everywhere but the model, budget, seed, data and output flags."""
+    lists = {}
+    for split, paths in (("train", setting.train), ("val", setting.val), ("test", ())):  # no test evaluation
+        lists[split] = Path(work) / f"{setting.name}-{split}.txt"
+        lists[split].write_text("".join(f"{path}\n" for path in paths))
+    command = [sys.executable, str(REPO / "train.py"), "--data-dir", str(setting.root),
+               "--train-list", str(lists["train"]), "--val-list", str(lists["val"]), "--test-list", str(lists["test"]),
+               "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", str(setting.patch),
+               "--batch-size", str(setting.batch), "--epochs", str(setting.epochs), "--seed", str(seed),
+               "--project", str(Path(work) / "runs"), "--name", setting.name, "--wandb-mode", "disabled"]
+    if setting.classes > 1:
+        command += ["--classes", str(setting.classes)]
+    if setting.ignore_index is not None:
+        command += ["--ignore-index", str(setting.ignore_index)]
+    return command
+
+
+def run_train_py(setting, seed, threads, work):
+    """Run train.py to the end; returns (checkpoint to score, what train.py itself printed about it)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                   "WANDB_SILENT": "true", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    output = subprocess.run(train_py_command(setting, seed, work), capture_output=True, text=True, cwd=REPO,
+                            env=environment)
+    if output.returncode != 0:
+        raise SystemExit(f"train.py failed on {setting.name} (exit {output.returncode}):\n{output.stderr[-3000:]}")
+    run_dir = Path(re.search(r"^training in (.+)$", output.stdout, re.M).group(1))
+    printed = re.search(r"best val Dice ([0-9.]+)", output.stdout)
+    if printed:
+        return run_dir / "best-checkpoint.pth.tar", f"train.py printed best val Dice {printed.group(1)}"
+    return run_dir / "checkpoint.pth.tar", "train.py wrote no best checkpoint: its last weights are scored"
+
+
+def measure(setting, side, seed, threads, work):
+    """Train one side and score it; a Result with the per-class Dice and the wall times."""
+    started = time.perf_counter()
+    if side == "train.py":
+        checkpoint, note = run_train_py(setting, seed, threads, work)
+        trained = time.perf_counter()
+        predict = checkpoint_predictor(checkpoint)
+    else:
+        predict, note = reference_predictor(train_reference(setting, seed), setting.patch), ""
+        trained = time.perf_counter()
+    dice = evaluate_at_original_size(predict, setting)
+    return Result(side, dice, headline(setting, dice), trained - started, time.perf_counter() - trained, note)
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(setting, results, seed, threads):
+    """One data set's results: a header with the setting, one row per side, the difference, the notes."""
+    header = (f"{setting.name}: {setting.description}; Unet/resnet18 random init, patch {setting.patch}, "
+              f"batch {setting.batch}, {setting.epochs} epochs, seed {seed}, {threads} threads")
+    columns = ["side", setting.metric, *setting.class_names, "train s", "eval s"]
+    rows = [[r.side, f"{r.headline:.4f}", *(f"{d:.4f}" for d in r.dice), f"{r.seconds:.0f}", f"{r.eval_seconds:.0f}"]
+            for r in results]
+    if len(results) == 2:
+        first, second = results
+        rows.append([f"{first.side} - {second.side}", f"{first.headline - second.headline:+.4f}",
+                     *(f"{a - b:+.4f}" for a, b in zip(first.dice, second.dice)), "", ""])
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    lines = [header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                        for row in [columns, *rows]]
+    return "\n".join(lines + [f"  note: {r.note}" for r in results if r.note])
+
+
+def machine_lines(setting, results):
+    """`quality DATASET SIDE METRIC VALUE` lines: the headline, each class's Dice, the training seconds."""
+    lines = []
+    for r in results:
+        prefix = f"quality {setting.name} {r.side}"
+        lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
+        lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
+        lines.append(f"{prefix} seconds {r.seconds:.1f}")
+    return lines
+
+
+def machine(threads):
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__}, {threads} threads"
+
+
+def make_parser(description, choose_dataset=True):
+    """The benchmark's options (bench.membrane_dice builds the same without --only)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if choose_dataset:
+        parser.add_argument("--only", choices=DATASETS, default=None, help="run one data set (default: both)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed of both sides: weights and shuffling (the synthetic data stays the same)")
+    parser.add_argument("--quick", action="store_true", help="a few images, patch 64, 1 epoch: checks the report only")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch threads of each side (OMP_NUM_THREADS for train.py) (default: up to 2)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the synthetic data, the split lists and train.py's run folders here "
+                             "(default: a temporary folder, removed at the end)")
+    return parser
+
+
+def parse_args(argv=None):
+    return make_parser(__doc__).parse_args(argv)
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
+    names = [args.only] if args.only else list(DATASETS)
+    lines, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as temp:
+        work = Path(args.work or temp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            setting = membrane_setting(args.quick, args.epochs) if name == "membrane" else \
+                synthetic_setting(work, args.quick, args.epochs)
+            results = []
+            for side in SIDES:
+                results.append(measure(setting, side, args.seed, args.threads, work))
+                print(f"{name} {side}: {setting.metric} {results[-1].headline:.4f} "
+                      f"({results[-1].seconds:.0f} s training)", flush=True)
+            print(f"\n{table(setting, results, args.seed, args.threads)}\n", flush=True)
+            lines += machine_lines(setting, results)
+    print(f"machine after {time.perf_counter() - started:.0f} s: {machine(args.threads)}")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
