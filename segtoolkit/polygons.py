@@ -9,7 +9,7 @@ A region's `area` is the area of its outline minus its holes' (cv2.contourArea),
 outline through pixel centres leaves out half of each boundary pixel. By Pick's theorem a simple outline
 with B boundary pixels encloses pixels - B/2 - 1, and a hole's outline, running on the region's pixels around
 it, removes the hole's pixels plus B/2 - 1 of its own B. So over a mask, for each class,
-0 <= pixels - sum of areas <= sum over every outline (outer and hole) of B/2 + 1 (tests/test_masks_io.py
+0 <= pixels - sum of areas <= sum over every outline (outer and hole) of B/2 + 1 (tests/test_masks.py
 checks it); one-pixel-wide parts, whose outline goes there and back with no area, reach the bound.
 
 Usage:

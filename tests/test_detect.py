@@ -25,6 +25,7 @@ from segtoolkit.imaging import Letterbox
 from segtoolkit.detect_outputs import ResultWriter, increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
+from segtoolkit.masks import read_mask
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit.predict import logits_to_mask
 from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
@@ -246,7 +247,7 @@ def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held
     row = read_rows(tmp_path / "any")[0]
     assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "cell_px",
                          "nucleus_px", "image_file", "mask_file", "video_file"]
-    mask = cv2.imread(str(tmp_path / "any" / "masks" / "easy_001.png"), cv2.IMREAD_UNCHANGED)
+    mask = read_mask(tmp_path / "any" / "masks" / "easy_001.png")  # a palette PNG: its indices
     assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == cv2.imread(
         str(easy_held_out / "imgs" / "easy_001.png")).shape[:2]
     assert int(row["cell_px"]) == (mask == 1).sum() and int(row["nucleus_px"]) == (mask == 2).sum()
@@ -310,20 +311,29 @@ def named_files(rows):
 
 
 def imwrite_failing_after(monkeypatch, works):
-    """cv2.imwrite that writes `works` files, then returns False as it does on a full disk. Returns the paths."""
-    real, calls = cv2.imwrite, []
+    """cv2.imwrite (images, binary masks) and write_bytes (palette masks) that write `works` files, then fail
+    as on a full disk: imwrite returns False, write_bytes raises what write_new_file does. Returns the paths."""
+    from segtoolkit import detect_outputs
+    real, real_bytes, calls = cv2.imwrite, detect_outputs.write_bytes, []
 
     def imwrite(path, *args):
         calls.append(path)
         return len(calls) <= works and real(path, *args)
 
+    def write_bytes(path, data):
+        calls.append(path)
+        if len(calls) > works:
+            raise detect_outputs.write_failure(path)
+        real_bytes(path, data)
+
     monkeypatch.setattr(cv2, "imwrite", imwrite)
+    monkeypatch.setattr(detect_outputs, "write_bytes", write_bytes)
     return calls
 
 
 def test_failed_image_write_is_one_line_exit_1_and_outputs_so_far_stay(multiclass_checkpoint, easy_held_out, clip,
                                                                         tmp_path, capsys, monkeypatch):
-    """cv2.imwrite returning False (full disk) for the 2nd image's mask: exit code 1, one line naming the file;
+    """A write failing (full disk) at the 2nd image's mask: exit code 1, one line naming the file;
     the video before it is closed and plays, results.csv has a row for exactly the frames whose files exist,
     and the 2nd image's annotated file, written just before, is removed with it."""
     listing = tmp_path / "sources.txt"
