@@ -401,9 +401,9 @@ def test_failed_write_on_the_command_line_has_no_traceback(multiclass_checkpoint
         import sys
         import cv2
         real, calls = cv2.imwrite, []
-        def imwrite(path, *args):  # the disk fills up after the first image and its mask
+        def imwrite(path, *args):  # the disk fills up after the first image (its palette mask is not imwrite's)
             calls.append(path)
-            return len(calls) <= 2 and real(path, *args)
+            return len(calls) <= 1 and real(path, *args)
         cv2.imwrite = imwrite
         import detect
         sys.exit(detect.main(detect.parse_args(sys.argv[1:])))
@@ -462,7 +462,8 @@ def test_second_run_into_the_same_save_dir_appends_with_new_names(multiclass_che
     (other / "results.csv").write_text("source,frame,inference_ms\nx.png,0,1.0\n")
     code, _, err = cli(capsys, "--model", multiclass_checkpoint, "--source", image, "--save-dir", other)
     assert code == 2 and err == f"error: --save-dir {other} holds a results.csv with other columns (another model's " \
-                                "classes, or an earlier detect.py); give another --save-dir\n"
+                                "classes, an earlier detect.py, or other --save-probs); give another " \
+                                "--save-dir\n"
     assert files_in(other) == ["results.csv"] and read_rows(other) == [{"source": "x.png", "frame": "0",
                                                                         "inference_ms": "1.0"}]
 
