@@ -47,12 +47,13 @@ def check_names(names, where):
         raise UserError(f"{where}: class name {repeated[0]} is given twice; give each class its own name")
 
 
-def parse_class_names(text, classes):
-    """--class-names 'a,b,c' as a list: one name per class, background first (two names for one class)."""
+def parse_class_names(text, classes, count=True):
+    """--class-names 'a,b,c' as a list: one name per class, background first (two names for one class);
+    `count` False checks the names alone (their classes are not known yet)."""
     names = [name.strip() for name in str(text).split(",")]
     check_names(names, f"--class-names {text}")
     needed = max(classes, 2)
-    if len(names) != needed:
+    if count and len(names) != needed:
         which = "background and foreground" if classes == 1 else "one per class, background first"
         raise UserError(f"--class-names {text} gives {len(names)} name(s) but --classes {classes} needs {needed} "
                         f"({which}); give one name per class")

@@ -192,7 +192,8 @@ class RunConfig:
         self.check_full_resolution()
         parse_loss(self.loss or default_loss(self.classes), self.classes)
         if self.class_names is not None and self.mask_colors is None:  # a colours file names the classes itself
-            parse_class_names(self.class_names, self.classes)
+            # with --load-model the classes may come from the checkpoint: the count is checked with them
+            parse_class_names(self.class_names, self.classes, count=self.load_model is None)
         parse_class_weights(self.class_weights, self.classes)
         if self.augment not in PRESETS:
             load_augmentation(self.augment)  # the file exists and albumentations reads it
