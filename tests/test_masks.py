@@ -335,3 +335,31 @@ def test_unknown_colour_is_one_line_exit_2_before_training(tmp_path):
         f"error: mask {mask_path} has colour (10, 20, 30) in 12 pixel(s), which --mask-colors "
         f"{data_dir / 'colours.csv'} does not list; add it to {data_dir / 'colours.csv'} (name,R,G,B) or fix the mask"]
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- the README's examples
+
+
+def test_every_readme_mask_formats_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    """README's "Mask formats" train.py lines, as written (then made tiny), each from a folder holding the data
+    it names: voc_like/ (palette PNGs of 21 classes, void 255), my_data/ of colour masks with colours.csv in
+    the working folder, or my_data/ of 3-class index masks."""
+    section = (REPO / "README.md").read_text().split("## Mask formats", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#", 1)[0].split()[2:] for line in section.splitlines()
+                if line.startswith("python3 train.py")]
+    assert len(commands) == 3
+    for path in write_dataset(tmp_path / "voc" / "voc_like", 8, seed=7, classes=21):
+        mask_path = path.parent.parent / "masks" / path.name
+        indices = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        indices[-2:] = 255
+        save_palette(mask_path, indices, VOC)
+    write_colour_masks(tmp_path / "colour" / "my_data", count=8)
+    (tmp_path / "colour" / "my_data" / "colours.csv").rename(tmp_path / "colour" / "colours.csv")
+    write_dataset(tmp_path / "index" / "my_data", 8, seed=8, classes=3)
+    for number, words in enumerate(commands):
+        kind = "voc" if "voc_like" in words else "colour" if "--mask-colors" in words else "index"
+        monkeypatch.chdir(tmp_path / kind)
+        name = f"pytest-masks-readme-{os.getpid()}-{number}"
+        code = train.main(train.parse_args([*words, *TINY, "--name", name]))
+        assert code == 0, (words, capsys.readouterr().err[-2000:])
+        assert (RUNS / name / "best-checkpoint.pth.tar").is_file()
