@@ -220,7 +220,10 @@ def test_palette_masks_train_detect_and_validate(palette_run, capsys, tmp_path):
         stored = np.load(tmp_path / "detect" / row["probs_file"])
         assert stored["probabilities"].shape == mask.shape + (4,) and stored["probabilities"].dtype == np.float16
         assert list(stored["class_names"]) == ["background", "plane", "bike", "bird"]
-        assert np.allclose(stored["probabilities"].astype(np.float32).sum(axis=2), 1, atol=0.01)
+        probabilities = stored["probabilities"].astype(np.float32)
+        assert np.allclose(probabilities.sum(axis=2), 1, atol=0.01)
+        # resized bilinearly, the mask nearest: a one-epoch model's speckled argmax differs on many edges
+        assert (probabilities.argmax(axis=2) == mask).mean() > 0.7
     summary = val.run(model=run / "best-checkpoint.pth.tar", save_dir=tmp_path / "val", workers=0, save_masks=True,
                       device="cpu")
     out = capsys.readouterr().out
