@@ -4,6 +4,7 @@ Usage:
     python train.py                                          # bundled sample, Unet/resnet34
     python train.py --encoder resnet18 --patch-size 128 --epochs 20 --encoder-weights none
     python train.py --data-dir data/mine --search-files --val-split 0.2 --classes 3
+    python train.py --data-dir data/mine --search-files --mask-colors colours.csv   # RGB masks: name,R,G,B
     python train.py --load-model checkpoints/exp/checkpoint.pth.tar    # resume where it stopped
     python train.py --load-model checkpoints/exp/best-checkpoint.pth.tar --epochs 5   # fine-tune, new run
     torchrun --nproc_per_node=2 train.py --batch-size 8              # 8 images per process
@@ -541,11 +542,11 @@ def add_data_flags(data):
                       help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices 0..N-1")
     data.add_argument("--ignore-index", type=int, default=None,
                       help="multi-class mask value left out of loss and metrics (e.g. 255)")
-    data.add_argument("--mask-colors", type=Path, default=None,
+    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
                       help="colour masks: a CSV (name,R,G,B per class, background first; a line named ignore for "
                            "pixels left out) or JSON ({\"name\": [R, G, B], ...}) file; it sets --classes and the "
                            "class names (palette PNG masks need none: their indices are read)")
-    data.add_argument("--class-names", default=None,
+    data.add_argument("--class-names", default=None, metavar="NAMES",
                       help="class names, background first: background,cell,nucleus (one class: background,object); "
                            "they name results.csv columns, wandb keys, the preview and detect.py's outputs")
 

@@ -373,7 +373,7 @@ def parse_args(argv=None):
     data.add_argument("--data-dir", default=None, help="folder of a split file's entries, or of --search-files")
     data.add_argument("--img-dir", default="imgs", help="image folder inside the data folder")
     data.add_argument("--mask-dir", default="masks", help="mask folder inside the data folder")
-    data.add_argument("--mask-colors", type=Path, default=None,
+    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
                       help="read colour masks with this CSV or JSON file (as train.py's) instead of the colours the "
                            "model was trained with; it must list the model's classes")
     data.add_argument("--search-files", action="store_true",
