@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ import train
 import val
 from conftest import REPO, RUNS
 from make_sample_data import write_dataset
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.classes import load_mask_colors
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
@@ -287,6 +288,32 @@ def test_checkpoint_without_new_meta_keys_still_loads(colour_run, tmp_path):
     summary = detect.run(model=tmp_path / "old.pth.tar", source=colour_run[1] / "imgs" / "sample_000.png",
                          save_dir=tmp_path / "out")
     assert summary["frames"] == 1 and Image.open(tmp_path / "out" / "masks" / "sample_000.png").mode == "P"
+
+
+def test_resume_reads_the_masks_with_the_colours_it_was_trained_with(colour_run, tmp_path, capsys):
+    """The colours file is changed after training (a class's colour edited): a resume still reads the masks
+    with the table in its checkpoint, so no mask turns unknown halfway through a run."""
+    run, data_dir = colour_run
+    copy = RUNS / f"pytest-masks-resume-{os.getpid()}"
+    shutil.copytree(run, copy)
+    checkpoint = load_checkpoint(copy / "checkpoint.pth.tar")
+    state = {key: value for key, value in checkpoint.items() if key not in ("format", "version", "meta", "config",
+                                                                             "model")}
+    state.update(finished=False)  # as if stopped after its last epoch, before the test: every mask is read again
+    model = model_from_checkpoint(checkpoint)
+    save_checkpoint(copy / "checkpoint.pth.tar", model, checkpoint["meta"], checkpoint["config"], **state)
+    colours = data_dir / "colours.csv"
+    original = colours.read_text()
+    colours.write_text(original.replace("cell,255,0,0", "cell,250,0,0"))
+    try:
+        code = train.main(train.parse_args(["--load-model", str(copy / "checkpoint.pth.tar"), "--workers", "0",
+                                            "--wandb-mode", "disabled"]))
+    finally:
+        colours.write_text(original)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert f"resuming in {copy}" in out
+    assert load_checkpoint(copy / "best-checkpoint.pth.tar")["meta"]["mask_colors"] == checkpoint["meta"]["mask_colors"]
 
 
 # ---------------------------------------------------------------- bad input
