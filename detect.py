@@ -40,7 +40,8 @@ from dataloaders import RTSP_TRANSPORTS, iterate_frames
 from segtoolkit.cli import HelpFormatter, StopRequest, run_command
 from segtoolkit.config import check_run_name
 from segtoolkit.classes import output_colours
-from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
+from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
+from segtoolkit.output_files import check_save_dir
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.imaging import check_patch_size, unletterbox

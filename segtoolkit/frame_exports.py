@@ -18,7 +18,7 @@ Usage:
 import contextlib
 import json
 
-from segtoolkit.detect_outputs import ends_with_newline, write_failure, write_new_file, write_picture
+from segtoolkit.output_files import ends_with_newline, write_failure, write_new_file, write_picture
 from segtoolkit.polygons import polygon_records
 from segtoolkit.probabilities import at_original_size, encode_png, probability_suffix, write_npz
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.detect_outputs import check_save_dir, make_run_dir, write_failure, write_mask
+from segtoolkit.output_files import check_save_dir, make_run_dir, write_failure, write_mask
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import Letterbox, unletterbox
 from segtoolkit.metrics import confusion_matrix, nanmean, scores

@@ -22,7 +22,8 @@ from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_he
                             wait_for_rows, wait_for_stderr, write_video)
 from dataloaders import Frame
 from segtoolkit.imaging import Letterbox
-from segtoolkit.detect_outputs import ResultWriter, increment_path
+from segtoolkit.detect_outputs import ResultWriter
+from segtoolkit.output_files import increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
 from segtoolkit.masks import read_mask
@@ -313,8 +314,8 @@ def named_files(rows):
 def imwrite_failing_after(monkeypatch, works):
     """cv2.imwrite (images, binary masks) and write_bytes (palette masks) that write `works` files, then fail
     as on a full disk: imwrite returns False, write_bytes raises what write_new_file does. Returns the paths."""
-    from segtoolkit import detect_outputs
-    real, real_bytes, calls = cv2.imwrite, detect_outputs.write_bytes, []
+    from segtoolkit import output_files
+    real, real_bytes, calls = cv2.imwrite, output_files.write_bytes, []
 
     def imwrite(path, *args):
         calls.append(path)
@@ -323,11 +324,11 @@ def imwrite_failing_after(monkeypatch, works):
     def write_bytes(path, data):
         calls.append(path)
         if len(calls) > works:
-            raise detect_outputs.write_failure(path)
+            raise output_files.write_failure(path)
         real_bytes(path, data)
 
     monkeypatch.setattr(cv2, "imwrite", imwrite)
-    monkeypatch.setattr(detect_outputs, "write_bytes", write_bytes)
+    monkeypatch.setattr(output_files, "write_bytes", write_bytes)
     return calls
 
 
