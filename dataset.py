@@ -47,7 +47,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ignore_index = None
 
     def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4,
-                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None):
+                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None, mask_colors=None):
         check_patch_size(patch_size)
         if mode not in MODES:
             raise ValueError(f"mode {mode} is not one of {MODES}")
@@ -57,8 +57,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.patch_size, self.mode, self.scale = patch_size, mode, scale
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
+        self.mask_colors = mask_colors  # segtoolkit.classes.MaskColors: RGB masks read as class indices
         key = f"{'letterbox-' + str(patch_size) if mode == 'letterbox' else f'scale-{scale}'}-" \
-              f"{getattr(self, 'classes', 1)}-{self.ignore_index}"
+              f"{getattr(self, 'classes', 1)}-{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "")
         self.store = build_store(cache, self.prepare, self.pairs, key=key, cache_dir=cache_dir, threads=threads)
 
     def __len__(self):
@@ -83,13 +84,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """{label: pixels} over every mask as trained on (letterbox: at the patch size), padding excluded."""
         return self.store.label_counts
 
+    def read_mask(self, path):
+        """The labels stored in a mask file (palette indices, or the classes of its colours with --mask-colors)."""
+        return read_mask(path, self.mask_colors, self.ignore_index)
+
     def convert_mask(self, mask, path):
         raise NotImplementedError
 
     def prepare(self, pair):
         """Read, check and size one pair: uint8 image and label mask at the resolution the mode trains at."""
         image_path, mask_path = pair
-        image, mask = read_image(image_path), read_mask(mask_path)
+        image, mask = read_image(image_path), self.read_mask(mask_path)
         if image.shape[:2] != mask.shape[:2]:
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                             f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
@@ -136,7 +141,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         evaluation: the metrics are those of full-resolution masks, --scale or not."""
         image, mask = self.store.get(index)
         if self.scale != 1:
-            mask = self.convert_mask(read_mask(self.pairs[index][1]), self.pairs[index][1])
+            mask = self.convert_mask(self.read_mask(self.pairs[index][1]), self.pairs[index][1])
         return image, self.target(mask, np.ones(mask.shape[:2], np.uint8))
 
     def target(self, mask, valid):
@@ -185,12 +190,19 @@ def as_transform(augment):
 
 
 class BinaryDataset(SegmentationDataset):
-    """One foreground class: masks stored as 0/1 or 0/255 become float 1xPxP targets of 0, 1 (and IGNORE)."""
+    """One foreground class: masks stored as 0/1 or 0/255 become float 1xPxP targets of 0, 1 (and IGNORE).
+    With a two-colour --mask-colors table, colour masks are read as 0/1 and its ignore colour as
+    `ignore_index`, left out like padding."""
 
     classes = 1
 
+    def __init__(self, pairs, patch_size, ignore_index=None, **kwargs):
+        self.ignore_index = ignore_index
+        super().__init__(pairs, patch_size, **kwargs)
+
     def convert_mask(self, mask, path):
-        return binary_mask(mask, path)
+        # colours were mapped to 0, 1 and the ignore index already; 0/255 checks would refuse that index
+        return mask if self.mask_colors is not None else binary_mask(mask, path)
 
     def as_target(self, labels):
         return labels.unsqueeze(0).float()
@@ -217,5 +229,5 @@ def make_dataset(pairs, patch_size, classes, ignore_index=None, **kwargs):
     if classes < 1:
         raise UserError(f"--classes {classes} must be at least 1 (1 = binary foreground/background)")
     if classes == 1:
-        return BinaryDataset(pairs, patch_size, **kwargs)
+        return BinaryDataset(pairs, patch_size, ignore_index, **kwargs)
     return Dataset(pairs, patch_size, classes, ignore_index, **kwargs)

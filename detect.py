@@ -12,13 +12,16 @@ Usage:
     python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
     python detect.py --model best-checkpoint.xml --source clip.mp4           # OpenVINO model from export.py
     python detect.py --model best.pth.tar --source clip.mp4 --half           # bfloat16 CPUs, float16 GPUs
+    python detect.py --model best.pth.tar --source data/sample/imgs --save-json --save-probs  # polygons, probs
 
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, and a second
 run into it appends to its results.csv): for each image the annotated image and masks/<name>.png (0/255
-for one class, class indices for several), with --save-video an annotated MP4 per video or stream (MJPEG
-.avi for an odd frame size, which MP4 cannot keep here), and always results.csv with one row per frame
-naming the files written for it. Files are named after their source (odd.avi.mp4 and odd.mp4.mp4 when
-stems collide; _2, _3... rather than overwriting any file).
+for one class; for several a palette PNG, its pixels the class indices and its colours the classes'), with
+--save-video an annotated MP4 per video or stream (MJPEG .avi for an odd frame size, which MP4 cannot keep
+here), and always results.csv with one row per frame naming the files written for it. --save-json adds
+polygons.jsonl (every polygon of every class, per frame), --save-probs probs/<name>.npz or .png (the
+class probabilities at the original size): see segtoolkit.frame_exports. Files are named after their
+source (odd.avi.mp4 and odd.mp4.mp4 when stems collide; _2, _3... rather than overwriting any file).
 The folder is created with the first frame: a stream that cannot be opened within --stream-timeout
 is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
 normally (exit code 0) with every output complete. A write that fails (full disk) stops the run with
@@ -38,13 +41,17 @@ import cv2
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
 from segtoolkit.cli import HelpFormatter, StopRequest, run_command
 from segtoolkit.config import check_run_name
-from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display, check_save_dir
+from segtoolkit.classes import output_colours
+from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
+from segtoolkit.output_files import check_save_dir
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.imaging import check_patch_size, unletterbox
-from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.frame_exports import FrameExports
+from segtoolkit.overlay import draw_overlay, find_polygons, largest_polygon_area
 from segtoolkit.pipeline import Finisher
 from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
+from segtoolkit.probabilities import Prediction, logits_to_probabilities
 from segtoolkit.tiling import WEIGHTINGS, Tiler
 from segtoolkit.sources import resolve_sources
 
@@ -53,33 +60,39 @@ DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
 class Segmenter:
-    """One frame's mask of class indices. Letterbox (the default for models trained on letterboxed images):
-    the model sees frame.image, and the mask is the patch's (FrameOutputs unletterboxes it). Tiled (models
-    trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
-    sliding window, and the mask is the frame's own size."""
+    """One frame's Prediction: its mask of class indices and, with `probabilities` (--save-probs), the class
+    probabilities at the mask's size. Letterbox (the default for models trained on letterboxed images): the
+    model sees frame.image, and both are the patch's (FrameOutputs and the writer unletterbox them). Tiled
+    (models trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
+    sliding window; the mask is the frame's own size, the probabilities the scaled frame's."""
 
     def __init__(self, predictor, meta, conf_thres, size, tiled=False, overlap=0.25, batch=4,
-                 weighting="gaussian"):
-        self.predictor, self.conf_thres = predictor, conf_thres
+                 weighting="gaussian", probabilities=False):
+        self.predictor, self.conf_thres, self.probabilities = predictor, conf_thres, probabilities
         self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"]) if tiled else None
         self.scale = meta.get("scale", 1.0) if tiled else 1.0
 
     def __call__(self, frame):
         if self.tiler is None:
-            return logits_to_mask(self.predictor(frame.image.unsqueeze(0))[0], self.conf_thres)
+            logits = self.predictor(frame.image.unsqueeze(0))[0]
+            return Prediction(logits_to_mask(logits, self.conf_thres),
+                              logits_to_probabilities(logits) if self.probabilities else None)
         height, width = frame.original.shape[:2]
         image = frame.original if self.scale == 1 else cv2.resize(
             frame.original, (max(1, round(width * self.scale)), max(1, round(height * self.scale))),
             interpolation=cv2.INTER_AREA)
-        mask = self.tiler.mask(image, self.conf_thres)
-        return mask if self.scale == 1 else cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        mask, probabilities = self.tiler.mask_and_probabilities(image, self.conf_thres) if self.probabilities \
+            else (self.tiler.mask(image, self.conf_thres), None)
+        if self.scale != 1:
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        return Prediction(mask, probabilities)
 
 
 def infer(segmenter, frame):
-    """(mask of class indices, inference milliseconds) for one Frame: see Segmenter for its size."""
+    """(Prediction, inference milliseconds) for one Frame: see Segmenter for its size."""
     began = time.perf_counter()
-    mask = segmenter(frame)
-    return mask, (time.perf_counter() - began) * 1000
+    prediction = segmenter(frame)
+    return prediction, (time.perf_counter() - began) * 1000
 
 
 # ---------------------------------------------------------------- the run
@@ -106,16 +119,16 @@ class FrameOutputs:
         self.writer, self.colours, self.class_names, self.file_total = writer, colours, class_names, file_total
         self.means, self.file_number = RunningMean(), 0
 
-    def __call__(self, frame, patch_mask, inference_ms):
-        """Write and print one frame; returns the annotated RGB image."""
-        mask = patch_mask if frame.letterbox is None else unletterbox(patch_mask, frame.letterbox)
+    def __call__(self, frame, prediction, inference_ms):
+        """Write and print one frame (a Prediction); returns the annotated RGB image."""
+        mask = prediction.mask if frame.letterbox is None else unletterbox(prediction.mask, frame.letterbox)
         polygons = find_polygons(mask)
         largest = largest_polygon_area(polygons)
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
         lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
                  f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
         annotated = draw_overlay(frame.original, mask, polygons, self.colours, lines, self.class_names)
-        self.writer.add(frame, mask, annotated, inference_ms, largest)
+        self.writer.add(frame, mask, annotated, inference_ms, largest, prediction.probabilities)
         self.file_number += frame.index == 0 and not frame.is_stream
         print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms, "
               f"largest polygon {largest:.0f} px", flush=True)
@@ -150,7 +163,7 @@ def check_flags(conf_thres, max_frames, patch_size, name):
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
         view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
         name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
-        tile_batch=4, tile_weighting="gaussian"):
+        tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False):
     """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
 
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
@@ -167,9 +180,11 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
     tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
-    segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting)
+    segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting,
+                          probabilities=save_probs)
+    exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs)
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
-                                   not nosave, files)
+                                   not nosave, files, exports)
     with StopRequest("finishing this frame, then closing outputs") as stop:
         frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
                                 rtsp_transport, stop.event, prefetch=0 if view_img else 2)
@@ -192,11 +207,11 @@ def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop)
     count, total_ms, user_quit = 0, 0.0, False
     try:
         for frame in frames:
-            patch_mask, inference_ms = infer(segmenter, frame)
+            prediction, inference_ms = infer(segmenter, frame)
             count, total_ms = count + 1, total_ms + inference_ms
             if finisher is not None:
-                finisher.submit(frame, patch_mask, inference_ms)
-            elif not viewer.show(frame, outputs(frame, patch_mask, inference_ms), stop.event):
+                finisher.submit(frame, prediction, inference_ms)
+            elif not viewer.show(frame, outputs(frame, prediction, inference_ms), stop.event):
                 user_quit = True
                 break
             if (max_frames and count >= max_frames) or stop.is_set():
@@ -213,15 +228,17 @@ def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop)
     return count, total_ms, user_quit
 
 
-def make_outputs(meta, save_dir, increment, save_video, save_images, files):
+def make_outputs(meta, save_dir, increment, save_video, save_images, files, exports=None):
     """(ResultWriter, FrameOutputs) for the run. The folder is created with the first frame, so a stream that
-    never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now."""
+    never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now.
+    Masks, overlay and legend share the classes' colours: the training ones of --mask-colors, if given."""
     names = meta.get("class_names") or [f"class_{i}" for i in range(max(2, meta["classes"]))]
     class_names = names if meta["classes"] > 1 else None
+    colours = output_colours(meta)
     writer = ResultWriter(save_dir, class_names, save_images=save_images, save_video=save_video, increment=increment,
-                          sources=files)
+                          sources=files, colours=colours, exports=exports)
     writer.check_existing()
-    return writer, FrameOutputs(writer, class_colours(meta["classes"]), class_names, len(files))
+    return writer, FrameOutputs(writer, colours, class_names, len(files))
 
 
 def print_summary(count, total_ms, elapsed, why, save_dir):
@@ -281,7 +298,15 @@ def parse_args(argv=None):
                              "to its results.csv and never overwrites a file")
     output.add_argument("--save-video", action="store_true",
                         help="write an annotated MP4 per video or stream (.avi, MJPEG, for an odd frame size)")
-    output.add_argument("--nosave", action="store_true", help="write nothing but results.csv")
+    output.add_argument("--nosave", action="store_true",
+                        help="write no images, masks or videos (results.csv, and what --save-json and --save-probs "
+                             "ask for, are still written)")
+    output.add_argument("--save-json", action="store_true",
+                        help="write polygons.jsonl beside results.csv: per image or frame, every polygon of every "
+                             "class (class id and name, area in pixels, points and holes in image coordinates)")
+    output.add_argument("--save-probs", action="store_true",
+                        help="write the class probabilities at the original size to probs/: .npz (float16 HxWxC) "
+                             "for several classes, a 16-bit PNG (probability x 65535) for one")
     return parser.parse_args(argv)
 
 
@@ -295,7 +320,8 @@ def detect_from_args(args):
                   view_img=args.view_img, save_video=args.save_video, device=args.device, half=args.half,
                   save_dir=args.save_dir, project=args.project, name=args.name, nosave=args.nosave,
                   stream_timeout=args.stream_timeout, rtsp_transport=args.rtsp_transport, tile=args.tile,
-                  tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weighting=args.tile_weighting)
+                  tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weighting=args.tile_weighting,
+                  save_json=args.save_json, save_probs=args.save_probs)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

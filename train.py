@@ -4,6 +4,7 @@ Usage:
     python train.py                                          # bundled sample, Unet/resnet34
     python train.py --encoder resnet18 --patch-size 128 --epochs 20 --encoder-weights none
     python train.py --data-dir data/mine --search-files --val-split 0.2 --classes 3
+    python train.py --data-dir data/mine --search-files --mask-colors colours.csv   # RGB masks: name,R,G,B
     python train.py --load-model checkpoints/exp/checkpoint.pth.tar    # resume where it stopped
     python train.py --load-model checkpoints/exp/best-checkpoint.pth.tar --epochs 5   # fine-tune, new run
     torchrun --nproc_per_node=2 train.py --batch-size 8              # 8 images per process
@@ -33,6 +34,7 @@ from segtoolkit.config import REPO, RunConfig, describe_data, fine_tune_reason, 
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
+from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
 from segtoolkit.evaluation import evaluate, evaluate_tiled
 from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
 from segtoolkit.loading import ShardSampler, guarded_batches, make_loaders, worker_crash_as_error
@@ -330,8 +332,13 @@ def train_and_test(args):
     config, mode, data = plan_run(config, getattr(args, "given", set(vars(args))), checkpoint, process.world_size)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
+    # a resume reads the masks with the colours it was trained with, whatever the file holds now
+    colours = MaskColors.from_meta(checkpoint["meta"].get("mask_colors")) if mode == "resume" else \
+        load_mask_colors(config.mask_colors)
     meta = model_meta(config.model, config.encoder, config.classes, config.patch_size,
-                      input_mode="tile" if config.crop else "letterbox", scale=config.scale)
+                      class_names=run_class_names(config.classes, config.class_names, colours),
+                      input_mode="tile" if config.crop else "letterbox", scale=config.scale,
+                      mask_colors=colours.to_meta() if colours else None)
     transform = augmentation_from_dict(checkpoint["augmentation"]) if mode == "resume" and \
         "augmentation" in checkpoint else load_augmentation(config.augment)
     train_set, val_set, test_set = load_datasets(config, meta, data, transform, process)
@@ -369,7 +376,8 @@ def load_datasets(config, meta, data, transform, process):
     """(train, val, test) datasets, every file read and checked; warnings about their labels printed."""
     options = dict(patch_size=config.patch_size, classes=config.classes, ignore_index=config.ignore_index,
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
-                   cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache")
+                   cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
+                   mask_colors=MaskColors.from_meta(meta["mask_colors"]))
     evaluated = "full" if config.crop else "letterbox"  # crop-trained models are evaluated on whole images
     train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else "letterbox",
                              **options)
@@ -390,7 +398,7 @@ def resolve_class_weights(config, train_set, meta, process):
     if weights == "auto":
         weights = median_frequency_weights(class_pixel_counts(train_set), config.classes)
     if weights is not None and process.is_main:
-        names = meta["class_names"] if config.classes > 1 else ["background", "foreground"]
+        names = meta["class_names"]
         how = "median frequency over the training masks" if config.class_weights == "auto" else "--class-weights"
         print(f"class weights ({how}): " + ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights)),
               flush=True)
@@ -414,7 +422,8 @@ def summary(trainer):
     test = f"{len(trainer.test_set)}" if trainer.test_set else "none (give --test-list, or --search-files " \
                                                                "--test-split, to test the best checkpoint)"
     rows = [("model", f"{meta['architecture']} / {meta['encoder']} ({parameters / 1e6:.2f}M params)"),
-            ("classes", f"{config.classes} ({', '.join(meta['class_names'])})"),
+            ("classes", f"{config.classes} ({', '.join(meta['class_names'])})"
+                        + (f", colour masks read by {config.mask_colors}" if meta["mask_colors"] else "")),
             ("data", f"{describe_data(config)}: train {len(trainer.train_set)}, val {len(trainer.val_set)}, "
                      f"test {test}"),
             ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size}, "
@@ -533,6 +542,13 @@ def add_data_flags(data):
                       help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices 0..N-1")
     data.add_argument("--ignore-index", type=int, default=None,
                       help="multi-class mask value left out of loss and metrics (e.g. 255)")
+    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
+                      help="colour masks: a CSV (name,R,G,B per class, background first; a line named ignore for "
+                           "pixels left out) or JSON ({\"name\": [R, G, B], ...}) file; it sets --classes and the "
+                           "class names (palette PNG masks need none: their indices are read)")
+    data.add_argument("--class-names", default=None, metavar="NAMES",
+                      help="class names, background first: background,cell,nucleus (one class: background,object); "
+                           "they name results.csv columns, wandb keys, the preview and detect.py's outputs")
 
 
 def add_optimization_flags(optim):

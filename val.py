@@ -25,8 +25,10 @@ val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model,
 for a class absent from the ground truth), confusion_matrix.png (row-normalized), per_image.csv (one row
 per image, worst Dice first) and, with --save-masks, masks/<name>.png at each image's size as detect.py
 writes them (0/255 for one class, class indices for several): the labels the metrics count, which for
-several classes is the plain argmax (detect.py --conf-thres 0). Pixels are counted at the patch size, as
-train.py counts them.
+several classes is the plain argmax (detect.py --conf-thres 0), stored as palette PNGs in the classes'
+colours. Pixels are counted at the patch size, as train.py counts them. Colour masks are read with the
+colours the model was trained with (--mask-colors FILE reads them with others); palette PNGs as their
+indices.
 Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
@@ -41,6 +43,7 @@ from tqdm import tqdm
 
 from dataset import make_dataset
 from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
 from segtoolkit.cli import HelpFormatter, StopRequest, run_command
 from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
     stored_config
@@ -86,6 +89,8 @@ class Settings:
     loss: str
     class_weights: list | None
     batch_size: int
+    mask_colors: MaskColors | None = None  # colour masks read as classes (the model's --mask-colors)
+    colours: tuple = ()  # RGB per class of the saved masks
     tiled: bool = False  # whole images by sliding window (models trained with --crop, or --tile)
     scale: float = 1.0
     tile_overlap: float = 0.25
@@ -107,11 +112,14 @@ def open_model(model, device):
 
 
 def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None,
-                  tile=False, tile_overlap=None, tile_batch=None):
+                  tile=False, tile_overlap=None, tile_batch=None, mask_colors=None):
     """The Settings: the model's description, the run's configuration (train.py's defaults for an exported
     model, which stores none), then the flags given."""
     config = (stored_config(checkpoint) if checkpoint else None) or RunConfig()
     classes = meta["classes"]
+    colours = model_mask_colors(meta, mask_colors)
+    if ignore_index is None and config.ignore_index is None and colours and colours.ignore:
+        ignore_index = DEFAULT_IGNORE_LABEL  # as train.py read the ignore colour (an export stores no run settings)
     weights = (checkpoint or {}).get("class_weights")
     if class_weights is not None:
         weights = parse_class_weights(class_weights, classes)
@@ -126,12 +134,26 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
                         batch_size=1 if tiled else batch_size or config.batch_size, tiled=tiled,
                         scale=meta.get("scale", 1.0) if tiled else 1.0,
                         tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
-                        tile_batch=tile_batch or config.tile_batch)
+                        tile_batch=tile_batch or config.tile_batch, mask_colors=colours,
+                        colours=tuple(output_colours(meta)))
     if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
         raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
     make_loss(settings.loss, classes, settings.class_weights)  # a bad --loss or --class-weights: before any reading
     return settings
+
+
+def model_mask_colors(meta, path=None):
+    """How colour masks are read: --mask-colors FILE, which must list the model's classes, else the colours
+    the model was trained with (None: masks hold class indices, or palette indices)."""
+    if path is None:
+        return MaskColors.from_meta(meta.get("mask_colors"))
+    colours = load_mask_colors(path)
+    if colours.classes != meta["classes"] and len(colours.names) != meta["classes"]:
+        raise UserError(f"--mask-colors {path} lists {len(colours.names)} classes ({', '.join(colours.names)}) but "
+                        f"the model has {meta['classes']} ({', '.join(meta['class_names'])}); give the colours of "
+                        f"its classes")
+    return colours
 
 
 # ---------------------------------------------------------------- the data
@@ -245,7 +267,7 @@ def check_flags(batch_size, workers, name):
 def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
         search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
         workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
-        tile_overlap=None, tile_batch=None):
+        tile_overlap=None, tile_batch=None, mask_colors=None):
     """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
     fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
     stopped), interrupted."""
@@ -256,10 +278,12 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     chosen = choose_data(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search,
                          split=split, img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
     settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
-                             class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch)
+                             class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                             mask_colors=mask_colors)
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
                            mean=settings.mean, std=settings.std, threads=max(2, workers),
-                           mode="full" if settings.tiled else "letterbox", scale=settings.scale)
+                           mode="full" if settings.tiled else "letterbox", scale=settings.scale,
+                           mask_colors=settings.mask_colors)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):
         print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -294,7 +318,7 @@ def score(predictor, dataset, settings, folder, save_masks, workers, stop):
         predictor = TiledModel(Tiler(predictor, settings.patch_size, settings.tile_overlap, settings.tile_batch,
                                      mean=settings.mean, std=settings.std))
     per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names, settings.ignore_index)
-    masks = MaskWriter(folder, dataset, settings.classes) if save_masks else None
+    masks = MaskWriter(folder, dataset, settings.classes, settings.colours) if save_masks else None
 
     def on_batch(logits, targets):
         predicted = predicted_labels(logits, settings.classes)
@@ -349,6 +373,9 @@ def parse_args(argv=None):
     data.add_argument("--data-dir", default=None, help="folder of a split file's entries, or of --search-files")
     data.add_argument("--img-dir", default="imgs", help="image folder inside the data folder")
     data.add_argument("--mask-dir", default="masks", help="mask folder inside the data folder")
+    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
+                      help="read colour masks with this CSV or JSON file (as train.py's) instead of the colours the "
+                           "model was trained with; it must list the model's classes")
     data.add_argument("--search-files", action="store_true",
                       help="split --data-dir's imgs/ and masks/ at random exactly as train.py --search-files does")
     data.add_argument("--val-split", type=float, default=None, help="as train.py's (default: 0.2)")
@@ -391,7 +418,8 @@ def val_from_args(args):
                   batch_size=args.batch_size, ignore_index=args.ignore_index, loss=args.loss,
                   class_weights=args.class_weights, device=args.device, workers=args.workers,
                   save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
-                  tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
+                  tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
+                  mask_colors=args.mask_colors)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

@@ -30,7 +30,13 @@ CHECKPOINT_VERSION = 1
 
 
 MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", "std", "patch_size", "class_names")
-OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0}  # absent from older files: these defaults
+# absent from older files: these defaults (mask_colors: the --mask-colors table, segtoolkit.classes)
+OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0, "mask_colors": None}
+
+
+def with_meta_defaults(meta):
+    """`meta` with OPTIONAL_META_KEYS' defaults for the keys an older checkpoint or export lacks."""
+    return {**OPTIONAL_META_KEYS, **meta} if isinstance(meta, dict) else meta
 
 
 def save_checkpoint(path, model, meta, config=None, **state):
@@ -88,7 +94,7 @@ def load_checkpoint(path, what="checkpoint"):
             problem = f"no {', '.join(missing)}" if missing else f"format version {data['version']}"
             raise UserError(f"checkpoint {path} is a {CHECKPOINT_FORMAT} file this version cannot read ({problem}); "
                             f"update the toolkit or use a checkpoint written by this train.py")
-        return data
+        return {**data, "meta": with_meta_defaults(data["meta"])}
     if isinstance(data, dict) and data and all(isinstance(value, torch.Tensor) for value in data.values()):
         return {"model": data}
     raise UserError(f"checkpoint {path} was not written by this toolkit (no '{CHECKPOINT_FORMAT}' header "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from segtoolkit.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
+from segtoolkit.classes import parse_class_names, resolve_class_table
 from segtoolkit.errors import UserError
 from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
 from segtoolkit.samples import CACHE_MODES
@@ -36,8 +37,8 @@ RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "l
                   "tile_batch")
 MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "scale")
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
-               "test_split", "ignore_index")
-PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project")
+               "test_split", "ignore_index", "mask_colors")
+PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class RunConfig:
     cache_dir: str | None = None
     classes: int = 1
     ignore_index: int | None = None
+    mask_colors: str | None = None  # a colours file: RGB masks as classes (segtoolkit.classes)
+    class_names: str | None = None  # "background,cell,nucleus"
     # Model
     model: str = "Unet"
     encoder: str = "resnet34"
@@ -107,6 +110,7 @@ class RunConfig:
             if "augment" in getattr(args, "given", ()) and values.get("augment") != "none":
                 raise UserError(f"--no-augment and --augment {values['augment']} contradict each other; keep one")
             values["augment"] = "none"
+        values.update(class_table(values, getattr(args, "given", ())))
         config = cls(**values)
         config.check()
         return config
@@ -187,6 +191,9 @@ class RunConfig:
         check_run_name(self.name)
         self.check_full_resolution()
         parse_loss(self.loss or default_loss(self.classes), self.classes)
+        if self.class_names is not None and self.mask_colors is None:  # a colours file names the classes itself
+            # with --load-model the classes may come from the checkpoint: the count is checked with them
+            parse_class_names(self.class_names, self.classes, count=self.load_model is None)
         parse_class_weights(self.class_weights, self.classes)
         if self.augment not in PRESETS:
             load_augmentation(self.augment)  # the file exists and albumentations reads it
@@ -227,12 +234,29 @@ class RunConfig:
         taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
                  "patch_size": meta["patch_size"], "crop": meta.get("input_mode") == "tile",
                  "scale": meta.get("scale", 1.0)}
+        if self.mask_colors is not None:  # the colours file given set the classes (from_namespace)
+            del taken["classes"]
         if stored is not None and not set(DATA_FIELDS) & set(given):
             taken.update({key: getattr(stored, key) for key in DATA_FIELDS})
+        if "classes" in taken and "classes" not in given and not taken.get("mask_colors", self.mask_colors):
+            taken["class_names"] = ",".join(meta["class_names"])  # the checkpoint's classes keep their names
         return self.replace(**{key: value for key, value in taken.items() if key not in given})
 
 
 # ---------------------------------------------------------------- how a run starts: new, resume, fine-tune
+
+
+def class_table(values, given):
+    """{classes, ignore_index, mask_colors} of a new run's settings: --mask-colors (found as given, or inside
+    --data-dir, and stored absolute) sets the classes and the ignore index (segtoolkit.classes)."""
+    if values.get("mask_colors") is None:
+        return {}
+    data_dir = Path(values["data_dir"]).resolve() if values.get("data_dir") else SAMPLE_DIR
+    path = str(locate(values["mask_colors"], data_dir))
+    classes, ignore_index = resolve_class_table(
+        classes=values.get("classes", 1), class_names=values.get("class_names"),
+        ignore_index=values.get("ignore_index"), mask_colors=path, given=given)
+    return {"classes": classes, "ignore_index": ignore_index, "mask_colors": path}
 
 
 def plan_run(config, given, checkpoint, world_size):

@@ -28,63 +28,15 @@ import numpy as np
 
 from segtoolkit.imaging import IMAGE_SUFFIXES
 from segtoolkit.errors import RunFailure, UserError
+from segtoolkit.output_files import ends_with_newline, make_run_dir, write_failure, write_mask, write_picture
+from segtoolkit.overlay import class_colours
 from segtoolkit.sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
 
 
-def increment_path(path):
-    """path, or path2, path3... the first that does not exist, so a run never overwrites an earlier one."""
-    path = Path(path)
-    if not path.exists():
-        return path
-    for number in range(2, 100000):
-        candidate = path.with_name(f"{path.name}{number}")
-        if not candidate.exists():
-            return candidate
-    raise UserError(f"{path.parent} holds too many runs named {path.name}; give --save-dir")
-
-
-def check_save_dir(path):
-    """The output folder must be creatable and writable: say so at start, not when the first frame arrives."""
-    path = Path(path)
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--save-dir {path}: {existing} is a file, not a folder; give another --save-dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--save-dir {path}: {existing} is not writable; give another --save-dir")
-
-
-def make_run_dir(path):
-    """Create and return the first free one of path, path2, path3... (another run may take a name meanwhile)."""
-    while True:
-        candidate = increment_path(path)
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-
-
 FILE_COLUMNS = ("image_file", "mask_file", "video_file")
-WRITE_FAILED = "disk full, or its folder was removed or made read-only"
-
-
-def write_failure(path, reason=WRITE_FAILED):
-    """The one-line error for a write that failed mid-run (exit code 1): what came before it stays complete."""
-    return RunFailure(f"cannot write {path} ({reason}); the outputs before it are complete; free space or give "
-                      f"another --save-dir")
-
-
-def write_picture(path, pixels):
-    """cv2.imwrite, which reports a failed write (full disk, folder gone) only by returning False."""
-    try:
-        written = cv2.imwrite(str(path), pixels)
-    except cv2.error:
-        written = False
-    if not written:
-        raise write_failure(path)
 
 
 def colliding_stems(sources):
@@ -101,20 +53,46 @@ class Video(NamedTuple):
     name: str  # relative to save_dir
 
 
+class NoExports:
+    """What ResultWriter writes beside a frame's own files when nothing more is asked: nothing. detect.py's
+    --save-json and --save-probs give a segtoolkit.frame_exports.FrameExports, which has these calls."""
+    columns = ()
+
+    def names(self, stem, frame):
+        return []
+
+    def open(self, save_dir):
+        pass
+
+    def write(self, save_dir, stem, frame, mask, probabilities):
+        return {}
+
+    def rollback(self):
+        pass
+
+    def close(self):
+        pass
+
+
 class ResultWriter:
-    """results.csv (flushed per row), images and masks (unless nosave) and videos (with --save-video).
+    """results.csv (flushed per row), images and masks (unless nosave) and videos (with --save-video), plus
+    what `exports` writes (detect.py --save-json, --save-probs).
 
     Nothing is created before the first frame: a run that never gets one (a stream that cannot be opened)
     leaves no empty folder behind. With `increment`, save_dir names the default run folder and the first
     free one of save_dir, save_dir2... is created then; otherwise save_dir is used as is, and a results.csv
     already there is appended to. `sources` (the files of the run) decides which names keep their extension.
+    `colours` (RGB per class) colours the palette masks of several classes; one class writes 0/255 masks.
     A write that fails raises RunFailure after removing that frame's files: each row's files exist.
     """
 
-    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False, sources=()):
+    def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False, sources=(),
+                 colours=None, exports=None):
         self.save_dir, self.increment = Path(save_dir), increment
         self.class_names, self.save_images, self.save_video = class_names, save_images, save_video
-        self.videos, self.used_stems = {}, set()
+        self.colours = (colours or class_colours(len(class_names))) if class_names else None
+        self.exports = exports or NoExports()
+        self.videos, self.used_stems, self.source_stems = {}, set(), {}
         is_video = [Path(str(source)).suffix.lower() in VIDEO_SUFFIXES for source in sources]
         self.keep_suffix = colliding_stems(source for source, video in zip(sources, is_video)
                                            if (save_video if video else save_images))
@@ -127,7 +105,8 @@ class ResultWriter:
     @property
     def header(self):
         classes = [f"{name}_px" for name in (self.class_names or [])[1:]]
-        return ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS]
+        return ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS,
+                *self.exports.columns]
 
     def check_existing(self):
         """True when save_dir holds a results.csv to append to; one with other columns is a UserError (call it
@@ -139,7 +118,7 @@ class ResultWriter:
             header = next(csv.reader(handle), None)
         if header != self.header:
             raise UserError(f"--save-dir {self.save_dir} holds a results.csv with other columns (another model's "
-                            f"classes, or an earlier detect.py); give another --save-dir")
+                            f"classes, an earlier detect.py, or other --save-probs); give another --save-dir")
         return True
 
     def open(self):
@@ -156,29 +135,46 @@ class ResultWriter:
         elif not ends_with_newline(path):  # a row cut off by a crash: start ours on a line of their own
             self.csv_file.write("\r\n")
         self.csv_file.flush()
+        self.exports.open(self.save_dir)
 
     def claim(self, source, names_for):
-        """The output names `names_for(stem)` for a source: its safe name (with its extension where stems
-        collide), numbered _2, _3... while the stem is taken in this run or a name exists in save_dir."""
+        """A free stem for a source's output names `names_for(stem)`: its safe name (with its extension where
+        stems collide), numbered _2, _3... while the stem is taken in this run or a name exists in save_dir."""
         stem = safe_name(source, keep_suffix=safe_name(source).casefold() in self.keep_suffix)
         candidate, number = stem, 2
         while candidate.casefold() in self.used_stems or any((self.save_dir / name).exists()
                                                               for name in names_for(candidate)):
             candidate, number = f"{stem}_{number}", number + 1
         self.used_stems.add(candidate.casefold())  # case-folded: the folder may be copied to a macOS or Windows disk
-        return names_for(candidate)
+        return candidate
 
-    def add(self, frame, mask, annotated, inference_ms, largest):
-        """Write one frame's outputs, then its row; `mask` holds class indices at the original size."""
+    def output_names(self, frame, stem):
+        """Every file `stem` names for this frame (a video's: for its first frame), relative to save_dir."""
+        if frame.is_image:
+            own = [image_name(frame, stem), f"masks/{stem}.png"] if self.save_images else []
+        else:
+            own = [video_name(frame, stem)] if self.save_video else []
+        return own + self.exports.names(stem, frame)
+
+    def frame_stem(self, frame):
+        """The stem of a frame's file names: claimed for each image, once for a video or stream (its frames
+        are numbered after it); None when the frame has no file of its own."""
+        if not frame.is_image and frame.path in self.source_stems:
+            return self.source_stems[frame.path]
+        if not self.output_names(frame, "stem"):
+            return None
+        stem = self.claim(frame.path, lambda candidate: self.output_names(frame, candidate))
+        if not frame.is_image:
+            self.source_stems[frame.path] = stem
+        return stem
+
+    def add(self, frame, mask, annotated, inference_ms, largest, probabilities=None):
+        """Write one frame's outputs, then its row; `mask` holds class indices at the original size,
+        `probabilities` the model's when the exports write them (detect.py --save-probs)."""
         try:
             if not self.opened:
                 self.open()
-            files = dict.fromkeys(FILE_COLUMNS, "")
-            if frame.is_image and self.save_images:
-                files["image_file"], files["mask_file"] = self.write_image(frame, mask, annotated)
-            elif not frame.is_image and self.save_video:
-                self.write_video_frame(frame, annotated)
-                files["video_file"] = self.videos[frame.path].name
+            files = self.write_files(frame, mask, annotated, probabilities)
             row = [frame.path, frame.index, f"{inference_ms:.2f}", f"{largest:.1f}", int(np.count_nonzero(mask))]
             if self.class_names:
                 counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
@@ -186,11 +182,29 @@ class ResultWriter:
             try:
                 self.csv.writerow(row + list(files.values()))
                 self.csv_file.flush()
-            except OSError:  # no row: this frame's image and mask must not stay without one
+            except OSError:  # no row: this frame's files must not stay without one
                 self.remove(files["image_file"], files["mask_file"])
+                self.exports.rollback()
                 raise
         except OSError as error:  # full disk, folder removed or made read-only, a file where a folder was
             raise write_failure(error.filename or self.save_dir / "results.csv", error.strerror or error) from None
+
+    def write_files(self, frame, mask, annotated, probabilities):
+        """The frame's files, then the exports'; returns results.csv's file columns (names relative to
+        save_dir, empty when not written). A failing export removes the frame's image and mask first."""
+        files = dict.fromkeys(FILE_COLUMNS + tuple(self.exports.columns), "")
+        stem = self.frame_stem(frame)
+        if frame.is_image and self.save_images:
+            files["image_file"], files["mask_file"] = self.write_image(frame, stem, mask, annotated)
+        elif not frame.is_image and self.save_video:
+            self.write_video_frame(frame, stem, annotated)
+            files["video_file"] = self.videos[frame.path].name
+        try:
+            files.update(self.exports.write(self.save_dir, stem, frame, mask, probabilities))
+        except (OSError, RunFailure):
+            self.remove(files["image_file"], files["mask_file"])
+            raise
+        return files
 
     def remove(self, *names):
         """Delete files this run wrote (their names were free, so nothing earlier goes)."""
@@ -198,36 +212,33 @@ class ResultWriter:
             with contextlib.suppress(OSError):
                 (self.save_dir / name).unlink(missing_ok=True)
 
-    def write_image(self, frame, mask, annotated):
-        """The annotated image and masks/<name>.png; returns both names. When either write fails, neither
+    def write_image(self, frame, stem, mask, annotated):
+        """The annotated image and masks/<stem>.png; returns both names. When either write fails, neither
         file of this frame is left (both names were free, so nothing earlier is removed)."""
-        suffix = Path(frame.path).suffix.lower()
-        suffix = suffix if suffix in IMAGE_SUFFIXES else ".png"
-        names = self.claim(frame.path, lambda stem: (f"{stem}{suffix}", f"masks/{stem}.png"))
+        names = (image_name(frame, stem), f"masks/{stem}.png")
         (self.save_dir / "masks").mkdir(exist_ok=True)
-        stored = mask * 255 if self.class_names is None else mask
         try:
             write_picture(self.save_dir / names[0], cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-            write_picture(self.save_dir / names[1], stored.astype(np.uint8))
+            write_mask(self.save_dir / names[1], mask, self.colours)
         except RunFailure:
             self.remove(*names)
             raise
         return names
 
-    def write_video_frame(self, frame, annotated):
+    def write_video_frame(self, frame, stem, annotated):
         height, width = annotated.shape[:2]
         if frame.path not in self.videos:
-            self.videos[frame.path] = self.open_video(frame, width, height)
+            self.videos[frame.path] = self.open_video(frame, stem, width, height)
         video = self.videos[frame.path]
         if video.size != (width, height):  # a stream came back at another resolution after a reconnect
             annotated = cv2.resize(annotated, video.size, interpolation=cv2.INTER_AREA)
         video.writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
 
-    def open_video(self, frame, width, height):
+    def open_video(self, frame, stem, width, height):
         """An MP4 (mp4v) for even frame sizes; for odd ones MJPEG in .avi by OpenCV's own writer, because
         OpenCV's FFmpeg writer cuts every codec's frames to even sizes (321x241 came back as 320x240)."""
         even = width % 2 == 0 and height % 2 == 0
-        (name,) = self.claim(frame.path, lambda stem: (f"{stem}{'.mp4' if even else '.avi'}",))
+        name = video_name(frame, stem)
         path, fps = self.save_dir / name, float(frame.fps or 25.0)
         if even:
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
@@ -251,12 +262,19 @@ class ResultWriter:
             # after a failed row its rest may still be buffered; that failure is being reported already
             with contextlib.suppress(OSError):
                 self.csv_file.close()
+        self.exports.close()
 
 
-def ends_with_newline(path):
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) in (b"\n", b"\r")
+def image_name(frame, stem):
+    """The annotated image's name: the source's suffix when it is an image suffix, else .png."""
+    suffix = Path(frame.path).suffix.lower()
+    return f"{stem}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+
+
+def video_name(frame, stem):
+    """A video's name: .mp4 for even frame sizes, .avi (MJPEG) for odd ones (see ResultWriter.open_video)."""
+    height, width = frame.original.shape[:2]
+    return f"{stem}{'.mp4' if width % 2 == 0 and height % 2 == 0 else '.avi'}"
 
 
 # ---------------------------------------------------------------- the live window

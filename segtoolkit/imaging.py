@@ -42,12 +42,24 @@ def decode_file(path, kind="image"):
     no second pass) unless asked for IMREAD_UNCHANGED, so images take ANYCOLOR | ANYDEPTH instead (gray stays
     one channel and 16 bits stay 16 bits; alpha is dropped, as `to_rgb8` would). Masks are decoded as stored.
     """
-    fix = "replace it or remove it from the split" if kind == "image" else "replace it"
-    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
+    return decode_bytes(read_bytes(path, kind), path, kind)
+
+
+def unreadable_fix(kind):
+    return "replace it or remove it from the split" if kind == "image" else "replace it"
+
+
+def read_bytes(path, kind="image"):
+    """The bytes of an image or mask file as a uint8 array; a UserError naming it when it cannot be read."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as error:
-        raise UserError(f"{kind} {path} cannot be read ({error.strerror or error}); {fix}") from None
+        raise UserError(f"{kind} {path} cannot be read ({error.strerror or error}); {unreadable_fix(kind)}") from None
+
+
+def decode_bytes(data, path, kind="image"):
+    """decode_file on bytes already read (masks look at their header first: segtoolkit.masks)."""
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "image" else cv2.IMREAD_UNCHANGED
     decoded = None
     if data.size:
         try:
@@ -55,7 +67,7 @@ def decode_file(path, kind="image"):
         except cv2.error:  # some decoders assert on damaged headers instead of returning None
             decoded = None
     if decoded is None or decoded.size == 0 or truncated_jpeg(data):
-        raise UserError(f"{kind} {path} cannot be read (truncated or not an image); {fix}")
+        raise UserError(f"{kind} {path} cannot be read (truncated or not an image); {unreadable_fix(kind)}")
     return decoded
 
 

@@ -1,27 +1,88 @@
-"""What mask values mean: binary masks (0/1 or 0/255), class-index masks, and checks of a split's labels.
+"""What mask values mean: binary masks (0/1 or 0/255), class-index masks, palette and colour masks, and
+checks of a split's labels.
+
+Masks are read as the labels they hold: a palette PNG (VOC-style, what most labelling tools save) as its
+palette indices, which OpenCV would expand to colours; other files as stored, one channel of 8 or 16 bits;
+with a --mask-colors table (segtoolkit.classes), an RGB mask as the classes of its colours. Multi-class
+masks are written back as palette PNGs: the indices stay the pixel values, the palette makes them visible.
 
 Usage:
-    from segtoolkit.masks import read_mask, binary_mask, class_mask
+    from segtoolkit.masks import read_mask, binary_mask, class_mask, palette_png
     labels = class_mask(read_mask("masks/a.png"), "masks/a.png", classes=4, ignore_index=255)
+    labels = read_mask("masks/b.png", colours=load_mask_colors("colours.csv"), ignore_label=255)
+    Path("out.png").write_bytes(palette_png(labels, [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]))
 """
 
+import io
+
 import numpy as np
+from PIL import Image
 
 from segtoolkit.errors import UserError
+from segtoolkit.imaging import decode_bytes, read_bytes
 
 IGNORE = -1  # the target of a pixel left out of the loss and every metric: padding, fill, --ignore-index
-from segtoolkit.imaging import decode_file
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PALETTE_COLOUR_TYPE = 3  # IHDR colour type of a PNG whose pixels are palette indices
 
 
-def read_mask(path):
-    """Read a mask as a 2-D array of its stored values (8 or 16 bit, single channel)."""
-    mask = decode_file(path, "mask")
+def read_mask(path, colours=None, ignore_label=None):
+    """A mask as a 2-D array of labels: a palette PNG as its indices, another file as stored (8 or 16 bit,
+    single channel). With `colours` (a segtoolkit.classes.MaskColors), an RGB mask (a palette one as its
+    colours) as class indices, its ignore colour as `ignore_label`."""
+    data = read_bytes(path, "mask")
+    if colours is not None:
+        return colours.labels(rgb_pixels(decode_bytes(data, path, "mask"), path), path, ignore_label)
+    if is_palette_png(data):
+        return palette_indices(data, path)
+    mask = decode_bytes(data, path, "mask")
     if mask.ndim == 3:
         if mask.shape[2] >= 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
                                        and np.array_equal(mask[..., 0], mask[..., 2])):
-            raise UserError(f"mask {path} is a colour image; save masks as single-channel PNGs of class indices")
+            raise UserError(f"mask {path} is a colour image; save masks as single-channel PNGs of class indices, "
+                            f"or give --mask-colors FILE (name,R,G,B per class) to read colours as classes")
         mask = mask[..., 0]
     return mask
+
+
+def is_palette_png(data):
+    """True for the bytes of a PNG whose pixels are palette indices (its IHDR chunk, always first, says so)."""
+    return (data.size > 25 and data[:8].tobytes() == PNG_SIGNATURE and data[12:16].tobytes() == b"IHDR"
+            and int(data[25]) == PALETTE_COLOUR_TYPE)
+
+
+def palette_indices(data, path):
+    """The palette indices of a palette PNG (Pillow keeps them; 1, 2 and 4-bit indices come unpacked)."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes()), formats=["PNG"]) as picture:
+            indices = np.array(picture)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):  # Pillow's damaged-file errors
+        raise UserError(f"mask {path} cannot be read (truncated or not an image); replace it") from None
+    if indices.ndim != 2 or indices.dtype != np.uint8:
+        raise UserError(f"mask {path} cannot be read as palette indices (Pillow gives {indices.dtype} "
+                        f"{indices.shape}); save it as an 8-bit palette or single-channel PNG")
+    return indices
+
+
+def rgb_pixels(decoded, path):
+    """HxWx3 uint8 RGB of a decoded colour mask (OpenCV's BGR or BGRA; gray as three equal channels)."""
+    if decoded.dtype != np.uint8:
+        raise UserError(f"mask {path} has {decoded.dtype} pixels; --mask-colors reads 8-bit RGB masks (save them "
+                        f"as 8-bit PNGs)")
+    if decoded.ndim == 2 or decoded.shape[2] == 1:
+        return np.repeat(decoded.reshape(decoded.shape[:2] + (1,)), 3, axis=2)
+    return decoded[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
+
+
+def palette_png(mask, colours):
+    """PNG bytes of a class-index mask (values < 256) as a palette image: viewers show `colours` (RGB per
+    class), read_mask reads the indices back."""
+    picture = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask, np.uint8).tobytes())
+    flat = [int(value) for colour in list(colours)[:256] for value in colour]
+    picture.putpalette(flat + [0] * (768 - len(flat)))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)  # the fastest level: masks compress well at any
+    return buffer.getvalue()
 
 
 def binary_mask(mask, path):

@@ -14,6 +14,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from segtoolkit.checkpoints import torch_load
+from segtoolkit.classes import default_class_names
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 
@@ -105,14 +106,16 @@ def load_encoder_weights(model, path):
 
 
 def model_meta(architecture, encoder, classes, patch_size, in_channels=3, class_names=None,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_mode="letterbox", scale=1.0):
+               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_mode="letterbox", scale=1.0, mask_colors=None):
     """The self-description stored in every checkpoint (and in exported ONNX files). `input_mode` says how
     the model saw its images: 'letterbox' (whole images fitted into the patch) or 'tile' (crops at the
-    image's own resolution times `scale`: detect.py and val.py then segment by sliding window)."""
-    names = class_names or (["background", "foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)])
+    image's own resolution times `scale`: detect.py and val.py then segment by sliding window).
+    `mask_colors` is the --mask-colors table (MaskColors.to_meta), so val.py reads the masks and detect.py
+    colours its outputs as training did; None without one."""
+    names = class_names or default_class_names(classes)
     return {"architecture": architecture_class(architecture).__name__, "encoder": encoder, "classes": classes,
             "in_channels": in_channels, "mean": list(mean), "std": list(std), "patch_size": patch_size,
-            "class_names": list(names), "input_mode": input_mode, "scale": scale}
+            "class_names": list(names), "input_mode": input_mode, "scale": scale, "mask_colors": mask_colors}
 
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):

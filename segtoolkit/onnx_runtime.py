@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtoolkit.checkpoints import CHECKPOINT_FORMAT, MODEL_META_KEYS
+from segtoolkit.checkpoints import CHECKPOINT_FORMAT, MODEL_META_KEYS, with_meta_defaults
 from segtoolkit.errors import UserError
 
 META_KEY = CHECKPOINT_FORMAT  # metadata_props key holding the checkpoint meta as JSON
@@ -78,7 +78,7 @@ def check_meta(stored, path):
     if missing:
         raise UserError(f"{path}: its '{META_KEY}' metadata is damaged (missing {', '.join(missing)}); "
                         f"export it again with export.py")
-    return meta
+    return with_meta_defaults(meta)
 
 
 def check_input_size(batch, fixed_size, path, meta):

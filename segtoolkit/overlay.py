@@ -45,9 +45,9 @@ def largest_polygon_area(polygons):
     return max((float(cv2.contourArea(contour)) for _, contour in polygons), default=0.0)
 
 
-def text_scale(image):
+def text_scale(image_shape):
     """Font scale that stays readable from 160 px thumbnails to 4K frames."""
-    return float(np.clip(max(image.shape[:2]) / 900, 0.35, 1.5))
+    return float(np.clip(max(image_shape[:2]) / 900, 0.35, 1.5))
 
 
 def draw_overlay(image, mask, polygons, colours, lines, class_names=None, alpha=0.45):
@@ -78,20 +78,28 @@ def brighter(colour):
     return tuple(int(min(255, c * 0.6 + 110)) for c in colour)
 
 
-def draw_text_block(image, lines, corner="top-left", swatches=None):
-    """White text on a dark box in a corner of `image` (in place); `swatches` puts a colour square per line."""
-    if not lines:
-        return
-    scale = text_scale(image)
+def text_block_layout(image_shape, lines, swatches=False):
+    """(scale, thickness, line height, pad, swatch side, width, height) of a text block drawn on an image of
+    `image_shape`: what draw_text_block draws, measured first (legend_strip sizes its strip by it)."""
+    scale = text_scale(image_shape)
     widest = max(cv2.getTextSize(line, FONT, 1.0, 1)[0][0] for line in lines) + (40 if swatches else 0)
-    scale = max(MIN_TEXT_SCALE, min(scale, 0.95 * image.shape[1] / widest))  # narrow images: smaller text
+    scale = max(MIN_TEXT_SCALE, min(scale, 0.95 * image_shape[1] / widest))  # narrow images: smaller text
     thickness = max(1, round(scale * 1.5))
     sizes = [cv2.getTextSize(line, FONT, scale, thickness)[0] for line in lines]
     line_height = max(h for _, h in sizes) + max(4, round(8 * scale))
     pad = max(3, round(6 * scale))
     swatch = line_height - pad if swatches else 0
     width = max(w for w, _ in sizes) + 2 * pad + (swatch + pad if swatches else 0)
-    height = line_height * len(lines) + pad
+    return scale, thickness, line_height, pad, swatch, width, line_height * len(lines) + pad
+
+
+def draw_text_block(image, lines, corner="top-left", swatches=None, layout_shape=None):
+    """White text on a dark box in a corner of `image` (in place); `swatches` puts a colour square per line.
+    The text is sized for `image`, or for an image of `layout_shape` (legend_strip: the strip's own width)."""
+    if not lines:
+        return
+    scale, thickness, line_height, pad, swatch, width, height = text_block_layout(layout_shape or image.shape, lines,
+                                                                                  bool(swatches))
     x0 = 0 if corner == "top-left" else max(0, image.shape[1] - width)
     region = image[0:height, x0:x0 + width]
     region[:] = (region * 0.35).astype(np.uint8)
@@ -107,3 +115,14 @@ def draw_text_block(image, lines, corner="top-left", swatches=None):
 def draw_legend(image, class_names, colours):
     """Class colour squares and names in the top-right corner (background omitted)."""
     draw_text_block(image, list(class_names[1:]), corner="top-right", swatches=list(colours[1:len(class_names)]))
+
+
+def legend_strip(width, class_names, colours):
+    """A dark RGB strip `width` wide listing every class: its index, colour square and name (below a
+    preview grid, whose colours it explains). Background's black square is shown too: it says black means it."""
+    lines = [f"{index} {name}" for index, name in enumerate(class_names)]
+    height = text_block_layout((1, width), lines, True)[-1]
+    strip = np.full((height, width, 3), 40, np.uint8)
+    draw_text_block(strip, lines, swatches=[tuple(int(v) for v in colour) for colour in colours[:len(lines)]],
+                    layout_shape=(1, width))
+    return strip

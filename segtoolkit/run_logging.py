@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segtoolkit.classes import output_colours
 from segtoolkit.errors import UserError
+from segtoolkit.overlay import legend_strip
 
 RESULT_COLUMNS = ["epoch", "lr", "train/loss", "train/dice", "train/iou", "val/loss", "val/dice", "val/iou"]
 WANDB_MODES = ("online", "offline", "disabled")
@@ -220,7 +222,7 @@ def preview_grid(model, dataset, *, count, meta, device="cpu", autocast=contextl
     mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
     shown = [np.clip((image.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
              for image, _ in samples]
-    return prediction_grid(shown, truth, list(predictions.cpu().numpy()), meta["classes"])
+    return prediction_grid(shown, truth, list(predictions.cpu().numpy()), meta)
 
 
 def preview_grid_tiled(model, dataset, *, count, meta, overlap, tile_batch, device="cpu",
@@ -241,23 +243,23 @@ def preview_grid_tiled(model, dataset, *, count, meta, overlap, tile_batch, devi
                  ((image, 3), (truth, 0), (prediction, 0))]  # 3: cv2.INTER_AREA, 0: INTER_NEAREST
         for collected, array in zip((images, truths, predictions), shown):
             collected.append(array)
-    return prediction_grid(images, truths, predictions, meta["classes"])
+    return prediction_grid(images, truths, predictions, meta)
 
 
-def prediction_grid(images, masks, predictions, classes):
-    """Rows of (image | ground truth | prediction) as one RGB uint8 array."""
-    palette = class_palette(max(classes, 2))
+def prediction_grid(images, masks, predictions, meta):
+    """Rows of (image | ground truth | prediction) as one RGB uint8 array, above a legend naming the colour
+    of each of the model's classes (meta: a checkpoint's)."""
+    palette = preview_colours(meta)
     rows = []
     for image, mask, prediction in zip(images, masks, predictions):
         rows.append(np.concatenate([image, palette[mask], palette[prediction]], axis=1))
-    return np.concatenate(rows, axis=0)
+    grid = np.concatenate(rows, axis=0)
+    return np.concatenate([grid, legend_strip(grid.shape[1], meta["class_names"], palette)], axis=0)
 
 
-def class_palette(count):
-    """A fixed RGB colour per class; class 0 (background) is black, class 1 white in binary."""
-    if count <= 2:
+def preview_colours(meta):
+    """RGB per class as a uint8 lookup table: binary masks black and white unless --mask-colors gave colours;
+    several classes in the colours of detect.py's overlay and palette masks (segtoolkit.classes)."""
+    if meta["classes"] == 1 and not meta.get("mask_colors"):
         return np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
-    rng = np.random.default_rng(12345)
-    colours = rng.integers(64, 256, size=(count, 3)).astype(np.uint8)
-    colours[0] = 0
-    return colours
+    return np.asarray(output_colours(meta), np.uint8)

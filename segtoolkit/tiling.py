@@ -8,6 +8,7 @@ Usage:
     tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"])
     logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
     mask = tiler.mask(rgb, conf_thres=0.5)     # uint8 HxW, one band of logits in memory at a time
+    mask, probabilities = tiler.mask_and_probabilities(rgb)   # and float16 HxWxC (detect.py --save-probs)
 """
 
 import math
@@ -18,6 +19,7 @@ import torch
 
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import normalize
+from segtoolkit.probabilities import STORED_DTYPE, logits_to_probabilities
 
 WEIGHTINGS = ("gaussian", "linear")
 
@@ -70,19 +72,35 @@ class Tiler:
         """uint8 HxW class indices of a uint8 RGB HxWx3 image: rows are finished (logits to classes) as soon
         as no later band of tiles overlaps them, so only a band's logits are ever held."""
         from segtoolkit.predict import logits_to_mask
+        out = np.zeros(image.shape[:2], np.uint8)
+        for start, stop, logits in self.finished_rows(image):
+            out[start:stop] = logits_to_mask(logits, conf_thres)
+        return out
+
+    def mask_and_probabilities(self, image, conf_thres=0.5):
+        """(mask, probabilities): mask() and the HxWxC probabilities (sigmoid or softmax, float16), filled as
+        rows are finished: memory holds the map, stored small, and one band of float32 logits."""
+        from segtoolkit.predict import logits_to_mask
+        out, probabilities = np.zeros(image.shape[:2], np.uint8), None
+        for start, stop, logits in self.finished_rows(image):
+            out[start:stop] = logits_to_mask(logits, conf_thres)
+            if probabilities is None:
+                probabilities = np.empty(image.shape[:2] + (logits.shape[0],), STORED_DTYPE)
+            probabilities[start:stop] = logits_to_probabilities(logits)
+        return out, probabilities
+
+    def finished_rows(self, image):
+        """(start, stop, logits C x rows x W) of each block of rows once no later band of tiles overlaps it."""
         height, width = image.shape[:2]
-        out = np.zeros((height, width), np.uint8)
         pending, done = [], 0
         tops = tile_starts(height, self.tile, self.stride)
         for number, top in enumerate(tops):
             pending.append(self.band(image, top))
             finished = height if number == len(tops) - 1 else tops[number + 1]
             if finished > done:
-                logits = self.assemble(pending, height, width, rows=(done, finished))
-                out[done:finished] = logits_to_mask(logits, conf_thres)
+                yield done, finished, self.assemble(pending, height, width, rows=(done, finished))
                 done = finished
                 pending = [band for band in pending if band[0] + band[1].shape[1] > done]
-        return out
 
     def band(self, image, top):
         """(top, summed weighted logits CxTxW, summed weights TxW) of one row of tiles starting at `top`."""

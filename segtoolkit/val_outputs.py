@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.detect_outputs import check_save_dir, make_run_dir, write_failure, write_picture
+from segtoolkit.output_files import check_save_dir, make_run_dir, write_failure, write_mask
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import Letterbox, unletterbox
-from segtoolkit.masks import read_mask
 from segtoolkit.metrics import confusion_matrix, nanmean, scores
 from segtoolkit.run_logging import format_value
 from segtoolkit.sources import safe_name
@@ -190,24 +189,26 @@ class PerImageScores:
 
 class MaskWriter:
     """masks/<image name>.png at each image's original size, as detect.py names and stores them (0/255 for
-    one class, class indices for several); a name already taken gets _2, _3... The labels are the ones
-    the metrics counted (logit > 0, or the argmax), taken back from the patch with imaging.unletterbox."""
+    one class, palette PNGs of class indices in `colours` for several); a name already taken gets _2, _3...
+    The labels are the ones the metrics counted (logit > 0, or the argmax), taken back from the patch with
+    imaging.unletterbox."""
 
-    def __init__(self, folder, dataset, classes):
+    def __init__(self, folder, dataset, classes, colours=None):
         self.folder, self.dataset, self.classes = folder, dataset, classes
+        self.colours = colours if classes > 1 else None
         self.written, self.used = 0, set()
 
     def add(self, predicted):
         """A batch of predicted labels NxPxP, in the split's order."""
         for labels in predicted.cpu():
             image, mask_path = self.dataset.pairs[self.written]
-            height, width = read_mask(mask_path).shape[:2]  # the image's upright size: the dataset checked it
+            height, width = self.dataset.read_mask(mask_path).shape[:2]  # the image's size: the dataset checked it
             dtype = np.uint8 if self.classes <= 256 else np.uint16
             mask = labels.numpy().astype(dtype)
             if mask.shape != (height, width):  # letterboxed: back from the patch (sliding window: already whole)
                 scaled_height, scaled_width = self.dataset.images[self.written].shape[:2]
                 mask = unletterbox(mask, Letterbox(height, width, scaled_height, scaled_width))
-            write_picture(self.claim(image), mask * 255 if self.classes == 1 else mask)
+            write_mask(self.claim(image), mask, self.colours)
             self.written += 1
 
     def claim(self, image):

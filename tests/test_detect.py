@@ -22,9 +22,11 @@ from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_he
                             wait_for_rows, wait_for_stderr, write_video)
 from dataloaders import Frame
 from segtoolkit.imaging import Letterbox
-from segtoolkit.detect_outputs import ResultWriter, increment_path
+from segtoolkit.detect_outputs import ResultWriter
+from segtoolkit.output_files import increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
+from segtoolkit.masks import read_mask
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit import predict
 from segtoolkit.imaging import preprocess_image, read_image
@@ -248,7 +250,7 @@ def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held
     row = read_rows(tmp_path / "any")[0]
     assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "cell_px",
                          "nucleus_px", "image_file", "mask_file", "video_file"]
-    mask = cv2.imread(str(tmp_path / "any" / "masks" / "easy_001.png"), cv2.IMREAD_UNCHANGED)
+    mask = read_mask(tmp_path / "any" / "masks" / "easy_001.png")  # a palette PNG: its indices
     assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == cv2.imread(
         str(easy_held_out / "imgs" / "easy_001.png")).shape[:2]
     assert int(row["cell_px"]) == (mask == 1).sum() and int(row["nucleus_px"]) == (mask == 2).sum()
@@ -312,20 +314,29 @@ def named_files(rows):
 
 
 def imwrite_failing_after(monkeypatch, works):
-    """cv2.imwrite that writes `works` files, then returns False as it does on a full disk. Returns the paths."""
-    real, calls = cv2.imwrite, []
+    """cv2.imwrite (images, binary masks) and write_bytes (palette masks) that write `works` files, then fail
+    as on a full disk: imwrite returns False, write_bytes raises what write_new_file does. Returns the paths."""
+    from segtoolkit import output_files
+    real, real_bytes, calls = cv2.imwrite, output_files.write_bytes, []
 
     def imwrite(path, *args):
         calls.append(path)
         return len(calls) <= works and real(path, *args)
 
+    def write_bytes(path, data):
+        calls.append(path)
+        if len(calls) > works:
+            raise output_files.write_failure(path)
+        real_bytes(path, data)
+
     monkeypatch.setattr(cv2, "imwrite", imwrite)
+    monkeypatch.setattr(output_files, "write_bytes", write_bytes)
     return calls
 
 
 def test_failed_image_write_is_one_line_exit_1_and_outputs_so_far_stay(multiclass_checkpoint, easy_held_out, clip,
                                                                         tmp_path, capsys, monkeypatch):
-    """cv2.imwrite returning False (full disk) for the 2nd image's mask: exit code 1, one line naming the file;
+    """A write failing (full disk) at the 2nd image's mask: exit code 1, one line naming the file;
     the video before it is closed and plays, results.csv has a row for exactly the frames whose files exist,
     and the 2nd image's annotated file, written just before, is removed with it."""
     listing = tmp_path / "sources.txt"
@@ -393,9 +404,9 @@ def test_failed_write_on_the_command_line_has_no_traceback(multiclass_checkpoint
         import sys
         import cv2
         real, calls = cv2.imwrite, []
-        def imwrite(path, *args):  # the disk fills up after the first image and its mask
+        def imwrite(path, *args):  # the disk fills up after the first image (its palette mask is not imwrite's)
             calls.append(path)
-            return len(calls) <= 2 and real(path, *args)
+            return len(calls) <= 1 and real(path, *args)
         cv2.imwrite = imwrite
         import detect
         sys.exit(detect.main(detect.parse_args(sys.argv[1:])))
@@ -454,7 +465,8 @@ def test_second_run_into_the_same_save_dir_appends_with_new_names(multiclass_che
     (other / "results.csv").write_text("source,frame,inference_ms\nx.png,0,1.0\n")
     code, _, err = cli(capsys, "--model", multiclass_checkpoint, "--source", image, "--save-dir", other)
     assert code == 2 and err == f"error: --save-dir {other} holds a results.csv with other columns (another model's " \
-                                "classes, or an earlier detect.py); give another --save-dir\n"
+                                "classes, an earlier detect.py, or other --save-probs); give another " \
+                                "--save-dir\n"
     assert files_in(other) == ["results.csv"] and read_rows(other) == [{"source": "x.png", "frame": "0",
                                                                         "inference_ms": "1.0"}]
 

@@ -29,7 +29,7 @@ from conftest import REPO, RUNS
 from dataset import make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.masks import IGNORE
+from segtoolkit.masks import IGNORE, read_mask
 from segtoolkit.val_outputs import class_rows, class_table, row_normalized
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
@@ -296,8 +296,9 @@ def test_saved_masks_are_at_original_size_and_equal_detect_py_masks(kind, binary
     assert code == 0
     assert sorted(path.name for path in (folder / "masks").iterdir()) == sorted(Path(i).name for i, _ in pairs)
     for image, mask in pairs:
-        ours = cv2.imread(str(folder / "masks" / Path(image).name), cv2.IMREAD_UNCHANGED)
-        theirs = cv2.imread(str(tmp_path / "detect" / "exp" / "masks" / Path(image).name), cv2.IMREAD_UNCHANGED)
+        # read_mask: several classes are palette PNGs, which cv2.imread would expand to colours
+        ours = read_mask(folder / "masks" / Path(image).name)
+        theirs = read_mask(tmp_path / "detect" / "exp" / "masks" / Path(image).name)
         assert ours.shape == cv2.imread(mask, cv2.IMREAD_UNCHANGED).shape  # the image's own size
         assert set(np.unique(ours)) <= ({0, 255} if kind == "binary" else {0, 1, 2, 3})
         assert np.array_equal(ours, theirs), image
