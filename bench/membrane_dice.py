@@ -1,8 +1,9 @@
 """Real-data check on ISBI-2012 membrane: train.py with default flags against the plain reference loop.
 
-The membrane half of bench.quality (its docstring says what is measured): both sides train Unet/resnet18
-from random weights at 256x256, batch 4, 10 epochs on slices 0-23 of ../shared/data/membrane, and one
-function scores both on slices 24-29 at their own 512x512: the foreground Dice.
+The membrane half of bench.quality (its docstring says what is measured): every side (train.py letterboxed,
+train.py --crop, the reference loop) trains Unet/resnet18 from random weights at patch 256, batch 4, 10 epochs
+on slices 0-23 of ../shared/data/membrane, and one function scores them on slices 24-29 at their own
+512x512: the foreground Dice.
 
 Usage:
     python3 -m bench.membrane_dice                  # same as python3 -m bench.quality --only membrane

@@ -20,6 +20,9 @@ The sides:
              --ignore-index) given: augmentation, letterbox, loss, early stopping, workers are its defaults.
              --project, --name and --wandb-mode disabled only say where its files go. Its
              best-checkpoint.pth.tar is scored.
+  train.py --crop  the same command plus --crop (issue 14): random patch crops at the images' own resolution,
+             validation by sliding window; scored by sliding window over each whole image (detect.py's
+             default overlap and weighting), so at full resolution too.
   reference  the plain loop of the membrane README: images resized to the square patch and scaled to
              [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3),
              BCE with logits for one class, cross-entropy with the ignore index for several; the last
@@ -36,6 +39,7 @@ start-up, its per-epoch validation and checkpoint writing, which the reference l
 Usage:
     python3 -m bench.quality                          # both data sets: about 35 min on a quiet 2-core CPU
     python3 -m bench.quality --only synthetic --seed 1
+    python3 -m bench.quality --only membrane --sides "train.py --crop"   # one side
     python3 -m bench.quality --quick                  # tiny (few images, 1 epoch): checks the report only
     python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
 
@@ -65,11 +69,13 @@ from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.imaging import preprocess_image, read_image, unletterbox
 from segtoolkit.masks import binary_mask, class_mask, read_mask
 from segtoolkit.models import model_from_checkpoint
+from segtoolkit.predict import TorchPredictor
+from segtoolkit.tiling import Tiler
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
 DATASETS = ("membrane", "synthetic")
-SIDES = ("train.py", "reference")
+SIDES = ("train.py", "reference", "train.py --crop")  # the last: issue 14, crops + sliding window
 STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
 
 
@@ -192,9 +198,21 @@ def reference_predictor(model, patch):
 
 
 def checkpoint_predictor(path):
-    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed with its meta, unletterboxed."""
+    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed with its meta, unletterboxed;
+    a crop-trained model (meta input_mode 'tile') by sliding window over the image (times its scale) instead,
+    with detect.py's default overlap and weighting."""
     checkpoint = load_checkpoint(path)
     model, meta = model_from_checkpoint(checkpoint, path).eval(), checkpoint["meta"]
+    if meta.get("input_mode") == "tile":
+        tiler = Tiler(TorchPredictor(model, torch.device("cpu")), meta["patch_size"], mean=meta["mean"],
+                      std=meta["std"])
+
+        def tiled(image):
+            scale = meta.get("scale", 1.0)
+            scaled = image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            labels = logits_to_labels(torch.as_tensor(tiler.logits(scaled)))
+            return cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        return tiled
 
     def predict(image):
         tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"])
@@ -241,8 +259,9 @@ def train_reference(setting, seed, lr=1e-3):
     return model.eval()
 
 
-def train_py_command(setting, seed, work):
-    """train.py's command line: defaults everywhere but the model, budget, seed, data and output flags."""
+def train_py_command(setting, seed, work, extra=()):
+    """train.py's command line: defaults everywhere but the model, budget, seed, data and output flags (and
+    `extra`, e.g. --crop)."""
     lists = {}
     for split, paths in (("train", setting.train), ("val", setting.val), ("test", ())):  # no test evaluation
         lists[split] = Path(work) / f"{setting.name}-{split}.txt"
@@ -251,7 +270,7 @@ def train_py_command(setting, seed, work):
                "--train-list", str(lists["train"]), "--val-list", str(lists["val"]), "--test-list", str(lists["test"]),
                "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", str(setting.patch),
                "--batch-size", str(setting.batch), "--epochs", str(setting.epochs), "--seed", str(seed),
-               "--project", str(Path(work) / "runs"), "--name", setting.name, "--wandb-mode", "disabled"]
+               "--project", str(Path(work) / "runs"), "--name", setting.name, "--wandb-mode", "disabled", *extra]
     if setting.classes > 1:
         command += ["--classes", str(setting.classes)]
     if setting.ignore_index is not None:
@@ -259,11 +278,11 @@ def train_py_command(setting, seed, work):
     return command
 
 
-def run_train_py(setting, seed, threads, work):
+def run_train_py(setting, seed, threads, work, extra=()):
     """Run train.py to the end; returns (checkpoint to score, what train.py itself printed about it)."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                    "WANDB_SILENT": "true", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    output = subprocess.run(train_py_command(setting, seed, work), capture_output=True, text=True, cwd=REPO,
+    output = subprocess.run(train_py_command(setting, seed, work, extra), capture_output=True, text=True, cwd=REPO,
                             env=environment)
     if output.returncode != 0:
         raise SystemExit(f"train.py failed on {setting.name} (exit {output.returncode}):\n{output.stderr[-3000:]}")
@@ -277,8 +296,8 @@ def run_train_py(setting, seed, threads, work):
 def measure(setting, side, seed, threads, work):
     """Train one side and score it; a Result with the per-class Dice and the wall times."""
     started = time.perf_counter()
-    if side == "train.py":
-        checkpoint, note = run_train_py(setting, seed, threads, work)
+    if side.startswith("train.py"):
+        checkpoint, note = run_train_py(setting, seed, threads, work, side.split()[1:])
         trained = time.perf_counter()
         predict = checkpoint_predictor(checkpoint)
     else:
@@ -298,10 +317,11 @@ def table(setting, results, seed, threads):
     columns = ["side", setting.metric, *setting.class_names, "train s", "eval s"]
     rows = [[r.side, f"{r.headline:.4f}", *(f"{d:.4f}" for d in r.dice), f"{r.seconds:.0f}", f"{r.eval_seconds:.0f}"]
             for r in results]
-    if len(results) == 2:
-        first, second = results
-        rows.append([f"{first.side} - {second.side}", f"{first.headline - second.headline:+.4f}",
-                     *(f"{a - b:+.4f}" for a, b in zip(first.dice, second.dice)), "", ""])
+    for first in results:
+        second = next((r for r in results if r.side == "reference"), None)
+        if second is not None and first is not second:
+            rows.append([f"{first.side} - {second.side}", f"{first.headline - second.headline:+.4f}",
+                         *(f"{a - b:+.4f}" for a, b in zip(first.dice, second.dice)), "", ""])
     widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
     lines = [header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                         for row in [columns, *rows]]
@@ -316,7 +336,7 @@ def machine_lines(setting, results):
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return lines
+    return [line.replace("train.py --crop", "train.py_crop") for line in lines]  # one word a field
 
 
 def machine(threads):
@@ -329,6 +349,9 @@ def make_parser(description, choose_dataset=True):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if choose_dataset:
         parser.add_argument("--only", choices=DATASETS, default=None, help="run one data set (default: both)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
+                        help="which sides to train (default: all three; 'train.py --crop' is issue 14's crop "
+                             "training with sliding-window evaluation, scored at full resolution too)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,
@@ -358,7 +381,7 @@ def main(args):
             setting = membrane_setting(args.quick, args.epochs) if name == "membrane" else \
                 synthetic_setting(work, args.quick, args.epochs)
             results = []
-            for side in SIDES:
+            for side in args.sides:
                 results.append(measure(setting, side, args.seed, args.threads, work))
                 print(f"{name} {side}: {setting.metric} {results[-1].headline:.4f} "
                       f"({results[-1].seconds:.0f} s training)", flush=True)
