@@ -100,12 +100,11 @@ class Settings:
 # ---------------------------------------------------------------- the model and its run
 
 
-def open_model(model, device):
+def open_model(model, device, half=False):
     """(meta, predictor, checkpoint dict or None): the one place a model file is opened. Whether it is a
-    train.py checkpoint is load_predictor's own decision (a TorchPredictor), so any format it learns later
-    (OpenVINO .xml...) is an exported model here, with no stored run. load_predictor takes no `half`
-    argument in this tree yet: --half is one flag and `half=half` in this call once it does."""
-    meta, predictor = load_predictor(model, device)
+    train.py checkpoint is load_predictor's own decision (a TorchPredictor), so any other format it reads
+    (ONNX, OpenVINO .xml) is an exported model here, with no stored run. half: as detect.py --half."""
+    meta, predictor = load_predictor(model, device, half)
     # loaded a second time for the run's data and settings: load_predictor keeps only the model
     checkpoint = load_checkpoint(model, "--model") if isinstance(predictor, TorchPredictor) else None
     return meta, predictor, checkpoint
@@ -267,14 +266,14 @@ def check_flags(batch_size, workers, name):
 def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
         search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
         workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
-        tile_overlap=None, tile_batch=None, mask_colors=None):
+        tile_overlap=None, tile_batch=None, mask_colors=None, half=False):
     """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
     fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
     stopped), interrupted."""
     check_flags(batch_size, workers, name)
     device = resolve_device(device)
     folder = RunFolder(save_dir, project, name)
-    meta, predictor, checkpoint = open_model(model, device)
+    meta, predictor, checkpoint = open_model(model, device, half)
     chosen = choose_data(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search,
                          split=split, img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
     settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
@@ -395,7 +394,11 @@ def parse_args(argv=None):
     metrics.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the run's)")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
-                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides)")
+                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "
+                              ".xml: OpenVINO on the CPU)")
+    runtime.add_argument("--half", action="store_true",
+                         help="half precision as detect.py --half: float16 on CUDA, bfloat16 on CPUs with AVX-512 "
+                              "BF16 or AMX (.pth.tar and .xml); on other CPUs, and for .onnx, a warning and float32")
     runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     runtime.add_argument("--verbose", action="store_true",
                          help="full tracebacks for errors, and Python warnings with their source line")
@@ -419,7 +422,7 @@ def val_from_args(args):
                   class_weights=args.class_weights, device=args.device, workers=args.workers,
                   save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
                   tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
-                  mask_colors=args.mask_colors)
+                  mask_colors=args.mask_colors, half=args.half)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

@@ -8,6 +8,7 @@ auto, so that val.py must take the ignore index, the loss and the weights from t
 
 import csv
 import json
+import warnings
 import math
 import os
 import shutil
@@ -466,3 +467,26 @@ def test_every_readme_val_command_runs_as_written(binary_run, onnx_model, tmp_pa
         code, _, err, folder = run_val(capsys, tmp_path / "runs", *command.split()[2:])
         assert code == 0, (command, err)
         assert (folder / "val_results.json").is_file(), command
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_half_follows_the_cpu_as_detect_does(binary_run, tmp_path, capsys, monkeypatch, native):
+    """val.py --half: on a CPU without native bfloat16 one warning line and exactly the float32 figures; with
+    it (forced here, whatever this CPU is) bfloat16, whose figures stay close to float32's."""
+    from segtoolkit import predict
+    monkeypatch.setattr(predict, "native_bfloat16", lambda: native)
+    checkpoint = binary_run[0] / "best-checkpoint.pth.tar"
+    code, _, err, float32 = run_val(capsys, tmp_path, "--model", checkpoint)
+    assert code == 0, err
+    with warnings.catch_warnings(record=True) as caught:  # pytest records warnings instead of printing them
+        warnings.simplefilter("always")
+        code, _, err, half = run_val(capsys, tmp_path, "--model", checkpoint, "--half")
+    assert code == 0, err
+    said = [str(w.message) for w in caught if "--half" in str(w.message)]
+    assert len(said) == (0 if native else 1) and all("this CPU has no native bfloat16" in m for m in said), said
+    full, reduced = results(float32), results(half)
+    if native:
+        assert reduced["test/loss"] != full["test/loss"]  # it really ran in bfloat16
+        assert reduced["test/dice"] == pytest.approx(full["test/dice"], abs=0.02)
+    else:
+        assert reduced["confusion_matrix"] == full["confusion_matrix"] and reduced["test/dice"] == full["test/dice"]
