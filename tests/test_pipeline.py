@@ -180,11 +180,11 @@ def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_st
     video = write_video(tmp_path / "clip.mp4", 30)
     original, written = detect_outputs.ResultWriter.write_video_frame, []
 
-    def fail_on_fifth(self, frame, annotated):
+    def fail_on_fifth(self, frame, *rest):
         if frame.index == 4:
             raise UserError(f"cannot write {frame.path}: disk full")
         written.append(frame.index)
-        original(self, frame, annotated)
+        original(self, frame, *rest)
 
     monkeypatch.setattr(detect_outputs.ResultWriter, "write_video_frame", fail_on_fifth)
     args = detect.parse_args(["--model", str(tiny_model), "--source", str(video), "--save-video",
