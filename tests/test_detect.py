@@ -716,6 +716,13 @@ def screenshot(display, path):
     return cv2.imread(str(path))
 
 
+def window_pixels(display, window_id, path):
+    """What X holds of one window (by id), or None when it cannot be read (gone, not mapped yet)."""
+    done = subprocess.run(["import", "-display", display, "-window", window_id, str(path)], capture_output=True,
+                          timeout=60)
+    return cv2.imread(str(path)) if done.returncode == 0 else None
+
+
 def wait_for_window_showing(display, title_start, path, process, shows, timeout=120):
     """(id, pixels on screen) of the window titled `title_start`... once `shows(pixels)` is true, or of the
     last look when `timeout` s have passed (the caller's assertions then say what is wrong).
@@ -727,13 +734,18 @@ def wait_for_window_showing(display, title_start, path, process, shows, timeout=
 
     def look():
         assert process.poll() is None, (f"detect.py ended while its window was awaited; last look: "
-                                        f"{describe(last[1]) if last else 'no window'}; {process.output()[1]}")
+                                        f"{describe(last[1]) if last and last[1] is not None else 'no window'}; "
+                                        f"{process.output()[1]}")
         window = find_window(display, title_start)
         if window is None:
             return False
         window_id, x, y, width, height = window
-        last[:] = [window_id, screenshot(display, path)[y:y + height, x:x + width]]
-        return shows(last[1])
+        # the window's own contents by its id, and its place on the root window: either may lag under load
+        for pixels in (window_pixels(display, window_id, path), screenshot(display, path)[y:y + height, x:x + width]):
+            last[:] = [window_id, pixels]
+            if pixels is not None and pixels.size and shows(pixels):
+                return True
+        return False
     wait_until(look, timeout, interval=0.5)
     assert last, f"no window {title_start!r} on the display"
     return last

@@ -323,8 +323,8 @@ def test_default_folders_never_overwrite_and_save_dir_is_used_as_is(binary_run, 
 def test_ctrl_c_stops_after_the_batch_exit_130_and_writes_no_results(binary_run, tmp_path, capsys, monkeypatch):
     open_model = val.open_model
 
-    def interrupted_after_first_batch(model, device):
-        meta, predictor, checkpoint = open_model(model, device)
+    def interrupted_after_first_batch(model, device, *rest):
+        meta, predictor, checkpoint = open_model(model, device, *rest)
 
         def predict(batch):
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; StopRequest turns it into a flag
