@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -618,7 +619,28 @@ def parse_args(argv=None):
                         help="run these benchmarks only (default: all but the extras)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations per ratio; each side keeps its best")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
+    parser.add_argument("--same-process", action="store_true",
+                        help="run every benchmark in this process (default: each in a process of its own, so that "
+                             "one's runtimes and threads, OpenVINO's say, cannot slow or crash the next's)")
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)  # a child's results, as JSON
     return parser.parse_args(argv)
+
+
+def run_here(name, work, args):
+    outcome = globals()[name](work, args.rounds, args.workers)
+    return outcome if isinstance(outcome, list) else [outcome]
+
+
+def run_in_child(name, work, args):
+    """One benchmark in a new Python process; its results come back through a JSON file."""
+    result_file = work / "results.json"
+    command = [sys.executable, "-m", "bench.run", "--only", name, "--rounds", str(args.rounds), "--workers",
+               str(args.workers), "--same-process", "--result-file", str(result_file)]
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not result_file.exists():
+        raise SystemExit(f"bench.run: {name} failed (exit code {done.returncode}) in its own process:\n"
+                         f"{done.stdout[-2000:]}")
+    return [Result(**fields) for fields in json.loads(result_file.read_text())]
 
 
 def main(args):
@@ -629,11 +651,13 @@ def main(args):
             work = Path(temp) / name
             work.mkdir()
             began = time.perf_counter()
-            outcome = globals()[name](work, args.rounds, args.workers)
-            for result in outcome if isinstance(outcome, list) else [outcome]:
+            for result in (run_here if args.same_process else run_in_child)(name, work, args):
                 results.append(result)
                 print(f"{result.name}: {result.value:.3f} ({result.measured}; {time.perf_counter() - began:.0f} s)",
                       flush=True)
+    if args.result_file:
+        args.result_file.write_text(json.dumps([vars(result) for result in results]))
+        return 0
     print(f"\n{table(results)}\n\nmachine after {time.perf_counter() - started:.0f} s: {machine()}")
     for result in results:
         print(f"ratio {result.name} {result.value:.3f}")
