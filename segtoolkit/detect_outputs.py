@@ -19,6 +19,7 @@ import contextlib
 import csv
 import os
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,7 @@ from segtoolkit.sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
+REPAINT_SECONDS = 1.0  # an image waiting for a key is drawn again this often (Viewer.show)
 
 
 FILE_COLUMNS = ("image_file", "mask_file", "video_file")
@@ -310,12 +312,19 @@ class Viewer:
         return name
 
     def show(self, frame, annotated, stop_event):
-        """Show a frame; False when the user quits (q, Esc or closing the window)."""
+        """Show a frame; False when the user quits (q, Esc or closing the window). An image waiting for its key
+        is drawn again every REPAINT_SECONDS: on a busy machine a window can miss the paint that follows its
+        last resize and stay black until then (seen under Xvfb at load 6 on 2 cores)."""
         name = self.window(frame, annotated.shape[:2])
-        cv2.imshow(name, cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+        shown = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
+        cv2.imshow(name, shown)
         if frame.is_image:
             cv2.setWindowTitle(name, f"detect.py {frame.path} (any key: next, q: quit)")
+        drawn = time.monotonic()
         while True:
+            if frame.is_image and time.monotonic() - drawn > REPAINT_SECONDS:
+                cv2.imshow(name, shown)
+                drawn = time.monotonic()
             key = cv2.waitKey(100 if frame.is_image else 1)
             key = key & 0xFF if key != -1 else -1
             if key in QUIT_KEYS or cv2.getWindowProperty(name, cv2.WND_PROP_VISIBLE) < 1:

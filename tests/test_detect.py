@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -823,6 +824,24 @@ def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server,
     assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
     frames, fps, width, height = video_facts(tmp_path / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")
     assert (frames, width, height) == (len(rows), 192, 128) and fps == pytest.approx(10, rel=0.2)  # playable, whole
+
+
+def test_an_image_waiting_for_its_key_is_drawn_again(monkeypatch):
+    """The waiting image is shown again every REPAINT_SECONDS, so a window that missed a paint on a busy
+    machine does not stay black (cv2's window calls recorded, no display needed)."""
+    from segtoolkit import detect_outputs
+    calls, keys = [], iter([-1] * 6 + [ord("n")])
+    fake = {"namedWindow": lambda *a: calls.append("namedWindow"), "resizeWindow": lambda *a: None,
+            "imshow": lambda name, image: calls.append(("imshow", image.shape)),
+            "setWindowTitle": lambda *a: None, "getWindowProperty": lambda *a: 1.0,
+            "waitKey": lambda delay: (time.sleep(0.02), next(keys))[1]}
+    for name, function in fake.items():
+        monkeypatch.setattr(detect_outputs.cv2, name, function)
+    monkeypatch.setattr(detect_outputs, "REPAINT_SECONDS", 0.05)
+    frame = Frame("a.png", None, np.zeros((30, 40, 3), np.uint8), None, 0, 1, None)
+    assert detect_outputs.Viewer().show(frame, np.zeros((30, 40, 3), np.uint8), threading.Event()) is True
+    assert calls.count(("imshow", (30, 40, 3))) >= 2  # drawn again while waiting for the key
+    assert next(keys, None) is None  # the key ended the wait
 
 
 def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_display, tmp_path):
