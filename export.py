@@ -17,10 +17,13 @@ Exit codes: 0 done, 2 bad input (a one-line error naming the file or flag).
 """
 
 import argparse
+import copy
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from segtoolkit import quantize
 from segtoolkit.checkpoints import load_checkpoint
@@ -31,7 +34,7 @@ from segtoolkit.models import model_from_checkpoint
 from segtoolkit.onnx_export import (DEFAULT_OPSET, STATIC_SIZE_ARCHITECTURES, check_opset, check_output,
                                     check_simplifier, default_output, export_onnx, max_difference, simplify)
 from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
-from segtoolkit.predict import cpu_summary, native_bfloat16
+from segtoolkit.predict import TorchPredictor, cpu_summary, native_bfloat16
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -39,11 +42,12 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 @dataclass
 class Check:
     """How the written file compares with PyTorch float32: the largest logit difference on a random input
-    (float32 files), the (lowest, mean) mask IoU on `images` and, for OpenVINO on a CPU with native bfloat16,
-    the same with --half."""
+    (float32 files), the (lowest, mean) mask IoU on `images` and, on a CPU with native bfloat16, the same for
+    the file with --half (OpenVINO) and for the checkpoint itself with detect.py --half (PyTorch bfloat16)."""
     difference: float | None = None
     agreement: tuple | None = None
     half_agreement: tuple | None = None
+    torch_half_agreement: tuple | None = None
     images: str = ""
 
 
@@ -135,7 +139,16 @@ def check_file(torch_model, path, meta, file_format, int8, images, what):
         check.agreement = quantize.mask_agreement(torch_model, predict, batches)
         if file_format == "openvino" and native_bfloat16():  # what detect.py --half will run on this CPU
             check.half_agreement = quantize.mask_agreement(torch_model, load_file(path, file_format, "bf16"), batches)
+        if native_bfloat16():  # detect.py --half on the checkpoint itself
+            check.torch_half_agreement = quantize.mask_agreement(torch_model, torch_half(torch_model), batches)
     return check
+
+
+def torch_half(torch_model):
+    """The predict function of detect.py --half on the checkpoint on a bfloat16 CPU, NumPy in and out (a copy
+    of the model is cast: the float32 one stays the reference)."""
+    half = TorchPredictor(copy.deepcopy(torch_model), torch.device("cpu"), torch.bfloat16)
+    return lambda batch: half(torch.from_numpy(batch)).numpy()
 
 
 def load_file(path, file_format, precision="f32"):
@@ -154,7 +167,8 @@ def describe_check(check, file_format, int8):
         parts.append(f"largest logit difference from PyTorch {check.difference:.2e}")
     runtime = "OpenVINO" if file_format == "openvino" else "ONNX"
     runs = [("int8" if int8 else f"{runtime} float32", check.agreement),
-            (f"{runtime} --half (bfloat16)", check.half_agreement)]
+            (f"{runtime} --half (bfloat16)", check.half_agreement),
+            ("the checkpoint with --half (PyTorch bfloat16)", check.torch_half_agreement)]
     for name, agreement in runs:
         if agreement is None:
             continue
@@ -163,6 +177,7 @@ def describe_check(check, file_format, int8):
         parts.append(text)
         if lowest < quantize.MIN_AGREEMENT:
             fix = "use the float32 export (without --int8) or calibrate on more images" if name == "int8" else \
+                "run detect.py on it without --half where masks must match float32's" if "checkpoint" in name else \
                 "compare detect.py's masks from the checkpoint and from this file before relying on it"
             warnings.append(f"warning: {name} changes the masks more than expected ({text}); {fix}")
     if file_format == "openvino" and check.agreement is not None and check.half_agreement is None:

@@ -702,14 +702,22 @@ def test_webcam_without_frames_is_a_clear_error_and_writes_nothing(trained_check
 
 def find_window(display, title_start):
     """(id, x, y, width, height) of the first top-level window whose name starts with `title_start`, or None."""
+    windows = find_windows(display, title_start)
+    return windows[0] if windows else None
+
+
+def find_windows(display, title_start):
+    """(id, x, y, width, height) of every window (mapped or not) whose name starts with `title_start`: a test
+    that looked only at the first one listed saw it black for 120 s on a busy machine, so each is looked at."""
     tree = subprocess.run(["xwininfo", "-root", "-tree", "-display", display], capture_output=True, text=True).stdout
+    found = []
     for line in tree.splitlines():
         match = re.search(r'(0x[0-9a-f]+) "' + re.escape(title_start) +
                           r'[^"]*":.*?(\d+)x(\d+)[+-]\d+[+-]\d+\s+\+(-?\d+)\+(-?\d+)', line)
         if match:
             width, height, x, y = map(int, match.groups()[1:])
-            return match.group(1), x, y, width, height
-    return None
+            found.append((match.group(1), x, y, width, height))
+    return found
 
 
 def screenshot(display, path):
@@ -737,15 +745,14 @@ def wait_for_window_showing(display, title_start, path, process, shows, timeout=
         assert process.poll() is None, (f"detect.py ended while its window was awaited; last look: "
                                         f"{describe(last[1]) if last and last[1] is not None else 'no window'}; "
                                         f"{process.output()[1]}")
-        window = find_window(display, title_start)
-        if window is None:
-            return False
-        window_id, x, y, width, height = window
-        # the window's own contents by its id, and its place on the root window: either may lag under load
-        for pixels in (window_pixels(display, window_id, path), screenshot(display, path)[y:y + height, x:x + width]):
-            last[:] = [window_id, pixels]
-            if pixels is not None and pixels.size and shows(pixels):
-                return True
+        for window_id, x, y, width, height in find_windows(display, title_start):
+            # the window's own contents by its id, and its place on the root window: either may lag under load
+            for pixels in (window_pixels(display, window_id, path),
+                           screenshot(display, path)[y:y + height, x:x + width]):
+                if pixels is not None and pixels.size:
+                    last[:] = [window_id, pixels]
+                    if shows(pixels):
+                        return True
         return False
     wait_until(look, timeout, interval=0.5)
     assert last, f"no window {title_start!r} on the display"

@@ -342,11 +342,13 @@ def test_openvino_export_writes_xml_and_bin_with_the_checkpoints_description(che
     lowest = float(re.search(r"OpenVINO float32 masks against PyTorch's on 10 images \(--check-images\): IoU "
                              r"[\d.]+ mean, ([\d.]+) lowest", out).group(1))
     assert lowest >= 0.99 and "OpenVINO float32" not in err  # the float32 file gives the checkpoint's masks
-    half = re.search(r"OpenVINO --half \(bfloat16\) masks against PyTorch's on 10 images \(--check-images\): IoU "
-                     r"[\d.]+ mean, ([\d.]+) lowest", out)
-    assert bool(half) == bool(predict_module.native_bfloat16())  # bfloat16 is checked where --half would run it
+    halves = [re.search(re.escape(name) + r" masks against PyTorch's on 10 images \(--check-images\): IoU "
+                        r"[\d.]+ mean, ([\d.]+) lowest", out)
+              for name in ("OpenVINO --half (bfloat16)", "the checkpoint with --half (PyTorch bfloat16)")]
+    for half in halves:  # bfloat16 is checked where --half would run it, for the file and for the checkpoint
+        assert bool(half) == bool(predict_module.native_bfloat16())
     # where it runs, bfloat16 warns exactly when it moves the masks of this briefly trained, unsure model
-    assert ("warning" in err) == bool(half and float(half.group(1)) < 0.99), err
+    assert err.count("warning") == sum(float(half.group(1)) < 0.99 for half in halves if half), err
     assert ("--half runs float32 on this CPU" in out) == (not predict_module.native_bfloat16())
 
 
@@ -414,11 +416,12 @@ def test_openvino_export_on_a_bfloat16_cpu_also_reports_half(checkpoint, exporte
     check = export.check_file(model, path, meta, "openvino", False, sorted((SAMPLE / "imgs").iterdir())[:2], "2 images")
     summary, warnings = export.describe_check(check, "openvino", False)
     assert "OpenVINO --half (bfloat16) masks against PyTorch's on 2 images: IoU" in summary
+    assert "the checkpoint with --half (PyTorch bfloat16) masks against PyTorch's on 2 images: IoU" in summary
     assert "--half runs float32" not in summary
-    if predict_module.native_bfloat16():
-        assert bool(warnings) == (min(check.half_agreement) < 0.99)
-    else:
-        assert check.half_agreement[0] >= 0.99 and not warnings
+    if not predict_module.native_bfloat16():
+        assert check.half_agreement[0] >= 0.99  # OpenVINO runs the hint in float32 here; PyTorch bfloat16 is real
+    # a warning for each bfloat16 run that moved the masks of this briefly trained, unsure model, and only then
+    assert len(warnings) == sum(agreement[0] < 0.99 for agreement in (check.half_agreement, check.torch_half_agreement))
 
 
 def test_openvino_half_agrees_with_pytorch_on_sure_pixels(checkpoint, exported_openvino):
