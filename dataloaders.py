@@ -1,9 +1,10 @@
 """Where detect.py's pictures come from: the two loaders and the Frame record they yield.
 
 `LoadImages` (image and video files) and `LoadStreams` (RTSP/RTMP/HTTP streams and webcams) yield the
-same `Frame` for every source, preprocessed by dataset.preprocess_image, the validation path of
-training. Source detection (`detect_source`, `resolve_sources`) lives in sources.py, pure and tested
-without a camera, and is re-exported here.
+same `Frame` for every source, preprocessed by segtoolkit.imaging.preprocess_image, the validation path
+of training (letterboxed, or stretched to the patch for a model trained with --resize stretch). Source
+detection (`detect_source`, `resolve_sources`) lives in sources.py, pure and tested without a camera, and
+is re-exported here.
 
 Usage:
     from dataloaders import resolve_sources, iterate_frames
@@ -73,9 +74,9 @@ class Frame:
 class LoadImages:
     """Image and video files, in order. Unreadable files are skipped with a warning that names them."""
 
-    def __init__(self, files, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, files, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stretch=False):
         self.files = [Path(f) for f in files]
-        self.patch_size, self.mean, self.std = patch_size, tuple(mean), tuple(std)
+        self.patch_size, self.mean, self.std, self.stretch = patch_size, tuple(mean), tuple(std), stretch
         self.capture = None
 
     def __iter__(self):
@@ -86,7 +87,7 @@ class LoadImages:
                 yield from self.image_frame(path)
 
     def frame(self, path, original, capture, index, count, fps=None):
-        image, box = preprocessed(original, self.patch_size, self.mean, self.std)
+        image, box = preprocessed(original, self.patch_size, self.mean, self.std, self.stretch)
         return Frame(str(path), image, original, capture, index, count, box, fps)
 
     def image_frame(self, path):
@@ -133,12 +134,12 @@ def detection_reason(error, path):
     return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
-def preprocessed(original, patch_size, mean, std):
-    """(letterboxed tensor, Letterbox) of a frame, or (None, None) with no patch size: sliding-window
-    inference (detect.py's Segmenter) reads frame.original itself."""
+def preprocessed(original, patch_size, mean, std, stretch=False):
+    """(letterboxed or stretched tensor, Letterbox) of a frame, or (None, None) with no patch size:
+    sliding-window inference (detect.py's Segmenter) reads frame.original itself."""
     if patch_size is None:
         return None, None
-    return preprocess_image(original, patch_size, mean, std)
+    return preprocess_image(original, patch_size, mean, std, stretch)
 
 
 def to_rgb(bgr):
@@ -295,12 +296,12 @@ class LoadStreams:
     """
 
     def __init__(self, sources, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, timeout=30.0,
-                 rtsp_transport="auto", stop_event=None):
+                 rtsp_transport="auto", stop_event=None, stretch=False):
         if rtsp_transport not in RTSP_TRANSPORTS:
             raise UserError(f"--rtsp-transport {rtsp_transport}: choose one of {', '.join(RTSP_TRANSPORTS)}")
         if not timeout > 0:
             raise UserError(f"--stream-timeout {timeout}: must be a positive number of seconds")
-        self.patch_size, self.mean, self.std = patch_size, tuple(mean), tuple(std)
+        self.patch_size, self.mean, self.std, self.stretch = patch_size, tuple(mean), tuple(std), stretch
         self.condition = threading.Condition()
         self.closing = threading.Event()
         self.stop_event = stop_event or threading.Event()
@@ -359,7 +360,7 @@ class LoadStreams:
             self.consumed[i] = reader.sequence
             bgr, index, capture = reader.frame, reader.sequence, reader.capture
         original = to_rgb(bgr)
-        image, box = preprocessed(original, self.patch_size, self.mean, self.std)
+        image, box = preprocessed(original, self.patch_size, self.mean, self.std, self.stretch)
         return Frame(reader.name_shown, image, original, capture, index, None, box, reader.fps)
 
     def unseen_reader(self):
@@ -382,13 +383,14 @@ class LoadStreams:
 
 
 def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
-                   rtsp_transport="auto", stop_event=None, prefetch=0):
+                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False):
     """Every Frame of the files, then of the streams; closing the generator releases every capture.
+    stretch: resize frames to the patch ignoring their aspect ratio (a model trained with --resize stretch).
 
     prefetch > 0 decodes and letterboxes up to that many file frames ahead in a thread, while the caller
     works on the current one (streams are never read ahead: their reader keeps only the newest frame).
     """
-    images = LoadImages(files, patch_size, mean, std)
+    images = LoadImages(files, patch_size, mean, std, stretch)
     ahead = Prefetcher(images, prefetch) if prefetch > 0 and files else None
     try:
         for frame in ahead or images:
@@ -401,7 +403,7 @@ def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_
         images.close()
     if not streams or (stop_event is not None and stop_event.is_set()):
         return
-    live = LoadStreams(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event)
+    live = LoadStreams(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event, stretch)
     try:
         yield from live
     finally:

@@ -4,6 +4,8 @@
 Three ways to see the images (`mode`):
 - `letterbox` (default): each sample is stored with its longest side at the patch size and letterboxed to
   patch x patch, the preprocessing detection uses for letterbox-trained models (segtoolkit.imaging);
+- `stretch` (train.py --resize stretch): each sample is resized to patch x patch whatever its aspect ratio
+  (mask with nearest neighbour): no padding, every pixel the image's;
 - `crop` (train.py --crop): stored at the image's own resolution (times --scale), and a random patch x patch
   crop is taken each time, padded when the image is smaller;
 - `full`: whole images at their own resolution (times --scale), for sliding-window evaluation of
@@ -28,11 +30,12 @@ import torch
 from segtoolkit.augment import DEFAULT_AUGMENTATION, load_augmentation
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, check_patch_size, fit_longest_side, normalize,
-                                pad_to_square, read_image)
+                                pad_to_square, read_image, stretch_to_square)
 from segtoolkit.masks import IGNORE, binary_mask, class_mask, read_mask
 from segtoolkit.samples import build_store
 
-MODES = ("letterbox", "crop", "full")
+MODES = ("letterbox", "stretch", "crop", "full")
+WHOLE_IMAGE_MODES = ("letterbox", "stretch")  # a sample is the whole image, fitted into the patch
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -51,14 +54,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         check_patch_size(patch_size)
         if mode not in MODES:
             raise ValueError(f"mode {mode} is not one of {MODES}")
-        if not 0 < scale <= 1 or (scale != 1 and mode == "letterbox"):
+        if not 0 < scale <= 1 or (scale != 1 and mode in WHOLE_IMAGE_MODES):
             raise UserError(f"--scale {scale} must be in (0, 1] and goes with --crop")
         self.pairs = [(Path(image), Path(mask)) for image, mask in pairs]
         self.patch_size, self.mode, self.scale = patch_size, mode, scale
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
         self.mask_colors = mask_colors  # segtoolkit.classes.MaskColors: RGB masks read as class indices
-        key = f"{'letterbox-' + str(patch_size) if mode == 'letterbox' else f'scale-{scale}'}-" \
+        key = f"{f'{mode}-{patch_size}' if mode in WHOLE_IMAGE_MODES else f'scale-{scale}'}-" \
               f"{getattr(self, 'classes', 1)}-{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "")
         self.store = build_store(cache, self.prepare, self.pairs, key=key, cache_dir=cache_dir, threads=threads)
 
@@ -81,7 +84,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def label_counts(self):
-        """{label: pixels} over every mask as trained on (letterbox: at the patch size), padding excluded."""
+        """{label: pixels} over every mask as trained on (letterbox, stretch: at the patch size), padding excluded."""
         return self.store.label_counts
 
     def read_mask(self, path):
@@ -102,16 +105,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.mode == "letterbox":
             return (fit_longest_side(image, self.patch_size),
                     fit_longest_side(mask, self.patch_size, cv2.INTER_NEAREST))
+        if self.mode == "stretch":
+            return (stretch_to_square(image, self.patch_size),
+                    stretch_to_square(mask, self.patch_size, cv2.INTER_NEAREST))
         return scaled(image, self.scale, cv2.INTER_AREA), scaled(mask, self.scale, cv2.INTER_NEAREST)
 
     def load_sample(self, index, seed=None):
-        """Letterbox (or crop), augment (training only, seeded when `seed` is given) and normalize sample
+        """Letterbox (stretch, or crop), augment (training only, seeded when `seed` is given) and normalize sample
         `index`: (float32 3xPxP image, target with IGNORE on the pixels that do not count)."""
         if self.mode == "full":  # a whole image for sliding-window evaluation: uint8, not normalized
             image, target = self.full_sample(index)
             return torch.from_numpy(np.ascontiguousarray(image)), target
         image, mask = self.store.get(index)
-        if self.mode == "letterbox":
+        if self.mode in WHOLE_IMAGE_MODES:  # stretched samples are patch x patch already: nothing is padded
             image, mask, valid = self.letterboxed(image, mask)
         else:
             image, mask, valid = self.cropped(image, mask, seed)

@@ -46,7 +46,7 @@ from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
 from segtoolkit.output_files import check_save_dir
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.imaging import check_patch_size, unletterbox
+from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
 from segtoolkit.frame_exports import FrameExports
 from segtoolkit.overlay import draw_overlay, find_polygons, largest_polygon_area
 from segtoolkit.pipeline import Finisher
@@ -61,8 +61,9 @@ DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 class Segmenter:
     """One frame's Prediction: its mask of class indices and, with `probabilities` (--save-probs), the class
-    probabilities at the mask's size. Letterbox (the default for models trained on letterboxed images): the
-    model sees frame.image, and both are the patch's (FrameOutputs and the writer unletterbox them). Tiled
+    probabilities at the mask's size. Letterbox (the default for models trained on letterboxed images, and
+    stretched ones, whose frame.image the loader stretched): the model sees frame.image, and both are the
+    patch's (FrameOutputs and the writer unletterbox them). Tiled
     (models trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
     sliding window; the mask is the frame's own size, the probabilities the scaled frame's."""
 
@@ -187,7 +188,7 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
                                    not nosave, files, exports)
     with StopRequest("finishing this frame, then closing outputs") as stop:
         frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
-                                rtsp_transport, stop.event, prefetch=0 if view_img else 2)
+                                rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta))
         started = time.perf_counter()
         count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
                                                     Viewer() if view_img else None, stop)

@@ -337,7 +337,7 @@ def train_and_test(args):
         load_mask_colors(config.mask_colors)
     meta = model_meta(config.model, config.encoder, config.classes, config.patch_size,
                       class_names=run_class_names(config.classes, config.class_names, colours),
-                      input_mode="tile" if config.crop else "letterbox", scale=config.scale,
+                      input_mode=config.input_mode, scale=config.scale,
                       mask_colors=colours.to_meta() if colours else None)
     transform = augmentation_from_dict(checkpoint["augmentation"]) if mode == "resume" and \
         "augmentation" in checkpoint else load_augmentation(config.augment)
@@ -378,8 +378,8 @@ def load_datasets(config, meta, data, transform, process):
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
                    cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
                    mask_colors=MaskColors.from_meta(meta["mask_colors"]))
-    evaluated = "full" if config.crop else "letterbox"  # crop-trained models are evaluated on whole images
-    train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else "letterbox",
+    evaluated = "full" if config.crop else config.resize  # crop-trained models are evaluated on whole images
+    train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else config.resize,
                              **options)
     val_set = make_dataset(data["val"], mode=evaluated, **options)
     test_set = make_dataset(data["test"], mode=evaluated, **options) if data["test"] else None
@@ -426,7 +426,8 @@ def summary(trainer):
                         + (f", colour masks read by {config.mask_colors}" if meta["mask_colors"] else "")),
             ("data", f"{describe_data(config)}: train {len(trainer.train_set)}, val {len(trainer.val_set)}, "
                      f"test {test}"),
-            ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size}, "
+            ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size} "
+                         f"({'crops' if config.crop else config.resize}), "
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
             ("training", f"loss {config.loss or default_loss(config.classes)}"
                          f"{' with class weights' if trainer.class_weights else ''}, augmentation "
@@ -525,8 +526,14 @@ def add_data_flags(data):
     data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files")
     data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files")
     data.add_argument("--patch-size", type=int, default=256,
-                      help="square training size, a multiple of 32; images are letterboxed into it (with --crop: "
-                           "the size of the crops, and of the tiles of evaluation and detection)")
+                      help="square training size, a multiple of 32; images are letterboxed into it (see --resize; "
+                           "with --crop: the size of the crops, and of the tiles of evaluation and detection)")
+    data.add_argument("--resize", default="letterbox", choices=("letterbox", "stretch"),
+                      help="how a whole image fits the patch: letterbox (default) scales its longest side to the "
+                           "patch and pads, keeping shapes undistorted; stretch resizes it to patch x patch "
+                           "ignoring the aspect ratio, no padding: more pixels for data of one aspect ratio, thin "
+                           "structures, street scenes. Stored in the checkpoint: detect.py, val.py and export.py "
+                           "follow it. Not with --crop"),
     data.add_argument("--crop", action="store_true",
                       help="train on random patch-size crops at the images' own resolution (times --scale) instead "
                            "of letterboxing whole images; validation, test and detection then segment whole images "

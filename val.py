@@ -50,6 +50,7 @@ from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConf
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.evaluation import TiledModel, accumulate
+from segtoolkit.imaging import is_stretched
 from segtoolkit.loading import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
 from segtoolkit.losses import default_loss, make_loss, parse_class_weights
 from segtoolkit.masks import class_pixel_counts, label_warnings
@@ -92,6 +93,7 @@ class Settings:
     mask_colors: MaskColors | None = None  # colour masks read as classes (the model's --mask-colors)
     colours: tuple = ()  # RGB per class of the saved masks
     tiled: bool = False  # whole images by sliding window (models trained with --crop, or --tile)
+    resize: str = "letterbox"  # otherwise: how images fit the patch, as the model was trained ("stretch")
     scale: float = 1.0
     tile_overlap: float = 0.25
     tile_batch: int = 4
@@ -131,6 +133,7 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
                         ignore_index=config.ignore_index if ignore_index is None else ignore_index,
                         loss=loss or config.loss or default_loss(classes), class_weights=weights,
                         batch_size=1 if tiled else batch_size or config.batch_size, tiled=tiled,
+                        resize="stretch" if is_stretched(meta) else "letterbox",
                         scale=meta.get("scale", 1.0) if tiled else 1.0,
                         tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
                         tile_batch=tile_batch or config.tile_batch, mask_colors=colours,
@@ -281,7 +284,7 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
                              mask_colors=mask_colors)
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
                            mean=settings.mean, std=settings.std, threads=max(2, workers),
-                           mode="full" if settings.tiled else "letterbox", scale=settings.scale,
+                           mode="full" if settings.tiled else settings.resize, scale=settings.scale,
                            mask_colors=settings.mask_colors)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):

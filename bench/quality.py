@@ -23,6 +23,8 @@ The sides:
   train.py --crop  the same command plus --crop (issue 14): random patch crops at the images' own resolution,
              validation by sliding window; scored by sliding window over each whole image (detect.py's
              default overlap and weighting), so at full resolution too.
+  train.py --resize stretch  the same command plus --resize stretch: whole images resized to the square
+             patch, aspect ratio ignored, as the reference does; scored through the same stretch.
   reference  the plain loop of the membrane README: images resized to the square patch and scaled to
              [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3),
              BCE with logits for one class, cross-entropy with the ignore index for several; the last
@@ -66,7 +68,7 @@ import torch
 from bench.machine import cpu_name
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.imaging import is_stretched, preprocess_image, read_image, unletterbox
 from segtoolkit.masks import binary_mask, class_mask, read_mask
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit.predict import TorchPredictor
@@ -75,7 +77,9 @@ from segtoolkit.tiling import Tiler
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
 DATASETS = ("membrane", "synthetic")
-SIDES = ("train.py", "reference", "train.py --crop")  # the last: issue 14, crops + sliding window
+SIDES = ("train.py", "reference", "train.py --crop", "train.py --resize stretch")  # crop: issue 14, crops +
+# sliding window; stretch: whole images resized to the patch like the reference's, aspect ratio ignored
+DEFAULT_SIDES = SIDES[:3]  # stretch only on request: on the square membrane slices it is the letterbox side
 STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
 
 
@@ -198,7 +202,8 @@ def reference_predictor(model, patch):
 
 
 def checkpoint_predictor(path):
-    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed with its meta, unletterboxed;
+    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed (or stretched, as its meta says)
+    with its meta, unletterboxed;
     a crop-trained model (meta input_mode 'tile') by sliding window over the image (times its scale) instead,
     with detect.py's default overlap and weighting."""
     checkpoint = load_checkpoint(path)
@@ -215,7 +220,7 @@ def checkpoint_predictor(path):
         return tiled
 
     def predict(image):
-        tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"])
+        tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"], stretch=is_stretched(meta))
         return unletterbox(logits_to_labels(model(tensor[None])[0]), box)
     return predict
 
@@ -336,7 +341,8 @@ def machine_lines(setting, results):
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return [line.replace("train.py --crop", "train.py_crop") for line in lines]  # one word a field
+    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize stretch", "train.py_stretch")
+            for line in lines]  # one word a field
 
 
 def machine(threads):
@@ -349,9 +355,10 @@ def make_parser(description, choose_dataset=True):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if choose_dataset:
         parser.add_argument("--only", choices=DATASETS, default=None, help="run one data set (default: both)")
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
-                        help="which sides to train (default: all three; 'train.py --crop' is issue 14's crop "
-                             "training with sliding-window evaluation, scored at full resolution too)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(DEFAULT_SIDES),
+                        help="which sides to train (default: the first three; 'train.py --crop' is issue 14's crop "
+                             "training with sliding-window evaluation, scored at full resolution too; 'train.py "
+                             "--resize stretch' trains and scores on images stretched to the patch)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,

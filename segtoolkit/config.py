@@ -35,7 +35,8 @@ SAMPLE_DIR = REPO / "data" / "sample"
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
 RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model", "cache", "cache_dir",
                   "tile_batch")
-MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "scale")
+MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "resize", "scale")
+RESIZE_MODES = ("letterbox", "stretch")  # how --resize fits a whole image into the patch (not with --crop)
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
                "test_split", "ignore_index", "mask_colors")
 PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors")
@@ -56,6 +57,7 @@ class RunConfig:
     test_split: float = 0.0
     patch_size: int = 256
     crop: bool = False
+    resize: str = "letterbox"  # or "stretch"; meta input_mode says the same for detect.py and val.py
     scale: float = 1.0
     cache: str = "ram"
     cache_dir: str | None = None
@@ -131,6 +133,11 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def input_mode(self):
+        """How the model sees its images, as its meta stores it: 'tile' (--crop), 'letterbox' or 'stretch'."""
+        return "tile" if self.crop else self.resize
+
+    @property
     def uses_sample(self):
         return Path(self.data_dir).resolve() == SAMPLE_DIR.resolve()
 
@@ -199,6 +206,11 @@ class RunConfig:
             load_augmentation(self.augment)  # the file exists and albumentations reads it
 
     def check_full_resolution(self):
+        if self.resize not in RESIZE_MODES:
+            raise UserError(f"--resize {self.resize}: choose one of {', '.join(RESIZE_MODES)}")
+        if self.crop and self.resize != "letterbox":
+            raise UserError(f"--crop and --resize {self.resize} contradict each other: --crop trains on crops at "
+                            f"the images' own resolution, --resize says how whole images fit the patch; keep one")
         if not (0 < self.scale <= 1):
             raise UserError(f"--scale {self.scale} must be in (0, 1]: the factor images are shrunk by before --crop")
         if self.scale != 1 and not self.crop:
@@ -233,9 +245,12 @@ class RunConfig:
         run: a fine-tune must not quietly train on the bundled sample. Everything else is the command line's."""
         taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
                  "patch_size": meta["patch_size"], "crop": meta.get("input_mode") == "tile",
+                 "resize": "stretch" if meta.get("input_mode") == "stretch" else "letterbox",
                  "scale": meta.get("scale", 1.0)}
         if self.mask_colors is not None:  # the colours file given set the classes (from_namespace)
             del taken["classes"]
+        if {"crop", "resize"} & set(given):  # one input mode: --crop or --resize given replaces the checkpoint's
+            del taken["crop"], taken["resize"]
         if stored is not None and not set(DATA_FIELDS) & set(given):
             taken.update({key: getattr(stored, key) for key in DATA_FIELDS})
         if "classes" in taken and "classes" not in given and not taken.get("mask_colors", self.mask_colors):

@@ -1,13 +1,15 @@
 """Reading images and the one preprocessing path shared by training, validation and inference.
 
 `read_image` gives uint8 RGB, upright (EXIF orientation applied) whatever the file holds: gray, RGB or
-RGBA, 8 or 16 bit (scaled by its bit depth). `preprocess_image` letterboxes into the square patch and
-normalizes; `unletterbox` takes a predicted mask back to the image's size. A file that cannot be read is
-a UserError naming it.
+RGBA, 8 or 16 bit (scaled by its bit depth). `preprocess_image` letterboxes into the square patch (or,
+with stretch=True, resizes the whole image to it, ignoring the aspect ratio) and normalizes; `unletterbox`
+takes a predicted mask back to the image's size, either way. A file that cannot be read is a UserError
+naming it.
 
 Usage:
     from segtoolkit.imaging import read_image, preprocess_image, unletterbox
     tensor, box = preprocess_image(read_image("a.jpg"), patch_size=256)   # float32 3x256x256, Letterbox
+    tensor, box = preprocess_image(image, 256, stretch=is_stretched(meta))  # as a model's meta says
     mask = unletterbox(predicted_patch_mask, box)                          # back to the image's size
 """
 
@@ -140,7 +142,8 @@ def report_bit_depth(bits, largest, path):
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an image was fitted into the square patch: original size and the scaled size (top-left)."""
+    """How an image was fitted into the square patch: original size and the scaled size (top-left). A
+    stretched image's scaled size is the patch itself: nothing to crop, only a resize back."""
     height: int
     width: int
     scaled_height: int
@@ -165,8 +168,26 @@ def pad_to_square(image, size, value=0):
     return cv2.copyMakeBorder(image, 0, size - height, 0, size - width, cv2.BORDER_CONSTANT, value=value)
 
 
-def letterbox(image, size, interpolation=cv2.INTER_AREA):
-    """Fit an image into size x size: scale the longest side to `size`, pad bottom/right with zeros."""
+def stretch_to_square(image, size, interpolation=cv2.INTER_AREA):
+    """Resize to size x size whatever the aspect ratio (input mode 'stretch'): no padding."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    if size > min(height, width) and interpolation == cv2.INTER_AREA:
+        interpolation = cv2.INTER_LINEAR  # INTER_AREA enlarging is nearest-like; as fit_longest_side
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def is_stretched(meta):
+    """Whether a model (its checkpoint's or export's meta) was trained on stretched images."""
+    return meta.get("input_mode") == "stretch"
+
+
+def letterbox(image, size, interpolation=cv2.INTER_AREA, stretch=False):
+    """Fit an image into size x size: scale the longest side to `size`, pad bottom/right with zeros; or,
+    with `stretch`, resize it to size x size ignoring its aspect ratio (the box then has no padding)."""
+    if stretch:
+        return stretch_to_square(image, size, interpolation), Letterbox(image.shape[0], image.shape[1], size, size)
     scaled = fit_longest_side(image, size, interpolation)
     box = Letterbox(image.shape[0], image.shape[1], scaled.shape[0], scaled.shape[1])
     return pad_to_square(scaled, size), box
@@ -197,10 +218,11 @@ def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return torch.from_numpy(out)
 
 
-def preprocess_image(image, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The validation/inference path for one RGB uint8 image: letterbox and normalize.
+def preprocess_image(image, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stretch=False):
+    """The validation/inference path for one RGB uint8 image: letterbox (stretch: resize to the square
+    patch, for models whose meta says input_mode 'stretch') and normalize.
 
     Returns (float32 3xPxP tensor, Letterbox). detect.py calls exactly this.
     """
-    padded, box = letterbox(image, patch_size)
+    padded, box = letterbox(image, patch_size, stretch=stretch)
     return normalize(padded, mean, std), box

@@ -108,8 +108,9 @@ def load_encoder_weights(model, path):
 def model_meta(architecture, encoder, classes, patch_size, in_channels=3, class_names=None,
                mean=IMAGENET_MEAN, std=IMAGENET_STD, input_mode="letterbox", scale=1.0, mask_colors=None):
     """The self-description stored in every checkpoint (and in exported ONNX files). `input_mode` says how
-    the model saw its images: 'letterbox' (whole images fitted into the patch) or 'tile' (crops at the
-    image's own resolution times `scale`: detect.py and val.py then segment by sliding window).
+    the model saw its images: 'letterbox' (whole images fitted into the patch), 'stretch' (whole images
+    resized to the patch, aspect ratio ignored: every consumer stretches them the same way) or 'tile' (crops
+    at the image's own resolution times `scale`: detect.py and val.py then segment by sliding window).
     `mask_colors` is the --mask-colors table (MaskColors.to_meta), so val.py reads the masks and detect.py
     colours its outputs as training did; None without one."""
     names = class_names or default_class_names(classes)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.imaging import IMAGE_SUFFIXES, preprocess_image, read_image
+from segtoolkit.imaging import IMAGE_SUFFIXES, is_stretched, preprocess_image, read_image
 from segtoolkit.errors import UserError
 from segtoolkit.sources import resolve_sources
 
@@ -43,9 +43,9 @@ def calibration_images(source, count=DEFAULT_COUNT, flag="--calibration"):
 
 
 def preprocessed(paths, meta):
-    """The float32 1xCxPxP arrays detect.py would feed for these images."""
-    return [preprocess_image(read_image(path), meta["patch_size"], meta["mean"], meta["std"])[0][None].numpy()
-            for path in paths]
+    """The float32 1xCxPxP arrays detect.py would feed for these images (stretched for a stretch-trained model)."""
+    return [preprocess_image(read_image(path), meta["patch_size"], meta["mean"], meta["std"],
+                             stretch=is_stretched(meta))[0][None].numpy() for path in paths]
 
 
 def quantize_int8(float_path, output, batches, input_name):

@@ -191,7 +191,7 @@ class MaskWriter:
     """masks/<image name>.png at each image's original size, as detect.py names and stores them (0/255 for
     one class, palette PNGs of class indices in `colours` for several); a name already taken gets _2, _3...
     The labels are the ones the metrics counted (logit > 0, or the argmax), taken back from the patch with
-    imaging.unletterbox."""
+    imaging.unletterbox (a stretched sample is stored patch x patch: its box crops nothing)."""
 
     def __init__(self, folder, dataset, classes, colours=None):
         self.folder, self.dataset, self.classes = folder, dataset, classes
@@ -205,7 +205,7 @@ class MaskWriter:
             height, width = self.dataset.read_mask(mask_path).shape[:2]  # the image's size: the dataset checked it
             dtype = np.uint8 if self.classes <= 256 else np.uint16
             mask = labels.numpy().astype(dtype)
-            if mask.shape != (height, width):  # letterboxed: back from the patch (sliding window: already whole)
+            if mask.shape != (height, width):  # letterboxed or stretched: back from the patch (tiles: already whole)
                 scaled_height, scaled_width = self.dataset.images[self.written].shape[:2]
                 mask = unletterbox(mask, Letterbox(height, width, scaled_height, scaled_width))
             write_mask(self.claim(image), mask, self.colours)

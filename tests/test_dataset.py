@@ -57,6 +57,29 @@ def test_binary_masks_0_1_and_0_255_become_0_1(tmp_path, foreground):
     assert (mask[0, 43:] == IGNORE).all()  # padding is not background: it never counts
 
 
+def test_stretch_sample_fills_the_patch_and_every_pixel_counts(tmp_path):
+    """--resize stretch: a 2:1 image is resized to the whole patch (no padding, nothing IGNORE), as
+    preprocess_image(stretch=True) does for detection; the cache keys of the two modes differ."""
+    image = np.tile(np.linspace(0, 250, 128, dtype=np.uint8), (64, 1))[..., None].repeat(3, axis=2)
+    pair = write_pair(tmp_path, "a", image, square_mask(64, 128, 255))
+    dataset = BinaryDataset([pair], 64, mode="stretch")
+    assert dataset.images[0].shape == (64, 64, 3) and dataset.masks[0].shape == (64, 64)
+    sample, mask = dataset.load_sample(0)
+    assert sample.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+    assert not (mask == IGNORE).any()  # every pixel is the image's
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask[0, 16:32, 16:32].eq(1).all() and mask[0, 40:].eq(0).all()  # the object stretched with the image
+    tensor, box = preprocess_image(read_image(pair[0]), 64, stretch=True)
+    assert torch.allclose(sample, tensor) and (box.scaled_height, box.scaled_width) == (64, 64)
+    bottom_row = sample[0, -1]  # the image's content reaches the patch's last row and column: no padding
+    assert bottom_row[-1] > bottom_row[0] + 3  # the gradient spans the whole width
+    assert unletterbox(dataset.masks[0], box).shape == (64, 128)
+    letterboxed = BinaryDataset([pair], 64, cache="disk", cache_dir=tmp_path / "cache")
+    assert (letterboxed.load_sample(0)[1] == IGNORE).any()  # the letterbox of the same image pads half of it
+    stretched = BinaryDataset([pair], 64, mode="stretch", cache="disk", cache_dir=tmp_path / "cache")
+    assert stretched.images[0].shape == (64, 64, 3)  # its own cache entry, not the letterboxed 32x64 one
+
+
 def test_normalization_uses_the_mean_and_std():
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 1] = 255

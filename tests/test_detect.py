@@ -28,7 +28,7 @@ from segtoolkit.output_files import increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
 from segtoolkit.masks import read_mask
-from segtoolkit.models import model_from_checkpoint
+from segtoolkit.models import model_from_checkpoint, model_meta
 from segtoolkit import predict
 from segtoolkit.imaging import preprocess_image, read_image
 from segtoolkit.predict import logits_to_mask
@@ -202,6 +202,37 @@ def test_folder_masks_match_ground_truth(trained_checkpoint, easy_held_out, tmp_
     assert len(rows) == 8 and np.mean(ious) > 0.6 > 3 * foreground_share, (ious, foreground_share)
     assert re.search(r"image 8/8 .*easy_007.png \d+x\d+: [\d.]+ ms, largest polygon \d+ px", result.stdout)
     assert "8 frame(s)" in result.stdout.splitlines()[-1]
+
+
+def test_stretch_trained_model_sees_stretched_frames_and_masks_keep_the_input_size(tmp_path, capsys, monkeypatch):
+    """A model whose meta says input_mode 'stretch' is fed each image resized to the whole patch (no padding),
+    and its patch-sized mask is stretched back: here a model that marks the top half of the patch marks
+    exactly the top half of every image, whatever its aspect ratio."""
+    patch, seen = 64, []
+
+    def top_half(batch):
+        seen.append(batch.clone())
+        logits = torch.full((batch.shape[0], 1, patch, patch), -5.0)
+        logits[:, :, :patch // 2] = 5.0
+        return logits
+
+    meta = model_meta("Unet", "resnet18", 1, patch, input_mode="stretch")
+    monkeypatch.setattr(detect, "load_predictor", lambda *args, **kwargs: (meta, top_half))
+    sizes = {"wide.png": (40, 120), "tall.png": (150, 70)}  # (height, width)
+    for name, (height, width) in sizes.items():
+        rng = np.random.default_rng(height)
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "imgs" / name), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    code, _, err = cli(capsys, "--model", tmp_path / "stretched.pth.tar", "--source", tmp_path / "imgs",
+                       "--save-dir", tmp_path / "out")
+    assert code == 0, err
+    expected = [preprocess_image(read_image(tmp_path / "imgs" / name), patch, stretch=True)[0] for name in
+                sorted(sizes)]
+    assert len(seen) == 2 and all(torch.equal(got[0], want) for got, want in zip(seen, expected))
+    for name, (height, width) in sizes.items():
+        mask = cv2.imread(str(tmp_path / "out" / "masks" / name), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (height, width)
+        assert (mask[:height // 2] == 255).all() and (mask[height // 2 + 1:] == 0).all()
 
 
 def test_video_saved_at_source_size_fps_and_length(trained_checkpoint, clip, tmp_path, capsys):

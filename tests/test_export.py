@@ -69,6 +69,18 @@ def iou(a, b):
     return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
 
 
+def test_check_and_calibration_images_are_stretched_for_a_stretch_trained_model(tmp_path):
+    """--check-images and --int8's calibration feed what detect.py feeds: a stretch-trained model (meta
+    input_mode 'stretch') sees each image resized to the whole patch, a letterbox one the letterbox."""
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (40, 120, 3), dtype=np.uint8))
+    image = read_image(path)
+    for mode, stretch in (("stretch", True), ("letterbox", False)):
+        [array] = quantize.preprocessed([path], model_meta("Unet", "resnet18", 1, 64, input_mode=mode))
+        assert array.shape == (1, 3, 64, 64)
+        assert np.array_equal(array, preprocess_image(image, 64, stretch=stretch)[0][None].numpy()), mode
+
+
 def test_default_output_strips_checkpoint_suffixes():
     assert onnx_export.default_output("runs/exp/best-checkpoint.pth.tar") == Path("runs/exp/best-checkpoint.onnx")
     assert onnx_export.default_output("weights.pt") == Path("weights.onnx")

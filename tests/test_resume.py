@@ -19,6 +19,7 @@ from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit import config
 from segtoolkit.config import start_mode
+from segtoolkit.models import model_meta
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--workers", "0", "--wandb-mode", "disabled", "--project", str(RUNS)]
@@ -113,7 +114,8 @@ def test_resume_refuses_flags_that_would_change_the_run_and_touches_nothing(inte
                          (["--lr", "0.01"], "--lr 0.01 differs from the run being resumed (0.001)"),
                          (["--data-dir", SAMPLE], f"--data-dir {SAMPLE} differs from the run being resumed "
                                                   f"({my_data})"),
-                         (["--name", "other"], "--name other differs")):
+                         (["--name", "other"], "--name other differs"),
+                         (["--resize", "stretch"], "--resize stretch differs from the run being resumed (letterbox)")):
         code, out, err = run_in_process(capsys, "--load-model", checkpoint, *flags)
         assert code == 2, err[-2000:]
         assert err.count("\n") == 1 and err.startswith(f"error: {named}"), err
@@ -154,6 +156,18 @@ def test_finished_run_given_to_load_model_fine_tunes_in_a_new_run(my_data, run_n
             assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]  # --epochs 1 is honoured
         assert load_checkpoint(new_dir / "checkpoint.pth.tar")["meta"]["encoder"] == "resnet18"
     assert fingerprint(finished) == before  # nothing of the finished run was rewritten
+
+
+def test_fine_tune_keeps_the_checkpoints_input_mode_unless_one_is_given():
+    """The weights were trained on stretched (or cropped) images: a fine-tune sees them the same way, unless
+    --resize or --crop is given, which then replaces the checkpoint's input mode whole."""
+    stretched = model_meta("Unet", "resnet18", 1, 64, input_mode="stretch")
+    tiled = model_meta("Unet", "resnet18", 1, 64, input_mode="tile")
+    new = config.RunConfig(load_model="best-checkpoint.pth.tar")
+    assert new.fine_tuned(stretched, None, set()).input_mode == "stretch"
+    assert new.fine_tuned(tiled, None, set()).input_mode == "tile"
+    assert new.replace(crop=True).fine_tuned(stretched, None, {"crop"}).input_mode == "tile"
+    assert new.fine_tuned(tiled, None, {"resize"}).input_mode == "letterbox"
 
 
 def test_early_stopped_run_is_finished_and_fine_tunes(my_data, run_name, capsys):
@@ -316,6 +330,7 @@ BAD_FLAGS = [
     (["--weight-decay", "-1"], r"--weight-decay -1 must be 0 or more"),
     (["--search-files", "--val-split", "0"], r"--search-files --val-split 0 leaves no validation images, which "
                                              r"early stopping and the best checkpoint need; give --val-split 0\.1"),
+    (["--crop", "--resize", "stretch"], r"--crop and --resize stretch contradict each other: .*; keep one$"),
 ]
 
 

@@ -75,6 +75,14 @@ def multi_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def stretch_run(tmp_path_factory):
+    """(run folder, data folder) of a binary run trained with --resize stretch on non-square images."""
+    data_dir = tmp_path_factory.mktemp("val-stretch") / "my_data"
+    write_dataset(data_dir, 12, seed=4)
+    return train_tiny(data_dir, f"pytest-val-stretch-{os.getpid()}", "--resize", "stretch"), data_dir
+
+
+@pytest.fixture(scope="module")
 def onnx_model(binary_run):
     checkpoint = binary_run[0] / "best-checkpoint.pth.tar"
     assert export.main(export.parse_args(["--model", str(checkpoint)])) == 0
@@ -132,6 +140,24 @@ def test_checkpoint_reproduces_test_results_json(binary_run, tmp_path, capsys):
     assert table[3].startswith("foreground (train.py's)") and f"{got['test/dice']:.4f}" in table[3]
     assert lines[-1].endswith(f"results in {folder}: val_results.json, confusion_matrix.png, per_image.csv")
     assert "val: 100%" in err  # tqdm's progress over the batches
+
+
+def test_stretch_trained_checkpoint_reproduces_test_results_json(stretch_run, tmp_path, capsys):
+    """A --resize stretch model is evaluated on stretched images, as train.py tested it, and its masks go
+    back to each image's own size."""
+    run_dir, _ = stretch_run
+    checkpoint = load_checkpoint(run_dir / "best-checkpoint.pth.tar")
+    assert checkpoint["meta"]["input_mode"] == "stretch" and checkpoint["config"]["resize"] == "stretch"
+    code, out, err, folder = run_val(capsys, tmp_path, "--model", run_dir / "best-checkpoint.pth.tar",
+                                     "--save-masks")
+    assert code == 0, err
+    got = results(folder)
+    assert_reproduces(stored_test_results(run_dir), got)
+    assert got["images"] == 3 and sum(row["pixels"] for row in got["per_class"]) == 3 * 64 * 64  # no padding
+    for image, _ in checkpoint["data"]["test"]:
+        height, width = cv2.imread(image).shape[:2]
+        assert height != width
+        assert cv2.imread(str(folder / "masks" / Path(image).name), cv2.IMREAD_UNCHANGED).shape == (height, width)
 
 
 def test_multiclass_with_ignore_index_reproduces_test_results_json(multi_run, tmp_path, capsys):
