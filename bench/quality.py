@@ -17,14 +17,15 @@ images at their original resolution; train.py's own printout is shown beside it 
 The sides:
   train.py   `python3 train.py` with only --encoder resnet18 --encoder-weights none, --patch-size,
              --batch-size, --epochs, --seed and the data flags (--data-dir, the split lists, --classes,
-             --ignore-index) given: augmentation, letterbox, loss, early stopping, workers are its defaults.
+             --ignore-index) given: augmentation, --resize (stretch), loss, early stopping, workers are its
+             defaults.
              --project, --name and --wandb-mode disabled only say where its files go. Its
              best-checkpoint.pth.tar is scored.
   train.py --crop  the same command plus --crop (issue 14): random patch crops at the images' own resolution,
              validation by sliding window; scored by sliding window over each whole image (detect.py's
              default overlap and weighting), so at full resolution too.
-  train.py --resize stretch  the same command plus --resize stretch: whole images resized to the square
-             patch, aspect ratio ignored, as the reference does; scored through the same stretch.
+  train.py --resize letterbox  the same command plus --resize letterbox (the default before stretch):
+             longest side scaled to the patch, padded; scored through the same letterbox.
   reference  the plain loop of the membrane README: images resized to the square patch and scaled to
              [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3),
              BCE with logits for one class, cross-entropy with the ignore index for several; the last
@@ -77,9 +78,9 @@ from segtoolkit.tiling import Tiler
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
 DATASETS = ("membrane", "synthetic")
-SIDES = ("train.py", "reference", "train.py --crop", "train.py --resize stretch")  # crop: issue 14, crops +
-# sliding window; stretch: whole images resized to the patch like the reference's, aspect ratio ignored
-DEFAULT_SIDES = SIDES[:3]  # stretch only on request: on the square membrane slices it is the letterbox side
+SIDES = ("train.py", "reference", "train.py --crop", "train.py --resize letterbox")  # crop: issue 14, crops +
+# sliding window; letterbox: the default before stretch, longest side to the patch and padding
+DEFAULT_SIDES = SIDES[:3]  # letterbox only on request: on the square membrane slices it is the default side
 STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
 
 
@@ -341,7 +342,7 @@ def machine_lines(setting, results):
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize stretch", "train.py_stretch")
+    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox", "train.py_letterbox")
             for line in lines]  # one word a field
 
 
@@ -358,7 +359,8 @@ def make_parser(description, choose_dataset=True):
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(DEFAULT_SIDES),
                         help="which sides to train (default: the first three; 'train.py --crop' is issue 14's crop "
                              "training with sliding-window evaluation, scored at full resolution too; 'train.py "
-                             "--resize stretch' trains and scores on images stretched to the patch)")
+                             "--resize letterbox' trains and scores on letterboxed images, the default before "
+                             "stretch)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,

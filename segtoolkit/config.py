@@ -57,7 +57,8 @@ class RunConfig:
     test_split: float = 0.0
     patch_size: int = 256
     crop: bool = False
-    resize: str = "letterbox"  # or "stretch"; meta input_mode says the same for detect.py and val.py
+    resize: str = "letterbox"  # or "stretch" (train.py's default; letterbox here for configurations stored before
+    # --resize existed, which were all letterboxed); meta input_mode says the same for detect.py and val.py
     scale: float = 1.0
     cache: str = "ram"
     cache_dir: str | None = None
@@ -113,6 +114,8 @@ class RunConfig:
                 raise UserError(f"--no-augment and --augment {values['augment']} contradict each other; keep one")
             values["augment"] = "none"
         values.update(class_table(values, getattr(args, "given", ())))
+        if values.get("resize", "") is None:  # --resize not given: stretch, unless --crop (no whole images)
+            values["resize"] = "letterbox" if values.get("crop") else "stretch"
         config = cls(**values)
         config.check()
         return config

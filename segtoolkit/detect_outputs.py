@@ -35,7 +35,8 @@ from segtoolkit.sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
-REPAINT_SECONDS = 1.0  # an image waiting for a key is drawn again this often (Viewer.show)
+REPAINT_SECONDS = 1.0  # an image waiting for a key is drawn again this often (Viewer)
+SETTLE_SECONDS = 1.0  # a window's size is set again once, this long after it was made (Viewer)
 
 
 FILE_COLUMNS = ("image_file", "mask_file", "video_file")
@@ -296,25 +297,37 @@ def check_display():
 
 
 class Viewer:
-    """OpenCV windows: one per video or stream, one shared by images (which wait for a key)."""
+    """OpenCV windows: one per video or stream, one shared by images (which wait for a key).
+
+    Under Xvfb a new Qt window sometimes never showed a single frame (all black for as long as it was watched,
+    though imshow went on): in a probe of 7- to 30-second windows on a 2-core machine, 12 of 60 stayed black,
+    most while the machine was busy, and none of 22 whose size was set again one second after they opened,
+    though those ran while it was quieter: a likely cure, not a proven one. So each window's size is set again
+    once, SETTLE_SECONDS after it was made, and an image waiting for its key is drawn again every
+    REPAINT_SECONDS."""
 
     def __init__(self):
-        self.windows = set()
+        self.windows = {}  # name: [size, when made, whether its size was set again]
 
     def window(self, frame, size):
         name = "detect.py" if frame.is_image else f"detect.py {frame.path}"
         if name not in self.windows:
             cv2.namedWindow(name, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
-            self.windows.add(name)
             height, width = size
             zoom = max(1.0, MIN_WINDOW_SIDE / max(height, width))
-            cv2.resizeWindow(name, round(width * zoom), round(height * zoom))
+            self.windows[name] = [(round(width * zoom), round(height * zoom)), time.monotonic(), False]
+            cv2.resizeWindow(name, *self.windows[name][0])
         return name
 
+    def settle(self, name):
+        """Set the window's size again, once, SETTLE_SECONDS after it was made (see the class)."""
+        state = self.windows[name]
+        if not state[2] and time.monotonic() - state[1] >= SETTLE_SECONDS:
+            state[2] = True
+            cv2.resizeWindow(name, *state[0])
+
     def show(self, frame, annotated, stop_event):
-        """Show a frame; False when the user quits (q, Esc or closing the window). An image waiting for its key
-        is drawn again every REPAINT_SECONDS: on a busy machine a window can miss the paint that follows its
-        last resize and stay black until then (seen under Xvfb at load 6 on 2 cores)."""
+        """Show a frame; False when the user quits (q, Esc or closing the window)."""
         name = self.window(frame, annotated.shape[:2])
         shown = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
         cv2.imshow(name, shown)
@@ -322,6 +335,7 @@ class Viewer:
             cv2.setWindowTitle(name, f"detect.py {frame.path} (any key: next, q: quit)")
         drawn = time.monotonic()
         while True:
+            self.settle(name)
             if frame.is_image and time.monotonic() - drawn > REPAINT_SECONDS:
                 cv2.imshow(name, shown)
                 drawn = time.monotonic()

@@ -158,6 +158,16 @@ def test_finished_run_given_to_load_model_fine_tunes_in_a_new_run(my_data, run_n
     assert fingerprint(finished) == before  # nothing of the finished run was rewritten
 
 
+def test_a_new_run_stretches_by_default_and_a_stored_run_without_resize_was_letterboxed():
+    """train.py's default is --resize stretch (--crop: tiles); a configuration stored before --resize existed
+    was letterboxed, and resumes so."""
+    import train
+    modes = {tuple(argv): config.RunConfig.from_namespace(train.parse_args(argv)).input_mode
+             for argv in ([], ["--crop"], ["--resize", "letterbox"])}
+    assert modes == {(): "stretch", ("--crop",): "tile", ("--resize", "letterbox"): "letterbox"}
+    assert config.RunConfig.from_dict({"model": "Unet"}).input_mode == "letterbox"
+
+
 def test_fine_tune_keeps_the_checkpoints_input_mode_unless_one_is_given():
     """The weights were trained on stretched (or cropped) images: a fine-tune sees them the same way, unless
     --resize or --crop is given, which then replaces the checkpoint's input mode whole."""
