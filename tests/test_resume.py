@@ -115,7 +115,7 @@ def test_resume_refuses_flags_that_would_change_the_run_and_touches_nothing(inte
                          (["--data-dir", SAMPLE], f"--data-dir {SAMPLE} differs from the run being resumed "
                                                   f"({my_data})"),
                          (["--name", "other"], "--name other differs"),
-                         (["--resize", "stretch"], "--resize stretch differs from the run being resumed (letterbox)")):
+                         (["--resize", "letterbox"], "--resize letterbox differs from the run being resumed (stretch)")):
         code, out, err = run_in_process(capsys, "--load-model", checkpoint, *flags)
         assert code == 2, err[-2000:]
         assert err.count("\n") == 1 and err.startswith(f"error: {named}"), err

@@ -62,7 +62,8 @@ def binary_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
-    """(run folder, data folder) of a 4-class run whose masks hold a void label 255 in every image."""
+    """(run folder, data folder) of a 4-class letterboxed run whose masks hold a void label 255 in every image
+    (letterboxed, so that the padding is there to be left out)."""
     data_dir = tmp_path_factory.mktemp("val-multi") / "my_data"
     for path in write_dataset(data_dir, 12, seed=2, classes=4):
         mask_path = data_dir / "masks" / path.name
@@ -70,7 +71,7 @@ def multi_run(tmp_path_factory):
         mask[: mask.shape[0] // 4, : mask.shape[1] // 3] = 255  # void: counted nowhere
         cv2.imwrite(str(mask_path), mask)
     run_dir = train_tiny(data_dir, f"pytest-val-multi-{os.getpid()}", "--classes", "4", "--ignore-index", "255",
-                         "--loss", "ce+dice", "--class-weights", "auto")
+                         "--loss", "ce+dice", "--class-weights", "auto", "--resize", "letterbox")
     return run_dir, data_dir
 
 
