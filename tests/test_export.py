@@ -400,7 +400,9 @@ def test_detect_runs_the_openvino_file_with_no_extra_flags(checkpoint, exported_
 
 def test_float32_onnx_export_reports_its_masks_agreement(checkpoint, tmp_path, capsys, monkeypatch):
     """--check-images: the IoU against PyTorch on those images; below 0.99 a warning (forced here by a stand-in
-    for the IoU: a float32 file agrees)."""
+    for the IoU: a float32 file agrees). The CPU is taken as one without bfloat16, so that only the file's own
+    check runs (test_openvino_export_on_a_bfloat16_cpu_also_reports_half covers the --half lines)."""
+    monkeypatch.setattr(export, "native_bfloat16", lambda: [])
     output = tmp_path / "checked.onnx"
     args = ["--model", str(checkpoint), "--output", str(output), "--check-images", str(SAMPLE / "imgs"),
             "--patch-size", "32"]

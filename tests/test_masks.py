@@ -30,7 +30,7 @@ from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.classes import load_mask_colors
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.imaging import is_stretched, preprocess_image, read_image, unletterbox
 from segtoolkit.masks import binary_mask, palette_png, read_mask
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit.onnx_runtime import load_onnx
@@ -110,7 +110,8 @@ def plain_argmax(checkpoint_path, image_path):
     """The model's argmax for one image at its original size, as detect.py --conf-thres 0 computes it."""
     checkpoint = load_checkpoint(checkpoint_path)
     meta, model = checkpoint["meta"], model_from_checkpoint(checkpoint).eval()
-    tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"])
+    tensor, box = preprocess_image(read_image(image_path), meta["patch_size"], meta["mean"], meta["std"],
+                                   stretch=is_stretched(meta))
     with torch.inference_mode():
         logits = model(tensor.unsqueeze(0))[0]
     return unletterbox(logits.argmax(0).to(torch.uint8).numpy(), box)
