@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
+from servers import wait_until
 
 
 def one_hot_logits(predicted, classes):
@@ -89,6 +90,12 @@ def test_wandb_gets_no_nan(tmp_path):
     logger.log({"epoch": 1, "val/loss": 0.5, "val/dice": math.nan, "val/dice_b": math.nan}, step=1)
     logger.summary({"test/dice": math.nan, "test/loss": 0.4})
     logger.finish()
-    history, _, summary = logged_keys(tmp_path)
+    # wandb's service may still be writing the run's file when finish() returns on a busy machine (its history
+    # was seen empty once, under load): the file is read until both the history and the summary are in it
+    def written():
+        keys = logged_keys(tmp_path)
+        return keys if keys[0] and keys[2] else None
+    history, _, summary = wait_until(written, 120, interval=0.5,
+                                     what=lambda: f"the offline run file holds only {logged_keys(tmp_path)}")
     assert {"epoch", "val/loss"} <= history and not {"val/dice", "val/dice_b"} & history
     assert "test/loss" in summary and "test/dice" not in summary
