@@ -302,9 +302,9 @@ class Viewer:
     Under Xvfb a new Qt window sometimes never showed a single frame (all black for as long as it was watched,
     though imshow went on): in a probe of 7- to 30-second windows on a 2-core machine, 12 of 60 stayed black,
     most while the machine was busy, and none of 22 whose size was set again one second after they opened,
-    though those ran while it was quieter: a likely cure, not a proven one. So each window's size is set again
-    once, SETTLE_SECONDS after it was made, and an image waiting for its key is drawn again every
-    REPAINT_SECONDS."""
+    though those ran while it was quieter. So each window's size is set again once, SETTLE_SECONDS after it
+    was made, and an image waiting for its key is drawn again every REPAINT_SECONDS. Not a cure: with both, a
+    test run beside a training run still saw a stream's window black for 120 s (the cause is not known)."""
 
     def __init__(self):
         self.windows = {}  # name: [size, when made, whether its size was set again]
