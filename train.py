@@ -30,7 +30,7 @@ from dataset import make_dataset
 from segtoolkit import distributed
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.cli import HelpFormatter, StopRequest, parse_with_given, run_command
-from segtoolkit.config import REPO, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
+from segtoolkit.config import REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
@@ -528,7 +528,7 @@ def add_data_flags(data):
     data.add_argument("--patch-size", type=int, default=256,
                       help="square training size, a multiple of 32; images are resized into it (see --resize; "
                            "with --crop: the size of the crops, and of the tiles of evaluation and detection)")
-    data.add_argument("--resize", default=None, choices=("letterbox", "stretch"),
+    data.add_argument("--resize", default=None, choices=RESIZE_MODES,
                       help="how a whole image fits the patch: stretch (default) resizes it to patch x patch "
                            "ignoring the aspect ratio, no padding: every pixel row and column of the patch is "
                            "image, which scored best on the street-scene benchmark (README); letterbox scales its "

@@ -342,7 +342,8 @@ def machine_lines(setting, results):
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox", "train.py_letterbox")
+    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox",
+                                                                     "train.py_letterbox")
             for line in lines]  # one word a field
 
 
