@@ -110,9 +110,9 @@ class UnetTraining:
         self.train_sampler.set_epoch(self.epoch)
         self.train_sampler.skip = self.step_in_epoch
         stats = self.new_stats()
-        bar = tqdm(self.train_loader, total=len(self.train_loader), leave=True, dynamic_ncols=True,
+        bar = tqdm(total=len(self.train_loader), leave=True, dynamic_ncols=True,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.process.is_main)
-        for images, masks in guarded_batches(bar, self.train_loader, "training", self.resume_hint):
+        for images, masks in guarded_batches(self.train_loader, "training", self.resume_hint, bar):
             loss = self.train_step(images, masks, stats)
             self.step_in_epoch += 1
             self.global_step += 1
@@ -222,7 +222,7 @@ class UnetTraining:
             return evaluate_tiled(model, dataset, ShardSampler(dataset, self.process), tile=self.config.patch_size,
                                   overlap=self.config.tile_overlap, tile_batch=self.config.tile_batch, **common)
         loader = self.val_loader if prefix == "val" else self.test_loader
-        batches = guarded_batches(loader, loader, prefix, lambda: self.resume_hint(prefix))
+        batches = guarded_batches(loader, prefix, lambda: self.resume_hint(prefix))
         return evaluate(model, batches, ignore_index=self.config.ignore_index, **common)
 
     def test(self):

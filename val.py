@@ -329,8 +329,8 @@ def score(predictor, dataset, settings, folder, save_masks, workers, stop):
             masks.add(predicted)
 
     hint = "no results were written"
-    bar = tqdm(loader, total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
-    batches = until_stopped(guarded_batches(bar, loader, "evaluation", lambda: hint), stop)
+    bar = tqdm(total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
+    batches = until_stopped(guarded_batches(loader, "evaluation", lambda: hint, bar), stop)
     with worker_crash_as_error(lambda: hint):
         stats = accumulate(predictor, batches, ConfusionStats(settings.classes, settings.ignore_index),
                            criterion=criterion, on_batch=on_batch)

@@ -4,7 +4,7 @@ sharder, and a wrapper that turns a failure while loading into one line naming t
 Usage:
     train_loader, val_loader, test_loader = make_loaders(train_set, val_set, test_set, batch_size=8, workers=2,
                                                          seed=0, process=Process(), pin_memory=False)
-    for images, masks in guarded_batches(train_loader, train_loader, "training", hint=lambda: "resume with ..."):
+    for images, masks in guarded_batches(train_loader, "training", hint=lambda: "resume with ..."):
         ...
 """
 
@@ -76,21 +76,47 @@ def ignore_sigint_in_worker(_):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def guarded_batches(iterable, loader, split, hint):
-    """Iterate a DataLoader (or a progress bar over one); a failure while loading a batch becomes a
-    one-line RunFailure naming the batch's files, so a crash hours in says what to fix. `hint()` says what
-    is left (the checkpoint to resume from)."""
+def guarded_batches(loader, split, hint, bar=None):
+    """Iterate a DataLoader (advancing a tqdm `bar` made with its total, if given); a failure while loading a
+    batch becomes a one-line RunFailure naming the batch's files, so a crash hours in says what to fix.
+    `hint()` says what is left (the checkpoint to resume from)."""
     iterator = None
-    for number in itertools.count():
-        try:
-            if iterator is None:  # iter() starts or resumes the workers, and meets a dead one first
-                iterator = iter(iterable)
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except Exception as error:  # noqa: BLE001 - raised by the dataset, in this process or a worker
-            raise RunFailure(loading_failure(error, loader, split, number, hint())) from None
-        yield batch
+    try:
+        for number in itertools.count():
+            try:
+                if iterator is None:  # iter() starts or resumes the workers, and meets a dead one first
+                    iterator = iter(loader)
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - raised by the dataset, in this process or a worker
+                shut_down_workers(iterator if iterator is not None else getattr(loader, "_iterator", None))
+                raise RunFailure(loading_failure(error, loader, split, number, hint())) from None
+            try:
+                yield batch
+            except GeneratorExit:  # the loop was left; if a worker died (worker_crash_as_error), end them now
+                if any(not worker.is_alive() for worker in getattr(iterator, "_workers", [])):
+                    shut_down_workers(iterator)
+                raise
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:  # before an error line, so that the bar's last state does not follow it
+            bar.close()
+
+
+def shut_down_workers(iterator):
+    """Stop a DataLoader iterator's workers now, after a failure. Left to torch, this happens when the iterator
+    is collected (often at exit), where torch's SIGCHLD check of the dead worker raises inside __del__ and
+    prints "Exception ignored" and a traceback after our one-line error. Here that raise is expected: the
+    clean-up (its `finally`) has run by then, and the later __del__ does nothing."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is None:  # no workers (num_workers=0) or not a DataLoader
+        return
+    try:
+        shutdown()
+    except RuntimeError:  # "DataLoader worker (pid N) is killed by signal": the failure being reported
+        pass
 
 
 def loading_failure(error, loader, split, number, hint):

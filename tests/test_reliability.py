@@ -9,6 +9,7 @@ that stderr is one line.
 """
 
 import ast
+import copy
 import csv
 import hashlib
 import math
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import train
 from dataset import SegmentationDataset, make_dataset
@@ -588,14 +590,68 @@ def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_pa
     """A worker killed late fails the next() that would have ended the epoch: there is no batch to name."""
     trainer = small_trainer(data, tmp_path)
 
-    def loader_that_dies_at_the_end():
-        yield from trainer.train_loader
-        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    class DiesAtTheEnd(DataLoader):
+        def __iter__(self):
+            yield from super().__iter__()
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    loader = copy.copy(trainer.train_loader)
+    loader.__class__ = DiesAtTheEnd
     with pytest.raises(RunFailure) as error:
-        list(guarded_batches(loader_that_dies_at_the_end(), trainer.train_loader, "training", trainer.resume_hint))
+        list(guarded_batches(loader, "training", trainer.resume_hint))
     assert str(error.value) == ("loading training data after batch 2 failed: DataLoader worker (pid(s) 4242) exited "
                                 "unexpectedly; a killed worker? lower --workers or --batch-size; no checkpoint was "
                                 "saved yet")
+
+
+class WorkerIterator:
+    """Stands for torch's multi-process DataLoader iterator: batches, then a failure; its shutdown meets the
+    dead worker's SIGCHLD check, as torch's does."""
+
+    def __init__(self, batches, failure, worker_alive):
+        self.batches, self.failure, self.shut_down = list(batches), failure, False
+        self._workers = [type("Worker", (), {"is_alive": lambda _: worker_alive})()]
+
+    def __next__(self):
+        if self.batches:
+            return self.batches.pop(0)
+        raise self.failure
+
+    def _shutdown_workers(self):
+        self.shut_down = True
+        raise RuntimeError("DataLoader worker (pid 7433) is killed by signal: Killed.")
+
+
+def loader_with(trainer, iterator):
+    class Loader(DataLoader):
+        def __iter__(self):
+            return iterator
+    loader = copy.copy(trainer.train_loader)
+    loader.__class__ = Loader
+    return loader
+
+
+def test_a_batch_failing_shuts_the_workers_down_before_the_one_line_error(data, tmp_path):
+    """Left to torch, the iterator is shut down when collected, often at exit, where its check of the dead worker
+    raises in __del__ and prints "Exception ignored" and a traceback after train.py's one-line error."""
+    trainer = small_trainer(data, tmp_path)
+    iterator = WorkerIterator(["batch 1"], ConnectionResetError(104, "Connection reset by peer"), worker_alive=False)
+    with pytest.raises(RunFailure) as error:
+        list(guarded_batches(loader_with(trainer, iterator), "training", trainer.resume_hint))
+    assert iterator.shut_down
+    assert str(error.value).startswith("loading training batch 2 (images ") and "Connection reset by peer" in \
+        str(error.value)
+
+
+@pytest.mark.parametrize("worker_alive", [False, True])
+def test_a_loop_left_after_a_worker_died_shuts_the_workers_down(data, tmp_path, worker_alive):
+    """worker_crash_as_error's case: the dead worker is reported in the loop's body and the loop is left; the
+    workers are shut down then, but only when one is dead (persistent workers serve the next epoch)."""
+    trainer = small_trainer(data, tmp_path)
+    iterator = WorkerIterator(["batch 1", "batch 2"], StopIteration(), worker_alive=worker_alive)
+    batches = guarded_batches(loader_with(trainer, iterator), "training", trainer.resume_hint)
+    assert next(batches) == "batch 1"
+    batches.close()
+    assert iterator.shut_down is not worker_alive
 
 
 def test_files_deleted_mid_run_do_not_matter_samples_are_in_memory(data):
