@@ -9,7 +9,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 if [ "$dev" = 1 ]; then
-  debs=(xvfb x11-utils xdotool imagemagick ffmpeg openssl python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
+  debs=(xvfb openbox x11-utils xdotool imagemagick ffmpeg openssl python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-rtsp)
   missing=()
   for deb in "${debs[@]}"; do dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb"); done

@@ -19,7 +19,6 @@ import contextlib
 import csv
 import os
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -35,8 +34,6 @@ from segtoolkit.sources import VIDEO_SUFFIXES, safe_name
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
 MIN_WINDOW_SIDE = 480
-REPAINT_SECONDS = 1.0  # an image waiting for a key is drawn again this often (Viewer)
-SETTLE_SECONDS = 1.0  # a window's size is set again once, this long after it was made (Viewer)
 
 
 FILE_COLUMNS = ("image_file", "mask_file", "video_file")
@@ -299,15 +296,14 @@ def check_display():
 class Viewer:
     """OpenCV windows: one per video or stream, one shared by images (which wait for a key).
 
-    Under Xvfb a new Qt window sometimes never showed a single frame (all black for as long as it was watched,
-    though imshow went on): in a probe of 7- to 30-second windows on a 2-core machine, 12 of 60 stayed black,
-    most while the machine was busy, and none of 22 whose size was set again one second after they opened,
-    though those ran while it was quieter. So each window's size is set again once, SETTLE_SECONDS after it
-    was made, and an image waiting for its key is drawn again every REPAINT_SECONDS. Not a cure: with both, a
-    test run beside a training run still saw a stream's window black for 120 s (the cause is not known)."""
+    On an X server without a window manager (bare Xvfb) a new Qt window sometimes never shows a frame:
+    Qt misses the window's first expose and draws nothing until it is mapped again. In a probe on a loaded
+    2-core machine 13 of 44 cv2 windows stayed black for 5 s and more on bare Xvfb (unmapping and mapping
+    them again, or a new window, showed the frame at once; setting the size again did not), 0 of 21 with
+    openbox running. Desktops have a window manager; the tests run one on their Xvfb (tests/servers.py)."""
 
     def __init__(self):
-        self.windows = {}  # name: [size, when made, whether its size was set again]
+        self.windows = set()
 
     def window(self, frame, size):
         name = "detect.py" if frame.is_image else f"detect.py {frame.path}"
@@ -315,30 +311,17 @@ class Viewer:
             cv2.namedWindow(name, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
             height, width = size
             zoom = max(1.0, MIN_WINDOW_SIDE / max(height, width))
-            self.windows[name] = [(round(width * zoom), round(height * zoom)), time.monotonic(), False]
-            cv2.resizeWindow(name, *self.windows[name][0])
+            cv2.resizeWindow(name, round(width * zoom), round(height * zoom))
+            self.windows.add(name)
         return name
-
-    def settle(self, name):
-        """Set the window's size again, once, SETTLE_SECONDS after it was made (see the class)."""
-        state = self.windows[name]
-        if not state[2] and time.monotonic() - state[1] >= SETTLE_SECONDS:
-            state[2] = True
-            cv2.resizeWindow(name, *state[0])
 
     def show(self, frame, annotated, stop_event):
         """Show a frame; False when the user quits (q, Esc or closing the window)."""
         name = self.window(frame, annotated.shape[:2])
-        shown = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
-        cv2.imshow(name, shown)
+        cv2.imshow(name, cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
         if frame.is_image:
             cv2.setWindowTitle(name, f"detect.py {frame.path} (any key: next, q: quit)")
-        drawn = time.monotonic()
         while True:
-            self.settle(name)
-            if frame.is_image and time.monotonic() - drawn > REPAINT_SECONDS:
-                cv2.imshow(name, shown)
-                drawn = time.monotonic()
             key = cv2.waitKey(100 if frame.is_image else 1)
             key = key & 0xFF if key != -1 else -1
             if key in QUIT_KEYS or cv2.getWindowProperty(name, cv2.WND_PROP_VISIBLE) < 1:

@@ -864,25 +864,26 @@ def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server,
     assert (frames, width, height) == (len(rows), 192, 128) and fps == pytest.approx(10, rel=0.2)  # playable, whole
 
 
-def test_an_image_waiting_for_its_key_is_drawn_again(monkeypatch):
-    """The waiting image is shown again every REPAINT_SECONDS and the window's size set again once after
-    SETTLE_SECONDS: what kept windows from staying black under Xvfb (cv2's window calls recorded, no display)."""
+def test_an_image_window_is_enlarged_and_waits_for_its_key(monkeypatch):
+    """cv2's window calls recorded, no display: a small image gets a window 480 px on its long side, and
+    show() returns only once a key comes (q would quit)."""
     from segtoolkit import detect_outputs
     calls, keys = [], iter([-1] * 6 + [ord("n")])
     fake = {"namedWindow": lambda *a: calls.append("namedWindow"),
             "resizeWindow": lambda name, width, height: calls.append(("resizeWindow", width, height)),
             "imshow": lambda name, image: calls.append(("imshow", image.shape)),
             "setWindowTitle": lambda *a: None, "getWindowProperty": lambda *a: 1.0,
-            "waitKey": lambda delay: (time.sleep(0.02), next(keys))[1]}
+            "waitKey": lambda delay: next(keys)}
     for name, function in fake.items():
         monkeypatch.setattr(detect_outputs.cv2, name, function)
-    monkeypatch.setattr(detect_outputs, "REPAINT_SECONDS", 0.05)
-    monkeypatch.setattr(detect_outputs, "SETTLE_SECONDS", 0.05)
     frame = Frame("a.png", None, np.zeros((30, 40, 3), np.uint8), None, 0, 1, None)
-    assert detect_outputs.Viewer().show(frame, np.zeros((30, 40, 3), np.uint8), threading.Event()) is True
-    assert calls.count(("imshow", (30, 40, 3))) >= 2  # drawn again while waiting for the key
-    assert calls.count(("resizeWindow", 480, 360)) == 2  # enlarged to 480 wide, and that size set again once
+    viewer = detect_outputs.Viewer()
+    assert viewer.show(frame, np.zeros((30, 40, 3), np.uint8), threading.Event()) is True
+    assert calls == ["namedWindow", ("resizeWindow", 480, 360), ("imshow", (30, 40, 3))]
     assert next(keys, None) is None  # the key ended the wait
+    keys = iter([ord("q")])
+    assert viewer.show(frame, np.zeros((30, 40, 3), np.uint8), threading.Event()) is False  # q quits
+    assert calls.count("namedWindow") == 1  # one window for every image
 
 
 def test_view_img_image_waits_for_a_key(trained_checkpoint, easy_held_out, xvfb_display, tmp_path):
