@@ -60,6 +60,8 @@ class RunConfig:
     resize: str = "letterbox"  # or "stretch" (train.py's default; letterbox here for configurations stored before
     # --resize existed, which were all letterboxed); meta input_mode says the same for detect.py and val.py
     scale: float = 1.0
+    crops_per_image: int | None = 1  # --crop: crops of every image an epoch; None: auto (train.py resolves it
+    # from the images' area before the run starts; configurations stored before it existed drew one)
     cache: str = "ram"
     cache_dir: str | None = None
     classes: int = 1
@@ -218,6 +220,12 @@ class RunConfig:
             raise UserError(f"--scale {self.scale} must be in (0, 1]: the factor images are shrunk by before --crop")
         if self.scale != 1 and not self.crop:
             raise UserError(f"--scale {self.scale} goes with --crop (letterboxing already fits images to the patch)")
+        if self.crops_per_image is not None:
+            if self.crops_per_image < 1:
+                raise UserError(f"--crops-per-image {self.crops_per_image} must be at least 1")
+            if self.crops_per_image != 1 and not self.crop:
+                raise UserError(f"--crops-per-image {self.crops_per_image} goes with --crop (without it every "
+                                f"sample is a whole image)")
         if self.cache not in CACHE_MODES:
             raise UserError(f"--cache {self.cache}: choose one of {', '.join(CACHE_MODES)}")
         if not 0 <= self.tile_overlap < 1:

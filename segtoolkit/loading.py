@@ -36,14 +36,16 @@ class ResumableSampler(DistributedSampler):
     yields (index, augmentation seed): the seed depends on the run's seed, the epoch and the sample only, so
     augmentation is the same with any number of DataLoader workers and after a resume."""
 
-    def __init__(self, dataset, shuffle, seed, process, batch_size=1):
-        super().__init__(dataset, num_replicas=process.world_size, rank=process.rank, shuffle=shuffle,
-                         seed=seed, drop_last=shuffle)
-        self.batch_size, self.skip = batch_size, 0
+    def __init__(self, dataset, shuffle, seed, process, batch_size=1, repeats=1):
+        # `repeats` (--crops-per-image) draws every sample that many times an epoch, each with its own seed
+        # (so its own crop), shuffled among the others: entry v of the epoch is sample v % len(dataset)
+        super().__init__(range(len(dataset) * repeats), num_replicas=process.world_size, rank=process.rank,
+                         shuffle=shuffle, seed=seed, drop_last=shuffle)
+        self.samples, self.batch_size, self.skip = len(dataset), batch_size, 0
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.skip * self.batch_size:]
-        return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
+        entries = list(super().__iter__())[self.skip * self.batch_size:]
+        return iter([(entry % self.samples, sample_seed(self.seed, self.epoch, entry)) for entry in entries])
 
     def __len__(self):
         return self.num_samples - self.skip * self.batch_size
@@ -54,12 +56,13 @@ def sample_seed(seed, epoch, index):
     return hash((seed, epoch, index)) % 2 ** 32
 
 
-def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory):
-    """(train, val, test) DataLoaders: training shuffled per epoch and resumable mid-epoch, incomplete
-    batches dropped; evaluation sharded exactly over the processes (None for an empty split)."""
+def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory, repeats=1):
+    """(train, val, test) DataLoaders: training shuffled per epoch (every sample `repeats` times) and resumable
+    mid-epoch, incomplete batches dropped; evaluation sharded exactly over the processes (None for an empty
+    split)."""
     options = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                    worker_init_fn=ignore_sigint_in_worker if workers > 0 else None)
-    sampler = ResumableSampler(train_set, True, seed, process, batch_size)
+    sampler = ResumableSampler(train_set, True, seed, process, batch_size, repeats)
     train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **options)
 
     def evaluation(dataset, persistent):

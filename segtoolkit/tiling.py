@@ -1,8 +1,8 @@
 """Sliding-window inference: an image of any size segmented at full resolution by tiles of the model's patch
-size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap,
-as MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile
-at a time, so memory holds the uint8 image, the result and one row band of tiles, never a float copy of the
-whole image.
+size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap, as
+MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile at
+a time, so memory holds the uint8 image, the result and one or two row bands of tiles, never a float copy of
+the whole image.
 
 Usage:
     tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"])
@@ -65,8 +65,7 @@ class Tiler:
     def logits(self, image):
         """float32 CxHxW logits of a uint8 RGB HxWx3 image, at its size."""
         height, width = image.shape[:2]
-        bands = [self.band(image, top) for top in tile_starts(height, self.tile, self.stride)]
-        return self.assemble(bands, height, width)
+        return self.assemble(list(self.bands(image)), height, width)
 
     def mask(self, image, conf_thres=0.5):
         """uint8 HxW class indices of a uint8 RGB HxWx3 image: rows are finished (logits to classes) as soon
@@ -94,30 +93,39 @@ class Tiler:
         height, width = image.shape[:2]
         pending, done = [], 0
         tops = tile_starts(height, self.tile, self.stride)
-        for number, top in enumerate(tops):
-            pending.append(self.band(image, top))
+        for number, band in enumerate(self.bands(image)):
+            pending.append(band)
             finished = height if number == len(tops) - 1 else tops[number + 1]
             if finished > done:
                 yield done, finished, self.assemble(pending, height, width, rows=(done, finished))
                 done = finished
                 pending = [band for band in pending if band[0] + band[1].shape[1] > done]
 
-    def band(self, image, top):
-        """(top, summed weighted logits CxTxW, summed weights TxW) of one row of tiles starting at `top`."""
+    def bands(self, image):
+        """(top, summed weighted logits CxTxW, summed weights TxW) of each row of tiles, top to bottom. Tiles go
+        through the model `batch` at a time in reading order, across rows, so every forward pass but the last
+        is full (a row of 5 tiles in batches of 4 would make every other pass a single tile); a row is given
+        as soon as its last tile is done, so memory holds one or two rows, never the image's logits."""
         height, width = image.shape[:2]
-        rows = min(self.tile, height - top)
         lefts = tile_starts(width, self.tile, self.stride)
-        tiles = [self.tile_input(image, top, left) for left in lefts]
-        logits = torch.cat([self.predictor(torch.stack(tiles[start:start + self.batch]))
-                            for start in range(0, len(tiles), self.batch)])
-        total = torch.zeros(logits.shape[1], rows, width)
-        weight = torch.zeros(rows, width)
-        for left, tile_logits in zip(lefts, logits):
-            columns = min(self.tile, width - left)
-            w = self.weights[:rows, :columns]
-            total[:, :, left:left + columns] += tile_logits[:, :rows, :columns] * w
-            weight[:, left:left + columns] += w
-        return top, total, weight
+        places = [(top, left) for top in tile_starts(height, self.tile, self.stride) for left in lefts]
+        rows = {}  # top: [summed weighted logits, summed weights, tiles still to come]
+        for start in range(0, len(places), self.batch):
+            chunk = places[start:start + self.batch]
+            logits = self.predictor(torch.stack([self.tile_input(image, top, left) for top, left in chunk]))
+            for (top, left), tile_logits in zip(chunk, logits):
+                height_here, columns = min(self.tile, height - top), min(self.tile, width - left)
+                if top not in rows:
+                    rows[top] = [torch.zeros(logits.shape[1], height_here, width), torch.zeros(height_here, width),
+                                 len(lefts)]
+                row = rows[top]
+                w = self.weights[:height_here, :columns]
+                row[0][:, :, left:left + columns] += tile_logits[:, :height_here, :columns] * w
+                row[1][:, left:left + columns] += w
+                row[2] -= 1
+                if row[2] == 0:
+                    del rows[top]
+                    yield top, row[0], row[1]
 
     def tile_input(self, image, top, left):
         """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value

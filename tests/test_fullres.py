@@ -197,9 +197,15 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
         write_pair(data, f"s{index}", image, mask)
     code = train.main(train.parse_args([*TINY, "--data-dir", str(data), "--search-files", "--val-split", "0.34",
                                         "--epochs", "1", "--crop", "--cache", "disk", "--name", run_name]))
-    assert code == 0, capsys.readouterr().err[-2000:]
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
     checkpoint = load_checkpoint(RUNS / run_name / "best-checkpoint.pth.tar")
     assert checkpoint["meta"]["input_mode"] == "tile" and checkpoint["config"]["crop"] is True
+    # an epoch draws as many crops of each image as its area holds patches (about 4 here), and stores it
+    train_images = [cv2.imread(image).shape[:2] for image, _ in checkpoint["data"]["train"]]
+    crops = round(np.mean([height * width for height, width in train_images]) / 64 ** 2)
+    assert crops >= 3 and checkpoint["config"]["crops_per_image"] == crops
+    assert f"1 epochs x {len(train_images) * crops // 2} steps at patch 64 ({crops} crops per image)" in out
     # detect.py picks sliding-window inference from the checkpoint, with no flag: masks at each image's size
     image_path = data / "imgs" / "s5.png"
     summary = detect.run(model=RUNS / run_name / "best-checkpoint.pth.tar", source=image_path,
@@ -210,6 +216,29 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
     expected = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 4).mask(
         cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB))
     assert written.shape == (140, 150) and np.array_equal(written > 0, expected > 0)
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_an_epoch_draws_every_sample_crops_per_image_times_each_with_its_own_seed(repeats):
+    from segtoolkit.distributed import Process
+    from segtoolkit.loading import ResumableSampler, sample_seed
+    sampler = ResumableSampler(range(10), True, 0, Process(), batch_size=2, repeats=repeats)
+    sampler.set_epoch(2)
+    drawn = list(sampler)
+    assert sorted(index for index, _ in drawn) == sorted(list(range(10)) * repeats) and len(sampler) == 10 * repeats
+    assert len({seed for _, seed in drawn}) == 10 * repeats  # each crop of a sample its own place
+    if repeats == 1:  # one crop per image: the epoch runs already stored (and resumed) drew, unchanged
+        assert all(seed == sample_seed(0, 2, index) for index, seed in drawn)
+    sampler.skip = 2  # a resume mid-epoch skips the batches done, counted in crops
+    assert list(sampler) == drawn[4:]
+
+
+def test_crops_per_image_goes_with_crop_only_and_is_at_least_one(capsys):
+    for flags, message in ((["--crops-per-image", "2"], "--crops-per-image 2 goes with --crop"),
+                           (["--crop", "--crops-per-image", "0"], "--crops-per-image 0 must be at least 1")):
+        assert train.main(train.parse_args([*TINY, "--epochs", "1", *flags])) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"error: {message}"), last
 
 
 def test_val_reproduces_a_crop_trained_runs_full_resolution_test_results(tmp_path, run_name, capsys):
