@@ -139,7 +139,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         top = int(rng.integers(0, max(height - self.patch_size, 0) + 1))
         left = int(rng.integers(0, max(width - self.patch_size, 0) + 1))
         window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
-        valid = np.ones(mask.shape[:2], np.uint8)[window]
+        valid = np.ones(mask[window].shape[:2], np.uint8)  # the window's size, not the image's (8000x6000: 48 MB)
         return tuple(pad_to_square(array[window], self.patch_size) for array in (image, mask, valid))
 
     def full_sample(self, index):
