@@ -241,6 +241,17 @@ def test_crops_per_image_goes_with_crop_only_and_is_at_least_one(capsys):
         assert last.startswith(f"error: {message}"), last
 
 
+def test_a_resume_keeps_its_crops_per_image_and_runs_stored_before_drew_one():
+    from segtoolkit.config import RunConfig
+    stored = RunConfig(crop=True, crops_per_image=3)
+    assert RunConfig(crop=True, crops_per_image=None).resumed(stored, set(), "run/checkpoint.pth.tar") \
+        .crops_per_image == 3
+    with pytest.raises(UserError, match=r"^--crops-per-image 2 differs from the run being resumed \(3\)"):
+        RunConfig(crop=True, crops_per_image=2).resumed(stored, {"crops_per_image"}, "run/checkpoint.pth.tar")
+    older = {key: value for key, value in stored.to_dict().items() if key != "crops_per_image"}
+    assert RunConfig.from_dict(older).crops_per_image == 1  # the sampler they were trained with
+
+
 def test_val_reproduces_a_crop_trained_runs_full_resolution_test_results(tmp_path, run_name, capsys):
     import json
 
