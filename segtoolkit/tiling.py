@@ -109,23 +109,20 @@ class Tiler:
         height, width = image.shape[:2]
         lefts = tile_starts(width, self.tile, self.stride)
         places = [(top, left) for top in tile_starts(height, self.tile, self.stride) for left in lefts]
-        rows = {}  # top: [summed weighted logits, summed weights, tiles still to come]
+        rows = {}  # top: (summed weighted logits, summed weights) of the rows whose tiles are coming
         for start in range(0, len(places), self.batch):
             chunk = places[start:start + self.batch]
             logits = self.predictor(torch.stack([self.tile_input(image, top, left) for top, left in chunk]))
             for (top, left), tile_logits in zip(chunk, logits):
                 height_here, columns = min(self.tile, height - top), min(self.tile, width - left)
                 if top not in rows:
-                    rows[top] = [torch.zeros(logits.shape[1], height_here, width), torch.zeros(height_here, width),
-                                 len(lefts)]
-                row = rows[top]
+                    rows[top] = torch.zeros(logits.shape[1], height_here, width), torch.zeros(height_here, width)
+                total, weight = rows[top]
                 w = self.weights[:height_here, :columns]
-                row[0][:, :, left:left + columns] += tile_logits[:, :height_here, :columns] * w
-                row[1][:, left:left + columns] += w
-                row[2] -= 1
-                if row[2] == 0:
-                    del rows[top]
-                    yield top, row[0], row[1]
+                total[:, :, left:left + columns] += tile_logits[:, :height_here, :columns] * w
+                weight[:, left:left + columns] += w
+                if left == lefts[-1]:  # in reading order, the row's last tile
+                    yield top, *rows.pop(top)
 
     def tile_input(self, image, top, left):
         """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value
