@@ -26,7 +26,7 @@ from segtoolkit.classes import parse_class_names, resolve_class_table
 from segtoolkit.errors import UserError
 from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
 from segtoolkit.samples import CACHE_MODES
-from segtoolkit.imaging import check_patch_size
+from segtoolkit.imaging import check_patch_size, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 
@@ -256,7 +256,7 @@ class RunConfig:
         run: a fine-tune must not quietly train on the bundled sample. Everything else is the command line's."""
         taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
                  "patch_size": meta["patch_size"], "crop": meta.get("input_mode") == "tile",
-                 "resize": "stretch" if meta.get("input_mode") == "stretch" else "letterbox",
+                 "resize": "stretch" if is_stretched(meta) else "letterbox",
                  "scale": meta.get("scale", 1.0)}
         if self.mask_colors is not None:  # the colours file given set the classes (from_namespace)
             del taken["classes"]
