@@ -139,8 +139,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         top = int(rng.integers(0, max(height - self.patch_size, 0) + 1))
         left = int(rng.integers(0, max(width - self.patch_size, 0) + 1))
         window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
-        valid = np.ones(mask[window].shape[:2], np.uint8)  # the window's size, not the image's (8000x6000: 48 MB)
-        return tuple(pad_to_square(array[window], self.patch_size) for array in (image, mask, valid))
+        image, mask = image[window], mask[window]
+        valid = np.ones(mask.shape[:2], np.uint8)  # made at the window's size (not the image's: 8000x6000 is 48 MB)
+        return tuple(pad_to_square(array, self.patch_size) for array in (image, mask, valid))
 
     def full_sample(self, index):
         """(uint8 RGB image at the stored scale, target at the image's ORIGINAL size) for sliding-window

@@ -38,7 +38,7 @@ from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
 from segtoolkit.evaluation import evaluate, evaluate_tiled
 from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
 from segtoolkit.loading import ShardSampler, guarded_batches, make_loaders, worker_crash_as_error
-from segtoolkit.masks import class_pixel_counts, label_warnings
+from segtoolkit.masks import IGNORE, class_pixel_counts, label_warnings
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
 from segtoolkit.run_logging import (NullLogger, RunLogger, log_preview, metrics_json, preview_grid,
@@ -81,6 +81,7 @@ class UnetTraining:
         self.stop = StopRequest("finishing this step, then saving checkpoint.pth.tar")
         self.best_fitness = -math.inf
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = self.bad_steps = 0
+        self.unlabelled_said = False  # the warning about batches without a labelled pixel was given
         self.finished = False  # training ended for good (last epoch or early stop): never resumed then
         self.best_refused = {"cooldown": 0, "not finite": 0}  # evaluations that could not become the best
 
@@ -116,7 +117,7 @@ class UnetTraining:
             loss = self.train_step(images, masks, stats)
             self.step_in_epoch += 1
             self.global_step += 1
-            if self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch:
+            if loss is not None and (self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if distributed.any_process(self.stop.is_set(), self.device):
                 self.stop.event.set()
@@ -135,17 +136,30 @@ class UnetTraining:
         return False
 
     def train_step(self, images, masks, stats):
-        """One optimizer step; a non-finite loss or gradient skips the step (and counts it).
+        """One optimizer step; a non-finite loss or gradient skips the step (and counts it). Returns the loss,
+        or None for a batch without a labelled pixel, which is skipped and not counted (see below).
 
         Under float16 the gradient scaler skips exactly the steps whose unscaled gradient is not finite;
         those count too, but without a warning each: its first overflows, while it calibrates the scale,
         are normal."""
+        # A batch whose targets are all IGNORE (padding, transform fill, --ignore-index) has nothing to learn
+        # from: cross-entropy averages over zero pixels (NaN), and counting that toward MAX_BAD_STEPS ended
+        # runs with "training diverged; lower --lr", which blamed the wrong thing. The test is on the
+        # loader's CPU tensor (no device sync); under torchrun one all-reduce makes every process agree
+        # whether to step, as their weights must stay the same.
+        labelled = bool((masks != IGNORE).any())
+        if not distributed.any_process(labelled, self.device):
+            self.unlabelled_batch()
+            self.scheduler.step()  # the schedule counts steps as global_step does
+            return None
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
         buffers = [buffer.clone() for buffer in self.model.buffers()]  # BatchNorm statistics: a skipped step keeps them
         with self.autocast():
             logits = self.model(images)
-            loss = self.criterion(logits.float(), masks)
+            # a process whose own batch is unlabelled while others' are not still joins the gradient
+            # all-reduce, adding a zero gradient instead of a NaN one
+            loss = self.criterion(logits.float(), masks) if labelled else logits.float().sum() * 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -161,9 +175,16 @@ class UnetTraining:
                 buffer.copy_(saved)
             self.skipped_step()
         self.scheduler.step()
-        if loss_finite:
+        if loss_finite and labelled:
             stats.update(logits, masks, loss)
         return loss
+
+    def unlabelled_batch(self):
+        """Say once per run that batches without a labelled pixel are skipped: the run goes on."""
+        if not self.unlabelled_said:
+            self.unlabelled_said = True
+            warnings.warn(f"training batch at step {self.global_step} has no labelled pixel (all padding, "
+                          f"transform fill or --ignore-index): skipped, not counted as a non-finite step; said once")
 
     def skipped_step(self):
         self.bad_steps += 1

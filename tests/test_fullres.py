@@ -149,6 +149,46 @@ def test_crops_are_taken_at_the_images_own_resolution_and_small_images_padded(tm
     assert (target[0, :40, :50] == 1).all() and (target[0, 40:] == IGNORE).all() and (target[0, :, 50:] == IGNORE).all()
 
 
+def position_image(height, width):
+    """An image whose pixel (y, x) holds y in red and x in green (BGR on disk), and a 3-class mask of both."""
+    rows, columns = np.mgrid[:height, :width]
+    image = np.stack([np.zeros_like(rows), columns, rows], axis=2).astype(np.uint8)
+    return image, ((rows + columns) % 3).astype(np.uint8)
+
+
+def test_a_crop_of_a_larger_image_is_labelled_everywhere_at_every_position(tmp_path):
+    """Issue 22: the validity map was cut by the window twice, so a crop at (top, left) kept labels only in
+    its (P - top) x (P - left) corner, and none once top or left reached the patch. Every crop of an image
+    larger than the patch is the image's: no IGNORE, and the labels are the mask's window."""
+    positions = {}
+    for stem, (height, width), seeds in (("wide", (130, 200), range(300)), ("near", (65, 66), range(60))):
+        image, mask = position_image(height, width)
+        dataset = Dataset([write_pair(tmp_path / stem, stem, image, mask)], 64, classes=3, mode="crop")
+        seen = positions.setdefault(stem, set())
+        for seed in seeds:
+            window, _, _ = dataset.cropped(*dataset.store.get(0), seed)
+            top, left = int(window[0, 0, 0]), int(window[0, 0, 1])  # the window's place, read from its pixel
+            seen.add((top, left))
+            _, target = dataset.load_sample(0, seed)
+            assert not (target == IGNORE).any(), (stem, top, left)
+            assert torch.equal(target, torch.from_numpy(mask[top:top + 64, left:left + 64]).long())
+    wide = positions["wide"]
+    assert max(top for top, _ in wide) >= 64 and max(left for _, left in wide) >= 64  # past the first patch
+    assert any(top >= 64 and left >= 64 for top, left in wide)
+    assert positions["near"] == {(top, left) for top in range(2) for left in range(3)}  # far corner (1, 2) too
+
+
+def test_a_crop_of_a_smaller_image_ignores_exactly_its_padding(tmp_path):
+    image, mask = position_image(40, 50)
+    dataset = Dataset([write_pair(tmp_path, "small", image, mask)], 64, classes=3, mode="crop")
+    for seed in range(5):
+        _, target = dataset.load_sample(0, seed)
+        padding = np.ones((64, 64), bool)
+        padding[:40, :50] = False
+        assert torch.equal(target == IGNORE, torch.from_numpy(padding))
+        assert torch.equal(target[:40, :50], torch.from_numpy(mask).long())
+
+
 @pytest.mark.parametrize("cache", ["ram", "disk", "none"])
 def test_every_cache_mode_gives_the_same_samples(tmp_path, cache):
     pairs = [write_pair(tmp_path / "d", f"p{i}", np.random.default_rng(i).integers(0, 255, (50 + i, 70, 3),

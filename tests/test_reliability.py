@@ -39,6 +39,7 @@ from conftest import RUNS
 from segtoolkit.config import REPO, RunConfig
 from segtoolkit.errors import RunFailure, UserError
 from segtoolkit.loading import guarded_batches
+from segtoolkit.masks import IGNORE
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
 from segtoolkit.run_logging import NullLogger
 from segtoolkit.splits import pair_masks, read_split_file
@@ -577,13 +578,13 @@ def small_trainer(d, run_dir, test_split=None, **options):
     def pairs(split):
         return pair_masks(read_split_file(d / split, d), d / "masks")
     torch.manual_seed(0)
-    architecture, encoder = FAST[1], FAST[3]
+    architecture, encoder, classes = FAST[1], FAST[3], options.get("classes", 1)  # the data stays binary
     config = RunConfig(**{**dict(model=architecture, encoder=encoder, patch_size=64, epochs=2, batch_size=2,
                                  workers=0), **options})
     test_set = make_dataset(pairs(test_split), 64, 1) if test_split else None
-    return train.UnetTraining(build_model(architecture, encoder, 1), make_dataset(pairs("train.txt"), 64, 1),
+    return train.UnetTraining(build_model(architecture, encoder, classes), make_dataset(pairs("train.txt"), 64, 1),
                               make_dataset(pairs("val.txt"), 64, 1), test_set, config=config, run_dir=run_dir,
-                              meta=model_meta(architecture, encoder, 1, 64))
+                              meta=model_meta(architecture, encoder, classes, 64))
 
 
 def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_path):
@@ -695,6 +696,29 @@ def test_non_finite_step_is_skipped_with_a_warning_and_leaves_the_model_untouche
     trainer.train_step(images, masks, trainer.new_stats())
     assert trainer.bad_steps == 0  # a good step resets the count
     assert any(not torch.equal(before[key], value) for key, value in trainer.model.state_dict().items())
+
+
+def test_a_batch_without_labelled_pixels_is_skipped_and_is_not_a_divergence(data, tmp_path):
+    """Issue 22: with several classes an all-IGNORE batch (a crop of padding or --ignore-index) gave a NaN
+    cross-entropy, counted as a non-finite step; 20 in a row ended the run with "training diverged"."""
+    trainer = small_trainer(data, tmp_path, classes=3, epochs=12)  # 24 steps: the schedule outlasts the loop
+    images, _ = next(iter(trainer.train_loader))
+    unlabelled = torch.full((len(images), 64, 64), IGNORE, dtype=torch.long)
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    stats = trainer.new_stats()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(train.MAX_BAD_STEPS + 1):  # more than the divergence limit: never raises
+            assert trainer.train_step(images, unlabelled, stats) is None
+    assert trainer.bad_steps == 0 and trainer.optimizer.state == {}
+    assert all(torch.equal(before[key], value) for key, value in trainer.model.state_dict().items())
+    assert stats.loss[1] == 0 and stats.matrix.sum() == 0  # nothing counted in the training metrics
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "non-finite loss or gradient" in m]
+    assert sum("has no labelled pixel" in m for m in messages) == 1  # said once per run
+    labels = torch.randint(0, 3, (len(images), 64, 64))
+    labels[0] = IGNORE  # one unlabelled image among labelled ones is an ordinary step
+    assert math.isfinite(trainer.train_step(images, labels, stats).item()) and trainer.optimizer.state != {}
 
 
 def poison_after(trainer, good_samples):
