@@ -329,7 +329,7 @@ def why_no_best(trainer):
     reasons = [f"{refused['cooldown']} were within --check-best-cooldown {trainer.config.check_best_cooldown} "
                f"epochs" if refused["cooldown"] else "",
                f"{refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the validation masks "
-               f"hold no foreground)" if refused["not finite"] else ""]
+               f"hold no foreground and none was predicted)" if refused["not finite"] else ""]
     return (f"none of the {trainer.evaluations} evaluation(s) could count as the best ("
             + "; ".join(reason for reason in reasons if reason) + ")")
 

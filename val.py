@@ -21,8 +21,9 @@ figures are those train.py computes: on a run's test split, val.py reproduces it
 flags below override them.
 Writes to runs/val/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, if it holds no
 earlier val_results.json): val_results.json (train.py's metric keys, named after the split: test/dice...,
-val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model, data and settings; null
-for a class absent from the ground truth), confusion_matrix.png (row-normalized), per_image.csv (one row
+val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model, data and settings; 0 for
+a class predicted but absent from the ground truth, null for a class in neither, left out of the mean),
+confusion_matrix.png (row-normalized), per_image.csv (one row
 per image, worst Dice first) and, with --save-masks, masks/<name>.png at each image's size as detect.py
 writes them (0/255 for one class, class indices for several): the labels the metrics count, which for
 several classes is the plain argmax (detect.py --conf-thres 0), stored as palette PNGs in the classes'

@@ -35,8 +35,9 @@ Scoring (`evaluate_at_original_size`): each model predicts every validation imag
 trained at (train.py's model through segtoolkit.imaging.preprocess_image with its checkpoint's patch size
 and normalization, then unletterbox; the reference's through the same resize it trained on), the label map
 is brought back to the image's own size with nearest neighbour, and one confusion matrix over all
-validation pixels, void excluded, gives each class's Dice. A class absent from the validation masks has
-no Dice (nan) and is left out of the macro mean. Times are wall-clock seconds: train.py's include its
+validation pixels, void excluded, gives each class's Dice. A class absent from the validation masks scores
+0 when predicted (MMSegmentation's rule, as train.py's metrics), and has no Dice (nan) and is left out of the
+macro mean when not. Times are wall-clock seconds: train.py's include its
 start-up, its per-epoch validation and checkpoint writing, which the reference loop does not do.
 
 Usage:
@@ -51,7 +52,6 @@ foreground_dice, dice_CLASS for each class, seconds).
 """
 
 import argparse
-import math
 import os
 import re
 import subprocess
@@ -71,6 +71,7 @@ from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.imaging import is_stretched, preprocess_image, read_image, unletterbox
 from segtoolkit.masks import binary_mask, class_mask, read_mask
+from segtoolkit.metrics import scores
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit.predict import TorchPredictor
 from segtoolkit.tiling import Tiler
@@ -108,7 +109,7 @@ class Setting:
 class Result:
     """One side's score on one data set."""
     side: str
-    dice: list  # per class, nan for a class absent from the validation masks
+    dice: list  # per class, nan for a class neither in the validation masks nor predicted
     headline: float
     seconds: float  # training, wall clock
     eval_seconds: float
@@ -161,13 +162,9 @@ def logits_to_labels(logits):
 
 
 def dice_per_class(confusion):
-    """Dice of each class from a confusion matrix (rows truth, columns prediction); nan where the class
-    never occurs in the truth, as train.py's metrics leave such a class out."""
-    tp = np.diag(confusion).astype(np.float64)
-    truth, predicted = confusion.sum(1), confusion.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = 2 * tp / (truth + predicted)
-    return [float(d) if t > 0 else math.nan for d, t in zip(dice, truth)]
+    """Dice of each class from a confusion matrix (rows truth, columns prediction), by train.py's own rule
+    (segtoolkit.metrics.scores): 0 for a class predicted but never in the truth, nan for one in neither."""
+    return scores(torch.as_tensor(confusion, dtype=torch.float64))[0].tolist()
 
 
 @torch.inference_mode()

@@ -63,9 +63,11 @@ class ConfusionStats:
     def compute(self, prefix, class_names=None):
         """{prefix/loss, prefix/dice, prefix/iou} (+ per class for multi-class), summed over all processes.
 
-        A class absent from the split's ground truth (no tp, no fn) has no Dice or IoU: NaN, left out of
-        the means (scoring it 1.0 would lift the mean; 0.0 would sink it). A binary split without
-        foreground pixels thus has NaN Dice, which never counts as an improvement.
+        A class absent from the split's ground truth but predicted scores Dice 0 and IoU 0: its false
+        positives lower the mean (MMSegmentation's rule). A class neither in the ground truth nor predicted
+        has no Dice or IoU: NaN, left out of the means (scoring it 1.0 would lift the mean). A binary split
+        without foreground pixels thus has Dice 0 when foreground is predicted, NaN when none is, which never
+        counts as an improvement.
         """
         matrix, loss = self.reduced()
         dice, iou = scores(matrix)
@@ -100,12 +102,14 @@ def confusion_matrix(predicted, masks, size, ignore_index=None):
 
 
 def scores(matrix):
-    """Per-class (Dice, IoU) of a confusion matrix (rows: ground truth); NaN for a class absent from it."""
+    """Per-class (Dice, IoU) of a confusion matrix (rows: ground truth, columns: prediction). A class
+    predicted but absent from the ground truth scores 0 (tp is 0); NaN for a class in neither, which means
+    leave out (MMSegmentation's rule)."""
     tp = matrix.diagonal()
     fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
-    present = (tp + fn) > 0
-    dice = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp_min(1), math.nan)
-    iou = torch.where(present, tp / (tp + fp + fn).clamp_min(1), math.nan)
+    scored = (tp + fp + fn) > 0  # in the ground truth, or predicted
+    dice = torch.where(scored, 2 * tp / (2 * tp + fp + fn).clamp_min(1), math.nan)
+    iou = torch.where(scored, tp / (tp + fp + fn).clamp_min(1), math.nan)
     return dice, iou
 
 

@@ -72,7 +72,8 @@ def write_text(path, text):
 
 
 def class_rows(matrix, class_names):
-    """One dict per class: Dice and IoU (NaN for a class absent from the ground truth), its ground-truth
+    """One dict per class: Dice and IoU (0 for a class predicted but absent from the ground truth, NaN for a
+    class in neither: segtoolkit.metrics.scores), its ground-truth
     pixels and predicted pixels. One class (binary) has two rows: background and foreground."""
     matrix = torch.as_tensor(matrix, dtype=torch.float64)
     dice, iou = scores(matrix)
@@ -83,9 +84,9 @@ def class_rows(matrix, class_names):
 
 
 def class_table(rows, metrics, prefix, classes):
-    """The console table: class, Dice, IoU, ground-truth pixels; '-' for an absent class, which the mean
-    leaves out (segtoolkit.metrics). Its last line is train.py's figure: the foreground's for one class,
-    the mean over the classes present for several."""
+    """The console table: class, Dice, IoU, ground-truth pixels; '-' for a class neither in the ground truth
+    nor predicted, which the mean leaves out (segtoolkit.metrics). Its last line is train.py's figure: the
+    foreground's for one class, the mean over the classes scored for several."""
     width = max(len("class"), *(len(row["name"]) for row in rows), 24)
     lines = [f"{'class':<{width}}  {'Dice':>7}  {'IoU':>7}  {'gt pixels':>12}"]
     lines += [f"{row['name']:<{width}}  {score(row['dice'])}  {score(row['iou'])}  {row['pixels']:>12,}"
@@ -147,9 +148,9 @@ def plot_confusion_matrix(matrix, class_names, path, title):
 
 class PerImageScores:
     """Dice and IoU of each image from its own confusion matrix, over the pixels the split's metrics count:
-    the mean over the classes present in that image's ground truth (one class: the foreground's), NaN when
-    none is. `wrong_px` counts its pixels predicted as another class, so an image without foreground still
-    shows its false positives."""
+    the mean over the classes in that image's ground truth or predicted in it (one class: the foreground's;
+    segtoolkit.metrics.scores), NaN when there is none. `wrong_px` counts its pixels predicted as another
+    class, so an image without foreground still shows its false positives."""
 
     def __init__(self, pairs, classes, class_names, ignore_index=None):
         self.pairs, self.classes, self.class_names = pairs, classes, class_names

@@ -1,5 +1,6 @@
-"""metrics.py and run_logging.py: classes absent from a split's ground truth have no Dice (NaN, left out of
-the means), and every record of a run (results.csv, results.png, test_results.json, wandb) takes that NaN."""
+"""metrics.py and run_logging.py: a class absent from a split's ground truth scores 0 when it is predicted
+(MMSegmentation's rule) and has no Dice when it is not (NaN, left out of the means), and every record of a
+run (results.csv, results.png, test_results.json, wandb) takes that NaN."""
 
 import csv
 import json
@@ -16,7 +17,7 @@ def one_hot_logits(predicted, classes):
     return torch.nn.functional.one_hot(predicted, classes).permute(0, 3, 1, 2).float()
 
 
-def test_class_absent_from_the_ground_truth_is_nan_and_left_out_of_the_means():
+def test_class_neither_in_the_ground_truth_nor_predicted_is_nan_and_left_out_of_the_means():
     labels = torch.tensor([[[0, 1, 1], [0, 0, 1]]])  # only classes 0 and 1, with --classes 3
     predicted = torch.tensor([[[0, 1, 0], [0, 0, 1]]])
     stats = ConfusionStats(classes=3)
@@ -29,25 +30,31 @@ def test_class_absent_from_the_ground_truth_is_nan_and_left_out_of_the_means():
     assert metrics["val/iou"] == pytest.approx((3 / 4 + 2 / 3) / 2)
 
 
-def test_class_only_predicted_is_left_out_too_but_its_pixels_cost_the_real_classes():
+def test_class_predicted_but_absent_from_the_ground_truth_scores_zero_and_lowers_the_mean():
+    """Issue 22: it was left out of the mean, so its false positives never lowered it (MMSegmentation counts
+    it as IoU 0 and Dice 0)."""
     labels = torch.tensor([[[0, 0], [1, 1]]])
     predicted = torch.tensor([[[2, 0], [1, 1]]])  # class 2 predicted once, never in the ground truth
     stats = ConfusionStats(classes=3)
     stats.update(one_hot_logits(predicted, 3), labels, torch.tensor(0.5))
     metrics = stats.compute("val")
-    assert math.isnan(metrics["val/dice_2"])
+    assert metrics["val/dice_2"] == 0 and metrics["val/iou_2"] == 0  # was NaN
     assert metrics["val/dice_0"] == pytest.approx(2 / 3)  # the miss is a false negative of class 0
-    assert metrics["val/dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert metrics["val/dice"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # was (2/3 + 1) / 2
+    assert metrics["val/iou"] == pytest.approx((1 / 2 + 1 + 0) / 3)
 
 
-def test_binary_split_without_foreground_has_no_dice():
+def test_binary_split_without_foreground_scores_zero_with_false_positives_and_has_no_dice_without():
     stats = ConfusionStats(classes=1)
     logits = torch.full((2, 1, 4, 4), -3.0)
     logits[0, 0, 0, 0] = 3.0  # one false positive
     stats.update(logits, torch.zeros(2, 1, 4, 4), torch.tensor(0.25))
     metrics = stats.compute("val")
-    assert math.isnan(metrics["val/dice"]) and math.isnan(metrics["val/iou"])  # today: 0.0 (or 1.0 with no fp)
+    assert metrics["val/dice"] == 0 and metrics["val/iou"] == 0
     assert metrics["val/loss"] == pytest.approx(0.25)
+    clean = ConfusionStats(classes=1)
+    clean.update(torch.full((2, 1, 4, 4), -3.0), torch.zeros(2, 1, 4, 4), torch.tensor(0.25))
+    assert math.isnan(clean.compute("val")["val/dice"]) and math.isnan(clean.compute("val")["val/iou"])
 
 
 def test_nan_fitness_is_never_an_improvement_and_early_stopping_still_counts():

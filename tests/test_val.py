@@ -289,7 +289,7 @@ def test_outputs_confusion_matrix_per_image_csv(multi_run, tmp_path, capsys):
     dice = [float(row["dice"]) if row["dice"] else math.nan for row in rows]
     scored = [value for value in dice if not math.isnan(value)]
     assert scored == sorted(scored) and dice[:len(scored)] == scored  # worst first, images without a Dice last
-    for row in rows:  # each image's Dice: the mean over the classes present in its ground truth
+    for row in rows:  # each image's Dice: the mean over the classes in its ground truth or predicted in it
         per_class = [float(row[f"dice_class_{i}"]) for i in range(4) if row[f"dice_class_{i}"]]
         assert float(row["dice"]) == pytest.approx(sum(per_class) / len(per_class), abs=1e-5)
 
