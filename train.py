@@ -621,7 +621,9 @@ def add_optimization_flags(optim):
     optim.add_argument("--no-augment", action="store_true", help="the same as --augment none")
     optim.add_argument("--loss", default=None,
                        help="bce (default, one class), ce (default, several), dice, jaccard, focal, lovasz, "
-                            "tversky, or a sum such as ce+dice or bce+dice; padding and --ignore-index never count")
+                            "tversky:ALPHA,BETA (weights of false positives and false negatives, e.g. "
+                            "tversky:0.3,0.7 to miss less; 0.5,0.5 is dice), or a sum such as ce+dice or bce+dice; "
+                            "padding and --ignore-index never count")
     optim.add_argument("--class-weights", default=None,
                        help="per-class loss weights: 'auto' (median-frequency balancing over the training "
                             "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")

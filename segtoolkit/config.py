@@ -24,7 +24,7 @@ from pathlib import Path
 from segtoolkit.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.classes import parse_class_names, resolve_class_table
 from segtoolkit.errors import UserError
-from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
+from segtoolkit.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.samples import CACHE_MODES
 from segtoolkit.imaging import check_patch_size, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
@@ -129,6 +129,7 @@ class RunConfig:
         stored = dict(stored)
         if stored.get("no_augment") and "augment" not in stored:  # written before --augment existed
             stored["augment"] = "none"
+        stored["loss"] = stored_loss(stored.get("loss"))  # a bare tversky: written before it took its weights
         return cls(**{key: value for key, value in stored.items() if key in known})
 
     def to_dict(self):

@@ -1,14 +1,18 @@
 """Losses: the design's defaults (BCE with logits for one class, cross-entropy for several) and, for
-imbalanced data, smp's Dice, Jaccard, Focal, Lovasz and Tversky, or sums such as `ce+dice`; class weights
-given or computed from the training split's pixel frequencies (median-frequency balancing).
+imbalanced data, smp's Dice, Jaccard, Focal, Lovasz and Tversky (`tversky:ALPHA,BETA`: the weights of false
+positives and false negatives), or sums such as `ce+dice`; class weights given or computed from the training
+split's pixel frequencies (median-frequency balancing).
 
 Every loss leaves out the pixels whose target is IGNORE (letterbox padding, transform fill, --ignore-index).
 
 Usage:
     criterion = make_loss("ce+dice", classes=4, class_weights=[0.5, 1.0, 2.0, 4.0])
+    criterion = make_loss("bce+tversky:0.3,0.7", classes=1)   # false negatives weigh more than false positives
     loss = criterion(logits, target)         # logits NxCxHxW; target Nx1xHxW float (binary) or NxHxW int64
     weights = median_frequency_weights({0: 9000, 1: 800, 2: 200}, classes=3)
 """
+
+import math
 
 import segmentation_models_pytorch as smp
 import torch
@@ -31,29 +35,57 @@ def default_loss(classes):
 
 
 def parse_loss(spec, classes):
-    """The terms of a --loss spec ('dice', 'ce+dice'), checked against the number of classes."""
-    terms = [term.strip().lower() for term in str(spec).split("+")]
-    for term in terms:
-        if term not in LOSS_NAMES:
-            raise UserError(f"--loss {spec}: '{term}' is not a loss; use {', '.join(LOSS_NAMES)} or sums such as "
+    """The terms of a --loss spec ('dice', 'ce+dice', 'bce+tversky:0.3,0.7') as (name, parameters) pairs,
+    checked against the number of classes."""
+    terms = []
+    for text in str(spec).split("+"):
+        name, colon, arguments = text.strip().lower().partition(":")
+        if name not in LOSS_NAMES:
+            raise UserError(f"--loss {spec}: '{name}' is not a loss; use {', '.join(LOSS_NAMES)} or sums such as "
                             f"ce+dice")
-    if "ce" in terms and classes == 1:
+        if colon and name != "tversky":
+            raise UserError(f"--loss {spec}: {name} takes no parameters; drop ':{arguments}'")
+        terms.append((name, tversky_weights(spec, arguments) if name == "tversky" else ()))
+    names = [name for name, _ in terms]
+    if "ce" in names and classes == 1:
         raise UserError(f"--loss {spec}: cross-entropy is for several classes; one class uses bce (e.g. bce+dice)")
-    if "bce" in terms and classes > 1:
+    if "bce" in names and classes > 1:
         raise UserError(f"--loss {spec}: bce is for one class; several classes use ce (e.g. ce+dice)")
     return terms
+
+
+def tversky_weights(spec, arguments):
+    """(alpha, beta) of tversky:ALPHA,BETA: Tversky's index is tp / (tp + alpha fp + beta fn). There is no
+    default: smp's 0.5,0.5 is exactly dice, which `--loss tversky` used to be without saying so."""
+    fix = ("give tversky:ALPHA,BETA, the weights of false positives and false negatives, e.g. tversky:0.3,0.7 "
+           "to miss less (0.5,0.5 is dice)")
+    try:
+        alpha, beta = (float(value) for value in arguments.split(","))
+    except ValueError:
+        raise UserError(f"--loss {spec}: {fix}") from None
+    if not all(math.isfinite(value) and value >= 0 for value in (alpha, beta)) or alpha + beta == 0:
+        raise UserError(f"--loss {spec}: ALPHA and BETA must be numbers of 0 or more, not both 0; {fix}")
+    return alpha, beta
+
+
+def stored_loss(spec):
+    """A --loss stored by an older run, as this version spells it: a bare 'tversky' trained with smp's
+    default weights, 0.5,0.5."""
+    if spec is None:
+        return None
+    return "+".join("tversky:0.5,0.5" if term.strip().lower() == "tversky" else term for term in spec.split("+"))
 
 
 def make_loss(spec, classes, class_weights=None):
     """A callable (logits, target) -> scalar loss: the sum of the spec's terms."""
     terms = parse_loss(spec, classes)
-    if class_weights is not None and not set(terms) & set(WEIGHTED[mode_of(classes)]):
+    if class_weights is not None and not {name for name, _ in terms} & set(WEIGHTED[mode_of(classes)]):
         raise UserError(f"--class-weights has no effect with --loss {spec}; add a weighted term such as "
                         f"{default_loss(classes)}")
     if class_weights is not None and len(class_weights) != max(classes, 2):
         raise UserError(f"--class-weights has {len(class_weights)} values for {max(classes, 2)} classes "
                         f"({'background, foreground' if classes == 1 else f'0..{classes - 1}'})")
-    losses = [loss_term(term, classes, class_weights) for term in terms]
+    losses = [loss_term(name, parameters, classes, class_weights) for name, parameters in terms]
     return SumOfLosses(losses)
 
 
@@ -66,7 +98,7 @@ class SumOfLosses(torch.nn.Module):
         return sum(loss(logits, target) for loss in self.losses)
 
 
-def loss_term(term, classes, class_weights):
+def loss_term(term, parameters, classes, class_weights):
     weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     if term == "bce":
         return MaskedBCE(weights)
@@ -76,8 +108,10 @@ def loss_term(term, classes, class_weights):
     smp_weights = None if class_weights is None or mode == "binary" else list(class_weights)
     if term == "lovasz":
         return smp.losses.LovaszLoss(mode, ignore_index=IGNORE)
-    kind = {"dice": smp.losses.DiceLoss, "jaccard": smp.losses.JaccardLoss, "focal": smp.losses.FocalLoss,
-            "tversky": smp.losses.TverskyLoss}[term]
+    if term == "tversky":
+        alpha, beta = parameters
+        return smp.losses.TverskyLoss(mode, ignore_index=IGNORE, class_weights=smp_weights, alpha=alpha, beta=beta)
+    kind = {"dice": smp.losses.DiceLoss, "jaccard": smp.losses.JaccardLoss, "focal": smp.losses.FocalLoss}[term]
     return kind(mode, ignore_index=IGNORE, class_weights=smp_weights)
 
 

@@ -3,6 +3,7 @@ class weights for imbalance (issue 13)."""
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.config import RunConfig
 from segtoolkit.errors import UserError
 from segtoolkit.evaluation import evaluate
-from segtoolkit.losses import make_loss, median_frequency_weights, parse_class_weights
+from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights, parse_loss
 from segtoolkit.masks import IGNORE
 from segtoolkit.models import build_model, model_meta
 from segtoolkit.splits import pair_masks, read_split_file
@@ -190,8 +191,10 @@ def test_a_resumed_run_continues_the_same_augmentation_stream(tiny_data, tmp_pat
 # ---------------------------------------------------------------- losses and class weights
 
 
-@pytest.mark.parametrize("classes, specs", [(1, ["bce", "dice", "jaccard", "focal", "lovasz", "tversky", "bce+dice"]),
-                                            (3, ["ce", "dice", "jaccard", "focal", "lovasz", "tversky", "ce+dice"])])
+@pytest.mark.parametrize("classes, specs", [(1, ["bce", "dice", "jaccard", "focal", "lovasz", "tversky:0.3,0.7",
+                                                 "bce+dice"]),
+                                            (3, ["ce", "dice", "jaccard", "focal", "lovasz", "tversky:0.3,0.7",
+                                                 "ce+dice"])])
 def test_every_loss_leaves_ignored_pixels_out(classes, specs):
     torch.manual_seed(0)
     target = torch.randint(0, max(classes, 2), (2, 8, 8))
@@ -220,6 +223,40 @@ def test_loss_and_class_weight_flags_are_checked():
     with pytest.raises(UserError, match=r"give 'auto' or one number per class"):
         parse_class_weights("a,b,c", 3)
     assert parse_class_weights("0.5,2", 1) == [0.5, 2.0] and parse_class_weights("AUTO", 3) == "auto"
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_tversky_takes_its_weights_and_differs_from_dice(classes):
+    """Issue 22: --loss tversky was smp's alpha = beta = 0.5, exactly --loss dice."""
+    torch.manual_seed(0)
+    target = torch.randint(0, max(classes, 2), (2, 8, 8)) * (torch.rand(2, 8, 8) < 0.3)  # mostly background
+    target = target.unsqueeze(1).float() if classes == 1 else target
+    logits = torch.randn(2, classes, 8, 8)  # predicts foreground far more often than it is: false positives
+    dice = make_loss("dice", classes)(logits, target)
+    assert make_loss("tversky:0.5,0.5", classes)(logits, target) == pytest.approx(float(dice))  # why no default
+    missing_more = make_loss("tversky:0.3,0.7", classes)(logits, target)
+    assert abs(float(missing_more) - float(dice)) > 1e-3
+    assert float(make_loss("tversky:0.7,0.3", classes)(logits, target)) != pytest.approx(float(missing_more))
+    term = make_loss(f"{default_loss(classes)}+tversky:0.3,0.7", classes).losses[1]
+    assert (term.alpha, term.beta) == (0.3, 0.7)
+    assert parse_loss(" CE + Tversky:0.25,1.5 ", 3) == [("ce", ()), ("tversky", (0.25, 1.5))]
+
+
+def test_tversky_weights_are_checked_and_old_runs_read_as_they_trained(capsys):
+    fix = r"give tversky:ALPHA,BETA, the weights of false positives and false negatives, e\.g\. tversky:0\.3,0\.7"
+    for spec, message in (("tversky", fix), ("tversky:0.3", fix), ("tversky:a,b", fix), ("tversky:0.3,0.7,1", fix),
+                          ("tversky:-0.1,0.7", "ALPHA and BETA must be numbers of 0 or more, not both 0"),
+                          ("tversky:0,0", "not both 0"), ("tversky:nan,1", "numbers of 0 or more"),
+                          ("dice:0.3,0.7", r"dice takes no parameters; drop ':0\.3,0\.7'")):
+        with pytest.raises(UserError, match=rf"^--loss {re.escape(spec)}: .*{message}"):
+            parse_loss(spec, 3)
+    code = train.main(train.parse_args(["--loss", "bce+tversky", "--wandb-mode", "disabled"]))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --loss bce+tversky: give tversky:ALPHA,BETA")
+    # stored with the run as given; a bare tversky stored by an older run trained with smp's 0.5,0.5
+    assert RunConfig.from_dict(RunConfig(loss="bce+tversky:0.3,0.7").to_dict()).loss == "bce+tversky:0.3,0.7"
+    assert RunConfig.from_dict({"loss": "ce+tversky"}).loss == "ce+tversky:0.5,0.5"
+    assert RunConfig.from_dict({"loss": None}).loss is None
 
 
 def test_median_frequency_weights():
