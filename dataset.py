@@ -30,7 +30,7 @@ import torch
 from segtoolkit.augment import DEFAULT_AUGMENTATION, load_augmentation
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, check_patch_size, fit_longest_side, normalize,
-                                pad_to_square, read_image, stretch_to_square)
+                                pad_to_square, read_image, scaled, stretch_to_square)
 from segtoolkit.masks import IGNORE, binary_mask, class_mask, read_mask
 from segtoolkit.samples import build_store
 
@@ -177,14 +177,6 @@ class StoreView:
 
     def __iter__(self):
         return (self[index] for index in range(len(self)))
-
-
-def scaled(array, scale, interpolation):
-    if scale == 1:
-        return array
-    height, width = array.shape[:2]
-    return cv2.resize(array, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=interpolation)
 
 
 def as_transform(augment):

@@ -4,7 +4,8 @@ onnxruntime, or to OpenVINO (float32 weights; detect.py --half runs it in bfloat
 The file carries the checkpoint's self-description (ONNX metadata, OpenVINO rt_info), so `detect.py --model
 FILE` needs no other flag; export.py checks it against PyTorch before it finishes: the largest logit
 difference on a random input, and with --check-images (or --int8's --calibration images) the masks' IoU,
-with a warning below 0.99.
+with a warning below 0.99. Calibration and check inputs are what detect.py feeds the model: each image fitted
+to the patch, or for a model trained with --crop, full-resolution tiles of the patch size cut from it.
 
 Usage:
     python export.py --model checkpoints/exp/best-checkpoint.pth.tar     # -> checkpoints/exp/best-checkpoint.onnx
@@ -78,7 +79,8 @@ def parse_args(argv=None):
     quantization.add_argument("--calibration", default=None,
                               help="images for the int8 ranges: a folder, glob or .txt list (the training images)")
     quantization.add_argument("--calibration-count", type=int, default=None,
-                              help="use at most this many of them, spread evenly (default: 32)")
+                              help="use at most this many of them, spread evenly (default: 32); for a model "
+                                   "trained with --crop, as many full-resolution tiles, spread over them")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--verbose", action="store_true",
                          help="full tracebacks for errors, and Python warnings with their source line")
@@ -120,11 +122,12 @@ def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_gr
         if simplify_graph:
             simplify(onnx_path)
         if int8:
-            quantize.quantize_int8(onnx_path, output, quantize.preprocessed(calibration, meta), INPUT_NAME)
+            quantize.quantize_int8(onnx_path, output, quantize.preprocessed(calibration, meta, count), INPUT_NAME)
         elif file_format == "openvino":
             from segtoolkit.openvino_runtime import convert_onnx  # only OpenVINO exports need openvino
             convert_onnx(onnx_path, output, meta)
-    what = f"{len(checked or [])} images ({'--check-images' if check_images else 'the calibration images'})"
+    tiles = "tiles of " if meta.get("input_mode") == "tile" else ""  # what detect.py feeds a crop-trained model
+    what = f"{tiles}{len(checked or [])} images ({'--check-images' if check_images else 'the calibration images'})"
     return output, meta, check_file(torch_model, output, meta, file_format, int8, checked, what)
 
 

@@ -178,6 +178,16 @@ def stretch_to_square(image, size, interpolation=cv2.INTER_AREA):
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def scaled(array, scale, interpolation=cv2.INTER_AREA):
+    """An image (or, with INTER_NEAREST, a mask) resized by `scale` (--scale: crop-trained models see images
+    at their own resolution times it), at least one pixel a side."""
+    if scale == 1:
+        return array
+    height, width = array.shape[:2]
+    return cv2.resize(array, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=interpolation)
+
+
 def is_stretched(meta):
     """Whether a model (its checkpoint's or export's meta) was trained on stretched images."""
     return meta.get("input_mode") == "stretch"

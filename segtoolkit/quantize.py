@@ -2,7 +2,9 @@
 
 export.py --int8 --calibration IMAGES calls this after the float32 export. Weights become int8 per
 channel, activations uint8 with ranges measured on the calibration images (QDQ format), which
-onnxruntime runs with integer kernels. Whether that is faster depends on the CPU's integer instructions
+onnxruntime runs with integer kernels. The calibration and check inputs are what detect.py feeds the model:
+whole images fitted to the patch, or for a model trained with --crop, full-resolution tiles of them.
+Whether that is faster depends on the CPU's integer instructions
 (README: Performance gives the figures per CPU). The masks move a little; export.py reports how much
 against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
 
@@ -17,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.imaging import IMAGE_SUFFIXES, is_stretched, preprocess_image, read_image
+from segtoolkit.imaging import IMAGE_SUFFIXES, is_stretched, preprocess_image, read_image, scaled
 from segtoolkit.errors import UserError
 from segtoolkit.sources import resolve_sources
+from segtoolkit.tiling import Tiler, tile_starts
 
 DEFAULT_COUNT = 32  # calibration images: ranges settle with a few dozen; more only makes export slower
 MIN_AGREEMENT = 0.99  # smallest mask IoU against PyTorch below which export.py warns
@@ -42,10 +45,28 @@ def calibration_images(source, count=DEFAULT_COUNT, flag="--calibration"):
     return [images[int(i * step)] for i in range(min(count, len(images)))]
 
 
-def preprocessed(paths, meta):
-    """The float32 1xCxPxP arrays detect.py would feed for these images (stretched for a stretch-trained model)."""
-    return [preprocess_image(read_image(path), meta["patch_size"], meta["mean"], meta["std"],
-                             stretch=is_stretched(meta))[0][None].numpy() for path in paths]
+def preprocessed(paths, meta, count=DEFAULT_COUNT):
+    """The float32 1xCxPxP arrays detect.py would feed the model for these images: each image letterboxed
+    (stretched for a stretch-trained model); for a model trained on crops (meta input_mode 'tile'), tiles of
+    the patch size cut from the image at full resolution (times the model's scale), as detect.py's sliding
+    window cuts them. Tiles are spread evenly over each image, count // len(paths) of them (at least one):
+    calibration keeps every input's activations until it ends, so the inputs stay as many as images would."""
+    if meta.get("input_mode") != "tile":
+        return [preprocess_image(read_image(path), meta["patch_size"], meta["mean"], meta["std"],
+                                 stretch=is_stretched(meta))[0][None].numpy() for path in paths]
+    per_image = max(1, count // max(1, len(paths)))
+    return [tile[None].numpy() for path in paths for tile in tiles(read_image(path), meta, per_image)]
+
+
+def tiles(image, meta, most):
+    """Up to `most` of the tiles detect.py's sliding window cuts from a uint8 RGB image for a crop-trained
+    model, spread evenly over them, each normalized 3xPxP; without overlap, so no two share pixels."""
+    image = scaled(image, meta.get("scale", 1.0))
+    tiler = Tiler(None, meta["patch_size"], overlap=0, mean=meta["mean"], std=meta["std"])
+    places = [(top, left) for top in tile_starts(image.shape[0], tiler.tile, tiler.stride)
+              for left in tile_starts(image.shape[1], tiler.tile, tiler.stride)]
+    step = len(places) / min(most, len(places))
+    return [tiler.tile_input(image, *places[int((index + 0.5) * step)]) for index in range(min(most, len(places)))]
 
 
 def quantize_int8(float_path, output, batches, input_name):

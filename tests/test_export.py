@@ -23,11 +23,12 @@ from segtoolkit import onnx_export, onnx_runtime, openvino_runtime, quantize
 from segtoolkit import predict as predict_module
 from dataset import BinaryDataset
 from segtoolkit.splits import pair_masks
-from segtoolkit.imaging import preprocess_image, read_image, unletterbox
+from segtoolkit.imaging import normalize, preprocess_image, read_image, scaled, unletterbox
 from segtoolkit.losses import make_loss
 from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS, save_checkpoint
 from segtoolkit.errors import UserError
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
+from segtoolkit.tiling import tile_starts
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -79,6 +80,43 @@ def test_check_and_calibration_images_are_stretched_for_a_stretch_trained_model(
         [array] = quantize.preprocessed([path], model_meta("Unet", "resnet18", 1, 64, input_mode=mode))
         assert array.shape == (1, 3, 64, 64)
         assert np.array_equal(array, preprocess_image(image, 64, stretch=stretch)[0][None].numpy()), mode
+
+
+def test_check_and_calibration_inputs_of_a_crop_trained_model_are_full_resolution_tiles(tmp_path):
+    """Issue 22: a crop-trained model (meta input_mode 'tile') was calibrated and checked on whole letterboxed
+    images, while detect.py feeds it patch-size tiles of the image at full resolution (times its --scale)."""
+    path = tmp_path / "large.png"
+    cv2.imwrite(str(path), np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    image = read_image(path)
+    for scale in (1.0, 0.5):
+        meta = model_meta("Unet", "resnet18", 1, 64, input_mode="tile", scale=scale)
+        seen = scaled(image, scale)  # what detect.py tiles: the image at its own size times the model's scale
+        assert seen.shape[:2] == (round(200 * scale), round(300 * scale))
+        places = [(top, left) for top in tile_starts(seen.shape[0], 64, 64)
+                  for left in tile_starts(seen.shape[1], 64, 64)]
+        arrays = quantize.preprocessed([path], meta, count=1000)
+        assert len(arrays) == len(places) > 1  # every tile, not one letterboxed image
+        for array, (top, left) in zip(arrays, places):
+            assert array.shape == (1, 3, 64, 64) and array.dtype == np.float32
+            assert np.array_equal(array[0], normalize(seen[top:top + 64, left:left + 64]).numpy()), (top, left)
+        assert places[-1] == (seen.shape[0] - 64, seen.shape[1] - 64)  # the far corner, flush with the edge
+    meta = model_meta("Unet", "resnet18", 1, 64, input_mode="tile")
+    assert len(quantize.preprocessed([path, path], meta, count=4)) == 4  # count // images tiles of each image
+    assert len(quantize.preprocessed([path] * 5, meta, count=4)) == 5  # at least one of each
+
+
+def test_export_of_a_crop_trained_model_checks_on_tiles(checkpoint, tmp_path):
+    stored = torch.load(checkpoint, weights_only=True)
+    tiled = tmp_path / "tiled.pth.tar"
+    model = model_from_checkpoint(stored)
+    save_checkpoint(tiled, model, {**stored["meta"], "input_mode": "tile"})
+    images = tmp_path / "check"
+    images.mkdir()
+    for image in sorted((SAMPLE / "imgs").iterdir())[:2]:
+        (images / image.name).write_bytes(image.read_bytes())
+    path, meta, check = export.run(model=tiled, check_images=str(images))
+    assert meta["input_mode"] == "tile" and check.images == "tiles of 2 images (--check-images)"
+    assert check.agreement[0] >= 0.99  # float32 against PyTorch on the tiles detect.py feeds
 
 
 def test_default_output_strips_checkpoint_suffixes():
