@@ -74,9 +74,10 @@ class Frame:
 class LoadImages:
     """Image and video files, in order. Unreadable files are skipped with a warning that names them."""
 
-    def __init__(self, files, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stretch=False):
+    def __init__(self, files, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stretch=False, bit_depth=None):
         self.files = [Path(f) for f in files]
         self.patch_size, self.mean, self.std, self.stretch = patch_size, tuple(mean), tuple(std), stretch
+        self.bit_depth = bit_depth  # how 16-bit images are scaled: the model's (segtoolkit.imaging)
         self.capture = None
 
     def __iter__(self):
@@ -92,7 +93,7 @@ class LoadImages:
 
     def image_frame(self, path):
         try:
-            original = read_image(path)
+            original = read_image(path, self.bit_depth)
         except UserError as error:  # one bad file should not end a folder run
             warnings.warn(f"skipping {path}: {detection_reason(error, path)}", stacklevel=3)
             return
@@ -383,14 +384,15 @@ class LoadStreams:
 
 
 def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
-                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False):
+                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False, bit_depth=None):
     """Every Frame of the files, then of the streams; closing the generator releases every capture.
-    stretch: resize frames to the patch ignoring their aspect ratio (a model trained with --resize stretch).
+    stretch: resize frames to the patch ignoring their aspect ratio (a model trained with --resize stretch);
+    bit_depth: how 16-bit image files are scaled (the model's meta; None: each by its own largest value).
 
     prefetch > 0 decodes and letterboxes up to that many file frames ahead in a thread, while the caller
     works on the current one (streams are never read ahead: their reader keeps only the newest frame).
     """
-    images = LoadImages(files, patch_size, mean, std, stretch)
+    images = LoadImages(files, patch_size, mean, std, stretch, bit_depth)
     ahead = Prefetcher(images, prefetch) if prefetch > 0 and files else None
     try:
         for frame in ahead or images:

@@ -50,7 +50,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ignore_index = None
 
     def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4,
-                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None, mask_colors=None):
+                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None, mask_colors=None, bit_depth=None):
         check_patch_size(patch_size)
         if mode not in MODES:
             raise ValueError(f"mode {mode} is not one of {MODES}")
@@ -61,8 +61,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
         self.mask_colors = mask_colors  # segtoolkit.classes.MaskColors: RGB masks read as class indices
+        self.bit_depth = bit_depth  # how 16-bit images are scaled (segtoolkit.imaging; None: each by its own)
         key = f"{f'{mode}-{patch_size}' if mode in WHOLE_IMAGE_MODES else f'scale-{scale}'}-" \
-              f"{getattr(self, 'classes', 1)}-{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "")
+              f"{getattr(self, 'classes', 1)}-{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "") \
+              + (f"-{bit_depth}bit" if bit_depth else "")
         self.store = build_store(cache, self.prepare, self.pairs, key=key, cache_dir=cache_dir, threads=threads)
 
     def __len__(self):
@@ -97,7 +99,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def prepare(self, pair):
         """Read, check and size one pair: uint8 image and label mask at the resolution the mode trains at."""
         image_path, mask_path = pair
-        image, mask = read_image(image_path), self.read_mask(mask_path)
+        image, mask = read_image(image_path, self.bit_depth), self.read_mask(mask_path)
         if image.shape[:2] != mask.shape[:2]:
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                             f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")

@@ -188,7 +188,8 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
                                    not nosave, files, exports)
     with StopRequest("finishing this frame, then closing outputs") as stop:
         frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
-                                rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta))
+                                rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta),
+                                bit_depth=meta.get("bit_depth"))
         started = time.perf_counter()
         count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
                                                     Viewer() if view_img else None, stop)

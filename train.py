@@ -30,7 +30,8 @@ from dataset import make_dataset
 from segtoolkit import distributed
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.cli import HelpFormatter, StopRequest, parse_with_given, run_command
-from segtoolkit.config import REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
+from segtoolkit.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
+                               resolve_bit_depth, resume_command)
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
@@ -359,7 +360,8 @@ def train_and_test(args):
     meta = model_meta(config.model, config.encoder, config.classes, config.patch_size,
                       class_names=run_class_names(config.classes, config.class_names, colours),
                       input_mode=config.input_mode, scale=config.scale,
-                      mask_colors=colours.to_meta() if colours else None)
+                      mask_colors=colours.to_meta() if colours else None,
+                      bit_depth=resolve_bit_depth(config, mode, checkpoint, data))
     transform = augmentation_from_dict(checkpoint["augmentation"]) if mode == "resume" and \
         "augmentation" in checkpoint else load_augmentation(config.augment)
     train_set, val_set, test_set = load_datasets(config, meta, data, transform, process)
@@ -400,7 +402,7 @@ def load_datasets(config, meta, data, transform, process):
     options = dict(patch_size=config.patch_size, classes=config.classes, ignore_index=config.ignore_index,
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
                    cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
-                   mask_colors=MaskColors.from_meta(meta["mask_colors"]))
+                   mask_colors=MaskColors.from_meta(meta["mask_colors"]), bit_depth=meta["bit_depth"])
     evaluated = "full" if config.crop else config.resize  # crop-trained models are evaluated on whole images
     train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else config.resize,
                              **options)
@@ -457,7 +459,8 @@ def summary(trainer):
             ("classes", f"{config.classes} ({', '.join(meta['class_names'])})"
                         + (f", colour masks read by {config.mask_colors}" if meta["mask_colors"] else "")),
             ("data", f"{describe_data(config)}: train {len(trainer.train_set)}, val {len(trainer.val_set)}, "
-                     f"test {test}"),
+                     f"test {test}" + (f"; 16-bit images read as {meta['bit_depth']}-bit data" if meta["bit_depth"]
+                                       else "")),
             ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size} "
                          f"({f'{config.crops_per_image} crops per image' if config.crop else config.resize}), "
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
@@ -576,6 +579,11 @@ def add_data_flags(data):
                            "average image's area holds, at least 1: a 512x512 image at patch 256 gives 4)")
     data.add_argument("--scale", type=float, default=1.0,
                       help="with --crop, shrink images by this factor first (e.g. 0.5 for very large images)")
+    data.add_argument("--bit-depth", default="auto", metavar="{auto,8,10,12,14,16}",
+                      help="how 16-bit images are scaled to 8 bits, the same for every image: auto (default) takes "
+                           "the smallest of 10, 12, 14 and 16 bits holding the largest value in the training split's "
+                           "16-bit images; or give the camera's depth. Stored in the checkpoint: detect.py, val.py "
+                           "and export.py read images with it (8-bit files are read as they are)")
     data.add_argument("--cache", default="ram", choices=("ram", "disk", "none"),
                       help="where decoded images live: ram (fastest), disk (uint8 files in --cache-dir, read "
                            "memory-mapped: data larger than memory), none (decoded again at every read)")

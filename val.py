@@ -98,6 +98,7 @@ class Settings:
     scale: float = 1.0
     tile_overlap: float = 0.25
     tile_batch: int = 4
+    bit_depth: int | None = None  # how 16-bit images are scaled, as the model's training data (its meta)
 
 
 # ---------------------------------------------------------------- the model and its run
@@ -138,7 +139,7 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
                         scale=meta.get("scale", 1.0) if tiled else 1.0,
                         tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
                         tile_batch=tile_batch or config.tile_batch, mask_colors=colours,
-                        colours=tuple(output_colours(meta)))
+                        colours=tuple(output_colours(meta)), bit_depth=meta.get("bit_depth"))
     if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
         raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
@@ -286,7 +287,7 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
                            mean=settings.mean, std=settings.std, threads=max(2, workers),
                            mode="full" if settings.tiled else settings.resize, scale=settings.scale,
-                           mask_colors=settings.mask_colors)
+                           mask_colors=settings.mask_colors, bit_depth=settings.bit_depth)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):
         print(f"warning: {line}", file=sys.stderr, flush=True)

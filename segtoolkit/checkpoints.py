@@ -30,8 +30,9 @@ CHECKPOINT_VERSION = 1
 
 
 MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", "std", "patch_size", "class_names")
-# absent from older files: these defaults (mask_colors: the --mask-colors table, segtoolkit.classes)
-OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0, "mask_colors": None}
+# absent from older files: these defaults (mask_colors: the --mask-colors table, segtoolkit.classes;
+# bit_depth: how 16-bit images are scaled, segtoolkit.imaging; None: each image by its own largest value)
+OPTIONAL_META_KEYS = {"input_mode": "letterbox", "scale": 1.0, "mask_colors": None, "bit_depth": None}
 
 
 def with_meta_defaults(meta):

@@ -26,7 +26,7 @@ from segtoolkit.classes import parse_class_names, resolve_class_table
 from segtoolkit.errors import UserError
 from segtoolkit.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.samples import CACHE_MODES
-from segtoolkit.imaging import check_patch_size, is_stretched
+from segtoolkit.imaging import check_bit_depth, check_patch_size, dataset_bit_depth, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 
@@ -67,6 +67,7 @@ class RunConfig:
     classes: int = 1
     ignore_index: int | None = None
     mask_colors: str | None = None  # a colours file: RGB masks as classes (segtoolkit.classes)
+    bit_depth: str | int = "auto"  # how 16-bit images are scaled: auto (from the training split) or 8..16
     class_names: str | None = None  # "background,cell,nucleus"
     # Model
     model: str = "Unet"
@@ -116,6 +117,8 @@ class RunConfig:
                 raise UserError(f"--no-augment and --augment {values['augment']} contradict each other; keep one")
             values["augment"] = "none"
         values.update(class_table(values, getattr(args, "given", ())))
+        if "bit_depth" in values:
+            values["bit_depth"] = check_bit_depth(values["bit_depth"])
         if values.get("resize", "") is None:  # --resize not given: stretch, unless --crop (no whole images)
             values["resize"] = "letterbox" if values.get("crop") else "stretch"
         config = cls(**values)
@@ -208,6 +211,7 @@ class RunConfig:
             # with --load-model the classes may come from the checkpoint: the count is checked with them
             parse_class_names(self.class_names, self.classes, count=self.load_model is None)
         parse_class_weights(self.class_weights, self.classes)
+        check_bit_depth(self.bit_depth)
         if self.augment not in PRESETS:
             load_augmentation(self.augment)  # the file exists and albumentations reads it
 
@@ -360,6 +364,17 @@ def stored_config(checkpoint):
     """The RunConfig a checkpoint was trained with (older checkpoints call it 'args'), or None."""
     stored = checkpoint.get("config") or checkpoint.get("args")
     return RunConfig.from_dict(stored) if stored else None
+
+
+def resolve_bit_depth(config, mode, checkpoint, data):
+    """The bit depth the run reads 16-bit images with (segtoolkit.imaging), stored in its meta: a resume's
+    is its checkpoint's (None for one trained before it was stored: each image by its own); otherwise
+    --bit-depth, where auto is the training split's (None when it holds no 16-bit image)."""
+    if mode == "resume":
+        return checkpoint["meta"].get("bit_depth")
+    if config.bit_depth != "auto":
+        return int(config.bit_depth)
+    return dataset_bit_depth(image for image, _ in data["train"])
 
 
 def describe_data(config):

@@ -1,7 +1,8 @@
 """Reading images and the one preprocessing path shared by training, validation and inference.
 
 `read_image` gives uint8 RGB, upright (EXIF orientation applied) whatever the file holds: gray, RGB or
-RGBA, 8 or 16 bit (scaled by its bit depth). `preprocess_image` letterboxes into the square patch (or,
+RGBA, 8 or 16 bit (16-bit files scaled by the bit depth of the model's data, `dataset_bit_depth`, stored in
+its checkpoint; by each image's own without one). `preprocess_image` letterboxes into the square patch (or,
 with stretch=True, resizes the whole image to it, ignoring the aspect ratio) and normalizes; `unletterbox`
 takes a predicted mask back to the image's size, either way. A file that cannot be read is a UserError
 naming it.
@@ -9,6 +10,7 @@ naming it.
 Usage:
     from segtoolkit.imaging import read_image, preprocess_image, unletterbox
     tensor, box = preprocess_image(read_image("a.jpg"), patch_size=256)   # float32 3x256x256, Letterbox
+    image = read_image("frame.tif", bit_depth=meta["bit_depth"])          # 16-bit files as the model's data
     tensor, box = preprocess_image(image, 256, stretch=is_stretched(meta))  # as a model's meta says
     mask = unletterbox(predicted_patch_mask, box)                          # back to the image's size
 """
@@ -28,6 +30,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HIGH_BIT_DEPTHS = (10, 12, 14, 16)  # what cameras and microscopes store in 16-bit files
+BIT_DEPTHS = (8,) + HIGH_BIT_DEPTHS  # what train.py --bit-depth accepts
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 REPORTED_BIT_DEPTHS = set()  # bit depths this process has already said it reads 16-bit images as
@@ -85,15 +90,16 @@ def truncated_jpeg(data):
     return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
 
 
-def read_image(path):
-    """Read an image as uint8 RGB HxWx3, upright, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit."""
-    return to_rgb8(decode_file(path, "image"), path)
+def read_image(path, bit_depth=None):
+    """Read an image as uint8 RGB HxWx3, upright, whatever it is on disk: gray, RGB or RGBA, 8 or 16 bit
+    (`bit_depth`: how 16-bit files are scaled, see sixteen_to_eight_bits)."""
+    return to_rgb8(decode_file(path, "image"), path, bit_depth)
 
 
-def to_rgb8(image, path="image"):
+def to_rgb8(image, path="image", bit_depth=None):
     """Convert a decoded OpenCV array (BGR order) to uint8 RGB HxWx3."""
     if image.dtype == np.uint16:
-        image = sixteen_to_eight_bits(image, path)
+        image = sixteen_to_eight_bits(image, path, bit_depth)
     elif image.dtype != np.uint8:
         raise UserError(f"image {path} has pixel type {image.dtype}; save it as 8- or 16-bit")
     if image.ndim == 2:
@@ -107,15 +113,66 @@ def to_rgb8(image, path="image"):
     raise UserError(f"image {path} has {image.shape[2]} channels; use gray, RGB or RGBA")
 
 
-def sixteen_to_eight_bits(image, path):
-    """16-bit pixels to 8 bits, scaled by the image's bit depth: the smallest of 10, 12, 14 and 16 bits that
-    holds its largest value. 12-bit data scaled as 16-bit would be near-black (4095 -> 16)."""
-    colour = image[..., :3] if image.ndim == 3 and image.shape[2] == 4 else image  # opaque alpha is 65535
-    largest = int(colour.max()) if colour.size else 0
-    bits = next(bits for bits in HIGH_BIT_DEPTHS if largest < 1 << bits)
-    if 0 < largest and bits < 16:
-        report_bit_depth(bits, largest, path)
+def sixteen_to_eight_bits(image, path, bit_depth=None):
+    """16-bit pixels to 8 bits: 0..2^bits-1 onto 0..255. `bit_depth` is the data's (train.py decides it once,
+    from the training split or --bit-depth, and stores it in the checkpoint), so one raw value reads as one
+    8-bit value in every image; values above it read as 255 (said once). Without one (models trained before
+    it was stored, data without 16-bit images), the image's own: the smallest of 10, 12, 14 and 16 bits that
+    holds its largest value, so 12-bit data is not near-black (4095 -> 16), but 800 reads 199 in a frame
+    whose largest value is 900 and 50 in one whose largest is 4000."""
+    largest = largest_value(image)
+    if bit_depth is None:
+        bits = bits_holding(largest)
+        if 0 < largest and bits < 16:
+            report_bit_depth(bits, largest, path)
+    else:
+        bits = bit_depth
+        if largest >= 1 << bits:
+            report_clipping(bits, largest, path)
     return scale_table(bits)[image]
+
+
+def largest_value(image):
+    """The largest colour value of a decoded image (an alpha channel is left out: opaque is 65535)."""
+    colour = image[..., :3] if image.ndim == 3 and image.shape[2] == 4 else image
+    return int(colour.max()) if colour.size else 0
+
+
+def bits_holding(largest):
+    """The smallest of 10, 12, 14 and 16 bits that holds `largest`."""
+    return next(bits for bits in HIGH_BIT_DEPTHS if largest < 1 << bits)
+
+
+def dataset_bit_depth(paths):
+    """The bit depth 16-bit images of a data set are read with (train.py --bit-depth auto: its training
+    split): the smallest of 10, 12, 14 and 16 bits that holds the largest value of any of its 16-bit images;
+    None when it has none. Only files that can hold 16 bits (a PNG whose header says 16, a TIFF) are decoded."""
+    largest = None
+    for path in paths:
+        if may_hold_16_bits(path):
+            image = decode_file(path, "image")
+            if image.dtype == np.uint16:
+                largest = max(largest or 0, largest_value(image))
+    return None if largest is None else bits_holding(largest)
+
+
+def may_hold_16_bits(path):
+    """Whether an image file may decode to 16 bits, from its first bytes: a 16-bit PNG, or any TIFF."""
+    with open(path, "rb") as handle:
+        head = handle.read(25)
+    if head.startswith(PNG_SIGNATURE):
+        return len(head) == 25 and head[24] == 16  # the IHDR chunk's bit depth
+    return head[:4] in TIFF_SIGNATURES
+
+
+def check_bit_depth(value, flag="--bit-depth"):
+    """--bit-depth as stored: 'auto' or one of BIT_DEPTHS (an int)."""
+    if str(value) == "auto":
+        return "auto"
+    if str(value) not in map(str, BIT_DEPTHS):
+        raise UserError(f"{flag} {value}: give auto (from the training split's 16-bit images) or one of "
+                        f"{', '.join(map(str, BIT_DEPTHS))}")
+    return int(value)
 
 
 @lru_cache(maxsize=None)
@@ -124,6 +181,17 @@ def scale_table(bits):
     top = (1 << bits) - 1
     values = np.minimum(np.arange(1 << 16, dtype=np.uint32), top)
     return ((values * 255 + top // 2) // top).astype(np.uint8)
+
+
+def report_clipping(bits, largest, path):
+    """Say once per process and bit depth that 16-bit values above the data's depth read as 255."""
+    with REPORT_LOCK:
+        if ("clipped", bits) in REPORTED_BIT_DEPTHS:
+            return
+        REPORTED_BIT_DEPTHS.add(("clipped", bits))
+    top = (1 << bits) - 1
+    print(f"warning: 16-bit image {path} holds values up to {largest}, above the {bits}-bit range (0..{top}) the "
+          f"model's data was read in: its pixels above {top} read as 255", file=sys.stderr, flush=True)
 
 
 def report_bit_depth(bits, largest, path):

@@ -106,17 +106,21 @@ def load_encoder_weights(model, path):
 
 
 def model_meta(architecture, encoder, classes, patch_size, in_channels=3, class_names=None,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_mode="letterbox", scale=1.0, mask_colors=None):
+               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_mode="letterbox", scale=1.0, mask_colors=None,
+               bit_depth=None):
     """The self-description stored in every checkpoint (and in exported ONNX files). `input_mode` says how
     the model saw its images: 'letterbox' (whole images fitted into the patch), 'stretch' (whole images
     resized to the patch, aspect ratio ignored: every consumer stretches them the same way) or 'tile' (crops
     at the image's own resolution times `scale`: detect.py and val.py then segment by sliding window).
     `mask_colors` is the --mask-colors table (MaskColors.to_meta), so val.py reads the masks and detect.py
-    colours its outputs as training did; None without one."""
+    colours its outputs as training did; None without one. `bit_depth` is the bit depth 16-bit images of
+    its data are scaled by (segtoolkit.imaging.dataset_bit_depth), so every consumer maps one raw value to one
+    8-bit value as training did; None: each 16-bit image by its own largest value."""
     names = class_names or default_class_names(classes)
     return {"architecture": architecture_class(architecture).__name__, "encoder": encoder, "classes": classes,
             "in_channels": in_channels, "mean": list(mean), "std": list(std), "patch_size": patch_size,
-            "class_names": list(names), "input_mode": input_mode, "scale": scale, "mask_colors": mask_colors}
+            "class_names": list(names), "input_mode": input_mode, "scale": scale, "mask_colors": mask_colors,
+            "bit_depth": bit_depth}
 
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):

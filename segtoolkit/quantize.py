@@ -52,10 +52,11 @@ def preprocessed(paths, meta, count=DEFAULT_COUNT):
     window cuts them. Tiles are spread evenly over each image, count // len(paths) of them (at least one):
     calibration keeps every input's activations until it ends, so the inputs stay as many as images would."""
     if meta.get("input_mode") != "tile":
-        return [preprocess_image(read_image(path), meta["patch_size"], meta["mean"], meta["std"],
-                                 stretch=is_stretched(meta))[0][None].numpy() for path in paths]
+        return [preprocess_image(read_image(path, meta.get("bit_depth")), meta["patch_size"], meta["mean"],
+                                 meta["std"], stretch=is_stretched(meta))[0][None].numpy() for path in paths]
     per_image = max(1, count // max(1, len(paths)))
-    return [tile[None].numpy() for path in paths for tile in tiles(read_image(path), meta, per_image)]
+    return [tile[None].numpy() for path in paths
+            for tile in tiles(read_image(path, meta.get("bit_depth")), meta, per_image)]
 
 
 def tiles(image, meta, most):

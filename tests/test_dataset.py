@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dataset import BinaryDataset, Dataset, make_dataset
-from segtoolkit.imaging import letterbox, normalize, preprocess_image, read_image, unletterbox
+from segtoolkit.imaging import dataset_bit_depth, letterbox, normalize, preprocess_image, read_image, unletterbox
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
@@ -322,6 +322,83 @@ def test_full_range_16_bit_and_alpha_keep_the_16_bit_scale(tmp_path, capsys, fre
     image = read_image(tmp_path / "full.png")
     assert image[0, 0, 0] == round(4000 / 257) and image[1, 1, 0] == 255
     assert capsys.readouterr().err.count("read as 12-bit data") == 1
+
+
+def two_frames(folder, maxima=(900, 4000), stem="frame"):
+    """16-bit gray frames 64x64 holding raw 800 in their left half and their largest value in one pixel, with
+    binary masks: folder/imgs, folder/masks; [(image, mask)]."""
+    pairs = []
+    for index, largest in enumerate(maxima):
+        frame = np.full((64, 64), 100, np.uint16)
+        frame[:, :32] = 800
+        frame[0, 63] = largest
+        pairs.append(write_pair(folder, f"{stem}{index}", frame, square_mask(64, 64, 255)))
+    return pairs
+
+
+def test_one_raw_value_reads_as_one_8_bit_value_in_every_image_of_the_data(tmp_path, capsys, fresh_bit_depth_notes):
+    """Issue 22: each 16-bit image was scaled by its own largest value, so raw 800 read 199 in a frame whose
+    largest was 900 (10-bit) and 50 in one whose largest was 4000 (12-bit)."""
+    (first, _), (second, _) = two_frames(tmp_path)
+    assert read_image(first)[0, 0, 0] == 199 and read_image(second)[0, 0, 0] == 50  # without a depth: as before
+    assert dataset_bit_depth([first, second]) == 12  # the smallest depth holding the data's largest value
+    same = [read_image(path, bit_depth=12)[0, 0, 0] for path in (first, second)]
+    assert same == [round(800 * 255 / 4095)] * 2
+    capsys.readouterr()
+    clipped = read_image(second, bit_depth=10)  # --bit-depth 10 on data that holds 12 bits: 4000 clips
+    assert clipped[0, 0, 0] == round(800 * 255 / 1023) and clipped[0, 63, 0] == 255
+    read_image(second, bit_depth=10)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"16-bit image {second} holds values up to 4000, above the 10-bit range" in err
+    eight = tmp_path / "eight.png"
+    cv2.imwrite(str(eight), np.full((8, 8), 200, np.uint8))
+    assert dataset_bit_depth([eight]) is None and read_image(eight, bit_depth=12)[0, 0, 0] == 200  # 8-bit as is
+    tiff = tmp_path / "frame.tif"
+    cv2.imwrite(str(tiff), np.full((8, 8), 16000, np.uint16))
+    assert dataset_bit_depth([eight, tiff, first]) == 14
+    dataset = BinaryDataset(two_frames(tmp_path / "set"), 64, bit_depth=12)
+    assert [image[0, 0, 0] for image in dataset.images] == same  # training reads them the same way
+
+
+def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_every_reader(tmp_path, run_name, capsys,
+                                                                                         fresh_bit_depth_notes):
+    import train
+    from conftest import RUNS
+    from dataloaders import LoadImages
+    from segtoolkit import quantize
+    from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
+    from segtoolkit.models import build_model, model_meta
+    from val import eval_settings
+    pairs = two_frames(tmp_path / "data", (900, 4000), "train") + two_frames(tmp_path / "data", (1000,), "val")
+    for name, stems in (("train.txt", ["train0", "train1"]), ("val.txt", ["val0"])):
+        (tmp_path / "data" / name).write_text("".join(f"imgs/{stem}.png\n" for stem in stems))
+    common = ["--data-dir", str(tmp_path / "data"), "--train-list", "train.txt", "--val-list", "val.txt",
+              "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
+              "--epochs", "1", "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
+    assert train.main(train.parse_args([*common, "--name", run_name])) == 0
+    out = capsys.readouterr().out
+    assert "16-bit images read as 12-bit data" in out  # the training split's largest value is 4000
+    checkpoint = load_checkpoint(RUNS / run_name / "best-checkpoint.pth.tar")
+    meta = checkpoint["meta"]
+    assert meta["bit_depth"] == 12 and checkpoint["config"]["bit_depth"] == "auto"
+    # every reader scales 16-bit files by the stored depth: raw 800 is one 8-bit value everywhere
+    expected = round(800 * 255 / 4095)
+    frames = list(LoadImages([pair[0] for pair in pairs], None, bit_depth=meta["bit_depth"]))
+    assert [frame.original[0, 0, 0] for frame in frames] == [expected] * 3
+    assert eval_settings(meta, checkpoint).bit_depth == 12  # val.py
+    assert quantize.preprocessed([pairs[0][0]], meta)[0][0, 0, 0, 0] == pytest.approx(
+        normalize(np.full((1, 1, 3), expected, np.uint8))[0, 0, 0].item())  # export's check and calibration
+    old_meta = {key: value for key, value in meta.items() if key != "bit_depth"}  # written before it was stored
+    save_checkpoint(tmp_path / "old.pth.tar", build_model("Unet", "resnet18", 1), old_meta)
+    assert load_checkpoint(tmp_path / "old.pth.tar")["meta"]["bit_depth"] is None  # each image by its own
+    assert model_meta("Unet", "resnet18", 1, 64)["bit_depth"] is None
+    assert train.main(train.parse_args([*common, "--name", run_name, "--bit-depth", "14", "--epochs", "1"])) == 0
+    assert load_checkpoint(RUNS / f"{run_name}2" / "best-checkpoint.pth.tar")["meta"]["bit_depth"] == 14
+    capsys.readouterr()
+    assert train.main(train.parse_args([*common, "--name", run_name, "--bit-depth", "9"])) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --bit-depth 9: give auto (from the training split's 16-bit images) or one of "
+                   "8, 10, 12, 14, 16\n")
 
 
 def test_16_bit_masks_are_not_scaled(tmp_path):
