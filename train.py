@@ -5,6 +5,7 @@ Usage:
     python train.py --encoder resnet18 --patch-size 128 --epochs 20 --encoder-weights none
     python train.py --data-dir data/mine --search-files --val-split 0.2 --classes 3
     python train.py --data-dir data/mine --search-files --mask-colors colours.csv   # RGB masks: name,R,G,B
+    python train.py --coco export/annotations.json --val-split 0.2          # a labelling tool's COCO export
     python train.py --load-model checkpoints/exp/checkpoint.pth.tar    # resume where it stopped
     python train.py --load-model checkpoints/exp/best-checkpoint.pth.tar --epochs 5   # fine-tune, new run
     torchrun --nproc_per_node=2 train.py --batch-size 8              # 8 images per process
@@ -558,8 +559,16 @@ def add_data_flags(data):
                            "there is no test evaluation)")
     data.add_argument("--search-files", action="store_true",
                       help="ignore the split files: pair imgs/ and masks/ by stem and split them randomly")
-    data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files")
-    data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files")
+    data.add_argument("--coco", type=Path, default=None, metavar="FILE.json",
+                      help="train on a COCO JSON export (CVAT, Label Studio, Roboflow, labelme): its images (found "
+                           "beside it, or in --data-dir) and its polygons and RLE rasterised once into the cache; "
+                           "classes in the order of its categories, background 0 (a category named background, or "
+                           "id 0, is background); overlaps: the smaller annotation wins; iscrowd regions are "
+                           "ignored (--ignore-index 255). Split by --val-split and --test-split, or --val-coco")
+    data.add_argument("--val-coco", type=Path, default=None, metavar="FILE.json",
+                      help="with --coco, a second COCO file as the validation split (same categories)")
+    data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files or --coco")
+    data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files or --coco")
     data.add_argument("--patch-size", type=int, default=256,
                       help="square training size, a multiple of 32; images are resized into it (see --resize; "
                            "with --crop: the size of the crops, and of the tiles of evaluation and detection)")

@@ -6,6 +6,7 @@ Usage:
     python val.py --model checkpoints/exp/best-checkpoint.pth.tar --split val --save-masks
     python val.py --model best-checkpoint.pth.tar --data my_data/test.txt     # a split file
     python val.py --model best-checkpoint.onnx --data my_data/holdout         # a folder with imgs/ and masks/
+    python val.py --model best-checkpoint.pth.tar --coco export/holdout.json  # a COCO file (segtoolkit.coco)
     python val.py --model best-checkpoint.onnx --data-dir my_data --search-files --val-split 0.2 --test-split 0.1
 
 Data: a train.py checkpoint lists the files of its run, and without a data flag val.py takes its test split
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from dataset import make_dataset
 from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.coco import coco_pairs
 from segtoolkit.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
 from segtoolkit.cli import HelpFormatter, StopRequest, run_command
 from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
@@ -189,6 +191,16 @@ def choose_data(*, checkpoint, model, data=None, data_dir=None, search=False, sp
     return checkpoint_split(checkpoint, model, split)
 
 
+def coco_data(path, meta, data_dir, img_dir):
+    """--coco FILE: every image of a COCO file, its categories mapped onto the model's classes by name."""
+    folder = Path(data_dir) if data_dir is not None else Path(path).resolve().parent
+    pairs = coco_pairs(path, meta["class_names"], data_dir=data_dir, img_dir=img_dir,
+                       cache_dir=folder / ".segtoolkit-cache")
+    if not pairs:
+        raise UserError(f"--coco {path} lists no images; give another file")
+    return Data([list(map(str, pair)) for pair in pairs], "val", f"COCO file {path}")
+
+
 def search_flags_given(search_flags):
     return [(f"--{key.replace('_', '-')}", True) for key in search_flags]
 
@@ -271,7 +283,7 @@ def check_flags(batch_size, workers, name):
 def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
         search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
         workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
-        tile_overlap=None, tile_batch=None, mask_colors=None, half=False):
+        tile_overlap=None, tile_batch=None, mask_colors=None, half=False, coco=None):
     """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
     fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
     stopped), interrupted."""
@@ -279,8 +291,10 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     device = resolve_device(device)
     folder = RunFolder(save_dir, project, name)
     meta, predictor, checkpoint = open_model(model, device, half)
-    chosen = choose_data(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search,
-                         split=split, img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
+    chosen = coco_data(coco, meta, data_dir, img_dir) if coco else choose_data(
+        checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search, split=split,
+        img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
+    ignore_index = DEFAULT_IGNORE_LABEL if coco and ignore_index is None else ignore_index  # crowd regions
     settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
                              class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                              mask_colors=mask_colors)
@@ -377,6 +391,9 @@ def parse_args(argv=None):
     data.add_argument("--data-dir", default=None, help="folder of a split file's entries, or of --search-files")
     data.add_argument("--img-dir", default="imgs", help="image folder inside the data folder")
     data.add_argument("--mask-dir", default="masks", help="mask folder inside the data folder")
+    data.add_argument("--coco", type=Path, default=None, metavar="FILE.json",
+                      help="evaluate every image of a COCO JSON export (as train.py --coco reads it: categories "
+                           "matched to the model's classes by name, iscrowd regions ignored)")
     data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
                       help="read colour masks with this CSV or JSON file (as train.py's) instead of the colours the "
                            "model was trained with; it must list the model's classes")
@@ -427,7 +444,7 @@ def val_from_args(args):
                   class_weights=args.class_weights, device=args.device, workers=args.workers,
                   save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
                   tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
-                  mask_colors=args.mask_colors, half=args.half)
+                  mask_colors=args.mask_colors, half=args.half, coco=args.coco)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

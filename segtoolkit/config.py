@@ -23,6 +23,7 @@ from pathlib import Path
 
 from segtoolkit.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.classes import parse_class_names, resolve_class_table
+from segtoolkit.coco import coco_settings, coco_splits
 from segtoolkit.errors import UserError
 from segtoolkit.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.samples import CACHE_MODES
@@ -38,8 +39,9 @@ RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "l
 MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "resize", "scale")
 RESIZE_MODES = ("letterbox", "stretch")  # how --resize fits a whole image into the patch (not with --crop)
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
-               "test_split", "ignore_index", "mask_colors")
-PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors")
+               "test_split", "ignore_index", "mask_colors", "coco", "val_coco")
+PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors", "coco",
+               "val_coco")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class RunConfig:
     val_list: str | None = None
     test_list: str | None = None
     search_files: bool = False
+    coco: str | None = None  # a COCO JSON: images, masks and classes (segtoolkit.coco)
+    val_coco: str | None = None  # its validation split as a second COCO file
     val_split: float = 0.2
     test_split: float = 0.0
     patch_size: int = 256
@@ -117,6 +121,7 @@ class RunConfig:
                 raise UserError(f"--no-augment and --augment {values['augment']} contradict each other; keep one")
             values["augment"] = "none"
         values.update(class_table(values, getattr(args, "given", ())))
+        values.update(coco_table(values, getattr(args, "given", ())))
         if "bit_depth" in values:
             values["bit_depth"] = check_bit_depth(values["bit_depth"])
         if values.get("resize", "") is None:  # --resize not given: stretch, unless --crop (no whole images)
@@ -154,6 +159,10 @@ class RunConfig:
         """Absolute paths, and the split files: the bundled sample's three files go with the bundled sample
         only; another --data-dir uses its own training_dataset.txt etc. when it has them, else --train-list
         and --val-list (or --search-files) must be given, and there is no test split without --test-list."""
+        if self.coco:  # the images a COCO file names are found beside it, or in --data-dir
+            return self.replace(data_dir=str(Path(self.data_dir or Path(self.coco).parent).resolve()),
+                                project=str(Path(self.project).resolve()),
+                                load_model=str(Path(self.load_model).resolve()) if self.load_model else None)
         data_dir = Path(self.data_dir).resolve() if self.data_dir else SAMPLE_DIR
         lists = {}
         for key, default in zip(("train_list", "val_list", "test_list"), SPLIT_FILES):
@@ -290,6 +299,21 @@ def class_table(values, given):
     return {"classes": classes, "ignore_index": ignore_index, "mask_colors": path}
 
 
+def coco_table(values, given):
+    """{coco, val_coco, classes, class_names, ignore_index} of a run on COCO files (stored absolute): the
+    file's categories set the classes (segtoolkit.coco). Not with split files, --search-files or colours."""
+    if values.get("coco") is None:
+        if values.get("val_coco") is not None:
+            raise UserError(f"--val-coco {values['val_coco']} goes with --coco TRAIN.json; give both")
+        return {}
+    for flag in ("train_list", "val_list", "test_list", "search_files", "mask_colors"):
+        if values.get(flag):
+            raise UserError(f"--coco {values['coco']} gives the images and masks; drop {flag_name(flag)}")
+    paths = {key: str(Path(values[key]).resolve()) if values.get(key) else None for key in ("coco", "val_coco")}
+    return {**paths, **coco_settings(paths["coco"], paths["val_coco"], values.get("classes", 1),
+                                     values.get("class_names"), values.get("ignore_index"), given)}
+
+
 def plan_run(config, given, checkpoint, world_size):
     """(configuration, mode, data) of a run: `mode` is 'new', 'resume' or 'fine-tune' (see the module's
     docstring), `data` the {'train', 'val', 'test'} lists of [image, mask] paths it trains on."""
@@ -305,7 +329,12 @@ def plan_run(config, given, checkpoint, world_size):
 
 def load_splits(config):
     """(train, val, test) lists of (image, mask) pairs from the split files or --search-files."""
-    if config.search_files:
+    if config.coco:
+        train, val, test = coco_splits(config.coco, config.val_coco, parse_class_names(config.class_names,
+                                       config.classes), data_dir=config.data_dir, img_dir=config.img_dir,
+                                       cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
+                                       val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+    elif config.search_files:
         train, val, test = search_files(config.data_dir, config.img_dir, config.mask_dir, config.val_split,
                                         config.test_split, config.seed)
     else:
@@ -378,6 +407,8 @@ def resolve_bit_depth(config, mode, checkpoint, data):
 
 
 def describe_data(config):
+    if config.coco:
+        return f"{config.coco}" + (f" (validation: {config.val_coco})" if config.val_coco else "")
     if config.search_files:
         return f"{config.data_dir} (--search-files)"
     return f"{config.data_dir} ({Path(config.train_list).name}, {Path(config.val_list).name})"

@@ -172,7 +172,12 @@ def search_files(data_dir, img_dir="imgs", mask_dir="masks", val_split=0.2, test
     for flag, value in (("--val-split", val_split), ("--test-split", test_split)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} {value} must be a fraction in [0, 1)")
-    pairs = [(images[stem], masks[stem]) for stem in sorted(images)]
+    return split_fractions([(images[stem], masks[stem]) for stem in sorted(images)], val_split, test_split, seed)
+
+
+def split_fractions(pairs, val_split, test_split, seed):
+    """(train, val, test) of `pairs` shuffled by `seed`: ceil(val_split) of them validate, floor(test_split) test."""
+    pairs = list(pairs)
     random.Random(seed).shuffle(pairs)
     n_val, n_test = math.ceil(len(pairs) * val_split), math.floor(len(pairs) * test_split)
     return pairs[n_val + n_test:], pairs[:n_val], pairs[n_val:n_val + n_test]
