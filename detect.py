@@ -13,6 +13,7 @@ Usage:
     python detect.py --model best-checkpoint.xml --source clip.mp4           # OpenVINO model from export.py
     python detect.py --model best.pth.tar --source clip.mp4 --half           # bfloat16 CPUs, float16 GPUs
     python detect.py --model best.pth.tar --source data/sample/imgs --save-json --save-probs  # polygons, probs
+    python detect.py --model best.pth.tar --source new_imgs --save-coco --rank-uncertain 20  # pre-labels, to label
 
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, and a second
 run into it appends to its results.csv): for each image the annotated image and masks/<name>.png (0/255
@@ -20,7 +21,8 @@ for one class; for several a palette PNG, its pixels the class indices and its c
 --save-video an annotated MP4 per video or stream (MJPEG .avi for an odd frame size, which MP4 cannot keep
 here), and always results.csv with one row per frame naming the files written for it. --save-json adds
 polygons.jsonl (every polygon of every class, per frame), --save-probs probs/<name>.npz or .png (the
-class probabilities at the original size): see segtoolkit.frame_exports. Files are named after their
+class probabilities at the original size), --save-coco predictions.coco.json (segtoolkit.coco),
+--rank-uncertain K to_label/ and to_label.csv (segtoolkit.uncertainty): see segtoolkit.frame_exports. Files are named after their
 source (odd.avi.mp4 and odd.mp4.mp4 when stems collide; _2, _3... rather than overwriting any file).
 The folder is created with the first frame: a stream that cannot be opened within --stream-timeout
 is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
@@ -42,6 +44,7 @@ from dataloaders import RTSP_TRANSPORTS, iterate_frames
 from segtoolkit.cli import HelpFormatter, StopRequest, run_command
 from segtoolkit.config import check_run_name
 from segtoolkit.classes import output_colours
+from segtoolkit.coco import CocoWriter, check_coco_output
 from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
 from segtoolkit.output_files import check_save_dir
 from segtoolkit.distributed import resolve_device
@@ -53,6 +56,7 @@ from segtoolkit.pipeline import Finisher
 from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
 from segtoolkit.probabilities import Prediction, logits_to_probabilities
 from segtoolkit.tiling import WEIGHTINGS, Tiler
+from segtoolkit.uncertainty import UncertainFrames, check_ranking
 from segtoolkit.sources import resolve_sources
 
 REPO = Path(__file__).resolve().parent
@@ -164,7 +168,8 @@ def check_flags(conf_thres, max_frames, patch_size, name):
 def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
         view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
         name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
-        tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False):
+        tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False, save_coco=False, coco_rle=False,
+        rank_uncertain=None, rank_gap=30):
     """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
 
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
@@ -175,6 +180,8 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
     save_dir = Path(save_dir) if save_dir else None
     check_save_dir(save_dir or Path(project) / name)
+    check_ranking(rank_uncertain, rank_gap, save_dir)
+    check_coco_output(save_coco, coco_rle, save_dir)
     if view_img:
         check_display()
     meta, predictor = load_predictor(model, device, half)
@@ -182,8 +189,11 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     size = meta["patch_size"] if patch_size is None else patch_size
     tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
     segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting,
-                          probabilities=save_probs)
-    exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs)
+                          probabilities=save_probs or save_coco or rank_uncertain is not None)  # scores need them
+    exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs,
+                           coco=CocoWriter(meta["class_names"], coco_rle) if save_coco else None,
+                           ranking=UncertainFrames(rank_uncertain, rank_gap, output_colours(meta) if meta["classes"] > 1
+                                                   else None) if rank_uncertain is not None else None)
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
                                    not nosave, files, exports)
     with StopRequest("finishing this frame, then closing outputs") as stop:
@@ -306,6 +316,18 @@ def parse_args(argv=None):
     output.add_argument("--save-json", action="store_true",
                         help="write polygons.jsonl beside results.csv: per image or frame, every polygon of every "
                              "class (class id and name, area in pixels, points and holes in image coordinates)")
+    output.add_argument("--save-coco", action="store_true",
+                        help="write predictions.coco.json: one image per image or frame, one annotation per region "
+                             "(polygon along the pixel edges, holes kept; area, bbox, score = the mean probability "
+                             "of its class over it), to import into CVAT or Label Studio as pre-annotations")
+    output.add_argument("--coco-rle", action="store_true", help="with --save-coco, compressed RLE instead of polygons")
+    output.add_argument("--rank-uncertain", type=int, default=None, metavar="K",
+                        help="copy the K images or frames the model is least sure of (mean of 1 - the margin between "
+                             "the two likeliest classes' probabilities) with their predicted masks to to_label/, "
+                             "listed most uncertain first in to_label.csv")
+    output.add_argument("--rank-gap", type=int, default=30, metavar="N",
+                        help="with --rank-uncertain, of a video's frames closer than N frames only the most "
+                             "uncertain is taken (near duplicates; default 30)")
     output.add_argument("--save-probs", action="store_true",
                         help="write the class probabilities at the original size to probs/: .npz (float16 HxWxC) "
                              "for several classes, a 16-bit PNG (probability x 65535) for one")
@@ -323,7 +345,8 @@ def detect_from_args(args):
                   save_dir=args.save_dir, project=args.project, name=args.name, nosave=args.nosave,
                   stream_timeout=args.stream_timeout, rtsp_transport=args.rtsp_transport, tile=args.tile,
                   tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weighting=args.tile_weighting,
-                  save_json=args.save_json, save_probs=args.save_probs)
+                  save_json=args.save_json, save_probs=args.save_probs, save_coco=args.save_coco,
+                  coco_rle=args.coco_rle, rank_uncertain=args.rank_uncertain, rank_gap=args.rank_gap)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

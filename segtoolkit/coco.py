@@ -49,6 +49,7 @@ from segtoolkit.masks import palette_png
 from segtoolkit.overlay import class_colours
 from segtoolkit.polygons import children, PARENT
 from segtoolkit.samples import write_atomically
+from segtoolkit.sources import safe_name
 from segtoolkit.splits import split_fractions
 
 IGNORE_LABEL = DEFAULT_IGNORE_LABEL
@@ -252,6 +253,19 @@ def coco_splits(coco, val_coco, names, *, data_dir, img_dir, cache_dir, val_spli
 # ---------------------------------------------------------------- writing
 
 
+def check_coco_output(save_coco, rle, save_dir):
+    """detect.py's --coco-rle goes with --save-coco; a predictions.coco.json in --save-dir is another run's."""
+    if rle and not save_coco:
+        raise UserError("--coco-rle says how --save-coco writes regions; add --save-coco, or drop --coco-rle")
+    if save_coco and save_dir is not None and (Path(save_dir) / COCO_FILE).exists():
+        raise UserError(f"--save-dir {save_dir} holds a {COCO_FILE} of an earlier run; give another --save-dir")
+
+
+def frame_file_name(frame):
+    """A frame's file_name in predictions.coco.json: an image's own name, a video frame's <stem>_<frame>.png."""
+    return Path(frame.path).name if frame.is_image else f"{safe_name(frame.path)}_{frame.index:06d}.png"
+
+
 def region_outlines(region):
     """COCO polygons ([x0, y0, x1, y1, ...] lists) of a bool mask's regions, each with its holes joined in,
     along pixel edges (see EDGE_UPSAMPLING)."""
@@ -313,6 +327,12 @@ class CocoWriter:
         return {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": label,
                 "segmentation": segmentation, "area": float(coco_mask.area(rle)),
                 "bbox": [float(value) for value in coco_mask.toBbox(rle)], "iscrowd": 0, "score": score}
+
+    def drop_last(self):
+        """Take back the last image and its annotations (its results.csv row could not be written)."""
+        if self.images:
+            image_id = self.images.pop()["id"]
+            self.annotations = [entry for entry in self.annotations if entry["image_id"] != image_id]
 
     def document(self):
         categories = [{"id": index, "name": name, "supercategory": ""}

@@ -5,7 +5,9 @@
   region of every class in original-image pixel coordinates (segtoolkit.polygons says what `area` is);
 - --save-probs: probs/<name>.npz (several classes) or probs/<name>.png (one class) with the probabilities at
   the original size (segtoolkit.probabilities says how they are stored); the results.csv column probs_file
-  names it. A video's or stream's frames are probs/<name>_<frame number, 6 digits>.<suffix>.
+  names it. A video's or stream's frames are probs/<name>_<frame number, 6 digits>.<suffix>;
+- --save-coco: predictions.coco.json (segtoolkit.coco.CocoWriter), written when the run ends;
+- --rank-uncertain K: to_label/ and to_label.csv (segtoolkit.uncertainty), written when the run ends.
 
 A second run into the same --save-dir appends to polygons.jsonl, as to results.csv; the files of a frame
 whose results.csv row cannot be written are taken back (its probabilities file removed, its JSON line cut).
@@ -18,6 +20,7 @@ Usage:
 import contextlib
 import json
 
+from segtoolkit.coco import COCO_FILE, frame_file_name
 from segtoolkit.output_files import ends_with_newline, write_failure, write_new_file, write_picture
 from segtoolkit.polygons import polygon_records
 from segtoolkit.probabilities import at_original_size, encode_png, probability_suffix, write_npz
@@ -28,8 +31,9 @@ POLYGONS_FILE = "polygons.jsonl"
 class FrameExports:
     """--save-json and --save-probs for a ResultWriter: the calls of detect_outputs.NoExports."""
 
-    def __init__(self, class_names, classes, save_json=False, save_probs=False):
+    def __init__(self, class_names, classes, save_json=False, save_probs=False, coco=None, ranking=None):
         self.class_names, self.save_json, self.save_probs = list(class_names), save_json, save_probs
+        self.coco, self.ranking, self.save_dir = coco, ranking, None  # a CocoWriter, an UncertainFrames
         self.suffix = probability_suffix(classes)
         self.json_file = self.json_path = None
         self.written = None  # (probabilities file, JSON line start) of the last frame: what rollback takes back
@@ -47,6 +51,7 @@ class FrameExports:
         return f"probs/{stem}{number}{self.suffix}"
 
     def open(self, save_dir):
+        self.save_dir = save_dir
         if not self.save_json:
             return
         self.json_path = save_dir / POLYGONS_FILE
@@ -68,6 +73,12 @@ class FrameExports:
             self.remove(save_dir, files.get("probs_file"))
             raise write_failure(self.json_path, error.strerror or error) from None
         self.written = (save_dir, files.get("probs_file"), start)
+        if self.coco is not None or self.ranking is not None:
+            full = at_original_size(probabilities, mask.shape[:2], frame.letterbox)
+            if self.coco is not None:
+                self.coco.add(frame_file_name(frame), mask, full)
+            if self.ranking is not None:
+                self.ranking.add(frame, mask, full)
         return files
 
     def write_probabilities(self, save_dir, name, frame, probabilities):
@@ -101,6 +112,8 @@ class FrameExports:
             self.remove(save_dir, probs_file)
             if start is not None:
                 self.cut(start)
+            if self.coco is not None:
+                self.coco.drop_last()
             self.written = None
 
     def cut(self, start):
@@ -115,6 +128,11 @@ class FrameExports:
                 (save_dir / name).unlink(missing_ok=True)
 
     def close(self):
+        """Close polygons.jsonl; write predictions.coco.json and the ranking of the frames done."""
+        if self.save_dir is not None and self.coco is not None:
+            self.coco.write(self.save_dir / COCO_FILE)
+        if self.save_dir is not None and self.ranking is not None:
+            self.ranking.write(self.save_dir)
         if self.json_file is not None:
             with contextlib.suppress(OSError):  # a failure being reported may have left it unflushable
                 self.json_file.close()

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+import val
 from conftest import REPO, RUNS
+from dataloaders import Frame
 from detect_helpers import QUIET_ENV, run_detect
 from segtoolkit.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
 from segtoolkit.errors import UserError
 from segtoolkit.masks import read_mask
+from segtoolkit.uncertainty import UncertainFrames, margin_uncertainty
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ("background", "cell", "nucleus", "debris")
@@ -165,6 +168,29 @@ def test_written_regions_rasterise_back_to_the_mask_exactly(rle):
     assert np.array_equal(back, mask)
 
 
+def test_margin_uncertainty_is_zero_when_sure_and_one_for_ties():
+    sure = np.zeros((4, 4, 3), np.float32)
+    sure[..., 1] = 1
+    assert margin_uncertainty(sure) == 0
+    assert margin_uncertainty(np.full((4, 4, 2), 0.5, np.float32)) == pytest.approx(1)
+    assert margin_uncertainty(np.full((4, 4, 1), 0.5, np.float32)) == pytest.approx(1)  # one class: p and 1 - p
+    assert margin_uncertainty(np.full((4, 4, 1), 0.9, np.float32)) == pytest.approx(0.2)
+
+
+def test_near_duplicate_video_frames_are_not_all_taken(tmp_path):
+    ranking = UncertainFrames(count=3, gap=5)
+    original = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    for index, p in enumerate([0.55, 0.52, 0.51, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.99]):  # 0.5 is least sure
+        frame = Frame("clip.mp4", None, original, object(), index, 10, None, 25.0)
+        ranking.add(frame, np.zeros((HEIGHT, WIDTH), np.uint8), np.full((HEIGHT, WIDTH, 1), p, np.float32))
+    ranking.write(tmp_path)
+    with open(tmp_path / "to_label.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # frames 0, 1 and 3-6 lie within 5 of frame 2; frame 8 replaces 7 (surer) and keeps out 9 (surer still)
+    assert [int(row["frame"]) for row in rows] == [2, 8]
+    assert all((tmp_path / row["image_file"]).is_file() for row in rows)
+
+
 def train_command(*args, name):
     return [sys.executable, str(REPO / "train.py"), *map(str, args), "--encoder", "resnet18", "--encoder-weights",
             "none", "--patch-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
@@ -206,7 +232,7 @@ def test_train_from_coco_detect_to_coco_rank_and_train_on_the_predictions(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads((save_dir / "predictions.coco.json").read_text())
     assert [category["name"] for category in predictions["categories"]] == ["cell", "nucleus"]
-    assert len(predictions["images"]) == 8
+    assert len(predictions["images"]) == 8 and predictions["annotations"]
     for image in predictions["images"]:  # rasterised back: detect.py's own masks, class by class
         mask = read_mask(save_dir / "masks" / image["file_name"])
         back = np.zeros_like(mask)
@@ -224,6 +250,8 @@ def test_train_from_coco_detect_to_coco_rank_and_train_on_the_predictions(tmp_pa
     assert len(rows) == 3 and scores == sorted(scores, reverse=True)
     for row in rows:
         assert (save_dir / row["image_file"]).is_file() and (save_dir / row["mask_file"]).is_file()
+    scored = val.run(model=checkpoint, coco=labels, save_dir=tmp_path / "val", workers=0)  # val.py --coco
+    assert 0 <= scored["metrics"]["val/dice"] <= 1 and (tmp_path / "val" / "per_image.csv").is_file()
     # the predictions, corrected or not, train a model again
     result = subprocess.run(train_command("--coco", save_dir / "predictions.coco.json", "--data-dir",
                                           tmp_path / "data" / "images", "--val-split", "0.25",
