@@ -24,8 +24,8 @@ polygons.jsonl (every polygon of every class, per frame), --save-probs probs/<na
 class probabilities at the original size), --save-coco predictions.coco.json (segtoolkit.coco),
 --rank-uncertain K to_label/ and to_label.csv (segtoolkit.uncertainty): see segtoolkit.frame_exports.
 Files are named after their source (odd.avi.mp4 and odd.mp4.mp4 when stems collide; _2, _3... rather
-than overwriting any file). The folder is created with the first frame: a stream that cannot be opened within --stream-timeout
-is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
+than overwriting any file). The folder is created with the first frame: a stream that cannot be opened
+within --stream-timeout is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
 normally (exit code 0) with every output complete. A write that fails (full disk) stops the run with
 exit code 1; everything written before it is complete and listed in results.csv.
 --view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
