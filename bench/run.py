@@ -2,8 +2,7 @@
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
-the ratio holds where absolute times would not. Takes about 3 minutes on a quiet 2-core machine, more
-on a busy one.
+the ratio holds where absolute times would not. README "Performance" says how long a run takes.
 
   trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
                     / a bare loop with the same model, AdamW, clipping, OneCycleLR and AMP setting on the
@@ -12,8 +11,8 @@ on a busy one.
                     overlay, write the MP4) / the forward pass alone on the same frames, letterboxed
                     beforehand                                                                target >= 0.90
   preload_memory    peak RSS growth while a dataset preloads N images with --cache ram / their uint8 pixel bytes
-                    at the preloaded size (images and masks); --cache disk (first build, writing the cache) and
-                    none shown beside it, which keep no pixels in the process             target <= 1.25
+                    at the preloaded size (images and masks); --cache disk (writing the cache) and none, which
+                    keep no pixels in the process, measured once and shown beside it          target <= 1.25
   epoch_scaling     training epoch time with 2N images / with N                               target <= 2.1
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
                     batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
@@ -35,7 +34,7 @@ no ratio line, and makes the exit code 1.
 Usage:
     python3 -m bench.run                                  # all of them: one table, then `ratio NAME VALUE` lines
     python3 -m bench.run --smoke                          # every one, extras too, once at its smallest size: checks
-                                                          # that each runs and prints a ratio (about 2 minutes)
+                                                          # that each runs and prints a ratio (the tests run it)
     python3 -m bench.run --only onnx_speedup detect_overhead
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
@@ -295,9 +294,9 @@ def preload_memory(work, rounds, workers, count=512, patch=256, size=(480, 640))
     threads = max(2, workers)  # what train.py gives the preload
     growth = {cache: 0 for cache in CACHE_MODES}
     for round_ in range(rounds):  # a fresh process each time: a reused one would refill the memory it freed
-        for cache in CACHE_MODES:  # disk: a new folder each round, so every round writes the cache
+        for cache in CACHE_MODES if round_ == 0 else ("ram",):  # the ratio's every round, those beside it once
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                grown, pixels = pool.apply(preload_probe, (pairs, patch, threads, cache, work / f"cache-{round_}"))
+                grown, pixels = pool.apply(preload_probe, (pairs, patch, threads, cache, work / "cache"))
             growth[cache] = max(growth[cache], grown)  # memory is not noise: report the worst round
     mib = {cache: grown / 2 ** 20 for cache, grown in growth.items()}
     return Result("preload_memory", growth["ram"] / pixels, "<= 1.25",

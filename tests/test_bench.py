@@ -69,6 +69,7 @@ def test_a_benchmark_process_that_ends_without_results_is_a_failure_with_its_las
     assert "invalid choice: 'no_such_benchmark'" in failure.reason and "\n" not in failure.reason
 
 
+@pytest.mark.slow
 def test_smoke_every_benchmark_runs_at_its_smallest_size_and_prints_its_ratio(tmp_path):
     """python3 -m bench.run --smoke as a user runs it: every benchmark and extra in its own process, once, tiny."""
     done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=REPO, env=SMOKE_ENV,
@@ -91,6 +92,7 @@ def test_target_direction(target, value, met):
 # ---------------------------------------------------------------- bench/quality.py: model quality side by side
 
 
+@pytest.mark.slow
 def test_quality_smoke_both_data_sets_print_a_table_and_scores_in_0_1_for_every_side(tmp_path):
     """python3 -m bench.quality --quick, as a user runs it: both data sets (4 / 2 membrane slices, 8 / 4 street
     scenes), patch 64, 1 epoch, seed 0, every default side: train.py in its own process, the reference loop in
