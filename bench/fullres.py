@@ -87,6 +87,6 @@ def cache_rss_growth(work, rounds, workers, count=48, patch=128, batch=8, size=(
                   f"1 epoch, Unet/resnet18")
 
 
-def epoch_scaling_crop(work, rounds, workers):
+def epoch_scaling_crop(work, rounds, workers, **sizes):
     from bench.run import epoch_scaling
-    return epoch_scaling(work, rounds, workers, crop=True)
+    return epoch_scaling(work, rounds, workers, crop=True, **sizes)

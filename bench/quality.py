@@ -44,7 +44,8 @@ Usage:
     python3 -m bench.quality                          # both data sets: about 35 min on a quiet 2-core CPU
     python3 -m bench.quality --only synthetic --seed 1
     python3 -m bench.quality --only membrane --sides "train.py --crop"   # one side
-    python3 -m bench.quality --quick                  # tiny (few images, 1 epoch): checks the report only
+    python3 -m bench.quality --quick                  # tiny (few images, patch 64, 1 epoch), every default side:
+                                                      # checks that it all runs (the smoke the test suite runs)
     python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
 
 Prints one table per data set, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or

@@ -2,8 +2,7 @@
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
-the ratio holds where absolute times would not. Takes about 3 minutes on a quiet 2-core machine, more
-on a busy one.
+the ratio holds where absolute times would not. README "Performance" says how long a run takes.
 
   trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
                     / a bare loop with the same model, AdamW, clipping, OneCycleLR and AMP setting on the
@@ -11,8 +10,9 @@ on a busy one.
   detect_overhead   detect.py end to end on a 640x480 MP4 (decode, preprocess, infer, post-process,
                     overlay, write the MP4) / the forward pass alone on the same frames, letterboxed
                     beforehand                                                                target >= 0.90
-  preload_memory    peak RSS growth while a dataset preloads N images / their uint8 pixel bytes at the
-                    preloaded size (images and masks)                                         target <= 1.25
+  preload_memory    peak RSS growth while a dataset preloads N images with --cache ram / their uint8 pixel bytes
+                    at the preloaded size (images and masks); --cache disk (writing the cache) and none, which
+                    keep no pixels in the process, measured once and shown beside it          target <= 1.25
   epoch_scaling     training epoch time with 2N images / with N                               target <= 2.1
   onnx_speedup      onnxruntime frame rate / PyTorch eager (as detect.py runs it), Unet/resnet34 at 512,
                     batch 1; each side's convolution GFLOP/s is shown as a share of the CPU's float32
@@ -28,8 +28,13 @@ on a busy one.
 
   tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
 
+A benchmark that raises, or whose process dies, is a row of the table that says FAILED and why (one line), has
+no ratio line, and makes the exit code 1.
+
 Usage:
     python3 -m bench.run                                  # all of them: one table, then `ratio NAME VALUE` lines
+    python3 -m bench.run --smoke                          # every one, extras too, once at its smallest size: checks
+                                                          # that each runs and prints a ratio (the tests run it)
     python3 -m bench.run --only onnx_speedup detect_overhead
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
@@ -45,10 +50,13 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +73,7 @@ from segtoolkit.config import REPO, RunConfig
 from segtoolkit.imaging import preprocess_image
 from segtoolkit.models import build_model, model_meta
 from segtoolkit.predict import TorchPredictor, half_dtype, load_predictor, native_bfloat16
+from segtoolkit.samples import CACHE_MODES
 from segtoolkit.training import resolve_precision
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
@@ -72,6 +81,24 @@ from train import UnetTraining
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
               "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
 EXTRAS = ("channels_last", "onnx_int8", "amp_training")
+# --smoke: each benchmark's smallest setting (a tiny model, a few images or frames), run for one round; the
+# ratios then say nothing, the run says that every benchmark still runs to its ratio
+SMOKE = {
+    "trainer_overhead": dict(patch=64, batch=2, steps=2),
+    "detect_overhead": dict(encoder="resnet18", patch=64, frames=4),
+    "preload_memory": dict(count=8, patch=64, size=(96, 128)),
+    "epoch_scaling": dict(patch=64, batch=2, count=4),
+    "onnx_speedup": dict(encoder="resnet18", patch=64, frames=1),
+    "half_speedup": dict(encoder="resnet18", patch=64, frames=1),
+    "openvino_speedup": dict(encoder="resnet18", patch=64, frames=1),
+    "detect_overhead_fast": dict(encoder="resnet18", patch=64, frames=4),
+    "tile_overhead": dict(tile=64, size=(96, 128), batch=2),
+    "cache_rss_growth": dict(count=2, patch=64, batch=2, size=(96, 128)),
+    "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
+    "channels_last": dict(encoder="resnet18", patch=64, batch=2),
+    "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
+    "amp_training": dict(patch=64, batch=2, steps=2),
+}
 
 
 @dataclass
@@ -86,6 +113,13 @@ class Result:
     def met(self):
         bound = float(self.target.split()[1])
         return self.value >= bound if self.target.startswith(">=") else self.value <= bound
+
+
+@dataclass
+class Failure:
+    """A benchmark that raised, or whose process died: its row of the table says FAILED and why."""
+    name: str
+    reason: str  # one line
 
 
 # ---------------------------------------------------------------- data
@@ -156,7 +190,8 @@ def trainer_epoch_rate(trainer):
 
 class BareLoop:
     """The reference: the same optimizer, clipping, schedule and precision, no DataLoader, no augmentation,
-    no metrics, on tensors already in memory."""
+    no metrics, on tensors already in memory. Not UnetTraining.train_step: its per-step bookkeeping (metrics,
+    BatchNorm copies for skipped steps, the finiteness check) is part of the overhead measured."""
 
     def __init__(self, model, images, masks, batch_size, steps, epochs, lr=1e-3, adam_eps=1e-8,
                  weight_decay=1e-2, clip_grad=255.0, use_amp=False):
@@ -234,8 +269,9 @@ def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8,
                   f"threads {torch.get_num_threads()}")
 
 
-def preload_probe(pairs, patch, threads):
-    """In a fresh process: (peak RSS growth while preloading, pixel bytes preloaded)."""
+def preload_probe(pairs, patch, threads, cache, cache_dir):
+    """In a fresh process: (peak RSS growth while the dataset is built with --cache `cache`, uint8 pixel bytes of
+    its samples as stored)."""
     import gc
 
     from dataset import BinaryDataset
@@ -247,21 +283,25 @@ def preload_probe(pairs, patch, threads):
     gc.collect()
     before = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-    data = BinaryDataset(pairs, patch, threads=threads)
+    data = BinaryDataset(pairs, patch, threads=threads, cache=cache, cache_dir=cache_dir)
     peak = status("VmHWM")
-    return peak - before, sum(array.nbytes for array in data.images + data.masks)
+    # one read of each sample (with --cache none a read decodes it again)
+    return peak - before, sum(sum(array.nbytes for array in data.store.get(index)) for index in range(len(data)))
 
 
 def preload_memory(work, rounds, workers, count=512, patch=256, size=(480, 640)):
     pairs = write_images(work / "data", count, size=size, seed=3)
     threads = max(2, workers)  # what train.py gives the preload
-    measured = []
-    for _ in range(rounds):  # a fresh process each time: a reused one would refill the memory it freed
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            measured.append(pool.apply(preload_probe, (pairs, patch, threads)))
-    growth, pixels = max(measured)  # memory is not noise: report the worst round
-    return Result("preload_memory", growth / pixels, "<= 1.25",
-                  f"peak RSS +{growth / 2 ** 20:.1f} MiB for {pixels / 2 ** 20:.1f} MiB of uint8 pixels",
+    growth = {cache: 0 for cache in CACHE_MODES}
+    for round_ in range(rounds):  # a fresh process each time: a reused one would refill the memory it freed
+        for cache in CACHE_MODES if round_ == 0 else ("ram",):  # the ratio's every round, those beside it once
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                grown, pixels = pool.apply(preload_probe, (pairs, patch, threads, cache, work / "cache"))
+            growth[cache] = max(growth[cache], grown)  # memory is not noise: report the worst round
+    mib = {cache: grown / 2 ** 20 for cache, grown in growth.items()}
+    return Result("preload_memory", growth["ram"] / pixels, "<= 1.25",
+                  f"--cache ram: peak RSS +{mib['ram']:.1f} MiB for {pixels / 2 ** 20:.1f} MiB of uint8 pixels; "
+                  f"--cache disk (writing it) +{mib['disk']:.1f} MiB, none +{mib['none']:.1f} MiB",
                   f"{count} images {size[1]}x{size[0]} -> patch {patch} (RGB + mask), {threads} preload threads")
 
 
@@ -605,64 +645,100 @@ def machine():
             f"{'yes' if torch.cuda.is_available() else 'no'}")
 
 
-def table(results):
-    rows = [("benchmark", "ratio", "target", "met", "measured", "setting")]
-    rows += [(r.name, f"{r.value:.3f}", r.target, "yes" if r.met else "NO", r.measured, r.setting) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
-                     for row in rows)
+def table(rows):
+    """The report: one row per Result (ratio, target, met) or Failure (FAILED and why)."""
+    cells = [("benchmark", "ratio", "target", "met", "measured", "setting")]
+    cells += [(r.name, f"{r.value:.3f}", r.target, "yes" if r.met else "NO", r.measured, r.setting)
+              if isinstance(r, Result) else (r.name, "-", "-", "FAILED", r.reason, "") for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
+    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
+                     for row in cells)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + EXTRAS, default=list(BENCHMARKS),
-                        help="run these benchmarks only (default: all but the extras)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations per ratio; each side keeps its best")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + EXTRAS,
+                        help="run these benchmarks only (default: all but the extras; with --smoke all of them)")
+    parser.add_argument("--rounds", type=int, help="alternations per ratio; each side keeps its best (default: 3, "
+                                                   "with --smoke 1)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="each benchmark at its smallest size (a tiny model, a few images), one round: checks that "
+                             "every one runs to its ratio; the ratios mean nothing at these sizes")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
     parser.add_argument("--same-process", action="store_true",
                         help="run every benchmark in this process (default: each in a process of its own, so that "
                              "one's runtimes and threads, OpenVINO's say, cannot slow or crash the next's)")
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)  # a child's results, as JSON
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.only = args.only or list(BENCHMARKS + EXTRAS if args.smoke else BENCHMARKS)
+    args.rounds = args.rounds if args.rounds is not None else 1 if args.smoke else 3
+    return args
 
 
 def run_here(name, work, args):
-    outcome = globals()[name](work, args.rounds, args.workers)
+    """One benchmark in this process: its Results, or a Failure (the traceback goes to stderr) when it raises."""
+    try:
+        outcome = globals()[name](work, args.rounds, args.workers, **(SMOKE[name] if args.smoke else {}))
+    except Exception as error:  # one benchmark's failure is a row of the report, not the end of the run
+        traceback.print_exc()
+        return [Failure(name, one_line(f"{type(error).__name__}: {error}"))]
     return outcome if isinstance(outcome, list) else [outcome]
 
 
 def run_in_child(name, work, args):
-    """One benchmark in a new Python process; its results come back through a JSON file."""
+    """One benchmark in a new Python process; its rows come back through a JSON file. A process that dies
+    before writing it (a crash, a signal) is a Failure with its exit status and its last line on stderr."""
     result_file = work / "results.json"
     command = [sys.executable, "-m", "bench.run", "--only", name, "--rounds", str(args.rounds), "--workers",
-               str(args.workers), "--same-process", "--result-file", str(result_file)]
-    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0 or not result_file.exists():
-        raise SystemExit(f"bench.run: {name} failed (exit code {done.returncode}) in its own process:\n"
-                         f"{done.stdout[-2000:]}")
-    return [Result(**fields) for fields in json.loads(result_file.read_text())]
+               str(args.workers), "--same-process", "--result-file", str(result_file)] + ["--smoke"] * args.smoke
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if result_file.exists():
+        return read_rows(result_file)
+    status = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else \
+        f"exit code {done.returncode}"
+    last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "nothing on stderr")
+    return [Failure(name, one_line(f"its process ended ({status}) with no result: {last}"))]
+
+
+def read_rows(result_file):
+    """The Results and Failures a benchmark's process wrote (main with --result-file)."""
+    rows = json.loads(result_file.read_text())
+    return [Failure(**fields) if "reason" in fields else Result(**fields) for fields in rows]
+
+
+def one_line(text):
+    """A failure's reason as the table shows it: whitespace collapsed, cut at 200 characters."""
+    return textwrap.shorten(text, width=200, placeholder=" ...")
 
 
 def main(args):
     print(f"machine: {machine()}", flush=True)
-    results, started = [], time.perf_counter()
+    if args.smoke:
+        print("smoke: every benchmark once at its smallest size; the ratios below say nothing about speed", flush=True)
+    rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as temp:
         for name in args.only:
             work = Path(temp) / name
             work.mkdir()
             began = time.perf_counter()
-            for result in (run_here if args.same_process else run_in_child)(name, work, args):
-                results.append(result)
-                print(f"{result.name}: {result.value:.3f} ({result.measured}; {time.perf_counter() - began:.0f} s)",
-                      flush=True)
+            for row in (run_here if args.same_process else run_in_child)(name, work, args):
+                rows.append(row)
+                outcome = f"{row.value:.3f} ({row.measured}" if isinstance(row, Result) else f"FAILED ({row.reason}"
+                print(f"{row.name}: {outcome}; {time.perf_counter() - began:.0f} s)", flush=True)
+    failed = [row.name for row in rows if isinstance(row, Failure)]
     if args.result_file:
-        args.result_file.write_text(json.dumps([vars(result) for result in results]))
-        return 0
-    print(f"\n{table(results)}\n\nmachine after {time.perf_counter() - started:.0f} s: {machine()}")
-    for result in results:
-        print(f"ratio {result.name} {result.value:.3f}")
-    return 0
+        args.result_file.write_text(json.dumps([vars(row) for row in rows]))
+        return 1 if failed else 0
+    print(f"\n{table(rows)}\n\nmachine after {time.perf_counter() - started:.0f} s: {machine()}")
+    for row in rows:
+        if isinstance(row, Result):
+            print(f"ratio {row.name} {row.value:.3f}")
+    if failed:
+        print(f"failed: {' '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    from bench import run  # by its name: bench/fullres.py builds bench.run.Result, not __main__.Result
+    sys.exit(run.main(run.parse_args()))

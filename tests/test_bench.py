@@ -1,22 +1,86 @@
-"""bench/run.py and bench/quality.py: the report formats scripts read, and the quality benchmark's scoring (no timing
-here, and no figure of model quality: only that the numbers exist, are in range and are counted right)."""
+"""bench/run.py and bench/quality.py: the report formats scripts read, every benchmark run once at its smallest
+size (the smokes), and the quality benchmark's scoring (no timing here, and no figure of speed or model quality:
+only that the numbers exist, are in range and are counted right)."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from bench import run as bench
+from conftest import REPO
+
+# one intra-op thread for the smokes' processes: two spinning OpenMP threads on a shared 2-core machine crawl
+SMOKE_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
 
 
-def test_report_has_a_table_and_one_ratio_line_per_benchmark(monkeypatch, capsys):
+def fake_benchmarks(monkeypatch, failing=None):
+    """Every benchmark returns a made-up Result at once; `failing` raises instead. Returns {name: ratio}."""
+    ratios = {}
     for number, name in enumerate(bench.BENCHMARKS):
         result = bench.Result(name, 1.0 + number / 10, ">= 0.9" if number % 2 else "<= 1.25", "a vs b",
                               "Unet/resnet18 patch 64 batch 2 threads 1")
-        monkeypatch.setattr(bench, name, lambda work, rounds, workers, result=result: result)
+
+        def measure(work, rounds, workers, result=result):
+            if result.name == failing:
+                raise RuntimeError("detect.py printed 3 frame lines for 48 frames")
+            return result
+        monkeypatch.setattr(bench, name, measure)
+        ratios[name] = result.value
+    return ratios
+
+
+def test_report_has_a_table_and_one_ratio_line_per_benchmark(monkeypatch, capsys):
+    ratios = fake_benchmarks(monkeypatch)
     assert bench.main(bench.parse_args(["--same-process"])) == 0
     out = capsys.readouterr().out
     ratio_lines = [line.split() for line in out.splitlines() if line.startswith("ratio ")]
-    assert ratio_lines == [["ratio", name, f"{1.0 + number / 10:.3f}"] for number, name in enumerate(bench.BENCHMARKS)]
-    assert "setting" in out and "Unet/resnet18 patch 64 batch 2 threads 1" in out
+    assert ratio_lines == [["ratio", name, f"{value:.3f}"] for name, value in ratios.items()]
+    assert "setting" in out and "Unet/resnet18 patch 64 batch 2 threads 1" in out and "FAILED" not in out
+
+
+def test_a_benchmark_that_raises_is_a_failed_row_with_its_reason_and_the_exit_code_is_1(monkeypatch, capsys,
+                                                                                        tmp_path):
+    ratios = fake_benchmarks(monkeypatch, failing="detect_overhead")
+    assert bench.main(bench.parse_args(["--same-process"])) == 1
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("detect_overhead "))
+    assert row.split()[:4] == ["detect_overhead", "-", "-", "FAILED"]
+    assert row.endswith("RuntimeError: detect.py printed 3 frame lines for 48 frames")
+    assert "Traceback" in captured.err  # the whole story on stderr, one line in the table
+    assert [line.split()[1] for line in captured.out.splitlines() if line.startswith("ratio ")] == \
+        [name for name in ratios if name != "detect_overhead"]
+    assert "failed: detect_overhead" in captured.out
+    # as a benchmark's own process reports it to bench.run: the failure travels in the result file
+    result_file = tmp_path / "results.json"
+    assert bench.main(bench.parse_args(["--same-process", "--only", "detect_overhead", "trainer_overhead",
+                                        "--result-file", str(result_file)])) == 1
+    failure, result = bench.read_rows(result_file)
+    assert failure == bench.Failure("detect_overhead", "RuntimeError: detect.py printed 3 frame lines for 48 frames")
+    assert isinstance(result, bench.Result) and result.value == ratios["trainer_overhead"]
+
+
+def test_a_benchmark_process_that_ends_without_results_is_a_failure_with_its_last_error_line(tmp_path):
+    """An unknown name: its process exits 2 at the argument check, as a crashed one leaves no result file."""
+    [failure] = bench.run_in_child("no_such_benchmark", tmp_path, bench.parse_args(["--smoke"]))
+    assert failure.name == "no_such_benchmark" and "ended (exit code 2) with no result" in failure.reason
+    assert "invalid choice: 'no_such_benchmark'" in failure.reason and "\n" not in failure.reason
+
+
+@pytest.mark.slow
+def test_smoke_every_benchmark_runs_at_its_smallest_size_and_prints_its_ratio(tmp_path):
+    """python3 -m bench.run --smoke as a user runs it: every benchmark and extra in its own process, once, tiny."""
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=REPO, env=SMOKE_ENV,
+                          capture_output=True, text=True, timeout=3600)
+    report = f"{done.stdout}\n{done.stderr[-4000:]}"
+    assert "FAILED" not in done.stdout and done.returncode == 0, report
+    expected = set(bench.BENCHMARKS + bench.EXTRAS) - {"channels_last"} | {"channels_last_inference",
+                                                                         "channels_last_training"}
+    ratios = {line.split()[1]: float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("ratio ")}
+    assert set(ratios) == expected, report
+    assert all(value > 0 for value in ratios.values()), report
 
 
 @pytest.mark.parametrize("target, value, met", [(">= 0.95", 0.96, True), (">= 0.95", 0.94, False),
@@ -28,30 +92,37 @@ def test_target_direction(target, value, met):
 # ---------------------------------------------------------------- bench/quality.py: model quality side by side
 
 
-def test_quality_quick_run_prints_a_table_and_scores_in_0_1_for_every_side(capsys, tmp_path):
-    """The whole path at a tiny size (8 / 4 street scenes, patch 64, 1 epoch): train.py in its own process,
-    the reference loop here, both scored by the benchmark. The figures themselves are not tested."""
+@pytest.mark.slow
+def test_quality_smoke_both_data_sets_print_a_table_and_scores_in_0_1_for_every_side(tmp_path):
+    """python3 -m bench.quality --quick, as a user runs it: both data sets (4 / 2 membrane slices, 8 / 4 street
+    scenes), patch 64, 1 epoch, seed 0, every default side: train.py in its own process, the reference loop in
+    the benchmark's, all scored by the benchmark. The figures themselves are not tested."""
     from bench import quality
-    assert quality.main(quality.parse_args(["--quick", "--only", "synthetic", "--threads", "1",
-                                            "--work", str(tmp_path)])) == 0
-    out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if line.startswith("synthetic: "))
-    assert "patch 64, batch 2, 1 epochs, seed 0" in header
-    assert "train.py - reference" in out and "note: train.py printed best val Dice" in out
+    done = subprocess.run([sys.executable, "-m", "bench.quality", "--quick", "--threads", "1", "--work", str(tmp_path)],
+                          cwd=REPO, env=SMOKE_ENV, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
+    for dataset in quality.DATASETS:
+        header = next(line for line in out.splitlines() if line.startswith(f"{dataset}: "))
+        assert "patch 64, batch 2, 1 epochs, seed 0" in header
+    assert out.count("train.py - reference") == 2 and out.count("train.py --crop - reference") == 2
+    assert out.count("note: train.py printed best val Dice") == 4
     values = {}
     for line in out.splitlines():
         if line.startswith("quality "):
             _, dataset, side, metric, value = line.split()
             values[dataset, side, metric] = float(value)
-    for side in ("train.py", "reference", "train.py_crop"):  # the machine lines' one-word names of the sides
-        assert 0 <= values["synthetic", side, "macro_dice"] <= 1
-        assert values["synthetic", side, "seconds"] > 0
-        for name in quality.CLASS_NAMES:  # nan: the class is absent from the 4 validation masks
-            dice = values["synthetic", side, f"dice_{name}"]
-            assert dice != dice or 0 <= dice <= 1
-    assert len(values) == 3 * (len(quality.CLASS_NAMES) + 2)
-    assert "train.py --crop - reference" in out
-    assert (tmp_path / "runs" / "synthetic" / "best-checkpoint.pth.tar").is_file()
+    names = {"membrane": ("background", "foreground"), "synthetic": quality.CLASS_NAMES}
+    for dataset, metric in (("membrane", "foreground_dice"), ("synthetic", "macro_dice")):
+        for side in ("train.py", "reference", "train.py_crop"):  # the machine lines' one-word names of the sides
+            assert 0 <= values[dataset, side, metric] <= 1
+            assert values[dataset, side, "seconds"] > 0
+            for name in names[dataset]:  # nan: the class is absent from the validation masks
+                dice = values[dataset, side, f"dice_{name}"]
+                assert dice != dice or 0 <= dice <= 1
+    assert len(values) == 3 * (2 + 2) + 3 * (len(quality.CLASS_NAMES) + 2)
+    for dataset in quality.DATASETS:
+        assert (tmp_path / "runs" / dataset / "best-checkpoint.pth.tar").is_file()
 
 
 def oracle(setting, spoil_void_with=None):
