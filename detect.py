@@ -30,7 +30,6 @@ exit code 1; everything written before it is complete and listed in results.csv.
 finishes the current frame, closes every output (videos stay playable) and exits with code 130.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import cv2
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
-from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, run_command
 from segtoolkit.config import check_run_name
 from segtoolkit.classes import output_colours
 from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
@@ -251,7 +250,7 @@ def print_summary(count, total_ms, elapsed, why, save_dir):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     data = parser.add_argument_group("Data")
     data.add_argument("--source", required=True,
                       help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "

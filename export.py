@@ -16,7 +16,6 @@ Usage:
 Exit codes: 0 done, 2 bad input (a one-line error naming the file or flag).
 """
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 
 from segtoolkit import quantize
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.cli import HelpFormatter, run_command
+from segtoolkit.cli import ArgumentParser, run_command
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.models import model_from_checkpoint
@@ -52,7 +51,7 @@ class Check:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     model = parser.add_argument_group("Model")
     model.add_argument("--model", type=Path, required=True, help="checkpoint written by train.py (.pth.tar)")
     model.add_argument("--patch-size", type=int, default=None,

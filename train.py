@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dataset import make_dataset
 from segtoolkit import distributed
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit.cli import HelpFormatter, StopRequest, parse_with_given, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
 from segtoolkit.config import REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
@@ -488,7 +488,7 @@ def parse_args(argv=None):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_data_flags(parser.add_argument_group("Data"))
     model = parser.add_argument_group("Model")
     model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")

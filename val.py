@@ -33,7 +33,6 @@ Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from dataset import make_dataset
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
-from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, run_command
 from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
     stored_config
 from segtoolkit.distributed import resolve_device
@@ -364,7 +363,7 @@ def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, se
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     model = parser.add_argument_group("Model")
     model.add_argument("--model", required=True,
                        help="checkpoint from train.py (.pth.tar) or a model exported by export.py (.onnx)")

@@ -1,0 +1,71 @@
+"""What a new user's files and flags broke (issue 23), each case with the test that keeps it fixed.
+
+Flags as typed from other tools, paths with ~, folders where files belong, class names that collide with
+results.csv columns, augmentation files with their own normalization, 16-bit masks, and a tiled frame that
+could not be stopped. tests/README.md ("New users' files and flags") lists every case and its message.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import detect
+import export
+import train
+import val
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(capsys, parse, argv):
+    """(exit code, stderr) of a parser refusing argv; the message must be a single line."""
+    with pytest.raises(SystemExit) as stopped:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return stopped.value.code, err.strip()
+
+
+# ---------------------------------------------------------------- the command line (items 11, 12)
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    (train, ["--imgsz", "640"], "error: --imgsz is not an option of train.py; the input size is --patch-size"),
+    (train, ["--img", "640"], "the input size is --patch-size"),  # argparse alone took it for --img-dir
+    (train, ["--weights", "yolov8n.pt"], "the checkpoint to start from is --load-model FILE"),
+    (train, ["--resume"], "a run resumes with --load-model checkpoints/<run>/checkpoint.pth.tar"),
+    (train, ["--cfg", "unet.yaml"], "the architecture is --model (Unet, FPN...) and the encoder --encoder"),
+    (detect, ["--weights", "best.pt", "--source", "x"], "error: --weights is not an option of detect.py; the model "
+                                                         "file is --model FILE"),  # before '--model is required'
+    (val, ["--cfg", "x.yaml"], "the model file is --model FILE"),
+    (export, ["--modle", "x.pth.tar"], "error: --modle is not an option of export.py; did you mean --model?"),
+    (train, ["--epochs", "1.5"], "error: --epochs 1.5 must be a whole number"),
+    (detect, ["--model", "m", "--source", "s", "--conf-thres", "high"], "error: --conf-thres high must be a number"),
+    (train, ["stray"], "error: unexpected argument 'stray': every option is --name VALUE"),
+])
+def test_unknown_foreign_and_malformed_flags_are_one_line_naming_ours(capsys, monkeypatch, script, argv, expected):
+    monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py"])
+    code, err = one_line_error(capsys, script.parse_args, argv)
+    assert code == 2 and expected in err and err.startswith("error: ")
+
+
+def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = train.parse_args(["--data-dir=~/data", "--mask-colors=~/colours.csv", "--project", "~/runs",
+                             "--load-model=~/ckpt.pth.tar", "--augment=~/aug.yaml", "--encoder-weights=~/e.pth"])
+    assert (args.data_dir, args.mask_colors, args.project, args.load_model) == (
+        tmp_path / "data", tmp_path / "colours.csv", tmp_path / "runs", tmp_path / "ckpt.pth.tar")
+    assert (args.augment, args.encoder_weights) == (str(tmp_path / "aug.yaml"), str(tmp_path / "e.pth"))
+    assert {"data_dir", "mask_colors", "project", "load_model"} <= args.given
+    args = val.parse_args(["--model=~/m.onnx", "--data=~/holdout", "--save-dir=~/out"])
+    assert (args.model, args.data, args.save_dir) == (str(tmp_path / "m.onnx"), str(tmp_path / "holdout"),
+                                                      tmp_path / "out")
+    args = detect.parse_args(["--model=~/m.pth.tar", "--source=~/imgs/*.png", "--project=~/runs"])
+    assert (args.model, args.source, args.project) == (str(tmp_path / "m.pth.tar"), str(tmp_path / "imgs/*.png"),
+                                                       tmp_path / "runs")
+    args = export.parse_args(["--model=~/m.pth.tar", "--output=~/m.onnx", "--check-images=~/imgs"])
+    assert (args.model, args.output, args.check_images) == (tmp_path / "m.pth.tar", str(tmp_path / "m.onnx"),
+                                                            str(tmp_path / "imgs"))
+    assert train.parse_args(["--name", "exp~1"]).name == "exp~1"  # only a leading ~ is a home folder
