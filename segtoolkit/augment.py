@@ -22,7 +22,7 @@ from pathlib import Path
 import albumentations as A
 import cv2
 
-from segtoolkit.errors import UserError
+from segtoolkit.errors import UserError, file_problem
 
 PRESETS = ("upright", "topdown", "none")
 DEFAULT_AUGMENTATION = "upright"
@@ -55,7 +55,7 @@ def load_augmentation(spec):
         raise UserError(f"--augment {spec}: give a preset ({', '.join(PRESETS)}) or an albumentations pipeline "
                         f"file saved with A.save (.json, .yaml or .yml)")
     if not path.is_file():
-        raise UserError(f"--augment {spec}: no such file; give a preset ({', '.join(PRESETS)}) or an "
+        raise UserError(f"--augment {spec}: {file_problem(path)}; give a preset ({', '.join(PRESETS)}) or an "
                         f"albumentations pipeline file saved with A.save")
     try:
         transform = A.load(str(path), data_format=kind)

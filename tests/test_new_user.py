@@ -69,3 +69,33 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
     assert (args.model, args.output, args.check_images) == (tmp_path / "m.pth.tar", str(tmp_path / "m.onnx"),
                                                             str(tmp_path / "imgs"))
     assert train.parse_args(["--name", "exp~1"]).name == "exp~1"  # only a leading ~ is a home folder
+
+
+# ---------------------------------------------------------------- files and folders (items 3, 10, 13)
+
+TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
+        "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1"]
+
+
+def train_error(capsys, argv):
+    """(exit code, stderr) of train.py in this process; an error must be one line."""
+    code = train.main(train.parse_args(argv))
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return code, err.strip()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--mask-colors", "error: --mask-colors {dir}: is a folder, not a file; give a CSV file"),
+    ("--train-list", "error: split file {dir} is a folder, not a file; give the file (one image path per line)"),
+    ("--augment", "error: --augment {dir}: is a folder, not a file; give a preset"),
+    ("--encoder-weights", "error: --encoder-weights {dir}: is a folder, not a file; give 'imagenet', 'none'"),
+])
+def test_a_folder_given_for_a_file_is_called_a_folder(capsys, tiny_data, tmp_path, run_name, flag, message):
+    folder = tmp_path / "given.yaml" if flag == "--augment" else tmp_path / "given.pth" \
+        if flag == "--encoder-weights" else tmp_path / "given"
+    folder.mkdir()
+    flags = ["--data-dir", str(tiny_data), "--val-list", "val.txt", "--name", run_name, "--project", str(tmp_path)]
+    flags += [] if flag == "--train-list" else ["--train-list", "train.txt"]
+    code, err = train_error(capsys, [*TINY, *flags, flag, str(folder)])
+    assert code == 2 and err.startswith(message.format(dir=folder)), err
