@@ -42,7 +42,7 @@ from segtoolkit.cli import ArgumentParser, StopRequest, run_command
 from segtoolkit.config import check_run_name
 from segtoolkit.classes import output_colours
 from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
-from segtoolkit.output_files import check_save_dir
+from segtoolkit.output_files import check_output_folder
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
@@ -173,7 +173,7 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     device = resolve_device(device)
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
     save_dir = Path(save_dir) if save_dir else None
-    check_save_dir(save_dir or Path(project) / name)
+    check_output_folder(save_dir, project)
     if view_img:
         check_display()
     meta, predictor = load_predictor(model, device, half)

@@ -28,6 +28,7 @@ from segtoolkit.losses import default_loss, parse_class_weights, parse_loss
 from segtoolkit.samples import CACHE_MODES
 from segtoolkit.imaging import check_patch_size, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
+from segtoolkit.output_files import check_save_dir
 from segtoolkit.splits import pair_masks, read_split_file, search_files
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: the bundled sample and its split files
@@ -201,6 +202,7 @@ class RunConfig:
             raise UserError("--search-files --val-split 0 leaves no validation images, which early stopping and "
                             "the best checkpoint need; give --val-split 0.1 or more (or split files)")
         check_run_name(self.name)
+        check_save_dir(self.project, "--project")
         self.check_full_resolution()
         parse_loss(self.loss or default_loss(self.classes), self.classes)
         if self.class_names is not None and self.mask_colors is None:  # a colours file names the classes itself

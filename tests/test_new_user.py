@@ -99,3 +99,24 @@ def test_a_folder_given_for_a_file_is_called_a_folder(capsys, tiny_data, tmp_pat
     flags += [] if flag == "--train-list" else ["--train-list", "train.txt"]
     code, err = train_error(capsys, [*TINY, *flags, flag, str(folder)])
     assert code == 2 and err.startswith(message.format(dir=folder)), err
+
+
+def test_a_file_given_as_an_output_folder_is_one_line_naming_its_flag(capsys, tiny_data, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for project in (taken, taken / "sub"):  # FileExistsError and NotADirectoryError tracebacks before
+        code, err = train_error(capsys, [*TINY, "--data-dir", str(tiny_data), "--train-list", "train.txt",
+                                         "--val-list", "val.txt", "--project", str(project)])
+        assert code == 2 and err == f"error: --project {project}: {taken} is a file, not a folder; give another " \
+                                    f"--project"
+    code = export.main(export.parse_args(["--model", str(tmp_path / "m.pth.tar"), "--output",
+                                          str(taken / "x.onnx")]))
+    assert code == 2 and capsys.readouterr().err == f"error: --output {taken / 'x.onnx'}: {taken} is a file, not a " \
+                                                    f"folder; give another --output\n"
+    code = detect.main(detect.parse_args(["--model", str(tmp_path / "m.pth.tar"), "--source", str(tiny_data / "imgs"),
+                                          "--project", str(taken)]))
+    assert code == 2 and capsys.readouterr().err == f"error: --project {taken}: {taken} is a file, not a folder; " \
+                                                    f"give another --project\n"  # it named --save-dir
+    code = val.main(val.parse_args(["--model", str(tmp_path / "m.pth.tar"), "--project", str(taken / "sub")]))
+    assert code == 2 and capsys.readouterr().err.startswith(f"error: --project {taken / 'sub'}: {taken} is a file")
+    assert taken.read_text() == "a file"
