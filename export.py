@@ -138,7 +138,7 @@ def check_file(torch_model, path, meta, file_format, int8, images, what):
         check.agreement = quantize.mask_agreement(torch_model, predict, batches)
         if file_format == "openvino" and native_bfloat16():  # what detect.py --half will run on this CPU
             check.half_agreement = quantize.mask_agreement(torch_model, load_file(path, file_format, "bf16"), batches)
-        if native_bfloat16():  # detect.py --half on the checkpoint itself
+        if native_bfloat16() and not int8:  # detect.py --half on the checkpoint itself (not what --int8 asks)
             check.torch_half_agreement = quantize.mask_agreement(torch_model, torch_half(torch_model), batches)
     return check
 

@@ -411,7 +411,8 @@ def resolve_class_weights(config, train_set, meta, process):
     if weights is not None and process.is_main:
         names = meta["class_names"]
         how = "median frequency over the training masks" if config.class_weights == "auto" else "--class-weights"
-        print(f"class weights ({how}): " + ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights)),
+        # one format for every weight (:g wrote the median class's 1.0 as a bare 1 beside 0.0078)
+        print(f"class weights ({how}): " + ", ".join(f"{name} {weight:.4f}" for name, weight in zip(names, weights)),
               flush=True)
     return weights
 
@@ -437,7 +438,8 @@ def summary(trainer):
                         + (f", colour masks read by {config.mask_colors}" if meta["mask_colors"] else "")),
             ("data", f"{describe_data(config)}: train {len(trainer.train_set)}, val {len(trainer.val_set)}, "
                      f"test {test}"),
-            ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size} "
+            ("schedule", f"{plural(config.epochs, 'epoch')} x {plural(trainer.steps_per_epoch, 'step')} at patch "
+                         f"{config.patch_size} "
                          f"({f'{config.crops_per_image} crops per image' if config.crop else config.resize}), "
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
             ("training", f"loss {config.loss or default_loss(config.classes)}"
@@ -448,6 +450,10 @@ def summary(trainer):
             ("run folder", str(trainer.run_dir))]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)
+
+
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def finish(trainer, run_dir, process):

@@ -366,7 +366,8 @@ def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
     model = parser.add_argument_group("Model")
     model.add_argument("--model", required=True,
-                       help="checkpoint from train.py (.pth.tar) or a model exported by export.py (.onnx)")
+                       help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file (onnxruntime) or "
+                            "an .xml with its .bin (OpenVINO)")
     data = parser.add_argument_group("Data (default: the checkpoint's own split)")
     data.add_argument("--data", default=None,
                       help="a split file (entries relative to --data-dir, else to the file's folder) or a folder "

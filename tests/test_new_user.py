@@ -5,6 +5,7 @@ results.csv columns, augmentation files with their own normalization, 16-bit mas
 could not be stopped. tests/README.md ("New users' files and flags") lists every case and its message.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ import detect
 import export
 import train
 import val
+from make_sample_data import write_dataset
+from segtoolkit.models import build_model, model_meta
+from segtoolkit.onnx_export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,3 +124,49 @@ def test_a_file_given_as_an_output_folder_is_one_line_naming_its_flag(capsys, ti
     code = val.main(val.parse_args(["--model", str(tmp_path / "m.pth.tar"), "--project", str(taken / "sub")]))
     assert code == 2 and capsys.readouterr().err.startswith(f"error: --project {taken / 'sub'}: {taken} is a file")
     assert taken.read_text() == "a file"
+
+
+# ---------------------------------------------------------------- what is printed (item 15)
+
+
+def test_start_of_run_counts_in_words_and_prints_every_class_weight_alike(capsys, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, 8, seed=2, classes=3)
+    code = train.main(train.parse_args([*TINY, "--data-dir", str(data), "--search-files", "--val-split", "0.25",
+                                        "--classes", "3", "--class-weights", "auto", "--batch-size", "3",
+                                        "--project", str(tmp_path / "runs")]))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert "1 epoch x 2 steps at patch 64" in out  # "1 epochs x 2 steps"
+    line = next(line for line in out.splitlines() if line.startswith("class weights"))
+    weights = line.split(": ", 1)[1].split(", ")
+    assert len(weights) == 3 and all(re.fullmatch(r"class_\d \d+\.\d{4}", weight) for weight in weights), line
+    assert " 1.0000" in line  # the median class: it was a bare "1" beside "0.0078"
+
+
+def test_int8_summary_leaves_out_the_checkpoints_half_check(tmp_path, monkeypatch):
+    """The PyTorch bfloat16 check says how detect.py --half on the checkpoint agrees with float32: nothing about
+    the int8 file, and the --int8 summary reported it as if it were (on CPUs with native bfloat16)."""
+    monkeypatch.setattr(export, "native_bfloat16", lambda: True)  # the check runs on any CPU, only slower
+    model = build_model("Unet", "resnet18", 1).eval()
+    meta = export_onnx(model, model_meta("Unet", "resnet18", 1, 64), tmp_path / "m.onnx")
+    images = [str(path) for path in sorted((REPO / "data" / "sample" / "imgs").iterdir())[:2]]
+    for int8 in (False, True):
+        check = export.check_file(model, tmp_path / "m.onnx", meta, "onnx", int8, images, "2 images")
+        summary, _ = export.describe_check(check, "onnx", int8)
+        assert ("the checkpoint with --half (PyTorch bfloat16)" in summary) == (not int8), summary
+
+
+def test_check_images_that_do_not_exist_ask_for_images(capsys, tmp_path):
+    code = export.main(export.parse_args(["--model", str(tmp_path / "m.pth.tar"), "--check-images",
+                                          str(tmp_path / "nope")]))
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: --check-images {tmp_path / 'nope'}: no such file or folder; give images (a "
+                                 f"folder, glob or .txt list of the training images, for example data/sample/imgs)\n")
+
+
+def test_val_help_names_every_model_format(capsys):
+    with pytest.raises(SystemExit):
+        val.parse_args(["--help"])
+    model_help = " ".join(capsys.readouterr().out.split("  --model MODEL", 1)[1].split("--data")[0].split())
+    assert ".pth.tar" in model_help and ".onnx" in model_help and ".xml" in model_help
