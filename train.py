@@ -82,7 +82,8 @@ class UnetTraining:
         self.best_fitness = -math.inf
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = self.bad_steps = 0
         self.finished = False  # training ended for good (last epoch or early stop): never resumed then
-        self.best_refused = {"cooldown": 0, "not finite": 0}  # evaluations that could not become the best
+        # evaluations that could not become the best, by reason (why_no_best says which)
+        self.best_refused = {"cooldown": 0, "loss not finite": 0, "no foreground": 0}
 
     # ------------------------------------------------------------ the loop
 
@@ -191,7 +192,8 @@ class UnetTraining:
         finite = math.isfinite(metrics["val/loss"]) and math.isfinite(fitness)
         improved = fitness > self.best_fitness and finite and progress > self.config.check_best_cooldown
         self.best_refused["cooldown"] += progress <= self.config.check_best_cooldown
-        self.best_refused["not finite"] += not finite
+        self.best_refused["loss not finite"] += not math.isfinite(metrics["val/loss"])
+        self.best_refused["no foreground"] += math.isfinite(metrics["val/loss"]) and not math.isfinite(fitness)
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         self.best_fitness = fitness if improved else self.best_fitness
@@ -307,8 +309,11 @@ def why_no_best(trainer):
     refused = trainer.best_refused
     reasons = [f"{refused['cooldown']} were within --check-best-cooldown {trainer.config.check_best_cooldown} "
                f"epochs" if refused["cooldown"] else "",
-               f"{refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the validation masks "
-               f"hold no foreground)" if refused["not finite"] else ""]
+               f"{refused['loss not finite']} had a non-finite validation loss (the weights diverged: lower --lr)"
+               if refused["loss not finite"] else "",
+               # with a finite loss, Dice is NaN only when no class it averages is in the masks
+               f"{refused['no foreground']} had a NaN validation Dice (the validation masks hold no foreground)"
+               if refused["no foreground"] else ""]
     return (f"none of the {trainer.evaluations} evaluation(s) could count as the best ("
             + "; ".join(reason for reason in reasons if reason) + ")")
 

@@ -170,3 +170,17 @@ def test_val_help_names_every_model_format(capsys):
         val.parse_args(["--help"])
     model_help = " ".join(capsys.readouterr().out.split("  --model MODEL", 1)[1].split("--data")[0].split())
     assert ".pth.tar" in model_help and ".onnx" in model_help and ".xml" in model_help
+
+
+# ---------------------------------------------------------------- training runs (items 5, 7, 8, 9)
+
+
+def test_no_best_checkpoint_after_divergence_blames_the_loss_not_the_masks(capsys, tiny_data, tmp_path):
+    code = train.main(train.parse_args([*TINY, "--data-dir", str(tiny_data), "--train-list", "train.txt",
+                                        "--val-list", "val.txt", "--lr", "1e30", "--project", str(tmp_path)]))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("no best checkpoint: none of the 1 evaluation(s) could count as the best (1 had a "
+                           "non-finite validation loss (the weights diverged: lower --lr))"), last
+    assert "no foreground" not in out  # the masks hold foreground: it used to blame them
