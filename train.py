@@ -31,7 +31,7 @@ from segtoolkit import distributed
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
 from segtoolkit.config import REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run, resume_command
-from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
+from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure, UserError
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
 from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
@@ -256,23 +256,34 @@ class UnetTraining:
 
     def save(self, kind):
         """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
-        (kind 'best': weights to detect with or fine-tune from, never resumed)."""
+        (kind 'best': weights to detect with or fine-tune from, never resumed, so without the optimizer
+        state, which is twice the weights: as YOLO strips its best.pt)."""
         if self.process.is_main:
+            state = self.state() if kind == "last" else self.description()
             save_checkpoint(self.run_dir / CHECKPOINT_NAMES[kind], self.model, self.meta, self.config.to_dict(),
-                            kind=kind, **self.state())
+                            kind=kind, **state)
 
-    def state(self):
-        """Everything a resume needs, beside the weights, the model's description and the configuration."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "evaluations": self.evaluations, "best_fitness": self.best_fitness,
-                "early_stopping": self.early_stopping.state_dict(), "wandb_id": self.logger.wandb_id,
-                "epochs": self.config.epochs, "finished": self.finished, "world_size": self.process.world_size,
+    def description(self):
+        """What a best checkpoint holds beside the weights, the model's description and the configuration:
+        where in the run it was written, and what val.py reads (the run's files and class weights)."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "best_fitness": self.best_fitness, "epochs": self.config.epochs, "world_size": self.process.world_size,
                 "data": self.data, "augmentation": augmentation_dict(self.train_set.transform),
                 "class_weights": self.class_weights}
 
-    def load_state(self, checkpoint):
+    def state(self):
+        """Everything a resume needs, beside the weights, the model's description and the configuration."""
+        return {**self.description(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "evaluations": self.evaluations, "early_stopping": self.early_stopping.state_dict(),
+                "wandb_id": self.logger.wandb_id, "finished": self.finished}
+
+    def load_state(self, checkpoint, path=CHECKPOINT_NAMES["best"]):
         """Continue exactly where `checkpoint` stopped: weights, optimizer, LR schedule, epoch, stopping."""
+        if "optimizer" not in checkpoint:
+            raise UserError(f"{path} holds weights and their description only (a best checkpoint, or plain "
+                            f"weights), not the optimizer state a resume continues; resume from the run's "
+                            f"{CHECKPOINT_NAMES['last']}, or fine-tune from these weights in a new run")
         distributed.unwrap(self.model).load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -365,7 +376,7 @@ def train_and_test(args):
     if process.is_main and transform is not None and not (run_dir / "augmentation.yaml").exists():
         save_augmentation(transform, run_dir / "augmentation.yaml")  # what --augment reads back
     if mode == "resume":
-        trainer.load_state(checkpoint)
+        trainer.load_state(checkpoint, config.load_model)
     if process.is_main:
         if mode == "fine-tune":
             print(f"fine-tuning from {config.load_model} ({fine_tune_reason(checkpoint, config.load_model)}): "

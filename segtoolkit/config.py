@@ -330,10 +330,11 @@ def start_mode(checkpoint, path):
 
 
 def fine_tune_reason(checkpoint, path):
+    if checkpoint.get("kind") == "best" or ("epoch" in checkpoint and Path(path).name.startswith("best")):
+        return (f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}; its run resumes from "
+                f"{Path(path).with_name('checkpoint.pth.tar')}")
     if "optimizer" not in checkpoint:
         return "weights only"
-    if checkpoint.get("kind") == "best" or Path(path).name.startswith("best"):
-        return f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}"
     return f"a finished run, {checkpoint['epoch']} of {checkpoint['epochs']} epochs"
 
 

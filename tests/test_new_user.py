@@ -16,8 +16,12 @@ import detect
 import export
 import train
 import val
+from test_train import tiny_sets
 from make_sample_data import write_dataset
-from segtoolkit.models import build_model, model_meta
+from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.config import RunConfig
+from segtoolkit.errors import UserError
+from segtoolkit.models import build_model, model_from_checkpoint, model_meta
 from segtoolkit.onnx_export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,3 +188,30 @@ def test_no_best_checkpoint_after_divergence_blames_the_loss_not_the_masks(capsy
     assert last.startswith("no best checkpoint: none of the 1 evaluation(s) could count as the best (1 had a "
                            "non-finite validation loss (the weights diverged: lower --lr))"), last
     assert "no foreground" not in out  # the masks hold foreground: it used to blame them
+
+
+def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes(capsys, tiny_data, tmp_path):
+    flags = [*TINY, "--data-dir", str(tiny_data), "--train-list", "train.txt", "--val-list", "val.txt",
+             "--project", str(tmp_path)]
+    code = train.main(train.parse_args([*flags, "--epochs", "2", "--patience", "0"]))
+    assert code == 0, capsys.readouterr().err[-2000:]
+    run_dir = tmp_path / "exp"
+    best, last = load_checkpoint(run_dir / "best-checkpoint.pth.tar"), load_checkpoint(run_dir / "checkpoint.pth.tar")
+    assert not {"optimizer", "scheduler", "scaler", "early_stopping"} & best.keys()  # 172 MB for 14.3M parameters
+    assert {"optimizer", "scheduler", "scaler", "early_stopping"} <= last.keys()
+    assert best["kind"] == "best" and best["data"] == last["data"] and "class_weights" in best  # what val.py reads
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in best["model"].values())
+    assert (run_dir / "best-checkpoint.pth.tar").stat().st_size < 1.5 * weights < (run_dir / "checkpoint.pth.tar").stat().st_size
+    capsys.readouterr()
+    code = train.main(train.parse_args([*TINY, "--load-model", str(run_dir / "best-checkpoint.pth.tar"),
+                                        "--project", str(tmp_path)]))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert (f"fine-tuning from {run_dir / 'best-checkpoint.pth.tar'} (a best checkpoint, epoch " in out
+            and f"; its run resumes from {run_dir / 'checkpoint.pth.tar'}):" in out), out
+    trainer = train.UnetTraining(model_from_checkpoint(best), *tiny_sets(tiny_data), config=RunConfig(
+        **{**best["config"], "workers": 0}), run_dir=tmp_path, meta=best["meta"])
+    with pytest.raises(UserError, match=r"best-checkpoint.pth.tar holds weights and their description only \(a best "
+                                        r"checkpoint, or plain weights\), not the optimizer state a resume continues; "
+                                        r"resume from the run's checkpoint.pth.tar"):
+        trainer.load_state(best, run_dir / "best-checkpoint.pth.tar")

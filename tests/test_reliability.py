@@ -129,13 +129,15 @@ def fingerprint(folder):
 
 
 def assert_complete_checkpoints(run_dir):
-    """Each checkpoint present loads, carries the full resume state and rebuilds its model strictly."""
+    """Each checkpoint present loads, carries its state (checkpoint.pth.tar: the full resume state; the best
+    one: where in the run it was written) and rebuilds its model strictly."""
     steps = {}
     for name in CHECKPOINTS:
         path = run_dir / name
         if path.exists():
             checkpoint = load_checkpoint(path)
-            assert {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step"} <= checkpoint.keys()
+            resume = {"optimizer", "scheduler"} if name == "checkpoint.pth.tar" else set()
+            assert {"model", "epoch", "step_in_epoch", "global_step", *resume} <= checkpoint.keys()
             model_from_checkpoint(checkpoint, path)  # load_state_dict(strict=True): every tensor there
             steps[name] = checkpoint["global_step"]
     return steps
