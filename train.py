@@ -81,6 +81,9 @@ class UnetTraining:
         self.stop = StopRequest("finishing this step, then saving checkpoint.pth.tar")
         self.best_fitness = -math.inf
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = self.bad_steps = 0
+        # the training metrics of the steps since the last evaluation: stored in checkpoint.pth.tar, so the
+        # results.csv row of an epoch interrupted and resumed counts its steps before the resume too
+        self.train_stats = self.new_stats()
         self.finished = False  # training ended for good (last epoch or early stop): never resumed then
         # evaluations that could not become the best, by reason (why_no_best says which)
         self.best_refused = {"cooldown": 0, "loss not finite": 0, "no foreground": 0}
@@ -110,11 +113,10 @@ class UnetTraining:
         set_train_mode(self.model, self.config.freeze_bn)
         self.train_sampler.set_epoch(self.epoch)
         self.train_sampler.skip = self.step_in_epoch
-        stats = self.new_stats()
         bar = tqdm(total=len(self.train_loader), leave=True, dynamic_ncols=True,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.process.is_main)
         for images, masks in guarded_batches(self.train_loader, "training", self.resume_hint, bar):
-            loss = self.train_step(images, masks, stats)
+            loss = self.train_step(images, masks, self.train_stats)
             self.step_in_epoch += 1
             self.global_step += 1
             if self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch:
@@ -123,16 +125,15 @@ class UnetTraining:
                 self.stop.event.set()
                 return False
             if self.step_in_epoch < self.steps_per_epoch and self.evaluation_due(end_of_epoch=False):
-                if self.end_of_evaluation_period(stats):
+                if self.end_of_evaluation_period():
                     return True
-                stats = self.new_stats()
                 set_train_mode(self.model, self.config.freeze_bn)
         bar.close()
         self.epoch += 1
         self.step_in_epoch = 0
         # every run ends with an evaluation, even when --eval-step is longer than the run
         if self.evaluation_due(end_of_epoch=True) or self.epoch == self.config.epochs:
-            return self.end_of_evaluation_period(stats)
+            return self.end_of_evaluation_period()
         return False
 
     def train_step(self, images, masks, stats):
@@ -183,11 +184,12 @@ class UnetTraining:
             return end_of_epoch
         return self.global_step % self.config.eval_step == 0
 
-    def end_of_evaluation_period(self, train_stats):
+    def end_of_evaluation_period(self):
         """Evaluate, log, write checkpoints; return True when early stopping says stop."""
         progress = self.epoch + self.step_in_epoch / self.steps_per_epoch  # epochs done, fractional with --eval-step
         metrics = {"epoch": round(progress, 3), "lr": self.scheduler.get_last_lr()[0],
-                   **train_stats.compute("train", self.class_names), **self.evaluate("val")}
+                   **self.train_stats.compute("train", self.class_names), **self.evaluate("val")}
+        self.train_stats = self.new_stats()  # before any save: a resume must not count these steps again
         fitness = metrics["val/dice"]
         finite = math.isfinite(metrics["val/loss"]) and math.isfinite(fitness)
         improved = fitness > self.best_fitness and finite and progress > self.config.check_best_cooldown
@@ -258,8 +260,11 @@ class UnetTraining:
         """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
         (kind 'best': weights to detect with or fine-tune from, never resumed, so without the optimizer
         state, which is twice the weights: as YOLO strips its best.pt)."""
+        # the period's training counts summed over the processes: a collective, so before the rank-0 check
+        period = self.train_stats.reduced() if kind == "last" else None
         if self.process.is_main:
-            state = self.state() if kind == "last" else self.description()
+            state = {**self.state(), "train_stats": dict(zip(("matrix", "loss"), period))} if kind == "last" \
+                else self.description()
             save_checkpoint(self.run_dir / CHECKPOINT_NAMES[kind], self.model, self.meta, self.config.to_dict(),
                             kind=kind, **state)
 
@@ -292,6 +297,9 @@ class UnetTraining:
         self.global_step, self.best_fitness = checkpoint["global_step"], checkpoint["best_fitness"]
         self.evaluations = checkpoint["evaluations"]
         self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+        if "train_stats" in checkpoint and self.process.is_main:  # one process holds them: the sum stays right
+            self.train_stats.matrix += checkpoint["train_stats"]["matrix"].to(self.train_stats.matrix)
+            self.train_stats.loss += checkpoint["train_stats"]["loss"].to(self.train_stats.loss)
 
     # ------------------------------------------------------------ small helpers
 

@@ -16,7 +16,8 @@ import detect
 import export
 import train
 import val
-from test_train import tiny_sets
+from segtoolkit.run_logging import NullLogger
+from test_train import make_trainer, tiny_sets
 from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.config import RunConfig
@@ -215,3 +216,40 @@ def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes
                                         r"checkpoint, or plain weights\), not the optimizer state a resume continues; "
                                         r"resume from the run's checkpoint.pth.tar"):
         trainer.load_state(best, run_dir / "best-checkpoint.pth.tar")
+
+
+class RecordingLogger(NullLogger):
+    def __init__(self):
+        self.rows = []
+
+    def log(self, metrics, step=None):
+        self.rows.append(metrics)
+
+
+def test_an_epoch_interrupted_and_resumed_reports_the_training_metrics_of_all_its_steps(tiny_data, tmp_path):
+    """Stopped after 2 of its 4 steps and resumed, the epoch's row counts all 4 steps (the counts so far go into
+    checkpoint.pth.tar), as the same epoch run straight through does; it used to count the 2 after the resume."""
+    rows = {}
+    for name in ("straight", "interrupted"):
+        (tmp_path / name).mkdir()
+        trainer = make_trainer(tiny_data, tmp_path / name, epochs=1)
+        trainer.logger = RecordingLogger()
+        if name == "interrupted":
+            step = trainer.train_step
+
+            def stop_after_two(*args, trainer=trainer, step=step):
+                loss = step(*args)
+                if trainer.step_in_epoch == 1:  # this is the second step: the loop counts it after the call
+                    trainer.stop.event.set()
+                return loss
+            trainer.train_step = stop_after_two
+            assert trainer.fit() == "interrupted" and not trainer.logger.rows
+            trainer = make_trainer(tiny_data, tmp_path / name, epochs=1)
+            trainer.logger = RecordingLogger()
+            trainer.load_state(load_checkpoint(tmp_path / name / "checkpoint.pth.tar"))
+            assert trainer.step_in_epoch == 2
+        assert trainer.fit() == "finished"
+        rows[name] = trainer.logger.rows
+    assert len(rows["straight"]) == len(rows["interrupted"]) == 1
+    for key in ("train/loss", "train/dice", "train/iou", "val/loss", "val/dice"):
+        assert rows["interrupted"][0][key] == pytest.approx(rows["straight"][0][key], rel=1e-5, abs=1e-6), key
