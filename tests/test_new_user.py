@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import detect
 import export
@@ -18,7 +20,10 @@ import train
 import val
 from segtoolkit.run_logging import NullLogger
 from test_train import make_trainer, tiny_sets
+from dataloaders import Frame
+from detect_helpers import read_rows
 from make_sample_data import write_dataset
+from segtoolkit.detect_outputs import ResultWriter
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.config import RunConfig
 from segtoolkit.errors import UserError
@@ -253,3 +258,20 @@ def test_an_epoch_interrupted_and_resumed_reports_the_training_metrics_of_all_it
     assert len(rows["straight"]) == len(rows["interrupted"]) == 1
     for key in ("train/loss", "train/dice", "train/iou", "val/loss", "val/dice"):
         assert rows["interrupted"][0][key] == pytest.approx(rows["straight"][0][key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("names", [["background", "foreground", "largest_polygon"], ["background", "source", "px"]])
+def test_class_columns_never_take_a_results_csv_columns_name(tmp_path, names):
+    """Classes named foreground or largest_polygon made a second foreground_px or largest_polygon_px column, and
+    csv.DictReader kept one of the two: the total was lost. Class columns are px_<name>, which no other is."""
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:8, 2:8], mask[10:19, 5:25] = 1, 2
+    writer = ResultWriter(tmp_path, names, save_images=False)
+    frame = Frame("a.png", torch.zeros(3, 32, 32), np.zeros((20, 30, 3), np.uint8), None, 0, 1, None, None)
+    writer.add(frame, mask, np.zeros((20, 30, 3), np.uint8), 1.0, 171.0)
+    writer.close()
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))
+    row = read_rows(tmp_path)[0]
+    assert (row["foreground_px"], row["largest_polygon_px"]) == (str(6 * 6 + 9 * 20), "171.0")
+    assert (row[f"px_{names[1]}"], row[f"px_{names[2]}"]) == ("36", "180")
