@@ -47,7 +47,8 @@ from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
 from segtoolkit.frame_exports import FrameExports
-from segtoolkit.overlay import draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.overlay import draw_overlay
+from segtoolkit.polygons import find_regions, largest_area
 from segtoolkit.pipeline import Finisher
 from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
 from segtoolkit.probabilities import Prediction, logits_to_probabilities
@@ -122,12 +123,12 @@ class FrameOutputs:
     def __call__(self, frame, prediction, inference_ms):
         """Write and print one frame (a Prediction); returns the annotated RGB image."""
         mask = prediction.mask if frame.letterbox is None else unletterbox(prediction.mask, frame.letterbox)
-        polygons = find_polygons(mask)
-        largest = largest_polygon_area(polygons)
+        regions = find_regions(mask)
+        largest = largest_area(regions)  # holes subtracted, as polygons.jsonl's areas
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
         lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
                  f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
-        annotated = draw_overlay(frame.original, mask, polygons, self.colours, lines, self.class_names)
+        annotated = draw_overlay(frame.original, mask, regions, self.colours, lines, self.class_names)
         self.writer.add(frame, mask, annotated, inference_ms, largest, prediction.probabilities)
         self.file_number += frame.index == 0 and not frame.is_stream
         print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms, "

@@ -5,6 +5,7 @@ results.csv columns, augmentation files with their own normalization, 16-bit mas
 could not be stopped. tests/README.md ("New users' files and flags") lists every case and its message.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from dataloaders import Frame
 from detect_helpers import read_rows
 from make_sample_data import write_dataset
 from segtoolkit.detect_outputs import ResultWriter
+from segtoolkit.frame_exports import FrameExports
+from segtoolkit.overlay import class_colours
+from segtoolkit.polygons import find_regions, largest_area, polygon_records
+from segtoolkit.probabilities import Prediction
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.config import RunConfig
 from segtoolkit.errors import UserError
@@ -275,3 +280,31 @@ def test_class_columns_never_take_a_results_csv_columns_name(tmp_path, names):
     row = read_rows(tmp_path)[0]
     assert (row["foreground_px"], row["largest_polygon_px"]) == (str(6 * 6 + 9 * 20), "171.0")
     assert (row[f"px_{names[1]}"], row[f"px_{names[2]}"]) == ("36", "180")
+
+
+# ---------------------------------------------------------------- detect.py's areas (item 6)
+
+
+def test_largest_polygon_is_the_json_area_holes_subtracted_everywhere(tmp_path, capsys):
+    """A ring: its outline encloses 4071 px but the region holds 3000; results.csv's largest_polygon_px (and the
+    console and overlay, which print the same number) said the outline's area while polygons.jsonl subtracted the
+    hole, and 6 of 14 images disagreed in one run. Now one function gives both."""
+    mask = np.zeros((80, 100), np.uint8)
+    mask[5:75, 5:65] = 1
+    mask[20:60, 20:50] = 0  # the hole
+    mask[10:20, 80:90] = 1  # a small square elsewhere
+    regions = find_regions(mask)
+    records = polygon_records(mask, ["background", "object"])
+    assert largest_area(regions) == max(record["area"] for record in records) < np.count_nonzero(mask)
+    assert largest_area(regions) < (70 - 1) * (60 - 1)  # the outer outline's area, which results.csv said
+    frame = Frame("ring.png", torch.zeros(3, 32, 32), np.zeros((80, 100, 3), np.uint8), None, 0, 1, None, None)
+    exports = FrameExports(["background", "object"], 1, save_json=True)
+    writer = ResultWriter(tmp_path, None, save_images=False, exports=exports)
+    detect.FrameOutputs(writer, class_colours(1), None, 1)(frame, Prediction(mask, None), 1.0)
+    writer.close()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    row = read_rows(tmp_path)[0]
+    polygons = json.loads((tmp_path / "polygons.jsonl").read_text())["polygons"]
+    assert float(row["largest_polygon_px"]) == max(polygon["area"] for polygon in polygons) == largest_area(regions)
+    assert float(row["largest_polygon_px"]) <= int(row["foreground_px"])  # it was larger than all the foreground
+    assert line.endswith(f"largest polygon {largest_area(regions):.0f} px")
