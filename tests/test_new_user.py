@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from detect_helpers import read_rows
 from make_sample_data import write_dataset
 from segtoolkit.detect_outputs import ResultWriter
 from segtoolkit.frame_exports import FrameExports
+from segtoolkit.masks import binary_mask, read_mask
 from segtoolkit.overlay import class_colours
 from segtoolkit.polygons import find_regions, largest_area, polygon_records
 from segtoolkit.probabilities import Prediction
@@ -308,3 +310,25 @@ def test_largest_polygon_is_the_json_area_holes_subtracted_everywhere(tmp_path, 
     assert float(row["largest_polygon_px"]) == max(polygon["area"] for polygon in polygons) == largest_area(regions)
     assert float(row["largest_polygon_px"]) <= int(row["foreground_px"])  # it was larger than all the foreground
     assert line.endswith(f"largest polygon {largest_area(regions):.0f} px")
+
+
+# ---------------------------------------------------------------- masks (item 14)
+
+
+def test_sixteen_bit_binary_masks_train(tmp_path, capsys):
+    """0/65535 is how some labelling tools save a binary mask as a 16-bit PNG: it was refused with a hint to use
+    --classes N, which does not help. It reads as 0/1, as 0/255 does."""
+    data = tmp_path / "data"
+    write_dataset(data, 6, seed=4)
+    for mask_path in (data / "masks").iterdir():
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        assert set(np.unique(mask)) == {0, 255}
+        cv2.imwrite(str(mask_path), (mask > 0).astype(np.uint16) * 65535)
+    stored = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    assert stored.dtype == np.uint16 and set(np.unique(stored)) == {0, 65535}
+    assert np.array_equal(binary_mask(read_mask(mask_path), mask_path), (stored > 0).astype(np.uint8))
+    code = train.main(train.parse_args([*TINY, "--data-dir", str(data), "--search-files", "--val-split", "0.34",
+                                        "--project", str(tmp_path / "runs")]))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert "warning" not in err  # no class left unseen: the foreground was read

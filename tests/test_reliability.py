@@ -236,10 +236,11 @@ BAD_INPUT = [
     ("negative class value (int16 TIFF)", negative_class_mask,
      r"mask .*sample_001\.tif has value -1, which is neither a class"),
     ("soft binary mask", lambda d: rewrite_mask(d, "sample_003", lambda m, p: (p, cv2.GaussianBlur(m, (9, 9), 3))),
-     r"mask .*sample_003\.png has values 0, 1, 2, .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG "
-     r"masks: threshold them and save as PNG\), or use --classes N for class indices"),
+     r"mask .*sample_003\.png has values 0, 1, 2, .*: a binary mask must be 0/1, 0/255 or 0/65535 \(soft, resized or "
+     r"JPEG masks: threshold them and save as PNG\), or use --classes N for class indices"),
     ("JPEG binary mask", lambda d: to_jpeg(d, "masks", "sample_000"),
-     r"mask .*sample_000\.jpg has values .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG masks"),
+     r"mask .*sample_000\.jpg has values .*: a binary mask must be 0/1, 0/255 or 0/65535 \(soft, resized or JPEG "
+     r"masks"),
     ("colour mask", lambda d: rewrite_mask(d, "sample_000", lambda m, p: (p, np.dstack([m, m // 2, m]))),
      r"mask .*sample_000\.png is a colour image; save masks as single-channel PNGs of class indices"),
     ("missing split file", lambda d: ["--train-list", d / "nope.txt"],
