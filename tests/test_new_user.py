@@ -357,3 +357,38 @@ def test_an_augmentation_file_that_normalizes_is_refused(capsys, tiny_data, tmp_
     assert not (tmp_path / "runs").exists()
     A.save(A.Compose([A.HorizontalFlip(p=0.5), A.OneOf([A.Blur(), A.GaussNoise()])]), str(path), data_format="yaml")
     assert load_augmentation(str(path)) is not None  # augmentation alone is taken
+
+
+# ---------------------------------------------------------------- val.py --mask-colors (item 1)
+
+ROAD, SIDEWALK = (128, 64, 128), (244, 35, 232)
+
+
+def test_val_mask_colors_are_matched_to_the_models_classes_by_name(tmp_path):
+    """A model trained with background, road, sidewalk, validated with the same colours listed as background,
+    sidewalk, road: road and sidewalk swapped their ground truth, exit 0, no warning."""
+    meta = model_meta("Unet", "resnet18", 3, 64, class_names=["background", "road", "sidewalk"])
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text(f"name,r,g,b\nbackground,0,0,0\nsidewalk,{','.join(map(str, SIDEWALK))}\n"
+                       f"road,{','.join(map(str, ROAD))}\n")
+    colours = val.model_mask_colors(meta, swapped)
+    assert colours.names == ("background", "road", "sidewalk") and colours.colors == ((0, 0, 0), ROAD, SIDEWALK)
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0], rgb[1, 1] = ROAD, SIDEWALK
+    assert colours.labels(rgb, "mask.png").tolist() == [[1, 0], [0, 2]]  # road is class 1, as the model has it
+
+
+@pytest.mark.parametrize("lines, problem", [
+    ("background,0,0,0\nroad,128,64,128\n", "lacks sidewalk"),
+    ("background,0,0,0\nroad,128,64,128\ncar,0,0,142\n", "lacks sidewalk and names car, which the model does not have"),
+    ("background,0,0,0\nroad,128,64,128\nsidewalk,244,35,232\ncar,0,0,142\n", "names car, which the model does not "
+                                                                             "have"),
+])
+def test_val_mask_colors_naming_other_classes_are_refused(tmp_path, lines, problem):
+    meta = model_meta("Unet", "resnet18", 3, 64, class_names=["background", "road", "sidewalk"])
+    path = tmp_path / "colours.csv"
+    path.write_text(lines)
+    with pytest.raises(UserError) as refused:
+        val.model_mask_colors(meta, path)
+    assert str(refused.value) == (f"--mask-colors {path} {problem}: its classes are matched to the model's by name, "
+                                  f"and the model's are background, road, sidewalk; give a colour for each of them")
