@@ -635,7 +635,8 @@ def add_optimization_flags(optim):
                        help="per-class loss weights: 'auto' (median-frequency balancing over the training "
                             "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
     optim.add_argument("--tile-overlap", type=float, default=0.25,
-                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile")
+                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile "
+                            "(at most 0.875)")
     optim.add_argument("--tile-batch", type=int, default=4,
                        help="with --crop: tiles per forward pass in evaluation (memory is bounded by it)")
     optim.add_argument("--freeze-bn", action="store_true",

@@ -62,6 +62,11 @@ def one_line_warnings(enabled=True):
         warnings.formatwarning = previous
 
 
+class Stopped(Exception):
+    """Raised by work that a StopRequest cuts short between two of its pieces (a frame segmented by tiles:
+    segtoolkit.tiling), so the loop around it can close its outputs and end with EXIT_STOPPED."""
+
+
 class StopRequest:
     """Ctrl-C and SIGTERM set a flag instead of raising: the loop finishes its step or frame, then saves
     or closes its outputs and ends. A second signal while that happens is ignored, so the save completes.

@@ -30,6 +30,7 @@ from segtoolkit.imaging import check_patch_size, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
 from segtoolkit.output_files import check_save_dir
 from segtoolkit.splits import pair_masks, read_split_file, search_files
+from segtoolkit.tiling import check_tile_overlap
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: the bundled sample and its split files
 SAMPLE_DIR = REPO / "data" / "sample"
@@ -230,8 +231,7 @@ class RunConfig:
                                 f"sample is a whole image)")
         if self.cache not in CACHE_MODES:
             raise UserError(f"--cache {self.cache}: choose one of {', '.join(CACHE_MODES)}")
-        if not 0 <= self.tile_overlap < 1:
-            raise UserError(f"--tile-overlap {self.tile_overlap} must be a fraction in [0, 1)")
+        check_tile_overlap(self.tile_overlap)
         if self.tile_batch < 1:
             raise UserError(f"--tile-batch {self.tile_batch} must be at least 1")
 

@@ -7,7 +7,7 @@ could not be stopped. tests/README.md ("New users' files and flags") lists every
 
 import json
 import re
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -23,9 +23,11 @@ import export
 import train
 import val
 from segtoolkit.run_logging import NullLogger
+from segtoolkit.tiling import Tiler
+from servers import wait_until
 from test_train import make_trainer, tiny_sets
 from dataloaders import Frame
-from detect_helpers import read_rows
+from detect_helpers import detect_process, read_rows, wait_for_stderr
 from make_sample_data import write_dataset
 from segtoolkit.detect_outputs import ResultWriter
 from segtoolkit.frame_exports import FrameExports
@@ -34,7 +36,7 @@ from segtoolkit.overlay import class_colours
 from segtoolkit.polygons import find_regions, largest_area, polygon_records
 from segtoolkit.probabilities import Prediction
 from segtoolkit.augment import load_augmentation
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.config import RunConfig
 from segtoolkit.errors import UserError
 from segtoolkit.models import build_model, model_from_checkpoint, model_meta
@@ -392,3 +394,48 @@ def test_val_mask_colors_naming_other_classes_are_refused(tmp_path, lines, probl
         val.model_mask_colors(meta, path)
     assert str(refused.value) == (f"--mask-colors {path} {problem}: its classes are matched to the model's by name, "
                                   f"and the model's are background, road, sidewalk; give a colour for each of them")
+
+
+# ---------------------------------------------------------------- a frame by tiles (item 4)
+
+
+def test_tile_overlap_above_the_bound_is_refused_before_the_model_loads(capsys, tmp_path):
+    """0.99 on a 1000x750 image at tile 64 made a stride of 1 px, 643,000 tiles: 10+ minutes of full CPU, no output."""
+    code = detect.main(detect.parse_args(["--model", str(tmp_path / "missing.pth.tar"), "--source",
+                                          str(REPO / "data" / "sample" / "imgs"), "--tile", "--tile-overlap", "0.99"]))
+    assert code == 2 and capsys.readouterr().err == (
+        "error: --tile-overlap 0.99 puts each pixel inside about 10,000 tiles, each a forward pass; give at most 0.875 "
+        "(64 tiles over each pixel), e.g. 0.5\n")
+    with pytest.raises(UserError, match="give at most 0.875"):  # val.py and training build the same Tiler
+        Tiler(lambda batch: batch, 64, overlap=0.9)
+    Tiler(lambda batch: batch, 64, overlap=0.875)  # the bound itself is allowed
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("untrained") / "model.pth.tar"
+    save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_long_tiled_frame_shows_progress_and_stops_on_a_signal(untrained_checkpoint, tmp_path, signum):
+    """A 3000x2000 frame in 32 px tiles at the largest overlap is 366,000 tiles, many minutes on one core. Its
+    progress shows on stderr after 2 s, and Ctrl-C or SIGTERM ends the run between two batches of tiles, exit code
+    130, with nothing of the frame written; both signals used to be ignored until the frame was done."""
+    image = np.zeros((2000, 3000, 3), np.uint8)
+    image[500:1500, 800:2200] = 200
+    cv2.imwrite(str(tmp_path / "large.png"), image)
+    with detect_process("--model", untrained_checkpoint, "--source", tmp_path / "large.png", "--tile",
+                        "--patch-size", "32", "--tile-overlap", "0.875", "--tile-batch", "1", "--device", "cpu",
+                        "--save-dir", tmp_path / "out") as process:
+        wait_for_stderr(process, r"3000x2000 image: +\d+%.*\d+/366\d{3}", timeout=300)
+        process.send_signal(signum)
+        wait_until(lambda: process.poll() is not None, 120,
+                   what=lambda: f"detect.py to end after {signum.name}; stderr: {process.output()[1][-2000:]}")
+        out, err = process.output()
+    assert process.returncode == 130, err[-2000:]
+    assert f"{signum.name} received: stopping this frame at its next batch of tiles, then closing outputs" in err
+    assert re.search(r"0 frames in [\d.]+ s \(interrupted\): nothing written", out), out
+    assert not (tmp_path / "out").exists()  # the folder comes with the first frame written
