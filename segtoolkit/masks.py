@@ -1,5 +1,5 @@
-"""What mask values mean: binary masks (0/1, 0/255, or 0/65535 in 16 bits), class-index masks, palette and colour masks, and
-checks of a split's labels.
+"""What mask values mean: binary masks (0/1, 0/255, or 0/65535 in 16 bits), class-index masks, palette and
+colour masks, and checks of a split's labels.
 
 Masks are read as the labels they hold: a palette PNG (VOC-style, what most labelling tools save) as its
 palette indices, which OpenCV would expand to colours; other files as stored, one channel of 8 or 16 bits;

@@ -60,7 +60,8 @@ def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=N
     if encoder_weights and Path(encoder_weights).suffix in (".pth", ".pt", ".bin", ".safetensors", ".tar"):
         weights_file, encoder_weights = Path(encoder_weights), None
         if not weights_file.is_file():
-            raise UserError(f"--encoder-weights {weights_file}: {file_problem(weights_file)}; give 'imagenet', 'none' or a weights file")
+            raise UserError(f"--encoder-weights {weights_file}: {file_problem(weights_file)}; give 'imagenet', 'none' "
+                            f"or a weights file")
     if encoder_weights:
         try:
             return preferred_layout(cls(encoder_name=encoder, encoder_weights=encoder_weights,
