@@ -729,7 +729,7 @@ def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(dat
 def test_non_finite_validation_loss_never_becomes_the_best_checkpoint(data, tmp_path):
     trainer = small_trainer(data, tmp_path)
     torch.nn.init.constant_(trainer.model.segmentation_head[0].weight, math.nan)
-    trainer.end_of_evaluation_period(trainer.new_stats())
+    trainer.end_of_evaluation_period()
     assert trainer.best_fitness == -math.inf
     assert not (tmp_path / "best-checkpoint.pth.tar").exists()
 
