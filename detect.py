@@ -28,11 +28,12 @@ than overwriting any file). The folder is created with the first frame: a stream
 within --stream-timeout is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
 normally (exit code 0) with every output complete. A write that fails (full disk) stops the run with
 exit code 1; everything written before it is complete and listed in results.csv.
---view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
-finishes the current frame, closes every output (videos stay playable) and exits with code 130.
+--view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C (or
+SIGTERM) finishes the current frame, closes every output (videos stay playable) and exits with code 130;
+a frame segmented by tiles is abandoned at its next batch of tiles instead, and shows a progress bar when
+its tiles take longer than 2 s.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -41,21 +42,23 @@ from pathlib import Path
 import cv2
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
-from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, Stopped, run_command
 from segtoolkit.config import check_run_name
 from segtoolkit.classes import output_colours
 from segtoolkit.coco import CocoWriter, check_coco_output
 from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
-from segtoolkit.output_files import check_save_dir
+from segtoolkit.output_files import check_output_folder
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
 from segtoolkit.frame_exports import FrameExports
-from segtoolkit.overlay import draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.overlay import draw_overlay
+from segtoolkit.polygons import find_regions, largest_area
 from segtoolkit.pipeline import Finisher
 from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
 from segtoolkit.probabilities import Prediction, logits_to_probabilities
-from segtoolkit.tiling import WEIGHTINGS, Tiler
+from segtoolkit.tiling import (MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, Tiler,
+                               check_tile_overlap)
 from segtoolkit.uncertainty import UncertainFrames, check_ranking
 from segtoolkit.sources import resolve_sources
 
@@ -72,9 +75,11 @@ class Segmenter:
     sliding window; the mask is the frame's own size, the probabilities the scaled frame's."""
 
     def __init__(self, predictor, meta, conf_thres, size, tiled=False, overlap=0.25, batch=4,
-                 weighting="gaussian", probabilities=False):
+                 weighting="gaussian", probabilities=False, stop=None):
         self.predictor, self.conf_thres, self.probabilities = predictor, conf_thres, probabilities
-        self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"]) if tiled else None
+        # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
+        self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"], stop=stop,
+                           progress=True) if tiled else None
         self.scale = meta.get("scale", 1.0) if tiled else 1.0
 
     def __call__(self, frame):
@@ -127,12 +132,12 @@ class FrameOutputs:
     def __call__(self, frame, prediction, inference_ms):
         """Write and print one frame (a Prediction); returns the annotated RGB image."""
         mask = prediction.mask if frame.letterbox is None else unletterbox(prediction.mask, frame.letterbox)
-        polygons = find_polygons(mask)
-        largest = largest_polygon_area(polygons)
+        regions = find_regions(mask)
+        largest = largest_area(regions)  # holes subtracted, as polygons.jsonl's areas
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
         lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
                  f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
-        annotated = draw_overlay(frame.original, mask, polygons, self.colours, lines, self.class_names)
+        annotated = draw_overlay(frame.original, mask, regions, self.colours, lines, self.class_names)
         self.writer.add(frame, mask, annotated, inference_ms, largest, prediction.probabilities)
         self.file_number += frame.index == 0 and not frame.is_stream
         print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms, "
@@ -154,9 +159,10 @@ def describe(frame, file_number, file_total):
 
 
 
-def check_flags(conf_thres, max_frames, patch_size, name):
+def check_flags(conf_thres, max_frames, patch_size, name, tile_overlap=0.25):
     """The flags, checked before anything is read or loaded."""
     check_run_name(name)
+    check_tile_overlap(tile_overlap)
     if not 0 <= conf_thres <= 1:
         raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
     if max_frames is not None and max_frames < 1:
@@ -175,11 +181,11 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
     None in the summary when no frame was segmented (nothing was written then).
     """
-    check_flags(conf_thres, max_frames, patch_size, name)
+    check_flags(conf_thres, max_frames, patch_size, name, tile_overlap)
     device = resolve_device(device)
     files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
     save_dir = Path(save_dir) if save_dir else None
-    check_save_dir(save_dir or Path(project) / name)
+    check_output_folder(save_dir, project)
     check_ranking(rank_uncertain, rank_gap, save_dir)
     check_coco_output(save_coco, coco_rle, save_dir)
     if view_img:
@@ -188,15 +194,18 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     check_model_flags(meta, classes, encoder, model)
     size = meta["patch_size"] if patch_size is None else patch_size
     tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
+    stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
+                       "finishing this frame, then closing outputs")
     segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting,
-                          probabilities=save_probs or save_coco or rank_uncertain is not None)  # scores need them
+                          probabilities=save_probs or save_coco or rank_uncertain is not None,  # scores need them
+                          stop=stop.event)
     exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs,
                            coco=CocoWriter(meta["class_names"], coco_rle) if save_coco else None,
                            ranking=UncertainFrames(rank_uncertain, rank_gap, output_colours(meta) if meta["classes"] > 1
                                                    else None) if rank_uncertain is not None else None)
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
                                    not nosave, files, exports)
-    with StopRequest("finishing this frame, then closing outputs") as stop:
+    with stop:
         frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
                                 rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta),
                                 bit_depth=meta.get("bit_depth"))
@@ -219,7 +228,10 @@ def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop)
     count, total_ms, user_quit = 0, 0.0, False
     try:
         for frame in frames:
-            prediction, inference_ms = infer(segmenter, frame)
+            try:
+                prediction, inference_ms = infer(segmenter, frame)
+            except Stopped:  # a tiled frame cut short by Ctrl-C or SIGTERM: nothing of it is written
+                break
             count, total_ms = count + 1, total_ms + inference_ms
             if finisher is not None:
                 finisher.submit(frame, prediction, inference_ms)
@@ -258,11 +270,11 @@ def print_summary(count, total_ms, elapsed, why, save_dir):
         print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {total_ms / count:.1f} ms, "
               f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
     else:
-        print(f"0 frames in {elapsed:.1f} s{why}: nothing to segment, nothing written", flush=True)
+        print(f"0 frames in {elapsed:.1f} s{why}: {'nothing' if why else 'nothing to segment,'} written", flush=True)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     data = parser.add_argument_group("Data")
     data.add_argument("--source", required=True,
                       help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "
@@ -283,7 +295,10 @@ def parse_args(argv=None):
     model.add_argument("--tile", action="store_true",
                        help="segment whole frames at full resolution by sliding window (tile = the patch size); "
                             "automatic for models trained with --crop")
-    model.add_argument("--tile-overlap", type=float, default=0.25, help="overlap of the tiles, a fraction of a tile")
+    model.add_argument("--tile-overlap", type=float, default=0.25,
+                       help=f"overlap of the tiles, a fraction of a tile, at most {MAX_OVERLAP} (each pixel inside "
+                            f"{MAX_TILES_PER_PIXEL} tiles; a frame whose tiles take over {PROGRESS_DELAY:g} s shows a "
+                            f"progress bar, and Ctrl-C stops it between two batches of tiles)")
     model.add_argument("--tile-weighting", default="gaussian", choices=WEIGHTINGS,
                        help="how overlapping tiles' logits are blended: gaussian (the middle of a tile counts most) "
                             "or linear")

@@ -17,7 +17,6 @@ Usage:
 Exit codes: 0 done, 2 bad input (a one-line error naming the file or flag).
 """
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torch
 
 from segtoolkit import quantize
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.cli import HelpFormatter, run_command
+from segtoolkit.cli import ArgumentParser, run_command
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.models import model_from_checkpoint
@@ -53,7 +52,7 @@ class Check:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     model = parser.add_argument_group("Model")
     model.add_argument("--model", type=Path, required=True, help="checkpoint written by train.py (.pth.tar)")
     model.add_argument("--patch-size", type=int, default=None,
@@ -142,7 +141,7 @@ def check_file(torch_model, path, meta, file_format, int8, images, what):
         check.agreement = quantize.mask_agreement(torch_model, predict, batches)
         if file_format == "openvino" and native_bfloat16():  # what detect.py --half will run on this CPU
             check.half_agreement = quantize.mask_agreement(torch_model, load_file(path, file_format, "bf16"), batches)
-        if native_bfloat16():  # detect.py --half on the checkpoint itself
+        if native_bfloat16() and not int8:  # detect.py --half on the checkpoint itself (not what --int8 asks)
             check.torch_half_agreement = quantize.mask_agreement(torch_model, torch_half(torch_model), batches)
     return check
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from dataset import make_dataset
 from segtoolkit import distributed
 from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit.cli import HelpFormatter, StopRequest, parse_with_given, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
 from segtoolkit.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
                                resolve_bit_depth, resume_command)
-from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure
+from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure, UserError
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
 from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
@@ -84,8 +84,12 @@ class UnetTraining:
         self.best_fitness = -math.inf
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = self.bad_steps = 0
         self.unlabelled_said = False  # the warning about batches without a labelled pixel was given
+        # the training metrics of the steps since the last evaluation: stored in checkpoint.pth.tar, so the
+        # results.csv row of an epoch interrupted and resumed counts its steps before the resume too
+        self.train_stats = self.new_stats()
         self.finished = False  # training ended for good (last epoch or early stop): never resumed then
-        self.best_refused = {"cooldown": 0, "not finite": 0}  # evaluations that could not become the best
+        # evaluations that could not become the best, by reason (why_no_best says which)
+        self.best_refused = {"cooldown": 0, "loss not finite": 0, "no foreground": 0}
 
     # ------------------------------------------------------------ the loop
 
@@ -112,11 +116,10 @@ class UnetTraining:
         set_train_mode(self.model, self.config.freeze_bn)
         self.train_sampler.set_epoch(self.epoch)
         self.train_sampler.skip = self.step_in_epoch
-        stats = self.new_stats()
         bar = tqdm(total=len(self.train_loader), leave=True, dynamic_ncols=True,
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.process.is_main)
         for images, masks in guarded_batches(self.train_loader, "training", self.resume_hint, bar):
-            loss = self.train_step(images, masks, stats)
+            loss = self.train_step(images, masks, self.train_stats)
             self.step_in_epoch += 1
             self.global_step += 1
             if loss is not None and (self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
@@ -125,16 +128,15 @@ class UnetTraining:
                 self.stop.event.set()
                 return False
             if self.step_in_epoch < self.steps_per_epoch and self.evaluation_due(end_of_epoch=False):
-                if self.end_of_evaluation_period(stats):
+                if self.end_of_evaluation_period():
                     return True
-                stats = self.new_stats()
                 set_train_mode(self.model, self.config.freeze_bn)
         bar.close()
         self.epoch += 1
         self.step_in_epoch = 0
         # every run ends with an evaluation, even when --eval-step is longer than the run
         if self.evaluation_due(end_of_epoch=True) or self.epoch == self.config.epochs:
-            return self.end_of_evaluation_period(stats)
+            return self.end_of_evaluation_period()
         return False
 
     def train_step(self, images, masks, stats):
@@ -205,16 +207,18 @@ class UnetTraining:
             return end_of_epoch
         return self.global_step % self.config.eval_step == 0
 
-    def end_of_evaluation_period(self, train_stats):
+    def end_of_evaluation_period(self):
         """Evaluate, log, write checkpoints; return True when early stopping says stop."""
         progress = self.epoch + self.step_in_epoch / self.steps_per_epoch  # epochs done, fractional with --eval-step
         metrics = {"epoch": round(progress, 3), "lr": self.scheduler.get_last_lr()[0],
-                   **train_stats.compute("train", self.class_names), **self.evaluate("val")}
+                   **self.train_stats.compute("train", self.class_names), **self.evaluate("val")}
+        self.train_stats = self.new_stats()  # before any save: a resume must not count these steps again
         fitness = metrics["val/dice"]
         finite = math.isfinite(metrics["val/loss"]) and math.isfinite(fitness)
         improved = fitness > self.best_fitness and finite and progress > self.config.check_best_cooldown
         self.best_refused["cooldown"] += progress <= self.config.check_best_cooldown
-        self.best_refused["not finite"] += not finite
+        self.best_refused["loss not finite"] += not math.isfinite(metrics["val/loss"])
+        self.best_refused["no foreground"] += math.isfinite(metrics["val/loss"]) and not math.isfinite(fitness)
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         self.best_fitness = fitness if improved else self.best_fitness
@@ -277,23 +281,37 @@ class UnetTraining:
 
     def save(self, kind):
         """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
-        (kind 'best': weights to detect with or fine-tune from, never resumed)."""
+        (kind 'best': weights to detect with or fine-tune from, never resumed, so without the optimizer
+        state, which is twice the weights: as YOLO strips its best.pt)."""
+        # the period's training counts summed over the processes: a collective, so before the rank-0 check
+        period = self.train_stats.reduced() if kind == "last" else None
         if self.process.is_main:
+            state = {**self.state(), "train_stats": dict(zip(("matrix", "loss"), period))} if kind == "last" \
+                else self.description()
             save_checkpoint(self.run_dir / CHECKPOINT_NAMES[kind], self.model, self.meta, self.config.to_dict(),
-                            kind=kind, **self.state())
+                            kind=kind, **state)
 
-    def state(self):
-        """Everything a resume needs, beside the weights, the model's description and the configuration."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "evaluations": self.evaluations, "best_fitness": self.best_fitness,
-                "early_stopping": self.early_stopping.state_dict(), "wandb_id": self.logger.wandb_id,
-                "epochs": self.config.epochs, "finished": self.finished, "world_size": self.process.world_size,
+    def description(self):
+        """What a best checkpoint holds beside the weights, the model's description and the configuration:
+        where in the run it was written, and what val.py reads (the run's files and class weights)."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "best_fitness": self.best_fitness, "epochs": self.config.epochs, "world_size": self.process.world_size,
                 "data": self.data, "augmentation": augmentation_dict(self.train_set.transform),
                 "class_weights": self.class_weights}
 
-    def load_state(self, checkpoint):
+    def state(self):
+        """Everything a resume needs, beside the weights, the model's description and the configuration."""
+        return {**self.description(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "evaluations": self.evaluations, "early_stopping": self.early_stopping.state_dict(),
+                "wandb_id": self.logger.wandb_id, "finished": self.finished}
+
+    def load_state(self, checkpoint, path=CHECKPOINT_NAMES["best"]):
         """Continue exactly where `checkpoint` stopped: weights, optimizer, LR schedule, epoch, stopping."""
+        if "optimizer" not in checkpoint:
+            raise UserError(f"{path} holds weights and their description only (a best checkpoint, or plain "
+                            f"weights), not the optimizer state a resume continues; resume from the run's "
+                            f"{CHECKPOINT_NAMES['last']}, or fine-tune from these weights in a new run")
         distributed.unwrap(self.model).load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -302,6 +320,9 @@ class UnetTraining:
         self.global_step, self.best_fitness = checkpoint["global_step"], checkpoint["best_fitness"]
         self.evaluations = checkpoint["evaluations"]
         self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+        if "train_stats" in checkpoint and self.process.is_main:  # one process holds them: the sum stays right
+            self.train_stats.matrix += checkpoint["train_stats"]["matrix"].to(self.train_stats.matrix)
+            self.train_stats.loss += checkpoint["train_stats"]["loss"].to(self.train_stats.loss)
 
     # ------------------------------------------------------------ small helpers
 
@@ -330,8 +351,12 @@ def why_no_best(trainer):
     refused = trainer.best_refused
     reasons = [f"{refused['cooldown']} were within --check-best-cooldown {trainer.config.check_best_cooldown} "
                f"epochs" if refused["cooldown"] else "",
-               f"{refused['not finite']} had a non-finite validation loss or Dice (NaN Dice: the validation masks "
-               f"hold no foreground and none was predicted)" if refused["not finite"] else ""]
+               f"{refused['loss not finite']} had a non-finite validation loss (the weights diverged: lower --lr)"
+               if refused["loss not finite"] else "",
+               # with a finite loss, Dice is NaN only when no class it averages is in the masks
+               f"{refused['no foreground']} had a NaN validation Dice (the validation masks hold no foreground "
+               f"and none was predicted)"
+               if refused["no foreground"] else ""]
     return (f"none of the {trainer.evaluations} evaluation(s) could count as the best ("
             + "; ".join(reason for reason in reasons if reason) + ")")
 
@@ -384,7 +409,7 @@ def train_and_test(args):
     if process.is_main and transform is not None and not (run_dir / "augmentation.yaml").exists():
         save_augmentation(transform, run_dir / "augmentation.yaml")  # what --augment reads back
     if mode == "resume":
-        trainer.load_state(checkpoint)
+        trainer.load_state(checkpoint, config.load_model)
     if process.is_main:
         if mode == "fine-tune":
             print(f"fine-tuning from {config.load_model} ({fine_tune_reason(checkpoint, config.load_model)}): "
@@ -435,7 +460,8 @@ def resolve_class_weights(config, train_set, meta, process):
     if weights is not None and process.is_main:
         names = meta["class_names"]
         how = "median frequency over the training masks" if config.class_weights == "auto" else "--class-weights"
-        print(f"class weights ({how}): " + ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights)),
+        # one format for every weight (:g wrote the median class's 1.0 as a bare 1 beside 0.0078)
+        print(f"class weights ({how}): " + ", ".join(f"{name} {weight:.4f}" for name, weight in zip(names, weights)),
               flush=True)
     return weights
 
@@ -462,7 +488,8 @@ def summary(trainer):
             ("data", f"{describe_data(config)}: train {len(trainer.train_set)}, val {len(trainer.val_set)}, "
                      f"test {test}" + (f"; 16-bit images read as {meta['bit_depth']}-bit data" if meta["bit_depth"]
                                        else "")),
-            ("schedule", f"{config.epochs} epochs x {trainer.steps_per_epoch} steps at patch {config.patch_size} "
+            ("schedule", f"{plural(config.epochs, 'epoch')} x {plural(trainer.steps_per_epoch, 'step')} at patch "
+                         f"{config.patch_size} "
                          f"({f'{config.crops_per_image} crops per image' if config.crop else config.resize}), "
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
             ("training", f"loss {config.loss or default_loss(config.classes)}"
@@ -473,6 +500,10 @@ def summary(trainer):
             ("run folder", str(trainer.run_dir))]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)
+
+
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def finish(trainer, run_dir, process):
@@ -513,7 +544,7 @@ def parse_args(argv=None):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_data_flags(parser.add_argument_group("Data"))
     model = parser.add_argument_group("Model")
     model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
@@ -645,7 +676,8 @@ def add_optimization_flags(optim):
                        help="per-class loss weights: 'auto' (median-frequency balancing over the training "
                             "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
     optim.add_argument("--tile-overlap", type=float, default=0.25,
-                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile")
+                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile "
+                            "(at most 0.875)")
     optim.add_argument("--tile-batch", type=int, default=4,
                        help="with --crop: tiles per forward pass in evaluation (memory is bounded by it)")
     optim.add_argument("--freeze-bn", action="store_true",

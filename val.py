@@ -35,7 +35,6 @@ Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from dataset import make_dataset
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.coco import coco_pairs
 from segtoolkit.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
-from segtoolkit.cli import HelpFormatter, StopRequest, run_command
+from segtoolkit.cli import ArgumentParser, StopRequest, run_command
 from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
     stored_config
 from segtoolkit.distributed import resolve_device
@@ -150,16 +149,23 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
 
 
 def model_mask_colors(meta, path=None):
-    """How colour masks are read: --mask-colors FILE, which must list the model's classes, else the colours
-    the model was trained with (None: masks hold class indices, or palette indices)."""
+    """How colour masks are read: --mask-colors FILE, whose classes are matched to the model's by name (in
+    any order; a file lacking one of them, or naming another, is refused), else the colours the model was
+    trained with (None: masks hold class indices, or palette indices)."""
     if path is None:
         return MaskColors.from_meta(meta.get("mask_colors"))
     colours = load_mask_colors(path)
-    if colours.classes != meta["classes"] and len(colours.names) != meta["classes"]:
-        raise UserError(f"--mask-colors {path} lists {len(colours.names)} classes ({', '.join(colours.names)}) but "
-                        f"the model has {meta['classes']} ({', '.join(meta['class_names'])}); give the colours of "
-                        f"its classes")
-    return colours
+    names = list(meta["class_names"])
+    lacking = [name for name in names if name not in colours.names]
+    unknown = [name for name in colours.names if name not in names]
+    if lacking or unknown:
+        problems = ([f"lacks {', '.join(lacking)}"] if lacking else []) + \
+            ([f"names {', '.join(unknown)}, which the model does not have"] if unknown else [])
+        raise UserError(f"--mask-colors {path} {' and '.join(problems)}: its classes are matched to the model's by "
+                        f"name, and the model's are {', '.join(names)}; give a colour for each of them")
+    # by name, not position: the file may list them in another order (road and sidewalk swapped their masks)
+    colour_of = dict(zip(colours.names, colours.colors))
+    return MaskColors(tuple(names), tuple(colour_of[name] for name in names), colours.ignore, colours.source)
 
 
 # ---------------------------------------------------------------- the data
@@ -380,10 +386,11 @@ def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, se
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     model = parser.add_argument_group("Model")
     model.add_argument("--model", required=True,
-                       help="checkpoint from train.py (.pth.tar) or a model exported by export.py (.onnx)")
+                       help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file (onnxruntime) or "
+                            "an .xml with its .bin (OpenVINO)")
     data = parser.add_argument_group("Data (default: the checkpoint's own split)")
     data.add_argument("--data", default=None,
                       help="a split file (entries relative to --data-dir, else to the file's folder) or a folder "
@@ -396,7 +403,7 @@ def parse_args(argv=None):
                            "matched to the model's classes by name, iscrowd regions ignored)")
     data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
                       help="read colour masks with this CSV or JSON file (as train.py's) instead of the colours the "
-                           "model was trained with; it must list the model's classes")
+                           "model was trained with; its classes are matched to the model's by name, in any order")
     data.add_argument("--search-files", action="store_true",
                       help="split --data-dir's imgs/ and masks/ at random exactly as train.py --search-files does")
     data.add_argument("--val-split", type=float, default=None, help="as train.py's (default: 0.2)")

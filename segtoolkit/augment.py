@@ -7,6 +7,12 @@ own way (A.save / A.load, JSON or YAML).
   rotations, mild scale, shift and rotation, brightness and contrast.
 - `none`: no augmentation (`--no-augment` is the same).
 
+A pipeline file holds augmentation only: the model's normalization (mean and std, stored in its checkpoint)
+is applied to every image after it, in training, evaluation and detect.py alike. A file with A.Normalize,
+A.ToFloat, A.FromFloat or ToTensorV2, as most albumentations examples have, is refused in one line: its
+training images would be normalized twice (nearly constant inputs) while validation and detection images are
+normalized once.
+
 Geometric transforms move the mask with the image; the pixels they fill from outside the image, like the
 letterbox padding, are left out of the loss and every metric (dataset.py tracks them with a validity mask
 that goes through the same pipeline), so a pipeline's fill value never becomes a class.
@@ -22,11 +28,12 @@ from pathlib import Path
 import albumentations as A
 import cv2
 
-from segtoolkit.errors import UserError
+from segtoolkit.errors import UserError, file_problem
 
 PRESETS = ("upright", "topdown", "none")
 DEFAULT_AUGMENTATION = "upright"
 PIPELINE_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+NORMALIZING = ("Normalize", "ToFloat", "FromFloat", "ToTensorV2")  # the toolkit does these after augmentation
 
 
 def preset(name):
@@ -55,7 +62,7 @@ def load_augmentation(spec):
         raise UserError(f"--augment {spec}: give a preset ({', '.join(PRESETS)}) or an albumentations pipeline "
                         f"file saved with A.save (.json, .yaml or .yml)")
     if not path.is_file():
-        raise UserError(f"--augment {spec}: no such file; give a preset ({', '.join(PRESETS)}) or an "
+        raise UserError(f"--augment {spec}: {file_problem(path)}; give a preset ({', '.join(PRESETS)}) or an "
                         f"albumentations pipeline file saved with A.save")
     try:
         transform = A.load(str(path), data_format=kind)
@@ -63,7 +70,25 @@ def load_augmentation(spec):
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise UserError(f"--augment {spec} is not an albumentations pipeline A.load can read ({reason}); "
                         f"write it with A.save(pipeline, path, data_format='{kind}')") from None
+    check_no_normalization(transform, spec)
     return transform if isinstance(transform, A.BaseCompose) else A.Compose([transform])
+
+
+def check_no_normalization(transform, spec):
+    """Refuse a pipeline that normalizes or converts the image itself (anywhere, nested compositions too):
+    the toolkit normalizes with the checkpoint's mean and std after augmenting, so it would happen twice."""
+    found = sorted({type(step).__name__ for step in steps(transform)} & set(NORMALIZING))
+    if found:
+        raise UserError(f"--augment {spec} holds {', '.join(found)}: normalization is the checkpoint's job (every "
+                        f"image is normalized with the model's mean and std after augmentation, so training images "
+                        f"would be normalized twice); remove {', '.join(found)} from the pipeline")
+
+
+def steps(transform):
+    """Every transform of a pipeline, inside Compose, OneOf, SomeOf and the other compositions too."""
+    yield transform
+    for child in getattr(transform, "transforms", None) or ():
+        yield from steps(child)
 
 
 def augmentation_dict(transform):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtoolkit.errors import UserError
+from segtoolkit.errors import UserError, file_problem
 from segtoolkit.overlay import class_colours
 
 IGNORE_NAME = "ignore"
@@ -144,7 +144,7 @@ def load_mask_colors(path):
         return None
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--mask-colors {path}: no such file; give {FORMATS}")
+        raise UserError(f"--mask-colors {path}: {file_problem(path)}; give {FORMATS}")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:

@@ -1,7 +1,9 @@
 """What every command shares around its `main`: errors as one line with an exit code, warnings as one line,
-Ctrl-C and SIGTERM as a request to stop cleanly, and `--help` that shows each default once.
+Ctrl-C and SIGTERM as a request to stop cleanly, and a command line parsed the same way everywhere: `--help`
+that shows each default once, a mistyped or foreign flag as one line naming ours, `~` expanded in paths.
 
 Usage (the end of train.py, detect.py, export.py, val.py):
+    parser = ArgumentParser(description=__doc__)
     if __name__ == "__main__":
         sys.exit(run_command(main, parse_args()))
 
@@ -10,11 +12,15 @@ Usage (the end of train.py, detect.py, export.py, val.py):
 """
 
 import argparse
+import difflib
+import os
+import re
 import signal
 import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 from segtoolkit.errors import EXIT_STOPPED, UserError
 
@@ -56,6 +62,11 @@ def one_line_warnings(enabled=True):
         warnings.formatwarning = previous
 
 
+class Stopped(Exception):
+    """Raised by work that a StopRequest cuts short between two of its pieces (a frame segmented by tiles:
+    segtoolkit.tiling), so the loop around it can close its outputs and end with EXIT_STOPPED."""
+
+
 class StopRequest:
     """Ctrl-C and SIGTERM set a flag instead of raising: the loop finishes its step or frame, then saves
     or closes its outputs and ends. A second signal while that happens is ignored, so the save completes.
@@ -93,6 +104,80 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
+
+
+# flags other segmentation and detection tools use, and what this toolkit calls them: (train.py's hint, the
+# other commands' hint); None where the command has no such thing
+FOREIGN_FLAGS = {
+    "--imgsz": ("the input size is --patch-size (a multiple of 32)",) * 2,
+    "--img-size": ("the input size is --patch-size (a multiple of 32)",) * 2,
+    "--img": ("the input size is --patch-size (a multiple of 32)",) * 2,  # YOLOv5's; argparse would take --img-dir
+    "--weights": ("the checkpoint to start from is --load-model FILE (--model is the architecture)",
+                  "the model file is --model FILE"),
+    "--resume": ("a run resumes with --load-model checkpoints/<run>/checkpoint.pth.tar", None),
+    "--cfg": ("the architecture is --model (Unet, FPN...) and the encoder --encoder",
+              "the model file is --model FILE; it describes itself"),
+}
+NUMBER_ERROR = re.compile(r"argument (\S+): invalid (int|float) value: '(.*)'$")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the toolkit's rules: a mistake is one line `error: ...` and exit code 2 (not
+    the whole usage), naming our flag for one another tool uses (--imgsz is --patch-size) or the closest
+    one; `--epochs 1.5` says it takes a whole number; a value starting with `~` (a path the shell left
+    unexpanded, as in `--data-dir=~/x`) is expanded to the home folder, for every flag in one place."""
+
+    def __init__(self, **options):
+        options.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**options)
+
+    def parse_args(self, args=None, namespace=None):
+        ours = {option for action in self._actions for option in action.option_strings}
+        for token in sys.argv[1:] if args is None else args:  # before argparse, which would first say that a
+            flag = token.split("=", 1)[0]  # required flag is missing, or take --img for --img-dir
+            if flag.startswith("--") and flag not in ours and (flag in FOREIGN_FLAGS or not any(
+                    option.startswith(flag) for option in ours)):
+                self.error(self.unknown([flag]))
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unknown(extras))
+        return parsed
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if action.option_strings and isinstance(value, (str, Path)):
+                setattr(parsed, action.dest, expand_home(value))
+        return parsed, extras
+
+    def unknown(self, extras):
+        """The one-line message for arguments no flag takes: the first unknown flag and what to give instead."""
+        flag = next((extra.split("=", 1)[0] for extra in extras if extra.startswith("-")), None)
+        if flag is None:
+            return f"unexpected argument {extras[0]!r}: every option is --name VALUE; see {self.prog} --help"
+        ours = {option for action in self._actions for option in action.option_strings}
+        trains = "--load-model" in ours
+        hint = FOREIGN_FLAGS.get(flag, (None, None))[0 if trains else 1]
+        if hint is None:
+            close = difflib.get_close_matches(flag, sorted(ours), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
+        return f"{flag} is not an option of {self.prog}; {hint}"
+
+    def error(self, message):
+        number = NUMBER_ERROR.match(message)
+        if number:
+            flag, kind, value = number.groups()
+            message = f"{flag} {value} must be a {'whole number' if kind == 'int' else 'number'}"
+        print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def expand_home(value):
+    """A path typed with a leading ~ (or ~user) as the home folder, as the shell would have: Path or str kept."""
+    if not str(value).startswith("~"):
+        return value
+    return type(value)(os.path.expanduser(str(value)))
 
 
 def parse_with_given(parser, argv=None):

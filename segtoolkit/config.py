@@ -29,7 +29,9 @@ from segtoolkit.losses import default_loss, parse_class_weights, parse_loss, sto
 from segtoolkit.samples import CACHE_MODES
 from segtoolkit.imaging import check_bit_depth, check_patch_size, dataset_bit_depth, is_stretched
 from segtoolkit.models import architecture_class, check_encoder
+from segtoolkit.output_files import check_save_dir
 from segtoolkit.splits import pair_masks, read_split_file, search_files
+from segtoolkit.tiling import check_tile_overlap
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: the bundled sample and its split files
 SAMPLE_DIR = REPO / "data" / "sample"
@@ -214,6 +216,7 @@ class RunConfig:
             raise UserError("--search-files --val-split 0 leaves no validation images, which early stopping and "
                             "the best checkpoint need; give --val-split 0.1 or more (or split files)")
         check_run_name(self.name)
+        check_save_dir(self.project, "--project")
         self.check_full_resolution()
         parse_loss(self.loss or default_loss(self.classes), self.classes)
         if self.class_names is not None and self.mask_colors is None:  # a colours file names the classes itself
@@ -242,8 +245,7 @@ class RunConfig:
                                 f"sample is a whole image)")
         if self.cache not in CACHE_MODES:
             raise UserError(f"--cache {self.cache}: choose one of {', '.join(CACHE_MODES)}")
-        if not 0 <= self.tile_overlap < 1:
-            raise UserError(f"--tile-overlap {self.tile_overlap} must be a fraction in [0, 1)")
+        check_tile_overlap(self.tile_overlap)
         if self.tile_batch < 1:
             raise UserError(f"--tile-batch {self.tile_batch} must be at least 1")
 
@@ -362,10 +364,11 @@ def start_mode(checkpoint, path):
 
 
 def fine_tune_reason(checkpoint, path):
+    if checkpoint.get("kind") == "best" or ("epoch" in checkpoint and Path(path).name.startswith("best")):
+        return (f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}; its run resumes from "
+                f"{Path(path).with_name('checkpoint.pth.tar')}")
     if "optimizer" not in checkpoint:
         return "weights only"
-    if checkpoint.get("kind") == "best" or Path(path).name.startswith("best"):
-        return f"a best checkpoint, epoch {checkpoint['epoch']} of {checkpoint['epochs']}"
     return f"a finished run, {checkpoint['epoch']} of {checkpoint['epochs']} epochs"
 
 

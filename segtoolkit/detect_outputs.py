@@ -12,7 +12,8 @@ Output names come from the source names (sources.safe_name: Unicode kept, no pat
 whose stems collide with different extensions keep the extension (odd.avi -> odd.avi.mp4, odd.mp4 ->
 odd.mp4.mp4); a name taken in this run or by a file already in the folder gets _2, _3...: nothing is
 ever overwritten. results.csv names each row's files (image_file, mask_file, video_file, relative to the
-folder; empty when none was written); a second run into the same --save-dir appends its rows to it.
+folder; empty when none was written) and, for several classes, each class's pixels (px_<class name>); a
+second run into the same --save-dir appends its rows to it.
 """
 
 import contextlib
@@ -104,7 +105,9 @@ class ResultWriter:
 
     @property
     def header(self):
-        classes = [f"{name}_px" for name in (self.class_names or [])[1:]]
+        # prefixed: a class named foreground or largest_polygon made a second column of that name as <name>_px,
+        # and csv.DictReader kept one of the two; no fixed column starts with px_
+        classes = [f"px_{name}" for name in (self.class_names or [])[1:]]
         return ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS,
                 *self.exports.columns]
 

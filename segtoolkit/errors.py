@@ -6,6 +6,8 @@ output could not be written): exit code 1. Both carry a message that names the f
 `segtoolkit.cli.run_command` prints it as `error: ...` without a traceback.
 """
 
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -22,3 +24,9 @@ class RunFailure(UserError):
     """A run that failed for another reason than its input: the same one-line message, exit code 1."""
 
     exit_code = EXIT_RUN_FAILED
+
+
+def file_problem(path):
+    """Why a path given where a file belongs cannot be read as one, for the one-line error: a folder is
+    named as such (it used to read 'no such file', which sent users looking for a missing file)."""
+    return "is a folder, not a file" if Path(path).is_dir() else "no such file"

@@ -1,5 +1,5 @@
-"""What mask values mean: binary masks (0/1 or 0/255), class-index masks, palette and colour masks, and
-checks of a split's labels.
+"""What mask values mean: binary masks (0/1, 0/255, or 0/65535 in 16 bits), class-index masks, palette and
+colour masks, and checks of a split's labels.
 
 Masks are read as the labels they hold: a palette PNG (VOC-style, what most labelling tools save) as its
 palette indices, which OpenCV would expand to colours; other files as stored, one channel of 8 or 16 bits;
@@ -85,13 +85,16 @@ def palette_png(mask, colours):
     return buffer.getvalue()
 
 
+BINARY_VALUES = ({0, 1}, {0, 255}, {0, 65535})  # 65535: white in a 16-bit PNG, as some labelling tools save
+
+
 def binary_mask(mask, path):
-    """0/1 or 0/255 masks both become {0,1} uint8; anything else is refused with the fix."""
+    """0/1, 0/255 and 0/65535 masks all become {0,1} uint8; anything else is refused with the fix."""
     values = np.unique(mask)
-    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+    if any(set(values.tolist()) <= allowed for allowed in BINARY_VALUES):
         return (mask > 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:8]) + (" ..." if values.size > 8 else "")
-    raise UserError(f"mask {path} has values {shown}: a binary mask must be 0/1 or 0/255 (soft, resized or "
+    raise UserError(f"mask {path} has values {shown}: a binary mask must be 0/1, 0/255 or 0/65535 (soft, resized or "
                     f"JPEG masks: threshold them and save as PNG), or use --classes N for class indices")
 
 

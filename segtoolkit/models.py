@@ -15,7 +15,7 @@ import torch
 
 from segtoolkit.checkpoints import torch_load
 from segtoolkit.classes import default_class_names
-from segtoolkit.errors import UserError
+from segtoolkit.errors import UserError, file_problem
 from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURES = {name: cls for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
@@ -60,7 +60,8 @@ def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=N
     if encoder_weights and Path(encoder_weights).suffix in (".pth", ".pt", ".bin", ".safetensors", ".tar"):
         weights_file, encoder_weights = Path(encoder_weights), None
         if not weights_file.is_file():
-            raise UserError(f"--encoder-weights {weights_file}: no such file; give 'imagenet', 'none' or a weights file")
+            raise UserError(f"--encoder-weights {weights_file}: {file_problem(weights_file)}; give 'imagenet', 'none' "
+                            f"or a weights file")
     if encoder_weights:
         try:
             return preferred_layout(cls(encoder_name=encoder, encoder_weights=encoder_weights,

@@ -23,6 +23,7 @@ from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import check_patch_size
 from segtoolkit.onnx_runtime import INPUT_NAME, META_KEY, OUTPUT_NAME
+from segtoolkit.output_files import check_save_dir
 
 DEFAULT_OPSET = 17
 
@@ -167,6 +168,7 @@ def check_output(output, suffix=".onnx"):
     if Path(text).suffix.lower() != suffix:
         raise UserError(f"--output {text}: give a file name ending in {suffix} (detect.py tells {kind} model by "
                         f"that suffix)")
+    check_save_dir(Path(text).parent, "--output", text)
 
 
 def check_opset(opset):

@@ -32,14 +32,25 @@ def increment_path(path):
     raise UserError(f"{path.parent} holds too many runs named {path.name}; give --save-dir")
 
 
-def check_save_dir(path):
-    """The output folder must be creatable and writable: say so at start, not when the first frame arrives."""
+def check_save_dir(path, flag="--save-dir", given=None):
+    """The folder `path` (for `flag`, whose value was `given`: path by default) must be creatable and writable:
+    say so at start, in one line, not with a FileExistsError or NotADirectoryError traceback at the first write."""
     path = Path(path)
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    given = path if given is None else given
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise UserError(f"--save-dir {path}: {existing} is a file, not a folder; give another --save-dir")
+        raise UserError(f"{flag} {given}: {existing} is a file, not a folder; give another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--save-dir {path}: {existing} is not writable; give another --save-dir")
+        raise UserError(f"{flag} {given}: {existing} is not writable; give another {flag}")
+
+
+def check_output_folder(save_dir, project):
+    """detect.py's and val.py's output: --save-dir as given, else a new folder inside --project (named
+    --name, name2, name3...: an existing file of that name is skipped, so --project is what must be a folder)."""
+    if save_dir:
+        check_save_dir(save_dir)
+    else:
+        check_save_dir(project, "--project")
 
 
 def make_run_dir(path):

@@ -1,10 +1,9 @@
 """What detect.py draws and measures on a frame: polygons from a mask, the colour overlay, text and legend.
 
 Usage:
-    from segtoolkit.overlay import find_polygons, largest_polygon_area, draw_overlay, class_colours
-    polygons = find_polygons(mask)                       # [(class_index, contour)]
-    area = largest_polygon_area(polygons)                # pixels (cv2.contourArea), 0.0 when none
-    picture = draw_overlay(rgb, mask, polygons, class_colours(3), ["12.3 ms (81 FPS)"], ["bg", "a", "b"])
+    from segtoolkit.overlay import draw_overlay, class_colours
+    regions = segtoolkit.polygons.find_regions(mask)    # outlines, holes and areas (the one definition)
+    picture = draw_overlay(rgb, mask, regions, class_colours(3), ["12.3 ms (81 FPS)"], ["bg", "a", "b"])
 """
 
 import cv2
@@ -27,32 +26,14 @@ def class_colours(classes):
     return colours
 
 
-def find_polygons(mask):
-    """Outer outlines of every region, per class: [(class_index, contour)] (cv2.findContours)."""
-    counts = np.bincount(mask.ravel(), minlength=2)  # which classes are present: O(pixels), np.unique sorts
-    labels = np.flatnonzero(counts[1:]) + 1
-    polygons = []
-    for label in labels:
-        # findContours takes any non-zero pixel as inside: a mask holding one class needs no comparison
-        region = mask if len(labels) == 1 and mask.dtype == np.uint8 else (mask == label).astype(np.uint8)
-        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons += [(int(label), contour) for contour in contours]
-    return polygons
-
-
-def largest_polygon_area(polygons):
-    """Pixel area (cv2.contourArea) of the largest polygon, 0.0 when there is none."""
-    return max((float(cv2.contourArea(contour)) for _, contour in polygons), default=0.0)
-
-
 def text_scale(image_shape):
     """Font scale that stays readable from 160 px thumbnails to 4K frames."""
     return float(np.clip(max(image_shape[:2]) / 900, 0.35, 1.5))
 
 
-def draw_overlay(image, mask, polygons, colours, lines, class_names=None, alpha=0.45):
-    """The RGB frame with the mask blended in colour, polygon outlines, a text block and, for several
-    classes, a legend. `image` is not modified."""
+def draw_overlay(image, mask, regions, colours, lines, class_names=None, alpha=0.45):
+    """The RGB frame with the mask blended in colour, the outlines of its regions and their holes
+    (segtoolkit.polygons.Region), a text block and, for several classes, a legend. `image` is not modified."""
     out = image.copy()
     painted = mask > 0
     if painted.any():
@@ -64,8 +45,8 @@ def draw_overlay(image, mask, polygons, colours, lines, class_names=None, alpha=
     # polygons, 14k points at 640x480) took 16 ms a frame, longer than everything else detect.py adds
     thickness = max(1, round(max(image.shape[:2]) / 800))
     by_label = {}
-    for label, contour in polygons:
-        by_label.setdefault(label, []).append(contour)
+    for region in regions:
+        by_label.setdefault(region.label, []).extend([region.outline, *region.holes])
     for label, contours in by_label.items():
         cv2.drawContours(out, contours, -1, brighter(colours[min(label, len(colours) - 1)]), thickness, cv2.LINE_8)
     draw_text_block(out, lines, corner="top-left")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.errors import UserError
+from segtoolkit.errors import UserError, file_problem
 from segtoolkit.models import model_from_checkpoint
 
 BFLOAT16_FLAGS = {"avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}  # /proc/cpuinfo flag -> name
@@ -61,7 +61,7 @@ def load_predictor(model_path, device, half=False, cpu_bfloat16=None):
     path = Path(model_path)
     suffix = path.suffix.lower()
     if suffix in (".onnx", ".xml") and not path.is_file():
-        raise UserError(f"--model {path}: no such file")
+        raise UserError(f"--model {path}: {file_problem(path)}")
     if suffix == ".onnx":
         from segtoolkit.onnx_runtime import load_onnx  # only ONNX runs need onnxruntime
         if half:

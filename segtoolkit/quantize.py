@@ -31,14 +31,18 @@ MIN_AGREEMENT = 0.99  # smallest mask IoU against PyTorch below which export.py 
 def calibration_images(source, count=DEFAULT_COUNT, flag="--calibration"):
     """Up to `count` image paths from a folder, glob or .txt list, spread evenly over it (`flag`: the option
     that gave them, for the error messages: --calibration or --check-images)."""
+    images_wanted = ("give images (a folder, glob or .txt list of the training images, for example "
+                     "data/sample/imgs)")
+    if not Path(source).exists() and not any(char in str(source) for char in "*?[") and "://" not in str(source):
+        # resolve_sources' message would offer detect.py's other sources: a stream URL or a webcam
+        raise UserError(f"{flag} {source}: no such file or folder; {images_wanted}")
     try:
         files, streams = resolve_sources(source)
     except UserError as error:  # the same checks as detect.py --source, named after this flag
         raise UserError(str(error).replace("--source", flag, 1)) from None
     images = [path for path in files if Path(path).suffix.lower() in IMAGE_SUFFIXES]
     if streams or not images:
-        raise UserError(f"{flag} {source}: give images (a folder, glob or .txt list of the training "
-                        f"images, for example data/sample/imgs), not videos or streams")
+        raise UserError(f"{flag} {source}: {images_wanted}, not videos or streams")
     if count < 1:
         raise UserError(f"--calibration-count {count} must be at least 1")
     step = len(images) / min(count, len(images))

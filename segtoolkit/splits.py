@@ -96,7 +96,8 @@ def read_split_file(path, data_dir, img_dir="imgs"):
     """Image paths listed in a split file; blank lines and '#' comments ignored; missing files listed."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"split file {path} does not exist; create it (one image path per line) "
+        problem = "is a folder, not a file; give the file" if path.is_dir() else "does not exist; create it"
+        raise UserError(f"split file {path} {problem} (one image path per line) "
                         f"or use --search-files to split imgs/ and masks/ automatically")
     images = []
     for raw in read_list_text(path, f"split file {path}").splitlines():

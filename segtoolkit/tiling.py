@@ -4,8 +4,13 @@ MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the im
 a time, so memory holds the uint8 image, the result and one or two row bands of tiles, never a float copy of
 the whole image.
 
+Bounded and stoppable: --tile-overlap above MAX_OVERLAP (each pixel inside more than MAX_TILES_PER_PIXEL tiles) is
+refused, since 0.99 made a 1000x750 image 643,000 tiles of 64 px; a frame whose tiles take longer than
+PROGRESS_DELAY seconds shows a progress bar (with `progress`); and with `stop` (a threading.Event, set by Ctrl-C or
+SIGTERM through segtoolkit.cli.StopRequest) the frame is abandoned between two batches of tiles (cli.Stopped).
+
 Usage:
-    tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"])
+    tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"], stop=event)
     logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
     mask = tiler.mask(rgb, conf_thres=0.5)     # uint8 HxW, one band of logits in memory at a time
     mask, probabilities = tiler.mask_and_probabilities(rgb)   # and float16 HxWxC (detect.py --save-probs)
@@ -16,12 +21,28 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from segtoolkit.cli import Stopped
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import normalize
 from segtoolkit.probabilities import STORED_DTYPE, logits_to_probabilities
 
 WEIGHTINGS = ("gaussian", "linear")
+MAX_OVERLAP = 0.875  # tiles move an eighth of a tile: each pixel is inside 8 x 8 tiles (the default 0.25: 1.8)
+MAX_TILES_PER_PIXEL = round(1 / (1 - MAX_OVERLAP) ** 2)
+PROGRESS_DELAY = 2.0  # seconds a frame's tiles run before the progress bar appears
+
+
+def check_tile_overlap(overlap):
+    """--tile-overlap must be a fraction in [0, MAX_OVERLAP]: above it the tiles, and the time, grow as
+    1 / (1 - overlap)^2 for nothing a model can use (nnU-Net uses 0.5)."""
+    if not 0 <= overlap < 1:
+        raise UserError(f"--tile-overlap {overlap} must be a fraction in [0, {MAX_OVERLAP}]")
+    if overlap > MAX_OVERLAP:
+        raise UserError(f"--tile-overlap {overlap} puts each pixel inside about {1 / (1 - overlap) ** 2:,.0f} tiles, "
+                        f"each a forward pass; give at most {MAX_OVERLAP} ({MAX_TILES_PER_PIXEL} tiles over each "
+                        f"pixel), e.g. 0.5")
 
 
 def tile_starts(length, tile, stride):
@@ -49,15 +70,16 @@ def tile_weights(tile, weighting):
 
 
 class Tiler:
-    """Segments whole images with a predictor (batch NCHW float32 -> logits NCHW float32) by tiles."""
+    """Segments whole images with a predictor (batch NCHW float32 -> logits NCHW float32) by tiles. `stop`: an
+    event that abandons the image between two batches (raising cli.Stopped); `progress`: a bar on stderr for an
+    image whose tiles take longer than PROGRESS_DELAY seconds."""
 
     def __init__(self, predictor, tile, overlap=0.25, batch=4, weighting="gaussian", mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225)):
-        if not 0 <= overlap < 1:
-            raise UserError(f"--tile-overlap {overlap} must be a fraction in [0, 1)")
+                 std=(0.229, 0.224, 0.225), stop=None, progress=False):
+        check_tile_overlap(overlap)
         if batch < 1:
             raise UserError(f"--tile-batch {batch} must be at least 1")
-        self.predictor, self.tile, self.batch = predictor, tile, batch
+        self.predictor, self.tile, self.batch, self.stop, self.progress = predictor, tile, batch, stop, progress
         self.stride = max(1, int(round(tile * (1 - overlap))))
         self.weights = tile_weights(tile, weighting)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -110,9 +132,15 @@ class Tiler:
         lefts = tile_starts(width, self.tile, self.stride)
         places = [(top, left) for top in tile_starts(height, self.tile, self.stride) for left in lefts]
         rows = {}  # top: (summed weighted logits, summed weights) of the rows whose tiles are coming
+        bar = tqdm(total=len(places), desc=f"{width}x{height} image", unit="tile", leave=False, dynamic_ncols=True,
+                   delay=PROGRESS_DELAY, disable=not self.progress)
         for start in range(0, len(places), self.batch):
+            if self.stop is not None and self.stop.is_set():  # Ctrl-C or SIGTERM: between two batches
+                bar.close()
+                raise Stopped(f"stopped after {start} of {len(places)} tiles")
             chunk = places[start:start + self.batch]
             logits = self.predictor(torch.stack([self.tile_input(image, top, left) for top, left in chunk]))
+            bar.update(len(chunk))
             for (top, left), tile_logits in zip(chunk, logits):
                 height_here, columns = min(self.tile, height - top), min(self.tile, width - left)
                 if top not in rows:
@@ -123,6 +151,7 @@ class Tiler:
                 weight[:, left:left + columns] += w
                 if left == lefts[-1]:  # in reading order, the row's last tile
                     yield top, *rows.pop(top)
+        bar.close()
 
     def tile_input(self, image, top, left):
         """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.output_files import check_save_dir, make_run_dir, write_failure, write_mask
+from segtoolkit.output_files import check_output_folder, make_run_dir, write_failure, write_mask
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import Letterbox, unletterbox
 from segtoolkit.metrics import confusion_matrix, nanmean, scores
@@ -41,7 +41,7 @@ class RunFolder:
         self.given = Path(save_dir) if save_dir else None
         self.planned = self.given or Path(project) / name
         self.created = None
-        check_save_dir(self.planned)
+        check_output_folder(self.given, project)
         if self.given and (self.given / RESULTS_FILE).exists():  # never overwrite an earlier evaluation
             raise UserError(f"--save-dir {self.given} holds the results of an earlier val.py run ({RESULTS_FILE}); "
                             f"give another --save-dir, or leave it out for runs/val/exp, exp2...")

@@ -92,7 +92,7 @@ def test_soft_binary_mask_is_refused_with_the_fix(tmp_path):
     mask = square_mask(64, 64, 255)
     mask[0, 0] = 128
     pair = write_pair(tmp_path, "soft", np.zeros((64, 64, 3), np.uint8), mask)
-    with pytest.raises(UserError, match=r"soft\.png.*0/1 or 0/255.*JPEG"):
+    with pytest.raises(UserError, match=r"soft\.png.*0/1, 0/255 or 0/65535.*JPEG"):
         BinaryDataset([pair], 64)
 
 

@@ -32,7 +32,8 @@ from segtoolkit.models import model_from_checkpoint, model_meta
 from segtoolkit import predict
 from segtoolkit.imaging import preprocess_image, read_image
 from segtoolkit.predict import logits_to_mask
-from segtoolkit.overlay import class_colours, draw_overlay, find_polygons, largest_polygon_area
+from segtoolkit.overlay import class_colours, draw_overlay
+from segtoolkit.polygons import find_regions, largest_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
                      xvfb_display)
 
@@ -77,12 +78,12 @@ def test_polygons_and_overlay():
     mask = np.zeros((60, 100), np.uint8)
     mask[10:20, 10:40] = 1  # 30x10 px: contour area (30-1)*(10-1)
     mask[30:50, 50:90] = 2
-    polygons = find_polygons(mask)
-    assert sorted(label for label, _ in polygons) == [1, 2]
-    assert largest_polygon_area(polygons) == (40 - 1) * (20 - 1)
-    assert largest_polygon_area([]) == 0.0
+    regions = find_regions(mask)
+    assert sorted(region.label for region in regions) == [1, 2]
+    assert largest_area(regions) == (40 - 1) * (20 - 1)
+    assert largest_area([]) == 0.0
     image = np.full((60, 100, 3), 50, np.uint8)
-    out = draw_overlay(image, mask, polygons, class_colours(3), ["1.0 ms"], ["bg", "a", "b"])
+    out = draw_overlay(image, mask, regions, class_colours(3), ["1.0 ms"], ["bg", "a", "b"])
     assert (image == 50).all() and out.shape == image.shape
     expected = 0.55 * 50 + 0.45 * np.array(class_colours(3)[2])  # class 2's colour blended at alpha 0.45
     assert np.abs(out[40, 70] - expected).max() <= 1
@@ -280,12 +281,12 @@ def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held
                        "--conf-thres", "0", "--save-dir", tmp_path / "any")
     assert code == 0, err
     row = read_rows(tmp_path / "any")[0]
-    assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "cell_px",
-                         "nucleus_px", "image_file", "mask_file", "video_file"]
+    assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "px_cell",
+                         "px_nucleus", "image_file", "mask_file", "video_file"]
     mask = read_mask(tmp_path / "any" / "masks" / "easy_001.png")  # a palette PNG: its indices
     assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == cv2.imread(
         str(easy_held_out / "imgs" / "easy_001.png")).shape[:2]
-    assert int(row["cell_px"]) == (mask == 1).sum() and int(row["nucleus_px"]) == (mask == 2).sum()
+    assert int(row["px_cell"]) == (mask == 1).sum() and int(row["px_nucleus"]) == (mask == 2).sum()
     assert int(row["foreground_px"]) == (mask > 0).sum() > 0
     # an untrained 3-class model is never 99% sure: every pixel falls back to background
     cli(capsys, "--model", multiclass_checkpoint, "--source", easy_held_out / "imgs" / "easy_001.png",

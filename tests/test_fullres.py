@@ -245,7 +245,7 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
     train_images = [cv2.imread(image).shape[:2] for image, _ in checkpoint["data"]["train"]]
     crops = round(np.mean([height * width for height, width in train_images]) / 64 ** 2)
     assert crops >= 3 and checkpoint["config"]["crops_per_image"] == crops
-    assert f"1 epochs x {len(train_images) * crops // 2} steps at patch 64 ({crops} crops per image)" in out
+    assert f"1 epoch x {len(train_images) * crops // 2} steps at patch 64 ({crops} crops per image)" in out
     # detect.py picks sliding-window inference from the checkpoint, with no flag: masks at each image's size
     image_path = data / "imgs" / "s5.png"
     summary = detect.run(model=RUNS / run_name / "best-checkpoint.pth.tar", source=image_path,

@@ -86,7 +86,7 @@ def mask_is_valid(spec, mask):
         return False
     present = set(np.unique(mask[..., 0] if mask.ndim == 3 else mask).tolist())
     if spec["classes"] == 1:
-        return present <= {0, 1} or present <= {0, 255}
+        return present <= {0, 1} or present <= {0, 255} or present <= {0, 65535}
     return all(value == spec["ignore_index"] or (float(value).is_integer() and 0 <= value < spec["classes"])
                for value in present)
 

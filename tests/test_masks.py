@@ -203,7 +203,7 @@ def test_palette_masks_train_detect_and_validate(palette_run, capsys, tmp_path):
     sources.write_text("".join(f"{image}\n" for image in test_images))
     rows = run_detect(capsys, run / "best-checkpoint.pth.tar", sources, tmp_path / "detect", "--conf-thres", "0",
                       "--save-json", "--save-probs")
-    assert [column for column in rows[0] if column.endswith("_px")][-3:] == ["plane_px", "bike_px", "bird_px"]
+    assert [column for column in rows[0] if column.startswith("px_")] == ["px_plane", "px_bike", "px_bird"]
     lines = read_jsonl(tmp_path / "detect" / "polygons.jsonl")
     assert [line["source"] for line in lines] == [row["source"] for row in rows] == test_images
     for row, line, image in zip(rows, lines, test_images):
@@ -214,7 +214,7 @@ def test_palette_masks_train_detect_and_validate(palette_run, capsys, tmp_path):
         mask = np.array(written)
         assert np.array_equal(mask, plain_argmax(run / "best-checkpoint.pth.tar", image)), image
         assert (line["height"], line["width"]) == mask.shape == cv2.imread(image).shape[:2]
-        assert int(row["bird_px"]) == (mask == 3).sum()
+        assert int(row["px_bird"]) == (mask == 3).sum()
         assert_areas_add_up(mask, line["polygons"])
         points = np.array([point for record in line["polygons"] for point in record["points"]]).reshape(-1, 2)
         assert not points.size or (points.min() >= 0 and points[:, 0].max() < mask.shape[1]

@@ -130,13 +130,15 @@ def fingerprint(folder):
 
 
 def assert_complete_checkpoints(run_dir):
-    """Each checkpoint present loads, carries the full resume state and rebuilds its model strictly."""
+    """Each checkpoint present loads, carries its state (checkpoint.pth.tar: the full resume state; the best
+    one: where in the run it was written) and rebuilds its model strictly."""
     steps = {}
     for name in CHECKPOINTS:
         path = run_dir / name
         if path.exists():
             checkpoint = load_checkpoint(path)
-            assert {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step"} <= checkpoint.keys()
+            resume = {"optimizer", "scheduler"} if name == "checkpoint.pth.tar" else set()
+            assert {"model", "epoch", "step_in_epoch", "global_step", *resume} <= checkpoint.keys()
             model_from_checkpoint(checkpoint, path)  # load_state_dict(strict=True): every tensor there
             steps[name] = checkpoint["global_step"]
     return steps
@@ -235,10 +237,11 @@ BAD_INPUT = [
     ("negative class value (int16 TIFF)", negative_class_mask,
      r"mask .*sample_001\.tif has value -1, which is neither a class"),
     ("soft binary mask", lambda d: rewrite_mask(d, "sample_003", lambda m, p: (p, cv2.GaussianBlur(m, (9, 9), 3))),
-     r"mask .*sample_003\.png has values 0, 1, 2, .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG "
-     r"masks: threshold them and save as PNG\), or use --classes N for class indices"),
+     r"mask .*sample_003\.png has values 0, 1, 2, .*: a binary mask must be 0/1, 0/255 or 0/65535 \(soft, resized or "
+     r"JPEG masks: threshold them and save as PNG\), or use --classes N for class indices"),
     ("JPEG binary mask", lambda d: to_jpeg(d, "masks", "sample_000"),
-     r"mask .*sample_000\.jpg has values .*: a binary mask must be 0/1 or 0/255 \(soft, resized or JPEG masks"),
+     r"mask .*sample_000\.jpg has values .*: a binary mask must be 0/1, 0/255 or 0/65535 \(soft, resized or JPEG "
+     r"masks"),
     ("colour mask", lambda d: rewrite_mask(d, "sample_000", lambda m, p: (p, np.dstack([m, m // 2, m]))),
      r"mask .*sample_000\.png is a colour image; save masks as single-channel PNGs of class indices"),
     ("missing split file", lambda d: ["--train-list", d / "nope.txt"],
@@ -750,7 +753,7 @@ def test_twenty_non_finite_steps_stop_the_run_and_best_checkpoint_stays_good(dat
 def test_non_finite_validation_loss_never_becomes_the_best_checkpoint(data, tmp_path):
     trainer = small_trainer(data, tmp_path)
     torch.nn.init.constant_(trainer.model.segmentation_head[0].weight, math.nan)
-    trainer.end_of_evaluation_period(trainer.new_stats())
+    trainer.end_of_evaluation_period()
     assert trainer.best_fitness == -math.inf
     assert not (tmp_path / "best-checkpoint.pth.tar").exists()
 

@@ -55,9 +55,9 @@ def interrupted_run(my_data, run_name, capsys, monkeypatch):
     """A 3-epoch run on my_data stopped (as by Ctrl-C) after its first epoch: (run folder, flags)."""
     evaluate = train.UnetTraining.end_of_evaluation_period
 
-    def stop_after_first(self, stats):
+    def stop_after_first(self):
         self.stop.event.set()
-        return evaluate(self, stats)
+        return evaluate(self)
 
     monkeypatch.setattr(train.UnetTraining, "end_of_evaluation_period", stop_after_first)
     flags = [*TINY, "--data-dir", my_data, "--train-list", "train.txt", "--val-list", "val.txt", "--epochs", "3",
