@@ -46,13 +46,14 @@ from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
 from segtoolkit.output_files import check_save_dir
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
+from segtoolkit.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres, collect
+from segtoolkit.imaging import check_patch_size
 from segtoolkit.frame_exports import FrameExports
 from segtoolkit.overlay import draw_overlay, find_polygons, largest_polygon_area
 from segtoolkit.pipeline import Finisher
-from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
-from segtoolkit.probabilities import Prediction, logits_to_probabilities
-from segtoolkit.tiling import WEIGHTINGS, Tiler
+from segtoolkit.predict import check_model_flags, load_predictor
+from segtoolkit.probabilities import Prediction
+from segtoolkit.tiling import WEIGHTINGS
 from segtoolkit.sources import resolve_sources
 
 REPO = Path(__file__).resolve().parent
@@ -60,33 +61,19 @@ DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
 class Segmenter:
-    """One frame's Prediction: its mask of class indices and, with `probabilities` (--save-probs), the class
-    probabilities at the mask's size. Letterbox (the default for models trained on letterboxed images, and
-    stretched ones, whose frame.image the loader stretched): the model sees frame.image, and both are the
-    patch's (FrameOutputs and the writer unletterbox them). Tiled
-    (models trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
-    sliding window; the mask is the frame's own size, the probabilities the scaled frame's."""
+    """One frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.full_size): its mask
+    of class indices and, with `probabilities` (--save-probs), the class probabilities, both from the logits
+    upsampled to the frame (the mask is decided after upsampling, as val.py and train.py count it). Models
+    fitted into the patch see frame.image, which the loader letterboxed or stretched; crop-trained models (or
+    --tile) see the whole frame (times the model's --scale) by sliding window."""
 
-    def __init__(self, predictor, meta, conf_thres, size, tiled=False, overlap=0.25, batch=4,
-                 weighting="gaussian", probabilities=False):
-        self.predictor, self.conf_thres, self.probabilities = predictor, conf_thres, probabilities
-        self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"]) if tiled else None
-        self.scale = meta.get("scale", 1.0) if tiled else 1.0
+    def __init__(self, full_size, probabilities=False):
+        self.full_size, self.probabilities = full_size, probabilities
 
     def __call__(self, frame):
-        if self.tiler is None:
-            logits = self.predictor(frame.image.unsqueeze(0))[0]
-            return Prediction(logits_to_mask(logits, self.conf_thres),
-                              logits_to_probabilities(logits) if self.probabilities else None)
-        height, width = frame.original.shape[:2]
-        image = frame.original if self.scale == 1 else cv2.resize(
-            frame.original, (max(1, round(width * self.scale)), max(1, round(height * self.scale))),
-            interpolation=cv2.INTER_AREA)
-        mask, probabilities = self.tiler.mask_and_probabilities(image, self.conf_thres) if self.probabilities \
-            else (self.tiler.mask(image, self.conf_thres), None)
-        if self.scale != 1:
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        return Prediction(mask, probabilities)
+        blocks = self.full_size.blocks(frame.original) if self.full_size.tiled else \
+            self.full_size.fitted_blocks(frame.image, frame.letterbox)
+        return Prediction(*collect(blocks, frame.original.shape[:2], self.full_size.conf_thres, self.probabilities))
 
 
 def infer(segmenter, frame):
@@ -122,7 +109,7 @@ class FrameOutputs:
 
     def __call__(self, frame, prediction, inference_ms):
         """Write and print one frame (a Prediction); returns the annotated RGB image."""
-        mask = prediction.mask if frame.letterbox is None else unletterbox(prediction.mask, frame.letterbox)
+        mask = prediction.mask
         polygons = find_polygons(mask)
         largest = largest_polygon_area(polygons)
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
@@ -153,15 +140,14 @@ def describe(frame, file_number, file_total):
 def check_flags(conf_thres, max_frames, patch_size, name):
     """The flags, checked before anything is read or loaded."""
     check_run_name(name)
-    if not 0 <= conf_thres <= 1:
-        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
+    check_conf_thres(conf_thres)
     if max_frames is not None and max_frames < 1:
         raise UserError(f"--max-frames {max_frames} must be at least 1")
     if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
         check_patch_size(patch_size)
 
 
-def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
+def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=None, max_frames=None,
         view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
         name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
         tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False):
@@ -179,16 +165,16 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
         check_display()
     meta, predictor = load_predictor(model, device, half)
     check_model_flags(meta, classes, encoder, model)
-    size = meta["patch_size"] if patch_size is None else patch_size
-    tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
-    segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting,
-                          probabilities=save_probs)
+    full_size = FullSizePredictor.from_meta(predictor, meta, tile=tile, patch_size=patch_size, overlap=tile_overlap,
+                                            tile_batch=tile_batch, weighting=tile_weighting, conf_thres=conf_thres)
+    segmenter = Segmenter(full_size, probabilities=save_probs)
     exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs)
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
                                    not nosave, files, exports)
     with StopRequest("finishing this frame, then closing outputs") as stop:
-        frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
-                                rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta))
+        frames = iterate_frames(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
+                                meta["std"], stream_timeout, rtsp_transport, stop.event, prefetch=0 if view_img else 2,
+                                stretch=full_size.resize == "stretch")
         started = time.perf_counter()
         count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
                                                     Viewer() if view_img else None, stop)
@@ -278,8 +264,7 @@ def parse_args(argv=None):
                             "or linear")
     model.add_argument("--tile-batch", type=int, default=4,
                        help="tiles per forward pass: memory is bounded by it, not by the frame")
-    model.add_argument("--conf-thres", type=float, default=0.5,
-                       help="probability above which a pixel is foreground (several classes: below it, class 0)")
+    model.add_argument("--conf-thres", type=float, default=None, help=CONF_THRES_HELP)
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "

@@ -3,14 +3,15 @@
 `read_image` gives uint8 RGB, upright (EXIF orientation applied) whatever the file holds: gray, RGB or
 RGBA, 8 or 16 bit (scaled by its bit depth). `preprocess_image` letterboxes into the square patch (or,
 with stretch=True, resizes the whole image to it, ignoring the aspect ratio) and normalizes; `unletterbox`
-takes a predicted mask back to the image's size, either way. A file that cannot be read is a UserError
-naming it.
+takes a label map fitted into the patch back to the image's size, either way (a model's predictions come
+back as logits instead, upsampled before any decision: segtoolkit.full_size). A file that cannot be read
+is a UserError naming it.
 
 Usage:
     from segtoolkit.imaging import read_image, preprocess_image, unletterbox
     tensor, box = preprocess_image(read_image("a.jpg"), patch_size=256)   # float32 3x256x256, Letterbox
     tensor, box = preprocess_image(image, 256, stretch=is_stretched(meta))  # as a model's meta says
-    mask = unletterbox(predicted_patch_mask, box)                          # back to the image's size
+    labels = unletterbox(patch_labels, box)                                # back to the image's size
 """
 
 import sys
@@ -178,6 +179,15 @@ def stretch_to_square(image, size, interpolation=cv2.INTER_AREA):
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def scaled(image, scale, interpolation=cv2.INTER_AREA):
+    """An image (or mask, with INTER_NEAREST) times --scale: each side rounded, at least 1 pixel."""
+    if scale == 1:
+        return image
+    height, width = image.shape[:2]
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=interpolation)
+
+
 def is_stretched(meta):
     """Whether a model (its checkpoint's or export's meta) was trained on stretched images."""
     return meta.get("input_mode") == "stretch"
@@ -194,7 +204,8 @@ def letterbox(image, size, interpolation=cv2.INTER_AREA, stretch=False):
 
 
 def unletterbox(mask, box):
-    """Undo `letterbox` on a predicted mask: crop the padding, resize (nearest) to the original size."""
+    """Undo `letterbox` on a label map: crop the padding, resize (nearest) to the original size. Predictions
+    are not made so (segtoolkit.full_size upsamples their logits, then decides)."""
     mask = mask[:box.scaled_height, :box.scaled_width]
     return cv2.resize(mask, (box.width, box.height), interpolation=cv2.INTER_NEAREST)
 
