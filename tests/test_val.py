@@ -333,6 +333,108 @@ def test_saved_masks_are_at_original_size_and_equal_detect_py_masks(kind, binary
         assert np.array_equal(ours, theirs), image
 
 
+# ---------------------------------------------------------------- one figure: each image at its own size
+
+FULL_SIZE_KINDS = {"stretch": (1, []), "letterbox": (3, ["--resize", "letterbox", "--classes", "3"]),
+                   "crop": (1, ["--crop", "--scale", "0.5"])}
+
+
+@pytest.fixture(scope="module")
+def full_size_runs(tmp_path_factory):
+    """kind -> (run folder, classes): a tiny run of each way a model sees images (the default stretch, a
+    3-class letterbox, --crop at --scale 0.5), trained on first use. Batch 1, the batch detect.py infers in
+    (another batch size sums convolutions in another order, and a logit near the boundary would flip a
+    pixel). The images are 96-160 x 128-208, never square nor the patch's 64: scored at the patch, the
+    figures would differ."""
+    trained = {}
+
+    def run(kind):
+        if kind not in trained:
+            classes, flags = FULL_SIZE_KINDS[kind]
+            data_dir = tmp_path_factory.mktemp(f"val-full-size-{kind}") / "my_data"
+            write_dataset(data_dir, 12, seed=6, classes=classes)
+            run_dir = train_tiny(data_dir, f"pytest-val-full-size-{kind}-{os.getpid()}", "--batch-size", "1", *flags)
+            trained[kind] = run_dir, classes
+        return trained[kind]
+    return run
+
+
+def detect_masks(capsys, model, pairs, folder, *flags):
+    """detect.py (default flags but `flags`) on the images of `pairs`: {image path: mask as written}."""
+    sources = folder.parent / f"{folder.name}-sources.txt"
+    sources.write_text("".join(f"{image}\n" for image, _ in pairs))
+    code = detect.main(detect.parse_args(["--model", str(model), "--source", str(sources), "--save-dir", str(folder),
+                                          *map(str, flags)]))
+    assert code == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    return {image: read_mask(folder / "masks" / Path(image).name) for image, _ in pairs}
+
+
+@pytest.mark.parametrize("kind", list(FULL_SIZE_KINDS))
+def test_test_results_dice_is_the_dice_of_detect_py_masks_against_the_original_masks(kind, full_size_runs, tmp_path,
+                                                                                    capsys):
+    """What train.py reports is what a user gets: test_results.json's Dice equals the Dice of detect.py's
+    masks (default flags) against the original masks, every pixel of each image at its own size."""
+    run_dir, classes = full_size_runs(kind)
+    model = run_dir / "best-checkpoint.pth.tar"
+    pairs = load_checkpoint(model)["data"]["test"]
+    predicted = detect_masks(capsys, model, pairs, tmp_path / "detect")
+    size = max(classes, 2)
+    confusion = np.zeros((size, size), np.int64)
+    for image, mask_path in pairs:
+        truth = read_mask(mask_path)
+        assert truth.shape != (64, 64) and truth.shape[0] != truth.shape[1]
+        if classes == 1:
+            truth, labels = (truth > 0).astype(np.int64), (predicted[image] > 0).astype(np.int64)
+        else:
+            labels = predicted[image].astype(np.int64)
+        assert labels.shape == truth.shape
+        confusion += np.bincount((truth * size + labels).ravel(), minlength=size * size).reshape(size, size)
+    tp = np.diag(confusion)
+    dice = 2 * tp / (confusion.sum(0) + confusion.sum(1))
+    assert (confusion.sum(1) > 0).all()  # every class is in the test masks: no absent-class rule involved
+    expected = dice[1] if classes == 1 else dice.mean()
+    assert stored_test_results(run_dir)["test/dice"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(FULL_SIZE_KINDS))
+def test_val_save_masks_are_detect_py_masks_pixel_for_pixel_with_default_flags(kind, full_size_runs, tmp_path,
+                                                                               capsys):
+    """One rule from logits to a mask in both, with nothing given: logits upsampled, then thresholded (one
+    class) or argmaxed (several: detect.py's default is the argmax the metrics count); for --scale 0.5 --crop,
+    upsampled from the scaled image before deciding (detect.py used to decide at the scaled size and resize
+    the mask)."""
+    run_dir, classes = full_size_runs(kind)
+    model = run_dir / "best-checkpoint.pth.tar"
+    code, _, err, folder = run_val(capsys, tmp_path / "val", "--model", model, "--save-masks")
+    assert code == 0, err
+    pairs = load_checkpoint(model)["data"]["test"]
+    theirs = detect_masks(capsys, model, pairs, tmp_path / "detect")
+    for image, mask in pairs:
+        ours = read_mask(folder / "masks" / Path(image).name)
+        assert ours.shape == cv2.imread(mask, cv2.IMREAD_UNCHANGED).shape  # the image's own size
+        assert np.array_equal(ours, theirs[image]), image
+    if classes > 1:
+        assert len(np.unique(np.concatenate([mask.ravel() for mask in theirs.values()]))) > 1
+
+
+def test_an_explicit_conf_thres_is_the_same_rule_in_val_and_detect(full_size_runs, tmp_path, capsys):
+    """Several classes: --conf-thres given sends pixels whose top probability is below it to class 0, in
+    detect.py's masks and in val.py's masks and metrics alike."""
+    run_dir, classes = full_size_runs("letterbox")
+    model = run_dir / "best-checkpoint.pth.tar"
+    code, _, err, plain = run_val(capsys, tmp_path / "plain", "--model", model)
+    assert code == 0, err
+    code, _, err, sure = run_val(capsys, tmp_path / "sure", "--model", model, "--conf-thres", "0.9", "--save-masks")
+    assert code == 0, err
+    pairs = load_checkpoint(model)["data"]["test"]
+    theirs = detect_masks(capsys, model, pairs, tmp_path / "detect", "--conf-thres", "0.9")
+    for image, _ in pairs:
+        assert np.array_equal(read_mask(sure / "masks" / Path(image).name), theirs[image]), image
+    background = [np.array(results(folder)["confusion_matrix"])[:, 0].sum() for folder in (plain, sure)]
+    assert background[1] > background[0]  # a one-epoch model is rarely 90% sure: more pixels are class 0
+
+
 def test_default_folders_never_overwrite_and_save_dir_is_used_as_is(binary_run, tmp_path, capsys):
     model = binary_run[0] / "best-checkpoint.pth.tar"
     folders = [run_val(capsys, tmp_path, "--model", model)[3] for _ in range(2)]
@@ -418,6 +520,7 @@ def error_cases(run_dir, data_dir, onnx_model, tmp_path):
         (["--model", model, "--loss", "ce"], "--loss ce: cross-entropy is for several classes; one class uses bce "
                                              "(e.g. bce+dice)"),
         (["--model", model, "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--model", model, "--conf-thres", "1.5"], "--conf-thres 1.5 must be a probability in [0, 1]"),
         (["--model", model, "--name", "a/b"], "--name 'a/b': a run name is one folder name (no '/', '\\', '..', or "
                                               "surrounding spaces); give for example --name a-b"),
     ]
