@@ -158,14 +158,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         and the Letterbox; `full`, the uint8 image at the stored scale and its target at that scale (the
         sliding window's); and both, the labels at the image's own size."""
         image, mask = self.store.get(index)
-        full = self.target(mask)
         at_model = self.fitted(mask, cv2.INTER_NEAREST)  # (the mask itself at scale 1: no copy)
         if self.mode == "full":
-            target = full if at_model is mask else self.target(at_model)
-            return EvalSample(torch.from_numpy(np.ascontiguousarray(image)), target, full, None)
+            return EvalSample(torch.from_numpy(np.ascontiguousarray(image)), self.target(at_model),
+                              self.original_labels(mask), None)
         box = Letterbox(mask.shape[0], mask.shape[1], image.shape[0], image.shape[1])
         image, at_model, valid = self.letterboxed(image, at_model)
-        return EvalSample(normalize(image, self.mean, self.std), self.target(at_model, valid), full, box)
+        return EvalSample(normalize(image, self.mean, self.std), self.target(at_model, valid),
+                          self.original_labels(mask), box)
+
+    def original_labels(self, mask):
+        """The labels of a mask at the image's own size, for counting only: int16 (int32 for 16-bit masks),
+        half the bytes of a float target to pass from a DataLoader worker; IGNORE at --ignore-index."""
+        labels = torch.from_numpy(mask.astype(np.int16 if mask.dtype == np.uint8 else np.int32))
+        return labels.masked_fill_(labels == self.ignore_index, IGNORE) if self.ignore_index is not None else labels
 
     def target(self, mask, valid=None):
         """The label tensor of a mask: IGNORE where `valid` is 0 (None: every pixel is valid) or the mask holds

@@ -37,8 +37,8 @@ from segtoolkit.metrics import ConfusionStats, confusion_matrix
 class EvalSample(NamedTuple):
     """One image to score. Whole-image models: `image` the normalized float32 3xPxP input and `target` the
     patch's labels; crop-trained ones: `image` the uint8 HxWx3 image at the model's --scale and `target` its
-    labels at that scale. `mask`: the labels at the image's own size (IGNORE where they do not count), what
-    Dice and IoU count; `box`: how the image was fitted into the patch (None for sliding window)."""
+    labels at that scale. `mask`: the integer labels HxW at the image's own size (IGNORE where they do not
+    count), what Dice and IoU count; `box`: how the image was fitted into the patch (None for sliding window)."""
     image: torch.Tensor
     target: torch.Tensor
     mask: torch.Tensor
