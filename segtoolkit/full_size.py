@@ -95,7 +95,7 @@ def upsample_rows(blocks, source_size, size):
     from top to bottom -> the same blocks at `size`, bilinearly: each output row is made as soon as the two
     source rows it reads have come (from them, then widened), and only the source rows still to be read are
     kept. Equal sizes pass unchanged."""
-    (source_height, source_width), (height, width) = source_size, size
+    source_height, (height, width) = source_size[0], size  # the source width is each block's own
     if source_height == height:
         for start, stop, block in blocks:
             yield start, stop, widen(block, width)
