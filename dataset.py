@@ -9,8 +9,11 @@ Three ways to see the images (`mode`):
 - `crop` (train.py --crop): stored at the image's own resolution (times --scale), and a random patch x patch
   crop is taken each time, padded when the image is smaller;
 - `full`: whole images at their own resolution (times --scale), for sliding-window evaluation of
-  crop-trained models (`full_sample`).
-Samples are decoded once and kept as --cache says (segtoolkit.samples: ram, disk, none); every file is
+  crop-trained models.
+Evaluation datasets (`evaluation=True`, always for `full`) give segtoolkit.evaluation.EvalSample records, the
+model's input and its target where the model works (for the loss) and the labels at the image's own size (for
+Dice and IoU): their store keeps each mask at its original size, uint8 as read, beside the image as the mode
+fits it. Samples are decoded once and kept as --cache says (segtoolkit.samples: ram, disk, none); every file is
 read and checked when the dataset is built, and a bad one is reported with its path.
 
 Usage:
@@ -19,6 +22,7 @@ Usage:
     images = read_split_file("training_dataset.txt", "data/sample")
     train_set = BinaryDataset(pair_masks(images, "data/sample/masks"), patch_size=128, augment=True)
     image, mask = train_set.load_sample(0)   # float32 3xPxP normalized, float32 1xPxP of 0, 1 and IGNORE (-1)
+    sample = BinaryDataset(pairs, 128, evaluation=True).load_sample(0)   # EvalSample: image, target, mask, box
 """
 
 from pathlib import Path
@@ -29,8 +33,9 @@ import torch
 
 from segtoolkit.augment import DEFAULT_AUGMENTATION, load_augmentation
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, check_patch_size, fit_longest_side, normalize,
-                                pad_to_square, read_image, scaled, stretch_to_square)
+from segtoolkit.evaluation import EvalSample
+from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, Letterbox, check_patch_size, fit_longest_side,
+                                normalize, pad_to_square, read_image, scaled, stretch_to_square)
 from segtoolkit.masks import IGNORE, binary_mask, class_mask, read_mask
 from segtoolkit.samples import build_store
 
@@ -50,20 +55,23 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ignore_index = None
 
     def __init__(self, pairs, patch_size, augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads=4,
-                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None, mask_colors=None, bit_depth=None):
+                 mode="letterbox", scale=1.0, cache="ram", cache_dir=None, mask_colors=None, bit_depth=None,
+                 evaluation=False):
         check_patch_size(patch_size)
-        if mode not in MODES:
-            raise ValueError(f"mode {mode} is not one of {MODES}")
+        if mode not in MODES or (evaluation and mode == "crop"):
+            raise ValueError(f"mode {mode} is not one of {MODES}, or is 'crop' with evaluation=True")
         if not 0 < scale <= 1 or (scale != 1 and mode in WHOLE_IMAGE_MODES):
             raise UserError(f"--scale {scale} must be in (0, 1] and goes with --crop")
         self.pairs = [(Path(image), Path(mask)) for image, mask in pairs]
         self.patch_size, self.mode, self.scale = patch_size, mode, scale
+        self.evaluation = evaluation or mode == "full"  # masks kept at each image's own size
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
         self.mask_colors = mask_colors  # segtoolkit.classes.MaskColors: RGB masks read as class indices
         self.bit_depth = bit_depth  # how 16-bit images are scaled (segtoolkit.imaging; None: each by its own)
-        key = f"{f'{mode}-{patch_size}' if mode in WHOLE_IMAGE_MODES else f'scale-{scale}'}-" \
-              f"{getattr(self, 'classes', 1)}-{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "") \
+        fitted = f"{mode}-{patch_size}" if mode in WHOLE_IMAGE_MODES else f"scale-{scale}"
+        key = f"{fitted}{'-original-masks' if self.evaluation else ''}-{getattr(self, 'classes', 1)}-" \
+              f"{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "") \
               + (f"-{bit_depth}bit" if bit_depth else "")
         self.store = build_store(cache, self.prepare, self.pairs, key=key, cache_dir=cache_dir, threads=threads)
 
@@ -86,7 +94,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def label_counts(self):
-        """{label: pixels} over every mask as trained on (letterbox, stretch: at the patch size), padding excluded."""
+        """{label: pixels} over every mask as stored (training letterbox, stretch: at the patch size; evaluation:
+        at each image's own size), padding excluded."""
         return self.store.label_counts
 
     def read_mask(self, path):
@@ -97,27 +106,30 @@ class SegmentationDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def prepare(self, pair):
-        """Read, check and size one pair: uint8 image and label mask at the resolution the mode trains at."""
+        """Read, check and size one pair: uint8 image and label mask at the resolution the mode trains at (an
+        evaluation dataset's mask at the image's own)."""
         image_path, mask_path = pair
         image, mask = read_image(image_path, self.bit_depth), self.read_mask(mask_path)
         if image.shape[:2] != mask.shape[:2]:
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                             f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
         mask = self.convert_mask(mask, mask_path)
+        return self.fitted(image), mask if self.evaluation else self.fitted(mask, cv2.INTER_NEAREST)
+
+    def fitted(self, array, interpolation=cv2.INTER_AREA):
+        """An image (or mask, INTER_NEAREST) as the mode sees it: longest side at the patch size (letterbox,
+        unpadded), the patch's square (stretch), or times --scale (crop, full)."""
         if self.mode == "letterbox":
-            return (fit_longest_side(image, self.patch_size),
-                    fit_longest_side(mask, self.patch_size, cv2.INTER_NEAREST))
+            return fit_longest_side(array, self.patch_size, interpolation)
         if self.mode == "stretch":
-            return (stretch_to_square(image, self.patch_size),
-                    stretch_to_square(mask, self.patch_size, cv2.INTER_NEAREST))
-        return scaled(image, self.scale, cv2.INTER_AREA), scaled(mask, self.scale, cv2.INTER_NEAREST)
+            return stretch_to_square(array, self.patch_size, interpolation)
+        return scaled(array, self.scale, interpolation)
 
     def load_sample(self, index, seed=None):
         """Letterbox (stretch, or crop), augment (training only, seeded when `seed` is given) and normalize sample
         `index`: (float32 3xPxP image, target with IGNORE on the pixels that do not count)."""
-        if self.mode == "full":  # a whole image for sliding-window evaluation: uint8, not normalized
-            image, target = self.full_sample(index)
-            return torch.from_numpy(np.ascontiguousarray(image)), target
+        if self.evaluation:
+            return self.evaluation_sample(index)
         image, mask = self.store.get(index)
         if self.mode in WHOLE_IMAGE_MODES:  # stretched samples are patch x patch already: nothing is padded
             image, mask, valid = self.letterboxed(image, mask)
@@ -145,18 +157,32 @@ class SegmentationDataset(torch.utils.data.Dataset):
         valid = np.ones(mask.shape[:2], np.uint8)  # made at the window's size (not the image's: 8000x6000 is 48 MB)
         return tuple(pad_to_square(array, self.patch_size) for array in (image, mask, valid))
 
-    def full_sample(self, index):
-        """(uint8 RGB image at the stored scale, target at the image's ORIGINAL size) for sliding-window
-        evaluation: the metrics are those of full-resolution masks, --scale or not."""
+    def evaluation_sample(self, index):
+        """An EvalSample: whole-image modes, the normalized patch, its target (the training one, for the loss)
+        and the Letterbox; `full`, the uint8 image at the stored scale and its target at that scale (the
+        sliding window's); and both, the labels at the image's own size."""
         image, mask = self.store.get(index)
-        if self.scale != 1:
-            mask = self.convert_mask(self.read_mask(self.pairs[index][1]), self.pairs[index][1])
-        return image, self.target(mask, np.ones(mask.shape[:2], np.uint8))
+        at_model = self.fitted(mask, cv2.INTER_NEAREST)  # (the mask itself at scale 1: no copy)
+        if self.mode == "full":
+            return EvalSample(torch.from_numpy(np.ascontiguousarray(image)), self.target(at_model),
+                              self.original_labels(mask), None)
+        box = Letterbox(mask.shape[0], mask.shape[1], image.shape[0], image.shape[1])
+        image, at_model, valid = self.letterboxed(image, at_model)
+        return EvalSample(normalize(image, self.mean, self.std), self.target(at_model, valid),
+                          self.original_labels(mask), box)
 
-    def target(self, mask, valid):
-        """The label tensor of a mask: IGNORE where `valid` is 0 or the mask holds --ignore-index."""
+    def original_labels(self, mask):
+        """The labels of a mask at the image's own size, for counting only: int16 (int32 for 16-bit masks),
+        half the bytes of a float target to pass from a DataLoader worker; IGNORE at --ignore-index."""
+        labels = torch.from_numpy(mask.astype(np.int16 if mask.dtype == np.uint8 else np.int32))
+        return labels.masked_fill_(labels == self.ignore_index, IGNORE) if self.ignore_index is not None else labels
+
+    def target(self, mask, valid=None):
+        """The label tensor of a mask: IGNORE where `valid` is 0 (None: every pixel is valid) or the mask holds
+        --ignore-index."""
         labels = torch.from_numpy(np.ascontiguousarray(mask)).long()
-        ignored = torch.from_numpy(np.ascontiguousarray(valid)) == 0
+        ignored = torch.from_numpy(np.ascontiguousarray(valid)) == 0 if valid is not None else \
+            torch.zeros(labels.shape, dtype=torch.bool)
         if self.ignore_index is not None:
             ignored |= labels == self.ignore_index
         return self.as_target(labels.masked_fill(ignored, IGNORE))

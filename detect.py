@@ -50,15 +50,15 @@ from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
 from segtoolkit.output_files import check_output_folder
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.imaging import check_patch_size, is_stretched, unletterbox
+from segtoolkit.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres, collect
+from segtoolkit.imaging import check_patch_size
 from segtoolkit.frame_exports import FrameExports
 from segtoolkit.overlay import draw_overlay
 from segtoolkit.polygons import find_regions, largest_area
 from segtoolkit.pipeline import Finisher
-from segtoolkit.predict import check_model_flags, load_predictor, logits_to_mask
-from segtoolkit.probabilities import Prediction, logits_to_probabilities
-from segtoolkit.tiling import (MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, Tiler,
-                               check_tile_overlap)
+from segtoolkit.predict import check_model_flags, load_predictor
+from segtoolkit.probabilities import Prediction
+from segtoolkit.tiling import MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, check_tile_overlap
 from segtoolkit.uncertainty import UncertainFrames, check_ranking
 from segtoolkit.sources import resolve_sources
 
@@ -67,35 +67,19 @@ DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
 class Segmenter:
-    """One frame's Prediction: its mask of class indices and, with `probabilities` (--save-probs), the class
-    probabilities at the mask's size. Letterbox (the default for models trained on letterboxed images, and
-    stretched ones, whose frame.image the loader stretched): the model sees frame.image, and both are the
-    patch's (FrameOutputs and the writer unletterbox them). Tiled
-    (models trained with --crop, or --tile): the whole frame at full resolution (times the model's --scale) by
-    sliding window; the mask is the frame's own size, the probabilities the scaled frame's."""
+    """One frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.full_size): its mask
+    of class indices and, with `probabilities` (--save-probs), the class probabilities, both from the logits
+    upsampled to the frame (the mask is decided after upsampling, as val.py and train.py count it). Models
+    fitted into the patch see frame.image, which the loader letterboxed or stretched; crop-trained models (or
+    --tile) see the whole frame (times the model's --scale) by sliding window."""
 
-    def __init__(self, predictor, meta, conf_thres, size, tiled=False, overlap=0.25, batch=4,
-                 weighting="gaussian", probabilities=False, stop=None):
-        self.predictor, self.conf_thres, self.probabilities = predictor, conf_thres, probabilities
-        # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
-        self.tiler = Tiler(predictor, size, overlap, batch, weighting, meta["mean"], meta["std"], stop=stop,
-                           progress=True) if tiled else None
-        self.scale = meta.get("scale", 1.0) if tiled else 1.0
+    def __init__(self, full_size, probabilities=False):
+        self.full_size, self.probabilities = full_size, probabilities
 
     def __call__(self, frame):
-        if self.tiler is None:
-            logits = self.predictor(frame.image.unsqueeze(0))[0]
-            return Prediction(logits_to_mask(logits, self.conf_thres),
-                              logits_to_probabilities(logits) if self.probabilities else None)
-        height, width = frame.original.shape[:2]
-        image = frame.original if self.scale == 1 else cv2.resize(
-            frame.original, (max(1, round(width * self.scale)), max(1, round(height * self.scale))),
-            interpolation=cv2.INTER_AREA)
-        mask, probabilities = self.tiler.mask_and_probabilities(image, self.conf_thres) if self.probabilities \
-            else (self.tiler.mask(image, self.conf_thres), None)
-        if self.scale != 1:
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        return Prediction(mask, probabilities)
+        blocks = self.full_size.blocks(frame.original) if self.full_size.tiled else \
+            self.full_size.fitted_blocks(frame.image, frame.letterbox)
+        return Prediction(*collect(blocks, frame.original.shape[:2], self.full_size.conf_thres, self.probabilities))
 
 
 def infer(segmenter, frame):
@@ -131,7 +115,7 @@ class FrameOutputs:
 
     def __call__(self, frame, prediction, inference_ms):
         """Write and print one frame (a Prediction); returns the annotated RGB image."""
-        mask = prediction.mask if frame.letterbox is None else unletterbox(prediction.mask, frame.letterbox)
+        mask = prediction.mask
         regions = find_regions(mask)
         largest = largest_area(regions)  # holes subtracted, as polygons.jsonl's areas
         mean = self.means.add("images" if frame.is_image else frame.path, largest)
@@ -163,15 +147,14 @@ def check_flags(conf_thres, max_frames, patch_size, name, tile_overlap=0.25):
     """The flags, checked before anything is read or loaded."""
     check_run_name(name)
     check_tile_overlap(tile_overlap)
-    if not 0 <= conf_thres <= 1:
-        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
+    check_conf_thres(conf_thres)
     if max_frames is not None and max_frames < 1:
         raise UserError(f"--max-frames {max_frames} must be at least 1")
     if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
         check_patch_size(patch_size)
 
 
-def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=0.5, max_frames=None,
+def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=None, max_frames=None,
         view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
         name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
         tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False, save_coco=False, coco_rle=False,
@@ -192,13 +175,14 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
         check_display()
     meta, predictor = load_predictor(model, device, half)
     check_model_flags(meta, classes, encoder, model)
-    size = meta["patch_size"] if patch_size is None else patch_size
     tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
     stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
                        "finishing this frame, then closing outputs")
-    segmenter = Segmenter(predictor, meta, conf_thres, size, tiled, tile_overlap, tile_batch, tile_weighting,
-                          probabilities=save_probs or save_coco or rank_uncertain is not None,  # scores need them
-                          stop=stop.event)
+    # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
+    full_size = FullSizePredictor.from_meta(predictor, meta, tile=tile, patch_size=patch_size, overlap=tile_overlap,
+                                            tile_batch=tile_batch, weighting=tile_weighting, conf_thres=conf_thres,
+                                            stop=stop.event, progress=True)
+    segmenter = Segmenter(full_size, probabilities=save_probs or save_coco or rank_uncertain is not None)  # scores
     exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs,
                            coco=CocoWriter(meta["class_names"], coco_rle) if save_coco else None,
                            ranking=UncertainFrames(rank_uncertain, rank_gap, output_colours(meta) if meta["classes"] > 1
@@ -206,9 +190,9 @@ def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thre
     writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
                                    not nosave, files, exports)
     with stop:
-        frames = iterate_frames(files, streams, None if tiled else size, meta["mean"], meta["std"], stream_timeout,
-                                rtsp_transport, stop.event, prefetch=0 if view_img else 2, stretch=is_stretched(meta),
-                                bit_depth=meta.get("bit_depth"))
+        frames = iterate_frames(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
+                                meta["std"], stream_timeout, rtsp_transport, stop.event, prefetch=0 if view_img else 2,
+                                stretch=full_size.resize == "stretch", bit_depth=meta.get("bit_depth"))
         started = time.perf_counter()
         count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
                                                     Viewer() if view_img else None, stop)
@@ -304,8 +288,7 @@ def parse_args(argv=None):
                             "or linear")
     model.add_argument("--tile-batch", type=int, default=4,
                        help="tiles per forward pass: memory is bounded by it, not by the frame")
-    model.add_argument("--conf-thres", type=float, default=0.5,
-                       help="probability above which a pixel is foreground (several classes: below it, class 0)")
+    model.add_argument("--conf-thres", type=float, default=None, help=CONF_THRES_HELP)
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "

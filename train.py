@@ -37,14 +37,14 @@ from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure, UserError
 from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
 from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
-from segtoolkit.evaluation import evaluate, evaluate_tiled
+from segtoolkit.evaluation import evaluate, run_batch
+from segtoolkit.full_size import FullSizePredictor
 from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
-from segtoolkit.loading import ShardSampler, guarded_batches, make_loaders, worker_crash_as_error
+from segtoolkit.loading import guarded_batches, make_loaders, worker_crash_as_error
 from segtoolkit.masks import IGNORE, class_pixel_counts, label_warnings
 from segtoolkit.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
-from segtoolkit.run_logging import (NullLogger, RunLogger, log_preview, metrics_json, preview_grid,
-                                   preview_grid_tiled, resolve_wandb_mode)
+from segtoolkit.run_logging import NullLogger, RunLogger, log_preview, metrics_json, preview_grid, resolve_wandb_mode
 from segtoolkit.training import check_batch_size, new_run_dir, resolve_precision, set_train_mode
 
 MAX_BAD_STEPS = 20
@@ -64,12 +64,16 @@ class UnetTraining:
         self.run_dir, self.device, self.process = Path(run_dir), device, process
         self.logger = logger or NullLogger()
         self.train_set, self.val_set, self.test_set, self.num_preview = train_set, val_set, test_set, num_preview
+        for split, dataset in (("val", val_set), ("test", test_set)):
+            if dataset is not None and not getattr(dataset, "evaluation", False):  # a programming error
+                raise ValueError(f"the {split} set must be an evaluation dataset (make_dataset(..., evaluation=True)):"
+                                 f" its images are scored at their own size")
         self.model = distributed.wrap(model.to(device), device, config.sync_bn)
         check_batch_size(len(train_set), config.batch_size, process.world_size)
-        self.train_loader, self.val_loader, self.test_loader = make_loaders(  # --crop evaluates images whole
-            train_set, None if config.crop else val_set, None if config.crop else test_set,
-            batch_size=config.batch_size, workers=config.workers, seed=config.seed, process=process,
-            pin_memory=config.pin_memory and device.type == "cuda", repeats=config.crops_per_image or 1)
+        self.train_loader, self.val_loader, self.test_loader = make_loaders(  # --crop: whole images, one at a time
+            train_set, val_set, test_set, batch_size=config.batch_size, workers=config.workers, seed=config.seed,
+            process=process, pin_memory=config.pin_memory and device.type == "cuda",
+            repeats=config.crops_per_image or 1, eval_batch_size=1 if config.crop else None)
         self.train_sampler = self.train_loader.sampler
         self.steps_per_epoch = len(self.train_loader)  # what each process really steps (drop_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
@@ -239,18 +243,22 @@ class UnetTraining:
         """Metrics over the whole 'val' or 'test' split with the unwrapped model and rank 0's BatchNorm
         statistics: DistributedDataParallel's forward syncs buffers with every process, and a process whose
         shard is empty (a split smaller than the number of processes) would never join, leaving the others
-        waiting. Crop-trained models are evaluated on whole images at full resolution, by sliding window."""
+        waiting. Dice and IoU count each image at its own size, as detect.py's masks (segtoolkit.evaluation);
+        crop-trained models see whole images at full resolution, by sliding window."""
         model = distributed.unwrap(self.model).eval()
         distributed.broadcast_buffers(model)
-        common = dict(classes=self.config.classes, criterion=self.criterion, device=self.device,
-                      class_names=self.class_names, autocast=self.autocast, prefix=prefix)
-        if self.config.crop:
-            dataset = self.val_set if prefix == "val" else self.test_set
-            return evaluate_tiled(model, dataset, ShardSampler(dataset, self.process), tile=self.config.patch_size,
-                                  overlap=self.config.tile_overlap, tile_batch=self.config.tile_batch, **common)
         loader = self.val_loader if prefix == "val" else self.test_loader
         batches = guarded_batches(loader, prefix, lambda: self.resume_hint(prefix))
-        return evaluate(model, batches, ignore_index=self.config.ignore_index, **common)
+        return evaluate(self.full_size(model), batches, classes=self.config.classes, criterion=self.criterion,
+                        device=self.device, ignore_index=self.config.ignore_index, class_names=self.class_names,
+                        prefix=prefix)
+
+    def full_size(self, model):
+        """The model seeing images as detect.py will, from the run's meta: fitted into the patch, or by sliding
+        window with the run's --tile-overlap and --tile-batch."""
+        return FullSizePredictor.from_meta(lambda batch: run_batch(model, batch, self.device, self.autocast),
+                                           self.meta, overlap=self.config.tile_overlap,
+                                           tile_batch=self.config.tile_batch)
 
     def test(self):
         """Evaluate the best checkpoint (or the last weights) on the test split; None when it is empty."""
@@ -272,12 +280,10 @@ class UnetTraining:
         """Image | ground truth | prediction for the first validation images, to a PNG and wandb."""
         count = min(self.num_preview, len(self.val_set))
         if count:
-            options = dict(count=count, meta=self.meta, device=self.device, autocast=self.autocast)
-            if self.config.crop:
-                options.update(overlap=self.config.tile_overlap, tile_batch=self.config.tile_batch)
-            draw = preview_grid_tiled if self.config.crop else preview_grid
+            full_size = self.full_size(distributed.unwrap(self.model))
             log_preview(self.run_dir / "val_predictions.png", self.logger,
-                        lambda: draw(distributed.unwrap(self.model), self.val_set, **options), self.global_step, count)
+                        lambda: preview_grid(full_size, self.val_set, count=count, meta=self.meta),
+                        self.global_step, count)
 
     def save(self, kind):
         """Write checkpoint.pth.tar (kind 'last': what a resume continues) or best-checkpoint.pth.tar
@@ -432,8 +438,8 @@ def load_datasets(config, meta, data, transform, process):
     evaluated = "full" if config.crop else config.resize  # crop-trained models are evaluated on whole images
     train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else config.resize,
                              **options)
-    val_set = make_dataset(data["val"], mode=evaluated, **options)
-    test_set = make_dataset(data["test"], mode=evaluated, **options) if data["test"] else None
+    val_set = make_dataset(data["val"], mode=evaluated, evaluation=True, **options)
+    test_set = make_dataset(data["test"], mode=evaluated, evaluation=True, **options) if data["test"] else None
     check_batch_size(len(train_set), config.batch_size, process.world_size)
     if process.is_main:
         for split, dataset in (("training", train_set), ("validation", val_set)):

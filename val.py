@@ -26,11 +26,13 @@ val/... for --data; per-class Dice, IoU and pixels; the confusion matrix; model,
 a class predicted but absent from the ground truth, null for a class in neither, left out of the mean),
 confusion_matrix.png (row-normalized), per_image.csv (one row
 per image, worst Dice first) and, with --save-masks, masks/<name>.png at each image's size as detect.py
-writes them (0/255 for one class, class indices for several): the labels the metrics count, which for
-several classes is the plain argmax (detect.py --conf-thres 0), stored as palette PNGs in the classes'
-colours. Pixels are counted at the patch size, as train.py counts them. Colour masks are read with the
-colours the model was trained with (--mask-colors FILE reads them with others); palette PNGs as their
-indices.
+writes them (0/255 for one class, class indices for several, stored as palette PNGs in the classes'
+colours): the labels the metrics count, detect.py's with the same --conf-thres (default: 0.5 for one class,
+the plain argmax for several). Pixels are counted at each image's own size, as train.py counts them: the
+model's logits upsampled bilinearly to the image (the letterbox padding cut away first), then thresholded
+or argmaxed, against the original mask (segtoolkit.evaluation); the loss is computed where the model works
+(the patch, or the image at a crop-trained model's --scale). Colour masks are read with the colours the
+model was trained with (--mask-colors FILE reads them with others); palette PNGs as their indices.
 Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
@@ -51,16 +53,15 @@ from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConf
     stored_config
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.evaluation import TiledModel, accumulate
-from segtoolkit.imaging import is_stretched
+from segtoolkit.evaluation import accumulate, collate
+from segtoolkit.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres
 from segtoolkit.loading import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
 from segtoolkit.losses import default_loss, make_loss, parse_class_weights
 from segtoolkit.masks import class_pixel_counts, label_warnings
-from segtoolkit.metrics import ConfusionStats, predicted_labels
+from segtoolkit.metrics import ConfusionStats
 from segtoolkit.predict import TorchPredictor, load_predictor
 from segtoolkit.run_logging import metrics_json
 from segtoolkit.splits import folder_pairs, pair_masks, read_split_file, search_files
-from segtoolkit.tiling import Tiler
 from segtoolkit.val_outputs import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
                                     plot_confusion_matrix, write_text)
 
@@ -95,11 +96,10 @@ class Settings:
     mask_colors: MaskColors | None = None  # colour masks read as classes (the model's --mask-colors)
     colours: tuple = ()  # RGB per class of the saved masks
     tiled: bool = False  # whole images by sliding window (models trained with --crop, or --tile)
-    resize: str = "letterbox"  # otherwise: how images fit the patch, as the model was trained ("stretch")
-    scale: float = 1.0
     tile_overlap: float = 0.25
     tile_batch: int = 4
     bit_depth: int | None = None  # how 16-bit images are scaled, as the model's training data (its meta)
+    conf_thres: float | None = None  # None: 0.5 for one class, the plain argmax for several
 
 
 # ---------------------------------------------------------------- the model and its run
@@ -116,7 +116,7 @@ def open_model(model, device, half=False):
 
 
 def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None,
-                  tile=False, tile_overlap=None, tile_batch=None, mask_colors=None):
+                  tile=False, tile_overlap=None, tile_batch=None, mask_colors=None, conf_thres=None):
     """The Settings: the model's description, the run's configuration (train.py's defaults for an exported
     model, which stores none), then the flags given."""
     config = (stored_config(checkpoint) if checkpoint else None) or RunConfig()
@@ -136,11 +136,9 @@ def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=
                         ignore_index=config.ignore_index if ignore_index is None else ignore_index,
                         loss=loss or config.loss or default_loss(classes), class_weights=weights,
                         batch_size=1 if tiled else batch_size or config.batch_size, tiled=tiled,
-                        resize="stretch" if is_stretched(meta) else "letterbox",
-                        scale=meta.get("scale", 1.0) if tiled else 1.0,
                         tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
                         tile_batch=tile_batch or config.tile_batch, mask_colors=colours,
-                        colours=tuple(output_colours(meta)), bit_depth=meta.get("bit_depth"))
+                        colours=tuple(output_colours(meta)), bit_depth=meta.get("bit_depth"), conf_thres=conf_thres)
     if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
         raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
@@ -277,9 +275,10 @@ def checkpoint_split(checkpoint, model, split):
 # ---------------------------------------------------------------- the run
 
 
-def check_flags(batch_size, workers, name):
+def check_flags(batch_size, workers, name, conf_thres=None):
     """The flags, checked before anything is read or loaded."""
     check_run_name(name)
+    check_conf_thres(conf_thres)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be at least 1")
     if workers < 0:
@@ -289,11 +288,11 @@ def check_flags(batch_size, workers, name):
 def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
         search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
         workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
-        tile_overlap=None, tile_batch=None, mask_colors=None, half=False, coco=None):
+        tile_overlap=None, tile_batch=None, mask_colors=None, half=False, coco=None, conf_thres=None):
     """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
     fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
     stopped), interrupted."""
-    check_flags(batch_size, workers, name)
+    check_flags(batch_size, workers, name, conf_thres)
     device = resolve_device(device)
     folder = RunFolder(save_dir, project, name)
     meta, predictor, checkpoint = open_model(model, device, half)
@@ -303,10 +302,12 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     ignore_index = DEFAULT_IGNORE_LABEL if coco and ignore_index is None else ignore_index  # crowd regions
     settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
                              class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
-                             mask_colors=mask_colors)
+                             mask_colors=mask_colors, conf_thres=conf_thres)
+    full_size = FullSizePredictor.from_meta(predictor, meta, tile=settings.tiled, overlap=settings.tile_overlap,
+                                            tile_batch=settings.tile_batch, conf_thres=settings.conf_thres)
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
-                           mean=settings.mean, std=settings.std, threads=max(2, workers),
-                           mode="full" if settings.tiled else settings.resize, scale=settings.scale,
+                           mean=settings.mean, std=settings.std, threads=max(2, workers), evaluation=True,
+                           mode="full" if full_size.tiled else full_size.resize, scale=full_size.scale,
                            mask_colors=settings.mask_colors, bit_depth=settings.bit_depth)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):
@@ -316,7 +317,7 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     print(f"evaluating {model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}",
           flush=True)
     with StopRequest("stopping after this batch; no results are written") as stop:
-        stats, per_image = score(predictor, dataset, settings, folder, save_masks, workers, stop)
+        stats, per_image = score(full_size, dataset, settings, folder, save_masks, workers, stop)
     if stop.is_set():
         print("stopped: no results written" + (f" (the masks so far are in {folder.created})" if folder.created
                                                else ""), flush=True)
@@ -332,30 +333,26 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
     return {"metrics": metrics, "save_dir": folder.path, "interrupted": False}
 
 
-def score(predictor, dataset, settings, folder, save_masks, workers, stop):
+def score(full_size, dataset, settings, folder, save_masks, workers, stop):
     """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.accumulate):
-    (ConfusionStats, PerImageScores); masks written as each batch comes with --save-masks."""
-    loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers,
+    (ConfusionStats, PerImageScores); each mask written as its image is scored with --save-masks."""
+    loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                         worker_init_fn=ignore_sigint_in_worker if workers else None)
     criterion = make_loss(settings.loss, settings.classes, settings.class_weights)
-    if settings.tiled:  # crop-trained models: whole images at full resolution, one at a time
-        predictor = TiledModel(Tiler(predictor, settings.patch_size, settings.tile_overlap, settings.tile_batch,
-                                     mean=settings.mean, std=settings.std))
-    per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names, settings.ignore_index)
-    masks = MaskWriter(folder, dataset, settings.classes, settings.colours) if save_masks else None
+    per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names)
+    masks = MaskWriter(folder, dataset.pairs, settings.classes, settings.colours) if save_masks else None
 
-    def on_batch(logits, targets):
-        predicted = predicted_labels(logits, settings.classes)
-        per_image.add(predicted, targets)
+    def on_image(mask, matrix):
+        per_image.add(matrix)
         if masks is not None:
-            masks.add(predicted)
+            masks.add(mask)
 
     hint = "no results were written"
     bar = tqdm(total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
     batches = until_stopped(guarded_batches(loader, "evaluation", lambda: hint, bar), stop)
     with worker_crash_as_error(lambda: hint):
-        stats = accumulate(predictor, batches, ConfusionStats(settings.classes, settings.ignore_index),
-                           criterion=criterion, on_batch=on_batch)
+        stats = accumulate(full_size, batches, ConfusionStats(settings.classes, settings.ignore_index),
+                           criterion=criterion, on_image=on_image)
     bar.close()
     return stats, per_image
 
@@ -375,7 +372,8 @@ def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, se
                "confusion_matrix": matrix.long().tolist(),  # rows: ground truth, columns: prediction
                "settings": {"patch_size": settings.patch_size, "classes": settings.classes,
                             "ignore_index": settings.ignore_index, "loss": settings.loss,
-                            "class_weights": settings.class_weights, "batch_size": settings.batch_size}}
+                            "class_weights": settings.class_weights, "batch_size": settings.batch_size,
+                            "conf_thres": settings.conf_thres}}
     write_text(folder.path / RESULTS_FILE, metrics_json(results) + "\n")
     title = f"{Path(model).name} on {chosen.description}, {len(per_image.rows)} images"
     plot_confusion_matrix(matrix, settings.class_names, folder.path / "confusion_matrix.png", title)
@@ -421,6 +419,8 @@ def parse_args(argv=None):
                               "trained with --crop)")
     metrics.add_argument("--tile-overlap", type=float, default=None, help="overlap of the tiles (default: the run's)")
     metrics.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the run's)")
+    metrics.add_argument("--conf-thres", type=float, default=None, help=f"as detect.py's, for the metrics and the "
+                         f"masks: {CONF_THRES_HELP}")
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--device", default="auto",
                          help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "
@@ -451,7 +451,7 @@ def val_from_args(args):
                   class_weights=args.class_weights, device=args.device, workers=args.workers,
                   save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
                   tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
-                  mask_colors=args.mask_colors, half=args.half, coco=args.coco)
+                  mask_colors=args.mask_colors, half=args.half, coco=args.coco, conf_thres=args.conf_thres)
     return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
 
 

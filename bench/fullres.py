@@ -20,18 +20,20 @@ import torch
 def tile_overhead(work, rounds, workers, encoder="resnet18", tile=256, size=(768, 1024), batch=4):
     from bench.run import Result, alternate
     from segtoolkit.models import build_model
+    from segtoolkit.full_size import FullSizePredictor
     from segtoolkit.predict import TorchPredictor
-    from segtoolkit.tiling import Tiler, tile_starts
+    from segtoolkit.tiling import tile_starts
     torch.manual_seed(0)
     predictor = TorchPredictor(build_model("Unet", encoder, 2), torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
-    tiler = Tiler(predictor, tile, 0.25, batch)
-    count = len(tile_starts(size[0], tile, tiler.stride)) * len(tile_starts(size[1], tile, tiler.stride))
+    full_size = FullSizePredictor(predictor, tile, resize="tile", overlap=0.25, tile_batch=batch)
+    stride = full_size.tiler.stride
+    count = len(tile_starts(size[0], tile, stride)) * len(tile_starts(size[1], tile, stride))
     inputs = torch.randn(batch, 3, tile, tile)
 
     def tiled():
         started = time.perf_counter()
-        tiler.mask(image)
+        full_size.mask(image)
         return 1 / (time.perf_counter() - started)
 
     def tiles():

@@ -31,13 +31,14 @@ The sides:
              BCE with logits for one class, cross-entropy with the ignore index for several; the last
              weights are scored.
 
-Scoring (`evaluate_at_original_size`): each model predicts every validation image at the input size it was
-trained at (train.py's model through segtoolkit.imaging.preprocess_image with its checkpoint's patch size
-and normalization, then unletterbox; the reference's through the same resize it trained on), the label map
-is brought back to the image's own size with nearest neighbour, and one confusion matrix over all
-validation pixels, void excluded, gives each class's Dice. A class absent from the validation masks scores
-0 when predicted (MMSegmentation's rule, as train.py's metrics), and has no Dice (nan) and is left out of the
-macro mean when not. Times are wall-clock seconds: train.py's include its
+Scoring (`evaluate_at_original_size`): each model predicts every validation image at its original size as
+val.py and train.py's evaluation do (segtoolkit.full_size): train.py's model through its checkpoint's
+FullSizePredictor, the reference's through the same resize it trained on; the logits are upsampled
+bilinearly to the image (the letterbox padding cut away first), then thresholded or argmaxed, and one
+confusion matrix over all validation pixels, void excluded (segtoolkit.metrics), gives each class's Dice
+by train.py's rule (segtoolkit.metrics.scores): a class absent from the validation masks scores 0 when
+predicted (MMSegmentation's rule), and has no Dice (nan) and is left out of the macro mean when not. Times
+are wall-clock seconds: train.py's include its
 start-up, its per-epoch validation and checkpoint writing, which the reference loop does not do.
 
 Usage:
@@ -70,12 +71,12 @@ import torch
 from bench.machine import cpu_name
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.imaging import is_stretched, preprocess_image, read_image, unletterbox
+from segtoolkit.full_size import FullSizePredictor, collect, restore
+from segtoolkit.imaging import Letterbox, read_image
 from segtoolkit.masks import binary_mask, class_mask, read_mask
-from segtoolkit.metrics import scores
+from segtoolkit.metrics import confusion_matrix, scores
 from segtoolkit.models import model_from_checkpoint
 from segtoolkit.predict import TorchPredictor
-from segtoolkit.tiling import Tiler
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
@@ -155,17 +156,10 @@ def read_pair(setting, path):
 # ---------------------------------------------------------------- scoring, the same for both sides
 
 
-def logits_to_labels(logits):
-    """CxHxW logits -> HxW uint8 labels: sigmoid > 0.5 for one class, argmax for several."""
-    if logits.shape[0] == 1:
-        return (logits[0] > 0).to(torch.uint8).numpy()
-    return logits.argmax(0).to(torch.uint8).numpy()
-
-
 def dice_per_class(confusion):
     """Dice of each class from a confusion matrix (rows truth, columns prediction), by train.py's own rule
     (segtoolkit.metrics.scores): 0 for a class predicted but never in the truth, nan for one in neither."""
-    return scores(torch.as_tensor(confusion, dtype=torch.float64))[0].tolist()
+    return [float(dice) for dice in scores(torch.as_tensor(np.asarray(confusion), dtype=torch.float64))[0]]
 
 
 @torch.inference_mode()
@@ -178,9 +172,8 @@ def evaluate_at_original_size(predict, setting):
         image, truth = read_pair(setting, path)
         predicted = predict(image)
         assert predicted.shape == truth.shape, f"prediction {predicted.shape} for {path} of size {truth.shape}"
-        valid = truth != setting.ignore_index if setting.ignore_index is not None else np.ones(truth.shape, bool)
-        pairs = truth[valid].astype(np.int64) * labels + predicted[valid]
-        confusion += np.bincount(pairs, minlength=labels * labels).reshape(labels, labels)
+        confusion += confusion_matrix(torch.from_numpy(predicted).long(), torch.from_numpy(truth), labels,
+                                      setting.ignore_index).numpy()
     return dice_per_class(confusion)
 
 
@@ -190,38 +183,23 @@ def headline(setting, dice):
 
 
 def reference_predictor(model, patch):
-    """Predict as the reference loop trained: resize to patch x patch, [0, 1]; labels resized back (nearest)."""
+    """Predict as the reference loop trained: resize to patch x patch, [0, 1]; logits back to the image's size
+    as every side's are (segtoolkit.full_size: bilinear, then the argmax or threshold)."""
     model.eval()
 
     def predict(image):
         x = torch.from_numpy(cv2.resize(image, (patch, patch))).permute(2, 0, 1).float().div(255)
-        labels = logits_to_labels(model(x[None])[0])
-        return cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        box = Letterbox(image.shape[0], image.shape[1], patch, patch)  # stretched: nothing to cut
+        return collect(restore(model(x[None])[0], box), image.shape[:2])[0]
     return predict
 
 
 def checkpoint_predictor(path):
-    """Predict as train.py and detect.py do: the checkpoint's model, letterboxed (or stretched, as its meta says)
-    with its meta, unletterboxed;
-    a crop-trained model (meta input_mode 'tile') by sliding window over the image (times its scale) instead,
-    with detect.py's default overlap and weighting."""
+    """Predict as val.py and detect.py do: the checkpoint's FullSizePredictor (fitted as its meta says, or by
+    sliding window for a crop-trained model, with detect.py's default overlap and weighting)."""
     checkpoint = load_checkpoint(path)
-    model, meta = model_from_checkpoint(checkpoint, path).eval(), checkpoint["meta"]
-    if meta.get("input_mode") == "tile":
-        tiler = Tiler(TorchPredictor(model, torch.device("cpu")), meta["patch_size"], mean=meta["mean"],
-                      std=meta["std"])
-
-        def tiled(image):
-            scale = meta.get("scale", 1.0)
-            scaled = image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            labels = logits_to_labels(torch.as_tensor(tiler.logits(scaled)))
-            return cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        return tiled
-
-    def predict(image):
-        tensor, box = preprocess_image(image, meta["patch_size"], meta["mean"], meta["std"], stretch=is_stretched(meta))
-        return unletterbox(logits_to_labels(model(tensor[None])[0]), box)
-    return predict
+    model = model_from_checkpoint(checkpoint, path).eval()
+    return FullSizePredictor.from_meta(TorchPredictor(model, torch.device("cpu")), checkpoint["meta"]).mask
 
 
 # ---------------------------------------------------------------- the two sides

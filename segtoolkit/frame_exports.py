@@ -23,7 +23,7 @@ import json
 from segtoolkit.coco import COCO_FILE, frame_file_name
 from segtoolkit.output_files import ends_with_newline, write_failure, write_new_file, write_picture
 from segtoolkit.polygons import polygon_records
-from segtoolkit.probabilities import at_original_size, encode_png, probability_suffix, write_npz
+from segtoolkit.probabilities import encode_png, probability_suffix, write_npz
 
 POLYGONS_FILE = "polygons.jsonl"
 
@@ -64,8 +64,7 @@ class FrameExports:
         """The frame's probabilities file and JSON line; returns {'probs_file': name} (or {})."""
         files, start = {}, None
         if self.save_probs:
-            files["probs_file"] = self.write_probabilities(save_dir, self.probs_name(stem, frame), frame,
-                                                           probabilities)
+            files["probs_file"] = self.write_probabilities(save_dir, self.probs_name(stem, frame), probabilities)
         try:
             if self.save_json:
                 start = self.write_polygons(frame, mask)
@@ -74,21 +73,20 @@ class FrameExports:
             raise write_failure(self.json_path, error.strerror or error) from None
         self.written = (save_dir, files.get("probs_file"), start)
         if self.coco is not None or self.ranking is not None:
-            full = at_original_size(probabilities, mask.shape[:2], frame.letterbox)
+            # the probabilities are at the frame's own size already, as the mask (segtoolkit.full_size)
             if self.coco is not None:
-                self.coco.add(frame_file_name(frame), mask, full)
+                self.coco.add(frame_file_name(frame), mask, probabilities)
             if self.ranking is not None:
-                self.ranking.add(frame, mask, full)
+                self.ranking.add(frame, mask, probabilities)
         return files
 
-    def write_probabilities(self, save_dir, name, frame, probabilities):
-        """probs/<name>: the map at the frame's size, 16-bit PNG for one class, .npz for several."""
-        full = at_original_size(probabilities, frame.original.shape[:2], frame.letterbox)
+    def write_probabilities(self, save_dir, name, probabilities):
+        """probs/<name>: the map (float16 at the frame's size), 16-bit PNG for one class, .npz for several."""
         (save_dir / "probs").mkdir(exist_ok=True)
         if self.suffix == ".png":
-            write_picture(save_dir / name, encode_png(full))
+            write_picture(save_dir / name, encode_png(probabilities))
         else:
-            write_new_file(save_dir / name, lambda handle: write_npz(handle, full, self.class_names))
+            write_new_file(save_dir / name, lambda handle: write_npz(handle, probabilities, self.class_names))
         return name
 
     def write_polygons(self, frame, mask):

@@ -4,15 +4,16 @@
 RGBA, 8 or 16 bit (16-bit files scaled by the bit depth of the model's data, `dataset_bit_depth`, stored in
 its checkpoint; by each image's own without one). `preprocess_image` letterboxes into the square patch (or,
 with stretch=True, resizes the whole image to it, ignoring the aspect ratio) and normalizes; `unletterbox`
-takes a predicted mask back to the image's size, either way. A file that cannot be read is a UserError
-naming it.
+takes a label map fitted into the patch back to the image's size, either way (a model's predictions come
+back as logits instead, upsampled before any decision: segtoolkit.full_size). A file that cannot be read
+is a UserError naming it.
 
 Usage:
     from segtoolkit.imaging import read_image, preprocess_image, unletterbox
     tensor, box = preprocess_image(read_image("a.jpg"), patch_size=256)   # float32 3x256x256, Letterbox
     image = read_image("frame.tif", bit_depth=meta["bit_depth"])          # 16-bit files as the model's data
     tensor, box = preprocess_image(image, 256, stretch=is_stretched(meta))  # as a model's meta says
-    mask = unletterbox(predicted_patch_mask, box)                          # back to the image's size
+    labels = unletterbox(patch_labels, box)                                # back to the image's size
 """
 
 import sys
@@ -272,7 +273,8 @@ def letterbox(image, size, interpolation=cv2.INTER_AREA, stretch=False):
 
 
 def unletterbox(mask, box):
-    """Undo `letterbox` on a predicted mask: crop the padding, resize (nearest) to the original size."""
+    """Undo `letterbox` on a label map: crop the padding, resize (nearest) to the original size. Predictions
+    are not made so (segtoolkit.full_size upsamples their logits, then decides)."""
     mask = mask[:box.scaled_height, :box.scaled_width]
     return cv2.resize(mask, (box.width, box.height), interpolation=cv2.INTER_NEAREST)
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from segtoolkit.errors import RunFailure
+from segtoolkit.evaluation import collate
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -56,10 +57,11 @@ def sample_seed(seed, epoch, index):
     return hash((seed, epoch, index)) % 2 ** 32
 
 
-def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory, repeats=1):
+def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, process, pin_memory, repeats=1,
+                 eval_batch_size=None):
     """(train, val, test) DataLoaders: training shuffled per epoch (every sample `repeats` times) and resumable
-    mid-epoch, incomplete batches dropped; evaluation sharded exactly over the processes (None for an empty
-    split)."""
+    mid-epoch, incomplete batches dropped; evaluation (datasets of EvalSamples, `eval_batch_size` of them a
+    batch, batch_size by default) sharded exactly over the processes (None for an empty split)."""
     options = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                    worker_init_fn=ignore_sigint_in_worker if workers > 0 else None)
     sampler = ResumableSampler(train_set, True, seed, process, batch_size, repeats)
@@ -68,8 +70,8 @@ def make_loaders(train_set, val_set, test_set, *, batch_size, workers, seed, pro
     def evaluation(dataset, persistent):
         if dataset is None or len(dataset) == 0:
             return None
-        return DataLoader(dataset, batch_size, sampler=ShardSampler(dataset, process),
-                          **dict(options, persistent_workers=persistent and workers > 0))
+        return DataLoader(dataset, eval_batch_size or batch_size, sampler=ShardSampler(dataset, process),
+                          collate_fn=collate, **dict(options, persistent_workers=persistent and workers > 0))
 
     return train, evaluation(val_set, True), evaluation(test_set, False)
 

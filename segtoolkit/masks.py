@@ -143,4 +143,5 @@ def label_warnings(counts, classes, ignore_index=None, class_names=None, split="
     effect = f"the model cannot learn {'it' if one else 'them'}" if training else \
         f"{'its' if one else 'their'} Dice stays empty, left out of the mean"
     return [f"{'class' if one else 'classes'} {', '.join(absent)} never {'appears' if one else 'appear'} in the "
-            f"{split} masks (as read at the patch size): {effect}; check the masks and --classes {classes}"]
+            f"{split} masks (as read{' at the patch size' if training else ''}): {effect}; check the masks and "
+            f"--classes {classes}"]

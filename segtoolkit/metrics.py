@@ -9,6 +9,7 @@ import math
 import torch
 
 from segtoolkit import distributed
+from segtoolkit.full_size import to_labels
 from segtoolkit.masks import IGNORE
 
 
@@ -48,12 +49,20 @@ class ConfusionStats:
         self.loss = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x images, images
 
     def update(self, logits, masks, loss=None):
-        """Count a batch: logits NxCxHxW, masks Nx1xHxW (binary) or NxHxW (classes), IGNORE left out."""
-        predicted = predicted_labels(logits, self.classes)
-        self.matrix += confusion_matrix(predicted, masks, self.size, self.ignore_index).to(self.matrix)
+        """Count a batch where its logits and masks are (training's, at the patch): logits NxCxHxW, masks
+        Nx1xHxW (binary) or NxHxW (classes), IGNORE left out; labels by segtoolkit.full_size.to_labels."""
+        self.add(confusion_matrix(to_labels(logits), masks, self.size, self.ignore_index))
         if loss is not None:
-            self.loss += torch.stack([loss.detach().double() * len(masks),
-                                      torch.tensor(len(masks), device=loss.device, dtype=torch.float64)])
+            self.add_loss(loss, len(masks))
+
+    def add(self, matrix):
+        """Add confusion counts (one image's at its own size: segtoolkit.evaluation)."""
+        self.matrix += matrix.to(self.matrix)
+
+    def add_loss(self, loss, images):
+        """Add a batch's mean loss, weighted by its number of images."""
+        self.loss += torch.stack([loss.detach().double() * images,
+                                  torch.tensor(images, device=loss.device, dtype=torch.float64)]).to(self.loss)
 
     def reduced(self):
         """(confusion matrix, loss sums) summed over all processes, on the CPU."""
@@ -83,13 +92,6 @@ class ConfusionStats:
         return metrics
 
 
-def predicted_labels(logits, classes):
-    """The class each pixel counts as, NxCxHxW logits -> NxHxW int64: logit > 0 for one class (foreground
-    1), the argmax for several. val.py writes exactly these as its masks."""
-    logits = logits.detach().float()
-    return (logits[:, 0] > 0).long() if classes == 1 else logits.argmax(1)
-
-
 def confusion_matrix(predicted, masks, size, ignore_index=None):
     """size x size pixel counts (rows: ground truth, columns: prediction) of one image or a batch; targets
     equal to IGNORE or to a raw `ignore_index` are left out."""
@@ -97,8 +99,9 @@ def confusion_matrix(predicted, masks, size, ignore_index=None):
     counted = target != IGNORE
     if ignore_index is not None:
         counted &= target != ignore_index
-    pairs = target[counted] * size + predicted[counted]
-    return torch.bincount(pairs, minlength=size ** 2).reshape(size, size)
+    # pixels left out go to one extra bin, dropped: 10x faster than selecting the counted ones (1024x768: 3 ms)
+    pairs = torch.where(counted, target * size + predicted, size ** 2)
+    return torch.bincount(pairs.reshape(-1), minlength=size ** 2 + 1)[:size ** 2].reshape(size, size)
 
 
 def scores(matrix):

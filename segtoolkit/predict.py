@@ -6,7 +6,7 @@ Usage:
     meta, predictor = load_predictor("checkpoints/exp/best-checkpoint.pth.tar", torch.device("cpu"))
     meta, predictor = load_predictor("checkpoints/exp/best-checkpoint.xml", torch.device("cpu"), half=True)
     logits = predictor(batch)                       # float32 NCHW in, float32 logits NCHW out, on the CPU
-    mask = logits_to_mask(logits[0], conf_thres=0.5)
+    mask = FullSizePredictor.from_meta(predictor, meta).mask(rgb)   # segtoolkit.full_size: at the image's size
 
 --half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX); on any other CPU one
 warning line and float32, because bfloat16 emulated there is slower than float32 (README: Performance, per CPU).
@@ -133,17 +133,3 @@ def check_model_flags(meta, classes, encoder, model_path):
     if encoder is not None and encoder != meta["encoder"]:
         raise UserError(f"--encoder {encoder} conflicts with {model_path}, which uses encoder "
                         f"{meta['encoder']}; drop --encoder (it is read from the checkpoint)")
-
-
-def logits_to_mask(logits, conf_thres):
-    """CxHxW logits -> HxW uint8 class indices.
-
-    One class: sigmoid > conf_thres gives 1. Several: argmax, and pixels whose top probability is below
-    conf_thres fall back to class 0 (background).
-    """
-    if logits.shape[0] == 1:
-        return (torch.sigmoid(logits[0]) > conf_thres).to(torch.uint8).numpy()
-    probabilities = torch.softmax(logits, dim=0)
-    top, labels = probabilities.max(dim=0)
-    labels[top < conf_thres] = 0
-    return labels.to(torch.uint8).numpy()

@@ -2,9 +2,8 @@
 post-process themselves (detect.py --save-probs).
 
 A model's logits become probabilities by a sigmoid (one class: the foreground's) or a softmax over the
-classes (several). They are resized like the image was, bilinearly: a letterboxed patch is cropped to the
-image's part and scaled back; a sliding-window result (segtoolkit.tiling) is already at the image's size
-(times the model's --scale, undone here). Stored as:
+classes (several), computed from the logits at the frame's own size (segtoolkit.full_size: upsampled
+bilinearly, the letterbox padding cut away), the ones the mask is decided on, band by band. Stored as:
 - several classes: `.npz` (NumPy, deflate-compressed) holding `probabilities`, float16 H x W x C (C = the
   classes, in class order; float16 keeps 3 significant digits), and `class_names`;
 - one class: a 16-bit single-channel PNG, probability x 65535 rounded.
@@ -13,15 +12,13 @@ Memory: the map at the original size is held until it is written, 2 bytes per pi
 6000 image with 3 classes: 288 MB), besides the image and mask detect.py holds anyway.
 
 Usage:
-    prediction = Prediction(mask, logits_to_probabilities(logits))    # HxWxC float32 of the patch
-    full = at_original_size(prediction.probabilities, frame.original.shape[:2], frame.letterbox)
+    probabilities = logits_to_probabilities(logits)             # C x H x W logits -> H x W x C float32
     with open("probs/a.npz", "xb") as handle:
-        write_npz(handle, full, ["background", "cell"])        # one class: cv2.imwrite("a.png", encode_png(full))
+        write_npz(handle, probabilities, ["background", "cell"])   # one class: cv2.imwrite("a.png", encode_png(...))
 """
 
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
 
@@ -30,9 +27,8 @@ PNG_SCALE = 65535  # one class: a probability of 1 is 65535 in the 16-bit PNG
 
 
 class Prediction(NamedTuple):
-    """What detect.py's Segmenter gives for a frame: the mask of class indices (the patch's for letterboxed
-    models, else the frame's) and, with --save-probs, the probabilities H x W x C at the mask's size (None
-    without)."""
+    """What detect.py's Segmenter gives for a frame: the mask of class indices at the frame's size and, with
+    --save-probs, the float16 probabilities H x W x C at the same size (None without)."""
     mask: np.ndarray
     probabilities: np.ndarray | None = None
 
@@ -42,21 +38,6 @@ def logits_to_probabilities(logits):
     logits = torch.as_tensor(logits).float()
     probabilities = torch.sigmoid(logits) if logits.shape[0] == 1 else torch.softmax(logits, dim=0)
     return probabilities.permute(1, 2, 0).numpy()
-
-
-def at_original_size(probabilities, size, letterbox=None):
-    """H x W x C probabilities at `size` (height, width) as float16: the letterboxed patch cropped to the
-    image's part, then each class resized bilinearly (one float32 plane at a time, not the whole map)."""
-    if letterbox is not None:
-        probabilities = probabilities[:letterbox.scaled_height, :letterbox.scaled_width]
-    height, width = size
-    if probabilities.shape[:2] == (height, width):
-        return probabilities.astype(STORED_DTYPE, copy=False)
-    out = np.empty((height, width, probabilities.shape[2]), STORED_DTYPE)
-    for channel in range(probabilities.shape[2]):
-        plane = np.ascontiguousarray(probabilities[..., channel], dtype=np.float32)
-        out[..., channel] = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
-    return out
 
 
 def probability_suffix(classes):

@@ -8,7 +8,6 @@ Usage:
     logger.finish()
 """
 
-import contextlib
 import csv
 import json
 import math
@@ -211,39 +210,35 @@ def write_rgb_image(path, image):
         raise OSError(f"OpenCV could not write {path}")
 
 
-def preview_grid(model, dataset, *, count, meta, device="cpu", autocast=contextlib.nullcontext):
-    """The RGB preview grid of `model` (unwrapped, eval mode) on the first `count` samples of `dataset`."""
-    import torch
-    samples = [dataset.load_sample(i) for i in range(count)]
-    with torch.inference_mode(), autocast():
-        logits = model(torch.stack([image for image, _ in samples]).to(device)).float()
-    predictions = (logits[:, 0] > 0).long() if meta["classes"] == 1 else logits.argmax(1)
-    truth = [np.maximum(mask.squeeze(0).long().numpy(), 0) for _, mask in samples]  # IGNORE shown as 0
-    mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
-    shown = [np.clip((image.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-             for image, _ in samples]
-    return prediction_grid(shown, truth, list(predictions.cpu().numpy()), meta)
-
-
-def preview_grid_tiled(model, dataset, *, count, meta, overlap, tile_batch, device="cpu",
-                       autocast=contextlib.nullcontext):
-    """The preview of a crop-trained model: the first `count` whole images segmented by sliding window at
-    full resolution, each shown fitted into the patch size."""
-    from segtoolkit.evaluation import run_batch
+def preview_grid(full_size, dataset, *, count, meta):
+    """The RGB preview grid of the first `count` samples of an evaluation dataset: each image, its ground
+    truth and the prediction the metrics count (at the image's own size, segtoolkit.full_size), the three
+    fitted into the patch size for display. `full_size`: a FullSizePredictor of the model in eval mode."""
+    import cv2
+    from segtoolkit.full_size import collect
     from segtoolkit.imaging import letterbox
-    from segtoolkit.tiling import Tiler
-    tiler = Tiler(lambda batch: run_batch(model, batch, device, autocast), meta["patch_size"], overlap, tile_batch,
-                  mean=meta["mean"], std=meta["std"])
-    images, truths, predictions = [], [], []
+    patch, rows = meta["patch_size"], ([], [], [])
     for index in range(count):
-        image, target = dataset.full_sample(index)
-        truth = np.maximum(target.reshape(target.shape[-2:]).numpy(), 0).astype(np.uint8)
-        prediction = tiler.mask(image)
-        shown = [letterbox(array, meta["patch_size"], interpolation)[0] for array, interpolation in
-                 ((image, 3), (truth, 0), (prediction, 0))]  # 3: cv2.INTER_AREA, 0: INTER_NEAREST
-        for collected, array in zip((images, truths, predictions), shown):
-            collected.append(array)
-    return prediction_grid(images, truths, predictions, meta)
+        sample = dataset.load_sample(index)
+        height, width = size = tuple(sample.mask.shape[-2:])
+        if sample.box is None:  # sliding window: the uint8 image at the model's scale
+            image, blocks = sample.image.numpy(), full_size.tile_blocks(sample.image.numpy(), size)
+        else:
+            blocks = full_size.fitted_blocks(sample.image, sample.box)
+            image = unnormalized(sample.image, meta)[:sample.box.scaled_height, :sample.box.scaled_width]
+        prediction, _ = collect(blocks, size, full_size.conf_thres)
+        truth = np.maximum(sample.mask.reshape(size).numpy(), 0).astype(prediction.dtype)  # IGNORE shown as 0
+        shown = (cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR), truth, prediction)
+        for collected, array, interpolation in zip(rows, shown, (cv2.INTER_AREA, cv2.INTER_NEAREST,
+                                                                 cv2.INTER_NEAREST)):
+            collected.append(letterbox(array, patch, interpolation)[0])
+    return prediction_grid(*rows, meta)
+
+
+def unnormalized(tensor, meta):
+    """A normalized float32 3xHxW input back to uint8 RGB HxWx3."""
+    mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
+    return np.clip((tensor.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def prediction_grid(images, masks, predictions, meta):

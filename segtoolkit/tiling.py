@@ -12,8 +12,8 @@ SIGTERM through segtoolkit.cli.StopRequest) the frame is abandoned between two b
 Usage:
     tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"], stop=event)
     logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
-    mask = tiler.mask(rgb, conf_thres=0.5)     # uint8 HxW, one band of logits in memory at a time
-    mask, probabilities = tiler.mask_and_probabilities(rgb)   # and float16 HxWxC (detect.py --save-probs)
+    for start, stop, logits in tiler.finished_rows(rgb): ...   # C x rows x W, one band in memory at a time
+Masks, and logits at the size of an image shrunk by --scale, come from segtoolkit.full_size.
 """
 
 import math
@@ -26,7 +26,6 @@ from tqdm import tqdm
 from segtoolkit.cli import Stopped
 from segtoolkit.errors import UserError
 from segtoolkit.imaging import normalize
-from segtoolkit.probabilities import STORED_DTYPE, logits_to_probabilities
 
 WEIGHTINGS = ("gaussian", "linear")
 MAX_OVERLAP = 0.875  # tiles move an eighth of a tile: each pixel is inside 8 x 8 tiles (the default 0.25: 1.8)
@@ -85,30 +84,14 @@ class Tiler:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def logits(self, image):
-        """float32 CxHxW logits of a uint8 RGB HxWx3 image, at its size."""
-        height, width = image.shape[:2]
-        return self.assemble(list(self.bands(image)), height, width)
-
-    def mask(self, image, conf_thres=0.5):
-        """uint8 HxW class indices of a uint8 RGB HxWx3 image: rows are finished (logits to classes) as soon
-        as no later band of tiles overlaps them, so only a band's logits are ever held."""
-        from segtoolkit.predict import logits_to_mask
-        out = np.zeros(image.shape[:2], np.uint8)
+        """float32 CxHxW logits of a uint8 RGB HxWx3 image, at its size: the finished rows written into the
+        result as they come, so memory holds the result and a band, never every band at once."""
+        out = None
         for start, stop, logits in self.finished_rows(image):
-            out[start:stop] = logits_to_mask(logits, conf_thres)
+            if out is None:
+                out = torch.empty(logits.shape[0], image.shape[0], image.shape[1])
+            out[:, start:stop] = logits
         return out
-
-    def mask_and_probabilities(self, image, conf_thres=0.5):
-        """(mask, probabilities): mask() and the HxWxC probabilities (sigmoid or softmax, float16), filled as
-        rows are finished: memory holds the map, stored small, and one band of float32 logits."""
-        from segtoolkit.predict import logits_to_mask
-        out, probabilities = np.zeros(image.shape[:2], np.uint8), None
-        for start, stop, logits in self.finished_rows(image):
-            out[start:stop] = logits_to_mask(logits, conf_thres)
-            if probabilities is None:
-                probabilities = np.empty(image.shape[:2] + (logits.shape[0],), STORED_DTYPE)
-            probabilities[start:stop] = logits_to_probabilities(logits)
-        return out, probabilities
 
     def finished_rows(self, image):
         """(start, stop, logits C x rows x W) of each block of rows once no later band of tiles overlaps it."""

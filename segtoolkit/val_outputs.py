@@ -1,9 +1,9 @@
 """What val.py writes and prints: the run folder, val_results.json's per-class rows, confusion_matrix.png,
 per_image.csv, masks/ and the per-class table on the console.
 
-Everything is derived from confusion matrices counted by segtoolkit.metrics (rows: ground truth, columns:
-prediction; the pixels train.py counts, at the patch size, without letterbox padding or the ignore index),
-so the table, the JSON file, the plot and the metrics of train.py never disagree.
+Everything is derived from confusion matrices counted by segtoolkit.evaluation (rows: ground truth, columns:
+prediction; the pixels train.py counts, at each image's own size, without the ignore index), so the table,
+the JSON file, the plot and the metrics of train.py never disagree.
 
 Usage:
     folder = RunFolder(None, Path("runs/val"), "exp")          # created on first use: exp, exp2, ...
@@ -11,7 +11,7 @@ Usage:
     print("\n".join(class_table(rows, metrics, "test", classes=1)))
     plot_confusion_matrix(matrix, ["background", "foreground"], folder.path / "confusion_matrix.png", "test split")
     per_image = PerImageScores(pairs, classes=1, class_names=["background", "foreground"])
-    per_image.add(predicted_labels(logits, 1), masks)          # a batch, in the split's order
+    per_image.add(matrix)                                      # an image's confusion counts, in the split's order
     per_image.write_csv(folder.path / "per_image.csv")         # worst first
 """
 
@@ -25,8 +25,7 @@ import torch
 
 from segtoolkit.output_files import check_output_folder, make_run_dir, write_failure, write_mask
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import Letterbox, unletterbox
-from segtoolkit.metrics import confusion_matrix, nanmean, scores
+from segtoolkit.metrics import nanmean, scores
 from segtoolkit.run_logging import format_value
 from segtoolkit.sources import safe_name
 
@@ -152,25 +151,21 @@ class PerImageScores:
     segtoolkit.metrics.scores), NaN when there is none. `wrong_px` counts its pixels predicted as another
     class, so an image without foreground still shows its false positives."""
 
-    def __init__(self, pairs, classes, class_names, ignore_index=None):
+    def __init__(self, pairs, classes, class_names):
         self.pairs, self.classes, self.class_names = pairs, classes, class_names
-        self.size, self.ignore_index = max(classes, 2), ignore_index
         self.rows = []
 
-    def add(self, predicted, masks):
-        """A batch: predicted labels NxHxW (segtoolkit.metrics.predicted_labels) and the targets, in order."""
-        predicted, masks = predicted.cpu(), masks.cpu().reshape(predicted.shape)
-        for labels, target in zip(predicted, masks):
-            matrix = confusion_matrix(labels, target, self.size, self.ignore_index).double()
-            dice, iou = scores(matrix)
-            counted = slice(1, None) if self.classes == 1 else slice(None)
-            image, mask = self.pairs[len(self.rows)]
-            row = {"image": str(image), "mask": str(mask), "dice": nanmean(dice[counted]),
-                   "iou": nanmean(iou[counted])}
-            if self.classes > 1:
-                row.update({f"dice_{name}": float(value) for name, value in zip(self.class_names, dice)})
-            row["wrong_px"] = int(matrix.sum() - matrix.trace())
-            self.rows.append(row)
+    def add(self, matrix):
+        """The next image's confusion counts (segtoolkit.evaluation), in the split's order."""
+        matrix = torch.as_tensor(matrix, dtype=torch.float64)
+        dice, iou = scores(matrix)
+        counted = slice(1, None) if self.classes == 1 else slice(None)
+        image, mask = self.pairs[len(self.rows)]
+        row = {"image": str(image), "mask": str(mask), "dice": nanmean(dice[counted]), "iou": nanmean(iou[counted])}
+        if self.classes > 1:
+            row.update({f"dice_{name}": float(value) for name, value in zip(self.class_names, dice)})
+        row["wrong_px"] = int(matrix.sum() - matrix.trace())
+        self.rows.append(row)
 
     def worst_first(self):
         """Lowest Dice first; images without a Dice (no ground-truth class present) last, most wrong first."""
@@ -191,26 +186,17 @@ class PerImageScores:
 class MaskWriter:
     """masks/<image name>.png at each image's original size, as detect.py names and stores them (0/255 for
     one class, palette PNGs of class indices in `colours` for several); a name already taken gets _2, _3...
-    The labels are the ones the metrics counted (logit > 0, or the argmax), taken back from the patch with
-    imaging.unletterbox (a stretched sample is stored patch x patch: its box crops nothing)."""
+    The labels are the ones the metrics counted (segtoolkit.full_size.to_labels at the image's size)."""
 
-    def __init__(self, folder, dataset, classes, colours=None):
-        self.folder, self.dataset, self.classes = folder, dataset, classes
+    def __init__(self, folder, pairs, classes, colours=None):
+        self.folder, self.pairs = folder, pairs
         self.colours = colours if classes > 1 else None
         self.written, self.used = 0, set()
 
-    def add(self, predicted):
-        """A batch of predicted labels NxPxP, in the split's order."""
-        for labels in predicted.cpu():
-            image, mask_path = self.dataset.pairs[self.written]
-            height, width = self.dataset.read_mask(mask_path).shape[:2]  # the image's size: the dataset checked it
-            dtype = np.uint8 if self.classes <= 256 else np.uint16
-            mask = labels.numpy().astype(dtype)
-            if mask.shape != (height, width):  # letterboxed or stretched: back from the patch (tiles: already whole)
-                scaled_height, scaled_width = self.dataset.images[self.written].shape[:2]
-                mask = unletterbox(mask, Letterbox(height, width, scaled_height, scaled_width))
-            write_mask(self.claim(image), mask, self.colours)
-            self.written += 1
+    def add(self, mask):
+        """The next image's predicted labels (HxW at its size), in the split's order."""
+        write_mask(self.claim(self.pairs[self.written][0]), mask, self.colours)
+        self.written += 1
 
     def claim(self, image):
         folder = self.folder.path / "masks"

@@ -465,7 +465,7 @@ def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
         "learns background alone; masks of 0 and 255 are binary masks: train them with --classes 1 (without "
         "--ignore-index)"]
     assert label_warnings({0: 10, 1: 3}, 4, None, None, split="validation") == [
-        "classes 2, 3 never appear in the validation masks (as read at the patch size): "
+        "classes 2, 3 never appear in the validation masks (as read): "
         "their Dice stays empty, left out of the mean; check the masks and --classes 4"]
 
 

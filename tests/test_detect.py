@@ -31,7 +31,7 @@ from segtoolkit.masks import read_mask
 from segtoolkit.models import model_from_checkpoint, model_meta
 from segtoolkit import predict
 from segtoolkit.imaging import preprocess_image, read_image
-from segtoolkit.predict import logits_to_mask
+from segtoolkit.full_size import to_labels
 from segtoolkit.overlay import class_colours, draw_overlay
 from segtoolkit.polygons import find_regions, largest_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
@@ -65,13 +65,21 @@ def cli(capsys, *args):
 # ---------------------------------------------------------------- pure pieces
 
 
-def test_logits_to_mask_thresholds():
+def test_to_labels_thresholds_one_class_and_argmaxes_several_unless_a_threshold_is_given():
+    """The one rule (segtoolkit.full_size.to_labels) detect.py, val.py and training use. Several classes: the
+    plain argmax by default (detect.py's --conf-thres 0.5 used to send unsure pixels to class 0 while the
+    metrics counted the argmax); a threshold only when given."""
     binary = torch.tensor([[[2.0, -2.0], [0.1, -0.1]]])  # sigmoid: 0.88, 0.12, 0.52, 0.48
-    assert logits_to_mask(binary, 0.5).tolist() == [[1, 0], [1, 0]]
-    assert logits_to_mask(binary, 0.6).tolist() == [[1, 0], [0, 0]]
+    assert to_labels(binary).tolist() == to_labels(binary, 0.5).tolist() == [[1, 0], [1, 0]]
+    assert to_labels(binary, 0.6).tolist() == [[1, 0], [0, 0]]
+    assert to_labels(binary, 0.0).tolist() == [[1, 1], [1, 1]] and to_labels(binary, 1.0).tolist() == [[0, 0], [0, 0]]
     logits = torch.log(torch.tensor([[[0.1, 0.3]], [[0.8, 0.3]], [[0.1, 0.4]]]))  # 3 classes, 1x2 pixels
-    assert logits_to_mask(logits, 0.5).tolist() == [[1, 0]]  # second pixel: top prob 0.4 < 0.5
-    assert logits_to_mask(logits, 0.3).tolist() == [[1, 2]]
+    assert to_labels(logits).tolist() == [[1, 2]]  # the argmax, whatever the top probability
+    assert to_labels(logits, 0.5).tolist() == [[1, 0]]  # second pixel: top prob 0.4 < 0.5
+    assert to_labels(logits, 0.3).tolist() == [[1, 2]]
+    assert to_labels(logits[None]).tolist() == [[[1, 2]]]  # a batch: classes on the third axis from the end
+    ties = torch.zeros(3, 1, 2)
+    assert to_labels(ties).tolist() == [[0, 0]]  # the first of equal logits, as argmax
 
 
 def test_polygons_and_overlay():

@@ -20,7 +20,8 @@ from segtoolkit.errors import UserError
 from segtoolkit.imaging import normalize
 from segtoolkit.masks import IGNORE
 from segtoolkit.models import build_model, model_from_checkpoint
-from segtoolkit.predict import TorchPredictor, logits_to_mask
+from segtoolkit.full_size import FullSizePredictor, to_labels
+from segtoolkit.predict import TorchPredictor
 from segtoolkit.tiling import Tiler, tile_starts
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
@@ -62,10 +63,10 @@ def test_a_constant_image_gives_a_constant_mask_across_tile_seams():
     """Each tile's border is wrong, as a CNN's is; blending must hide it wherever a neighbouring tile covers
     the pixel, so the mask is class 1 everywhere but at the image's own border."""
     image = np.full((150, 230, 3), 200, np.uint8)
-    mask = Tiler(BorderSensitive(), 64, 0.25, 4).mask(image)
+    mask = FullSizePredictor(BorderSensitive(), 64, resize="tile", overlap=0.25, tile_batch=4).mask(image)
     assert mask.shape == (150, 230)
     assert (mask[2:-2, 2:-2] == 1).all()  # no seam where one tile ends and the next begins
-    untiled = logits_to_mask(BorderSensitive()(normalize(image[:64, :64])[None])[0], 0.5)
+    untiled = to_labels(BorderSensitive()(normalize(image[:64, :64])[None])[0])
     assert (untiled[0] == 0).all() and (untiled[:, -1] == 0).all()  # the stand-in is wrong at a tile's border
 
 
@@ -79,11 +80,12 @@ def test_an_image_the_size_of_one_tile_equals_the_untiled_prediction(model):
 
 @pytest.mark.parametrize("size", [(37, 53), (64, 200), (150, 203), (257, 129)])
 def test_output_sizes_always_equal_input_sizes_and_mask_streams_like_logits(model, size):
-    tiler = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 3, "linear")
+    predictor = TorchPredictor(model, torch.device("cpu"))
     image = np.random.default_rng(1).integers(0, 255, (*size, 3), dtype=np.uint8)
-    logits = tiler.logits(image)
+    logits = Tiler(predictor, 64, 0.25, 3, "linear").logits(image)
     assert tuple(logits.shape) == (2, *size)
-    assert np.array_equal(tiler.mask(image), logits_to_mask(logits, 0.5))  # the row-band path, same answer
+    mask = FullSizePredictor(predictor, 64, resize="tile", overlap=0.25, tile_batch=3, weighting="linear").mask(image)
+    assert np.array_equal(mask, to_labels(logits).numpy())  # the row-band path, same answer
 
 
 def test_onnx_tiled_equals_pytorch_tiled(model, tmp_path):
@@ -106,13 +108,14 @@ def test_an_8000x6000_image_runs_with_memory_bounded_by_the_tile_batch(tmp_path)
     uint8 image (144 MB) and the uint8 mask (48 MB) stays far below a float32 copy of the image (576 MB)."""
     code = (
         "import resource, numpy as np, torch\n"
-        "from segtoolkit.tiling import Tiler\n"
+        "from segtoolkit.full_size import FullSizePredictor\n"
         "conv = torch.nn.Conv2d(3, 2, 1)\n"
         "predict = lambda batch: conv(batch).detach()\n"
         "image = np.zeros((6000, 8000, 3), np.uint8); image[:, 4000:] = 255\n"
-        "Tiler(predict, 256, 0.25, 8).mask(image[:512, :512])  # torch's lazily loaded kernels are not tiling\n"
+        "tiled = FullSizePredictor(predict, 256, resize='tile', tile_batch=8)\n"
+        "tiled.mask(image[:512, :512])  # torch's lazily loaded kernels are not tiling\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "mask = Tiler(predict, 256, 0.25, 8).mask(image)\n"
+        "mask = tiled.mask(image)\n"
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(mask.shape, (after - before) // 1024)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=900,
@@ -253,7 +256,7 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
     assert summary["frames"] == 1
     written = cv2.imread(str(tmp_path / "out" / "masks" / "s5.png"), cv2.IMREAD_UNCHANGED)
     model = model_from_checkpoint(checkpoint).eval()
-    expected = Tiler(TorchPredictor(model, torch.device("cpu")), 64, 0.25, 4).mask(
+    expected = FullSizePredictor(TorchPredictor(model, torch.device("cpu")), 64, resize="tile").mask(
         cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB))
     assert written.shape == (140, 150) and np.array_equal(written > 0, expected > 0)
 

@@ -21,7 +21,8 @@ from segtoolkit.augment import augmentation_from_dict, load_augmentation, preset
 from segtoolkit.checkpoints import load_checkpoint
 from segtoolkit.config import RunConfig
 from segtoolkit.errors import UserError
-from segtoolkit.evaluation import evaluate
+from segtoolkit.evaluation import collate, evaluate
+from segtoolkit.full_size import FullSizePredictor
 from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights, parse_loss
 from segtoolkit.masks import IGNORE
 from segtoolkit.models import build_model, model_meta
@@ -132,10 +133,10 @@ def test_the_same_image_letterboxed_into_any_patch_gives_the_same_metrics(tmp_pa
     mask = np.zeros((32, 64), np.uint8)
     mask[:, 32:] = 1
     pair = write_pair(tmp_path, "half", image, mask)
-    dataset = Dataset([pair], patch, classes=2)
-    model = PredictsFromPixels()
-    metrics = evaluate(model, [tuple(t.unsqueeze(0) for t in dataset[0])], classes=2,
-                       criterion=make_loss("ce", 2), class_names=["dark", "bright"])
+    dataset = Dataset([pair], patch, classes=2, evaluation=True)  # scored at the image's own 32x64
+    full_size = FullSizePredictor(PredictsFromPixels(), patch, resize="letterbox")
+    metrics = evaluate(full_size, [collate([dataset[0]])], classes=2, criterion=make_loss("ce", 2),
+                       class_names=["dark", "bright"])
     assert metrics["val/dice"] == pytest.approx(1.0) and metrics["val/dice_dark"] == pytest.approx(1.0)
     assert metrics["val/loss"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-8.0))), rel=1e-4)
 
@@ -169,7 +170,7 @@ def small_trainer(root, run_dir, epochs):
     transform = load_augmentation("topdown")
     return train.UnetTraining(build_model("Unet", "resnet18", 1), make_dataset(pairs("train.txt"), 64, 1,
                                                                                 augment=transform),
-                              make_dataset(pairs("val.txt"), 64, 1), config=config, run_dir=run_dir,
+                              make_dataset(pairs("val.txt"), 64, 1, evaluation=True), config=config, run_dir=run_dir,
                               meta=model_meta("Unet", "resnet18", 1, 64))
 
 

@@ -584,10 +584,10 @@ def small_trainer(d, run_dir, test_split=None, **options):
     architecture, encoder, classes = FAST[1], FAST[3], options.get("classes", 1)  # the data stays binary
     config = RunConfig(**{**dict(model=architecture, encoder=encoder, patch_size=64, epochs=2, batch_size=2,
                                  workers=0), **options})
-    test_set = make_dataset(pairs(test_split), 64, 1) if test_split else None
+    test_set = make_dataset(pairs(test_split), 64, 1, evaluation=True) if test_split else None
     return train.UnetTraining(build_model(architecture, encoder, classes), make_dataset(pairs("train.txt"), 64, 1),
-                              make_dataset(pairs("val.txt"), 64, 1), test_set, config=config, run_dir=run_dir,
-                              meta=model_meta(architecture, encoder, classes, 64))
+                              make_dataset(pairs("val.txt"), 64, 1, evaluation=True), test_set, config=config,
+                              run_dir=run_dir, meta=model_meta(architecture, encoder, classes, 64))
 
 
 def test_worker_death_seen_after_the_last_batch_is_a_one_line_error(data, tmp_path):

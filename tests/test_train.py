@@ -24,7 +24,8 @@ def tiny_sets(root, patch=64, augment=False):
     def pairs(name):
         return pair_masks(read_split_file(root / name, root), root / "masks")
     return (make_dataset(pairs("train.txt"), patch, 1, augment=augment),
-            make_dataset(pairs("val.txt"), patch, 1), make_dataset(pairs("test.txt"), patch, 1))
+            make_dataset(pairs("val.txt"), patch, 1, evaluation=True),
+            make_dataset(pairs("test.txt"), patch, 1, evaluation=True))
 
 
 def make_trainer(root, run_dir, epochs=3, **options):

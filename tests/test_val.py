@@ -27,10 +27,9 @@ import export
 import train
 import val
 from conftest import REPO, RUNS
-from dataset import make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.masks import IGNORE, read_mask
+from segtoolkit.masks import read_mask
 from segtoolkit.val_outputs import class_rows, class_table, row_normalized
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
@@ -130,7 +129,7 @@ def test_checkpoint_reproduces_test_results_json(binary_run, tmp_path, capsys):
     checkpoint = load_checkpoint(run_dir / "best-checkpoint.pth.tar")
     assert got["split"] == "test" and got["images"] == len(checkpoint["data"]["test"]) == 3
     assert got["settings"] == {"patch_size": 64, "classes": 1, "ignore_index": None, "loss": "bce",
-                               "class_weights": None, "batch_size": 2}
+                               "class_weights": None, "batch_size": 2, "conf_thres": None}
     assert [row["name"] for row in got["per_class"]] == ["background", "foreground"]
     assert got["per_class"][1]["dice"] == pytest.approx(got["test/dice"])
     assert sum(row["pixels"] for row in got["per_class"]) == np.sum(got["confusion_matrix"])
@@ -144,8 +143,8 @@ def test_checkpoint_reproduces_test_results_json(binary_run, tmp_path, capsys):
 
 
 def test_stretch_trained_checkpoint_reproduces_test_results_json(stretch_run, tmp_path, capsys):
-    """A --resize stretch model is evaluated on stretched images, as train.py tested it, and its masks go
-    back to each image's own size."""
+    """A --resize stretch model is evaluated on stretched images, as train.py tested it, and scored at each
+    image's own size, where its masks are written."""
     run_dir, _ = stretch_run
     checkpoint = load_checkpoint(run_dir / "best-checkpoint.pth.tar")
     assert checkpoint["meta"]["input_mode"] == "stretch" and checkpoint["config"]["resize"] == "stretch"
@@ -154,10 +153,11 @@ def test_stretch_trained_checkpoint_reproduces_test_results_json(stretch_run, tm
     assert code == 0, err
     got = results(folder)
     assert_reproduces(stored_test_results(run_dir), got)
-    assert got["images"] == 3 and sum(row["pixels"] for row in got["per_class"]) == 3 * 64 * 64  # no padding
-    for image, _ in checkpoint["data"]["test"]:
-        height, width = cv2.imread(image).shape[:2]
-        assert height != width
+    sizes = [cv2.imread(image).shape[:2] for image, _ in checkpoint["data"]["test"]]
+    # every pixel of each image at its own size counts: not 3 x 64 x 64 of the stretched patches
+    assert got["images"] == 3 and sum(row["pixels"] for row in got["per_class"]) == sum(h * w for h, w in sizes)
+    for (image, _), (height, width) in zip(checkpoint["data"]["test"], sizes):
+        assert height != width and 64 not in (height, width)
         assert cv2.imread(str(folder / "masks" / Path(image).name), cv2.IMREAD_UNCHANGED).shape == (height, width)
 
 
@@ -173,10 +173,11 @@ def test_multiclass_with_ignore_index_reproduces_test_results_json(multi_run, tm
     checkpoint = load_checkpoint(model)
     assert got["settings"]["ignore_index"] == 255 and got["settings"]["loss"] == "ce+dice"
     assert got["settings"]["class_weights"] == checkpoint["class_weights"] is not None
-    # the void label and the letterbox padding count nowhere: the matrix holds exactly the other target pixels
-    dataset = make_dataset(checkpoint["data"]["test"], 64, 4, 255)
-    counted = sum(int((dataset[index][1] != IGNORE).sum()) for index in range(len(dataset)))
-    assert np.sum(got["confusion_matrix"]) == counted < 3 * 64 * 64
+    # the void label counts nowhere (nor the letterbox padding, cut away): the matrix holds exactly the other
+    # pixels of the original masks, each at its image's own size
+    masks = [cv2.imread(mask, cv2.IMREAD_UNCHANGED) for _, mask in checkpoint["data"]["test"]]
+    counted = sum(int((mask != 255).sum()) for mask in masks)
+    assert np.sum(got["confusion_matrix"]) == counted < sum(mask.size for mask in masks)
     assert len(got["confusion_matrix"]) == 4 and [row["name"] for row in got["per_class"]] == [
         f"class_{index}" for index in range(4)]
     # the same flag given explicitly changes nothing
@@ -189,8 +190,9 @@ def test_onnx_export_agrees_with_test_results_json(binary_run, onnx_model, tmp_p
     """ONNX Runtime sums its convolutions in another order than PyTorch, so its logits differ by ~1e-5: the
     loss (a mean of their BCE) moves by about as much, and a pixel changes class only when its logit is
     within ~1e-5 of the decision boundary. So: the confusion matrix may differ by two flipped pixels of the
-    ~9000 counted (4 counts), which moves Dice and IoU by less than 1e-3 here (about 1700 foreground
-    pixels), far below any difference between two trained models; the loss to 1e-4. The ONNX file stores no
+    ~60,000 counted at the images' own sizes (4 counts), which moves Dice and IoU by less than 1e-3 here
+    (thousands of foreground pixels), far below any difference between two trained models; the loss to 1e-4.
+    The ONNX file stores no
     run, so the data (train.py's --search-files split) and the run's batch size are given."""
     run_dir, data_dir = binary_run
     code, _, err, folder = run_val(capsys, tmp_path, "--model", onnx_model, "--data-dir", data_dir, *SEARCH,
@@ -307,8 +309,8 @@ def test_table_shows_absent_classes_as_dash_left_out_of_the_mean():
 @pytest.mark.parametrize("kind", ["binary", "multi"])
 def test_saved_masks_are_at_original_size_and_equal_detect_py_masks(kind, binary_run, multi_run, tmp_path,
                                                                     capsys):
-    """Batch 1, as detect.py runs. For several classes detect.py's --conf-thres 0 gives the plain argmax that
-    the metrics count (its default 0.5 sends unsure pixels to class 0)."""
+    """Batch 1, as detect.py runs; both with their default flags: for several classes the plain argmax that
+    the metrics count (detect.py's default used to be 0.5, which sent unsure pixels to class 0)."""
     run_dir, _ = binary_run if kind == "binary" else multi_run
     model = run_dir / "best-checkpoint.pth.tar"
     code, _, err, folder = run_val(capsys, tmp_path / "val", "--model", model, "--save-masks", "--batch-size", "1",
@@ -318,8 +320,7 @@ def test_saved_masks_are_at_original_size_and_equal_detect_py_masks(kind, binary
     sources = tmp_path / "sources.txt"
     sources.write_text("".join(f"{image}\n" for image, _ in pairs))
     code = detect.main(detect.parse_args(["--model", str(model), "--source", str(sources), "--device", "cpu",
-                                          "--project", str(tmp_path / "detect"), "--conf-thres",
-                                          "0.5" if kind == "binary" else "0"]))
+                                          "--project", str(tmp_path / "detect")]))
     capsys.readouterr()
     assert code == 0
     assert sorted(path.name for path in (folder / "masks").iterdir()) == sorted(Path(i).name for i, _ in pairs)
@@ -330,6 +331,108 @@ def test_saved_masks_are_at_original_size_and_equal_detect_py_masks(kind, binary
         assert ours.shape == cv2.imread(mask, cv2.IMREAD_UNCHANGED).shape  # the image's own size
         assert set(np.unique(ours)) <= ({0, 255} if kind == "binary" else {0, 1, 2, 3})
         assert np.array_equal(ours, theirs), image
+
+
+# ---------------------------------------------------------------- one figure: each image at its own size
+
+FULL_SIZE_KINDS = {"stretch": (1, []), "letterbox": (3, ["--resize", "letterbox", "--classes", "3"]),
+                   "crop": (1, ["--crop", "--scale", "0.5"])}
+
+
+@pytest.fixture(scope="module")
+def full_size_runs(tmp_path_factory):
+    """kind -> (run folder, classes): a tiny run of each way a model sees images (the default stretch, a
+    3-class letterbox, --crop at --scale 0.5), trained on first use. Batch 1, the batch detect.py infers in
+    (another batch size sums convolutions in another order, and a logit near the boundary would flip a
+    pixel). The images are 96-160 x 128-208, never square nor the patch's 64: scored at the patch, the
+    figures would differ."""
+    trained = {}
+
+    def run(kind):
+        if kind not in trained:
+            classes, flags = FULL_SIZE_KINDS[kind]
+            data_dir = tmp_path_factory.mktemp(f"val-full-size-{kind}") / "my_data"
+            write_dataset(data_dir, 12, seed=6, classes=classes)
+            run_dir = train_tiny(data_dir, f"pytest-val-full-size-{kind}-{os.getpid()}", "--batch-size", "1", *flags)
+            trained[kind] = run_dir, classes
+        return trained[kind]
+    return run
+
+
+def detect_masks(capsys, model, pairs, folder, *flags):
+    """detect.py (default flags but `flags`) on the images of `pairs`: {image path: mask as written}."""
+    sources = folder.parent / f"{folder.name}-sources.txt"
+    sources.write_text("".join(f"{image}\n" for image, _ in pairs))
+    code = detect.main(detect.parse_args(["--model", str(model), "--source", str(sources), "--save-dir", str(folder),
+                                          *map(str, flags)]))
+    assert code == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    return {image: read_mask(folder / "masks" / Path(image).name) for image, _ in pairs}
+
+
+@pytest.mark.parametrize("kind", list(FULL_SIZE_KINDS))
+def test_test_results_dice_is_the_dice_of_detect_py_masks_against_the_original_masks(kind, full_size_runs, tmp_path,
+                                                                                    capsys):
+    """What train.py reports is what a user gets: test_results.json's Dice equals the Dice of detect.py's
+    masks (default flags) against the original masks, every pixel of each image at its own size."""
+    run_dir, classes = full_size_runs(kind)
+    model = run_dir / "best-checkpoint.pth.tar"
+    pairs = load_checkpoint(model)["data"]["test"]
+    predicted = detect_masks(capsys, model, pairs, tmp_path / "detect")
+    size = max(classes, 2)
+    confusion = np.zeros((size, size), np.int64)
+    for image, mask_path in pairs:
+        truth = read_mask(mask_path)
+        assert truth.shape != (64, 64) and truth.shape[0] != truth.shape[1]
+        if classes == 1:
+            truth, labels = (truth > 0).astype(np.int64), (predicted[image] > 0).astype(np.int64)
+        else:
+            labels = predicted[image].astype(np.int64)
+        assert labels.shape == truth.shape
+        confusion += np.bincount((truth * size + labels).ravel(), minlength=size * size).reshape(size, size)
+    tp = np.diag(confusion)
+    dice = 2 * tp / (confusion.sum(0) + confusion.sum(1))
+    assert (confusion.sum(1) > 0).all()  # every class is in the test masks: no absent-class rule involved
+    expected = dice[1] if classes == 1 else dice.mean()
+    assert stored_test_results(run_dir)["test/dice"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(FULL_SIZE_KINDS))
+def test_val_save_masks_are_detect_py_masks_pixel_for_pixel_with_default_flags(kind, full_size_runs, tmp_path,
+                                                                               capsys):
+    """One rule from logits to a mask in both, with nothing given: logits upsampled, then thresholded (one
+    class) or argmaxed (several: detect.py's default is the argmax the metrics count); for --scale 0.5 --crop,
+    upsampled from the scaled image before deciding (detect.py used to decide at the scaled size and resize
+    the mask)."""
+    run_dir, classes = full_size_runs(kind)
+    model = run_dir / "best-checkpoint.pth.tar"
+    code, _, err, folder = run_val(capsys, tmp_path / "val", "--model", model, "--save-masks")
+    assert code == 0, err
+    pairs = load_checkpoint(model)["data"]["test"]
+    theirs = detect_masks(capsys, model, pairs, tmp_path / "detect")
+    for image, mask in pairs:
+        ours = read_mask(folder / "masks" / Path(image).name)
+        assert ours.shape == cv2.imread(mask, cv2.IMREAD_UNCHANGED).shape  # the image's own size
+        assert np.array_equal(ours, theirs[image]), image
+    if classes > 1:
+        assert len(np.unique(np.concatenate([mask.ravel() for mask in theirs.values()]))) > 1
+
+
+def test_an_explicit_conf_thres_is_the_same_rule_in_val_and_detect(full_size_runs, tmp_path, capsys):
+    """Several classes: --conf-thres given sends pixels whose top probability is below it to class 0, in
+    detect.py's masks and in val.py's masks and metrics alike."""
+    run_dir, classes = full_size_runs("letterbox")
+    model = run_dir / "best-checkpoint.pth.tar"
+    code, _, err, plain = run_val(capsys, tmp_path / "plain", "--model", model)
+    assert code == 0, err
+    code, _, err, sure = run_val(capsys, tmp_path / "sure", "--model", model, "--conf-thres", "0.9", "--save-masks")
+    assert code == 0, err
+    pairs = load_checkpoint(model)["data"]["test"]
+    theirs = detect_masks(capsys, model, pairs, tmp_path / "detect", "--conf-thres", "0.9")
+    for image, _ in pairs:
+        assert np.array_equal(read_mask(sure / "masks" / Path(image).name), theirs[image]), image
+    background = [np.array(results(folder)["confusion_matrix"])[:, 0].sum() for folder in (plain, sure)]
+    assert background[1] > background[0]  # a one-epoch model is rarely 90% sure: more pixels are class 0
 
 
 def test_default_folders_never_overwrite_and_save_dir_is_used_as_is(binary_run, tmp_path, capsys):
@@ -417,6 +520,7 @@ def error_cases(run_dir, data_dir, onnx_model, tmp_path):
         (["--model", model, "--loss", "ce"], "--loss ce: cross-entropy is for several classes; one class uses bce "
                                              "(e.g. bce+dice)"),
         (["--model", model, "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--model", model, "--conf-thres", "1.5"], "--conf-thres 1.5 must be a probability in [0, 1]"),
         (["--model", model, "--name", "a/b"], "--name 'a/b': a run name is one folder name (no '/', '\\', '..', or "
                                               "surrounding spaces); give for example --name a-b"),
     ]
