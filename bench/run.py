@@ -27,6 +27,8 @@ the ratio holds where absolute times would not. README "Performance" says how lo
                     fastest on this CPU / that runtime's forward pass alone                   target >= 0.95
 
   tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
+  eval_cost         validation scored at each image's own size / scored at the patch, 1024x768 images: see
+                    bench/eval_cost.py                                                        target <= 1.25
 
 A benchmark that raises, or whose process dies, is a row of the table that says FAILED and why (one line), has
 no ratio line, and makes the exit code 1.
@@ -75,11 +77,13 @@ from segtoolkit.models import build_model, model_meta
 from segtoolkit.predict import TorchPredictor, half_dtype, load_predictor, native_bfloat16
 from segtoolkit.samples import CACHE_MODES
 from segtoolkit.training import resolve_precision
+from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
 
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
-              "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop")
+              "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop",
+              "eval_cost")
 EXTRAS = ("channels_last", "onnx_int8", "amp_training")
 # --smoke: each benchmark's smallest setting (a tiny model, a few images or frames), run for one round; the
 # ratios then say nothing, the run says that every benchmark still runs to its ratio
@@ -95,6 +99,7 @@ SMOKE = {
     "tile_overhead": dict(tile=64, size=(96, 128), batch=2),
     "cache_rss_growth": dict(count=2, patch=64, batch=2, size=(96, 128)),
     "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
+    "eval_cost": dict(patch=64, batch=2, count=2, size=(96, 128)),
     "channels_last": dict(encoder="resnet18", patch=64, batch=2),
     "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
     "amp_training": dict(patch=64, batch=2, steps=2),
