@@ -254,7 +254,8 @@ def print_summary(count, total_ms, elapsed, why, save_dir):
         print(f"{count} frame(s) in {elapsed:.1f} s{why}: mean inference {total_ms / count:.1f} ms, "
               f"{count / elapsed if elapsed > 0 else 0:.1f} FPS overall; results in {save_dir}", flush=True)
     else:
-        print(f"0 frames in {elapsed:.1f} s{why}: {'nothing' if why else 'nothing to segment,'} written", flush=True)
+        told = "nothing written" if why else "nothing to segment, nothing written"  # why: stopped mid-frame
+        print(f"0 frames in {elapsed:.1f} s{why}: {told}", flush=True)
 
 
 def parse_args(argv=None):
