@@ -1,7 +1,7 @@
 """Where detect.py's pictures come from: the two loaders and the Frame record they yield.
 
 `LoadImages` (image and video files) and `LoadStreams` (RTSP/RTMP/HTTP streams and webcams) yield the
-same `Frame` for every source, preprocessed by segtoolkit.imaging.preprocess_image, the validation path
+same `Frame` for every source, preprocessed by segtoolkit.data.imaging.preprocess_image, the validation path
 of training (letterboxed, or stretched to the patch for a model trained with --resize stretch). Source
 detection (`detect_source`, `resolve_sources`) lives in sources.py, pure and tested without a camera, and
 is re-exported here.
@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import torch
 
-from segtoolkit.imaging import Letterbox, preprocess_image, read_image
-from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
+from segtoolkit.data.imaging import Letterbox, preprocess_image, read_image
+from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
-from segtoolkit.pipeline import Prefetcher
-from segtoolkit.sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
+from segtoolkit.inference.pipeline import Prefetcher
+from segtoolkit.data.sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
 
 __all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
            "resolve_sources", "mask_credentials", "safe_name"]
@@ -77,7 +77,7 @@ class LoadImages:
     def __init__(self, files, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stretch=False, bit_depth=None):
         self.files = [Path(f) for f in files]
         self.patch_size, self.mean, self.std, self.stretch = patch_size, tuple(mean), tuple(std), stretch
-        self.bit_depth = bit_depth  # how 16-bit images are scaled: the model's (segtoolkit.imaging)
+        self.bit_depth = bit_depth  # how 16-bit images are scaled: the model's (segtoolkit.data.imaging)
         self.capture = None
 
     def __iter__(self):

@@ -3,22 +3,22 @@
 
 Three ways to see the images (`mode`):
 - `letterbox` (default): each sample is stored with its longest side at the patch size and letterboxed to
-  patch x patch, the preprocessing detection uses for letterbox-trained models (segtoolkit.imaging);
+  patch x patch, the preprocessing detection uses for letterbox-trained models (segtoolkit.data.imaging);
 - `stretch` (train.py --resize stretch): each sample is resized to patch x patch whatever its aspect ratio
   (mask with nearest neighbour): no padding, every pixel the image's;
 - `crop` (train.py --crop): stored at the image's own resolution (times --scale), and a random patch x patch
   crop is taken each time, padded when the image is smaller;
 - `full`: whole images at their own resolution (times --scale), for sliding-window evaluation of
   crop-trained models.
-Evaluation datasets (`evaluation=True`, always for `full`) give segtoolkit.evaluation.EvalSample records, the
+Evaluation datasets (`evaluation=True`, always for `full`) give segtoolkit.evaluation.scoring.EvalSample records, the
 model's input and its target where the model works (for the loss) and the labels at the image's own size (for
 Dice and IoU): their store keeps each mask at its original size, uint8 as read, beside the image as the mode
-fits it. Samples are decoded once and kept as --cache says (segtoolkit.samples: ram, disk, none); every file is
+fits it. Samples are decoded once and kept as --cache says (segtoolkit.data.cache: ram, disk, none); every file is
 read and checked when the dataset is built, and a bad one is reported with its path.
 
 Usage:
     from dataset import BinaryDataset
-    from segtoolkit.splits import pair_masks, read_split_file
+    from segtoolkit.data.splits import pair_masks, read_split_file
     images = read_split_file("training_dataset.txt", "data/sample")
     train_set = BinaryDataset(pair_masks(images, "data/sample/masks"), patch_size=128, augment=True)
     image, mask = train_set.load_sample(0)   # float32 3xPxP normalized, float32 1xPxP of 0, 1 and IGNORE (-1)
@@ -31,13 +31,13 @@ import cv2
 import numpy as np
 import torch
 
-from segtoolkit.augment import DEFAULT_AUGMENTATION, load_augmentation
+from segtoolkit.data.augment import DEFAULT_AUGMENTATION, load_augmentation
 from segtoolkit.errors import UserError
-from segtoolkit.evaluation import EvalSample
-from segtoolkit.imaging import (IMAGENET_MEAN, IMAGENET_STD, Letterbox, check_patch_size, fit_longest_side,
+from segtoolkit.data.loaders import EvalSample
+from segtoolkit.data.imaging import (IMAGENET_MEAN, IMAGENET_STD, Letterbox, check_patch_size, fit_longest_side,
                                 normalize, pad_to_square, read_image, scaled, stretch_to_square)
-from segtoolkit.masks import IGNORE, binary_mask, class_mask, read_mask
-from segtoolkit.samples import build_store
+from segtoolkit.data.masks import IGNORE, binary_mask, class_mask, read_mask
+from segtoolkit.data.cache import build_store
 
 MODES = ("letterbox", "stretch", "crop", "full")
 WHOLE_IMAGE_MODES = ("letterbox", "stretch")  # a sample is the whole image, fitted into the patch
@@ -67,8 +67,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.evaluation = evaluation or mode == "full"  # masks kept at each image's own size
         self.mean, self.std = tuple(mean), tuple(std)
         self.transform = as_transform(augment)
-        self.mask_colors = mask_colors  # segtoolkit.classes.MaskColors: RGB masks read as class indices
-        self.bit_depth = bit_depth  # how 16-bit images are scaled (segtoolkit.imaging; None: each by its own)
+        self.mask_colors = mask_colors  # segtoolkit.data.classes.MaskColors: RGB masks read as class indices
+        self.bit_depth = bit_depth  # how 16-bit images are scaled (segtoolkit.data.imaging; None: each by its own)
         fitted = f"{mode}-{patch_size}" if mode in WHOLE_IMAGE_MODES else f"scale-{scale}"
         key = f"{fitted}{'-original-masks' if self.evaluation else ''}-{getattr(self, 'classes', 1)}-" \
               f"{self.ignore_index}" + (f"-{mask_colors.key}" if mask_colors else "") \

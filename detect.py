@@ -21,8 +21,8 @@ for one class; for several a palette PNG, its pixels the class indices and its c
 --save-video an annotated MP4 per video or stream (MJPEG .avi for an odd frame size, which MP4 cannot keep
 here), and always results.csv with one row per frame naming the files written for it. --save-json adds
 polygons.jsonl (every polygon of every class, per frame), --save-probs probs/<name>.npz or .png (the
-class probabilities at the original size), --save-coco predictions.coco.json (segtoolkit.coco),
---rank-uncertain K to_label/ and to_label.csv (segtoolkit.uncertainty): see segtoolkit.frame_exports.
+class probabilities at the original size), --save-coco predictions.coco.json (segtoolkit.data.coco),
+--rank-uncertain K to_label/ and to_label.csv (segtoolkit.outputs.uncertainty): see segtoolkit.outputs.frame_exports.
 Files are named after their source (odd.avi.mp4 and odd.mp4.mp4 when stems collide; _2, _3... rather
 than overwriting any file). The folder is created with the first frame: a stream that cannot be opened
 within --stream-timeout is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
@@ -43,31 +43,31 @@ import cv2
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
 from segtoolkit.cli import ArgumentParser, StopRequest, Stopped, run_command
-from segtoolkit.config import check_run_name
-from segtoolkit.classes import output_colours
-from segtoolkit.coco import CocoWriter, check_coco_output
-from segtoolkit.detect_outputs import ResultWriter, Viewer, check_display
-from segtoolkit.output_files import check_output_folder
+from segtoolkit.training.config import check_run_name
+from segtoolkit.data.classes import output_colours
+from segtoolkit.data.coco import CocoWriter, check_coco_output
+from segtoolkit.outputs.detections import ResultWriter, Viewer, check_display
+from segtoolkit.outputs.files import check_output_folder
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres, collect
-from segtoolkit.imaging import check_patch_size
-from segtoolkit.frame_exports import FrameExports
-from segtoolkit.overlay import draw_overlay
-from segtoolkit.polygons import find_regions, largest_area
-from segtoolkit.pipeline import Finisher
-from segtoolkit.predict import check_model_flags, load_predictor
-from segtoolkit.probabilities import Prediction
-from segtoolkit.tiling import MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, check_tile_overlap
-from segtoolkit.uncertainty import UncertainFrames, check_ranking
-from segtoolkit.sources import resolve_sources
+from segtoolkit.inference.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres, collect
+from segtoolkit.data.imaging import check_patch_size
+from segtoolkit.outputs.frame_exports import FrameExports
+from segtoolkit.outputs.overlay import draw_overlay
+from segtoolkit.data.polygons import find_regions, largest_area
+from segtoolkit.inference.pipeline import Finisher
+from segtoolkit.inference.predictor import check_model_flags, load_predictor
+from segtoolkit.inference.probabilities import Prediction
+from segtoolkit.inference.tiling import MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, check_tile_overlap
+from segtoolkit.outputs.uncertainty import UncertainFrames, check_ranking
+from segtoolkit.data.sources import resolve_sources
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_PROJECT = REPO / "runs" / "detect"
 
 
 class Segmenter:
-    """One frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.full_size): its mask
+    """One frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.inference.full_size): its mask
     of class indices and, with `probabilities` (--save-probs), the class probabilities, both from the logits
     upsampled to the frame (the mask is decided after upsampling, as val.py and train.py count it). Models
     fitted into the patch see frame.image, which the loader letterboxed or stretched; crop-trained models (or

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from segtoolkit import quantize
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.export import int8 as quantize
+from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.cli import ArgumentParser, run_command
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import check_patch_size
-from segtoolkit.models import model_from_checkpoint
-from segtoolkit.onnx_export import (DEFAULT_OPSET, STATIC_SIZE_ARCHITECTURES, check_opset, check_output,
+from segtoolkit.data.imaging import check_patch_size
+from segtoolkit.models.factory import model_from_checkpoint
+from segtoolkit.export.onnx import (DEFAULT_OPSET, STATIC_SIZE_ARCHITECTURES, check_opset, check_output,
                                     check_simplifier, default_output, export_onnx, max_difference, simplify)
-from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
-from segtoolkit.predict import TorchPredictor, cpu_summary, native_bfloat16
+from segtoolkit.inference.onnx_runtime import INPUT_NAME, load_onnx
+from segtoolkit.inference.predictor import TorchPredictor, cpu_summary, native_bfloat16
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -123,7 +123,7 @@ def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_gr
         if int8:
             quantize.quantize_int8(onnx_path, output, quantize.preprocessed(calibration, meta, count), INPUT_NAME)
         elif file_format == "openvino":
-            from segtoolkit.openvino_runtime import convert_onnx  # only OpenVINO exports need openvino
+            from segtoolkit.inference.openvino_runtime import convert_onnx  # only OpenVINO exports need openvino
             convert_onnx(onnx_path, output, meta)
     tiles = "tiles of " if meta.get("input_mode") == "tile" else ""  # what detect.py feeds a crop-trained model
     what = f"{tiles}{len(checked or [])} images ({'--check-images' if check_images else 'the calibration images'})"
@@ -157,7 +157,7 @@ def load_file(path, file_format, precision="f32"):
     """The predict function of a written file (precision: OpenVINO's inference precision hint)."""
     if file_format == "onnx":
         return load_onnx(path)[1]
-    from segtoolkit.openvino_runtime import load_openvino  # only OpenVINO exports need openvino
+    from segtoolkit.inference.openvino_runtime import load_openvino  # only OpenVINO exports need openvino
 
     return load_openvino(path, precision)[1]
 

@@ -29,23 +29,24 @@ from tqdm import tqdm
 
 from dataset import make_dataset
 from segtoolkit import distributed
-from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
-from segtoolkit.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
+from segtoolkit.training.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
                                resolve_bit_depth, resume_command)
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure, UserError
-from segtoolkit.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
+from segtoolkit.data.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
-from segtoolkit.classes import MaskColors, load_mask_colors, run_class_names
-from segtoolkit.evaluation import evaluate, run_batch
-from segtoolkit.full_size import FullSizePredictor
-from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
-from segtoolkit.loading import guarded_batches, make_loaders, worker_crash_as_error
-from segtoolkit.masks import IGNORE, class_pixel_counts, label_warnings
-from segtoolkit.metrics import ConfusionStats, EarlyStopping
-from segtoolkit.models import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
-from segtoolkit.run_logging import NullLogger, RunLogger, log_preview, metrics_json, preview_grid, resolve_wandb_mode
-from segtoolkit.training import check_batch_size, new_run_dir, resolve_precision, set_train_mode
+from segtoolkit.data.classes import MaskColors, load_mask_colors, run_class_names
+from segtoolkit.evaluation.scoring import evaluate, run_batch
+from segtoolkit.inference.full_size import FullSizePredictor
+from segtoolkit.training.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
+from segtoolkit.data.loaders import guarded_batches, make_loaders, worker_crash_as_error
+from segtoolkit.data.masks import IGNORE, class_pixel_counts, label_warnings
+from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
+from segtoolkit.models.factory import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
+from segtoolkit.outputs.files import metrics_json
+from segtoolkit.training.run_log import NullLogger, RunLogger, log_preview, preview_grid, resolve_wandb_mode
+from segtoolkit.training.precision import check_batch_size, new_run_dir, resolve_precision, set_train_mode
 
 MAX_BAD_STEPS = 20
 CHECKPOINT_NAMES = {"last": "checkpoint.pth.tar", "best": "best-checkpoint.pth.tar"}
@@ -243,7 +244,7 @@ class UnetTraining:
         """Metrics over the whole 'val' or 'test' split with the unwrapped model and rank 0's BatchNorm
         statistics: DistributedDataParallel's forward syncs buffers with every process, and a process whose
         shard is empty (a split smaller than the number of processes) would never join, leaving the others
-        waiting. Dice and IoU count each image at its own size, as detect.py's masks (segtoolkit.evaluation);
+        waiting. Dice and IoU count each image at its own size, as detect.py's masks (segtoolkit.evaluation.scoring);
         crop-trained models see whole images at full resolution, by sliding window."""
         model = distributed.unwrap(self.model).eval()
         distributed.broadcast_buffers(model)

@@ -6,7 +6,7 @@ Usage:
     python val.py --model checkpoints/exp/best-checkpoint.pth.tar --split val --save-masks
     python val.py --model best-checkpoint.pth.tar --data my_data/test.txt     # a split file
     python val.py --model best-checkpoint.onnx --data my_data/holdout         # a folder with imgs/ and masks/
-    python val.py --model best-checkpoint.pth.tar --coco export/holdout.json  # a COCO file (segtoolkit.coco)
+    python val.py --model best-checkpoint.pth.tar --coco export/holdout.json  # a COCO file (segtoolkit.data.coco)
     python val.py --model best-checkpoint.onnx --data-dir my_data --search-files --val-split 0.2 --test-split 0.1
 
 Data: a train.py checkpoint lists the files of its run, and without a data flag val.py takes its test split
@@ -30,7 +30,7 @@ writes them (0/255 for one class, class indices for several, stored as palette P
 colours): the labels the metrics count, detect.py's with the same --conf-thres (default: 0.5 for one class,
 the plain argmax for several). Pixels are counted at each image's own size, as train.py counts them: the
 model's logits upsampled bilinearly to the image (the letterbox padding cut away first), then thresholded
-or argmaxed, against the original mask (segtoolkit.evaluation); the loss is computed where the model works
+or argmaxed, against the original mask (segtoolkit.evaluation.scoring); the loss is computed where the model works
 (the patch, or the image at a crop-trained model's --scale). Colour masks are read with the colours the
 model was trained with (--mask-colors FILE reads them with others); palette PNGs as their indices.
 Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
@@ -45,24 +45,25 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import make_dataset
-from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.coco import coco_pairs
-from segtoolkit.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
+from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.data.coco import coco_pairs
+from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
 from segtoolkit.cli import ArgumentParser, StopRequest, run_command
-from segtoolkit.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
+from segtoolkit.training.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
     stored_config
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
-from segtoolkit.evaluation import accumulate, collate
-from segtoolkit.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres
-from segtoolkit.loading import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
-from segtoolkit.losses import default_loss, make_loss, parse_class_weights
-from segtoolkit.masks import class_pixel_counts, label_warnings
-from segtoolkit.metrics import ConfusionStats
-from segtoolkit.predict import TorchPredictor, load_predictor
-from segtoolkit.run_logging import metrics_json
-from segtoolkit.splits import folder_pairs, pair_masks, read_split_file, search_files
-from segtoolkit.val_outputs import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
+from segtoolkit.data.loaders import collate
+from segtoolkit.evaluation.scoring import accumulate
+from segtoolkit.inference.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres
+from segtoolkit.data.loaders import guarded_batches, ignore_sigint_in_worker, worker_crash_as_error
+from segtoolkit.training.losses import default_loss, make_loss, parse_class_weights
+from segtoolkit.data.masks import class_pixel_counts, label_warnings
+from segtoolkit.evaluation.metrics import ConfusionStats
+from segtoolkit.inference.predictor import TorchPredictor, load_predictor
+from segtoolkit.outputs.files import metrics_json
+from segtoolkit.data.splits import folder_pairs, pair_masks, read_split_file, search_files
+from segtoolkit.outputs.val_report import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
                                     plot_confusion_matrix, write_text)
 
 REPO = Path(__file__).resolve().parent
@@ -242,7 +243,7 @@ def entries_folder(split_file):
 
 
 def searched_split(data_dir, img_dir, mask_dir, split, *, val_split, test_split, seed):
-    """--search-files: train.py's random split of data_dir (segtoolkit.splits.search_files), one part."""
+    """--search-files: train.py's random split of data_dir (segtoolkit.data.splits.search_files), one part."""
     parts = dict(zip(SPLITS, search_files(data_dir, img_dir, mask_dir, val_split, test_split, seed)))
     name = split or ("test" if parts["test"] else "val")
     if not parts[name]:
@@ -334,7 +335,7 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
 
 
 def score(full_size, dataset, settings, folder, save_masks, workers, stop):
-    """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.accumulate):
+    """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.scoring.accumulate):
     (ConfusionStats, PerImageScores); each mask written as its image is scored with --save-masks."""
     loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                         worker_init_fn=ignore_sigint_in_worker if workers else None)

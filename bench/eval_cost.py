@@ -1,7 +1,7 @@
 """What scoring every image at its own size costs: train.py's validation of a set of 1024x768 images at full
 size / the same validation scored at the patch size, as it was before (issue 22).
 
-  eval_cost   full size: train.py's evaluate (segtoolkit.evaluation) over an evaluation dataset, each image's
+  eval_cost   full size: train.py's evaluate (segtoolkit.evaluation.scoring) over an evaluation dataset, each image's
               logits upsampled bilinearly to 1024x768 and counted against its original mask, band by band;
               patch size: the same model, loss and loader over a training-style dataset, counted at the
               patch (ConfusionStats.update). One class; both sides include the forward pass, the loss and
@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader
 
 from bench.machine import cpu_name
 from dataset import make_dataset
-from segtoolkit.evaluation import collate, evaluate, run_batch
-from segtoolkit.full_size import FullSizePredictor
-from segtoolkit.losses import default_loss, make_loss
-from segtoolkit.metrics import ConfusionStats
-from segtoolkit.models import build_model, model_meta
+from segtoolkit.data.loaders import collate
+from segtoolkit.evaluation.scoring import evaluate, run_batch
+from segtoolkit.inference.full_size import FullSizePredictor
+from segtoolkit.training.losses import default_loss, make_loss
+from segtoolkit.evaluation.metrics import ConfusionStats
+from segtoolkit.models.factory import build_model, model_meta
 
 
 def patch_size_metrics(model, loader, classes, criterion):

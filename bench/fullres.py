@@ -19,10 +19,10 @@ import torch
 
 def tile_overhead(work, rounds, workers, encoder="resnet18", tile=256, size=(768, 1024), batch=4):
     from bench.run import Result, alternate
-    from segtoolkit.models import build_model
-    from segtoolkit.full_size import FullSizePredictor
-    from segtoolkit.predict import TorchPredictor
-    from segtoolkit.tiling import tile_starts
+    from segtoolkit.models.factory import build_model
+    from segtoolkit.inference.full_size import FullSizePredictor
+    from segtoolkit.inference.predictor import TorchPredictor
+    from segtoolkit.inference.tiling import tile_starts
     torch.manual_seed(0)
     predictor = TorchPredictor(build_model("Unet", encoder, 2), torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
@@ -52,8 +52,8 @@ def tile_overhead(work, rounds, workers, encoder="resnet18", tile=256, size=(768
 
 def training_probe(pairs, cache, cache_dir, patch, batch):
     """In a fresh process: peak RSS (bytes) of building a --crop dataset and training one epoch on it."""
-    from segtoolkit.config import RunConfig
-    from segtoolkit.models import build_model, model_meta
+    from segtoolkit.training.config import RunConfig
+    from segtoolkit.models.factory import build_model, model_meta
     from dataset import make_dataset
     from train import UnetTraining
     options = dict(patch_size=patch, classes=1, cache=cache, cache_dir=cache_dir, threads=2)

@@ -32,11 +32,11 @@ The sides:
              weights are scored.
 
 Scoring (`evaluate_at_original_size`): each model predicts every validation image at its original size as
-val.py and train.py's evaluation do (segtoolkit.full_size): train.py's model through its checkpoint's
+val.py and train.py's evaluation do (segtoolkit.inference.full_size): train.py's model through its checkpoint's
 FullSizePredictor, the reference's through the same resize it trained on; the logits are upsampled
 bilinearly to the image (the letterbox padding cut away first), then thresholded or argmaxed, and one
-confusion matrix over all validation pixels, void excluded (segtoolkit.metrics), gives each class's Dice
-by train.py's rule (segtoolkit.metrics.scores): a class absent from the validation masks scores 0 when
+confusion matrix over all validation pixels, void excluded (segtoolkit.evaluation.metrics), gives each class's Dice
+by train.py's rule (segtoolkit.evaluation.metrics.scores): a class absent from the validation masks scores 0 when
 predicted (MMSegmentation's rule), and has no Dice (nan) and is left out of the macro mean when not. Times
 are wall-clock seconds: train.py's include its
 start-up, its per-epoch validation and checkpoint writing, which the reference loop does not do.
@@ -70,13 +70,13 @@ import torch
 
 from bench.machine import cpu_name
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
-from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.full_size import FullSizePredictor, collect, restore
-from segtoolkit.imaging import Letterbox, read_image
-from segtoolkit.masks import binary_mask, class_mask, read_mask
-from segtoolkit.metrics import confusion_matrix, scores
-from segtoolkit.models import model_from_checkpoint
-from segtoolkit.predict import TorchPredictor
+from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.inference.full_size import FullSizePredictor, collect, restore
+from segtoolkit.data.imaging import Letterbox, read_image
+from segtoolkit.data.masks import binary_mask, class_mask, read_mask
+from segtoolkit.evaluation.metrics import confusion_matrix, scores
+from segtoolkit.models.factory import model_from_checkpoint
+from segtoolkit.inference.predictor import TorchPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
@@ -158,7 +158,7 @@ def read_pair(setting, path):
 
 def dice_per_class(confusion):
     """Dice of each class from a confusion matrix (rows truth, columns prediction), by train.py's own rule
-    (segtoolkit.metrics.scores): 0 for a class predicted but never in the truth, nan for one in neither."""
+    (segtoolkit.evaluation.metrics.scores): 0 for a class predicted but never in the truth, nan for one in neither."""
     return [float(dice) for dice in scores(torch.as_tensor(np.asarray(confusion), dtype=torch.float64))[0]]
 
 
@@ -184,7 +184,7 @@ def headline(setting, dice):
 
 def reference_predictor(model, patch):
     """Predict as the reference loop trained: resize to patch x patch, [0, 1]; logits back to the image's size
-    as every side's are (segtoolkit.full_size: bilinear, then the argmax or threshold)."""
+    as every side's are (segtoolkit.inference.full_size: bilinear, then the argmax or threshold)."""
     model.eval()
 
     def predict(image):

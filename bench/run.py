@@ -70,13 +70,13 @@ import torch
 from bench.machine import cpu_name
 from dataset import make_dataset
 from make_sample_data import draw_objects, make_background
-from segtoolkit.checkpoints import save_checkpoint
-from segtoolkit.config import REPO, RunConfig
-from segtoolkit.imaging import preprocess_image
-from segtoolkit.models import build_model, model_meta
-from segtoolkit.predict import TorchPredictor, half_dtype, load_predictor, native_bfloat16
-from segtoolkit.samples import CACHE_MODES
-from segtoolkit.training import resolve_precision
+from segtoolkit.models.checkpoints import save_checkpoint
+from segtoolkit.training.config import REPO, RunConfig
+from segtoolkit.data.imaging import preprocess_image
+from segtoolkit.models.factory import build_model, model_meta
+from segtoolkit.inference.predictor import TorchPredictor, half_dtype, load_predictor, native_bfloat16
+from segtoolkit.data.cache import CACHE_MODES
+from segtoolkit.training.precision import resolve_precision
 from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
@@ -356,8 +356,8 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
 def model_files(work, encoder, patch):
     """A random-weight Unet at `patch` written as a checkpoint, an ONNX file and an OpenVINO model, as
     train.py and export.py write them: (model, meta, {runtime: file})."""
-    from segtoolkit.onnx_export import export_onnx
-    from segtoolkit.openvino_runtime import convert_onnx
+    from segtoolkit.export.onnx import export_onnx
+    from segtoolkit.inference.openvino_runtime import convert_onnx
 
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)
@@ -428,7 +428,7 @@ def matmul_peak(size=1024, repeats=8):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from segtoolkit.onnx_runtime import session_options
+    from segtoolkit.inference.onnx_runtime import session_options
 
     square = [size, size]
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
@@ -453,8 +453,8 @@ def matmul_peak(size=1024, repeats=8):
 def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
     """Also reports each side's convolution GFLOP/s against the CPU's float32 matrix-multiply peak: a side
     near that peak cannot get much faster in float32, only by doing fewer operations."""
-    from segtoolkit.onnx_export import export_onnx
-    from segtoolkit.onnx_runtime import load_onnx
+    from segtoolkit.export.onnx import export_onnx
+    from segtoolkit.inference.onnx_runtime import load_onnx
 
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)
@@ -489,9 +489,9 @@ def onnx_speedup(work, rounds, workers, encoder="resnet34", patch=512, frames=3)
 def onnx_int8(work, rounds, workers, encoder="resnet34", patch=512, frames=3):
     """Extra: export.py --int8 (calibrated QDQ) against PyTorch eager and the float32 ONNX file, as
     onnx_speedup. Calibrated on 4 random batches: the speed does not depend on the ranges found."""
-    from segtoolkit.onnx_export import export_onnx
-    from segtoolkit.onnx_runtime import INPUT_NAME, load_onnx
-    from segtoolkit.quantize import quantize_int8
+    from segtoolkit.export.onnx import export_onnx
+    from segtoolkit.inference.onnx_runtime import INPUT_NAME, load_onnx
+    from segtoolkit.export.int8 import quantize_int8
 
     meta = model_meta("Unet", encoder, 1, patch)
     torch.manual_seed(0)

@@ -64,7 +64,7 @@ def one_line_warnings(enabled=True):
 
 class Stopped(Exception):
     """Raised by work that a StopRequest cuts short between two of its pieces (a frame segmented by tiles:
-    segtoolkit.tiling), so the loop around it can close its outputs and end with EXIT_STOPPED."""
+    segtoolkit.inference.tiling), so the loop around it can close its outputs and end with EXIT_STOPPED."""
 
 
 class StopRequest:

@@ -21,8 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-from segtoolkit.models import build_model, model_meta
-from segtoolkit.checkpoints import save_checkpoint
+from segtoolkit.models.factory import build_model, model_meta
+from segtoolkit.models.checkpoints import save_checkpoint
 from servers import wait_until
 
 # one thread per process: the machine has two cores shared by everyone's tests
@@ -265,7 +265,7 @@ def fake_webcam(monkeypatch, tmp_path):
     """Install a camera at index 0 for dataloaders: fake_webcam(open_camera) with open_camera(index) -> capture.
     A fake /dev/video0 lets the real check_webcam pass. Returns the CameraCv2 (its `cameras`)."""
     import dataloaders
-    from segtoolkit import sources
+    from segtoolkit.data import sources
     devices = tmp_path / "dev"
     devices.mkdir()
     (devices / "video0").touch()

@@ -165,4 +165,4 @@ def test_dice_per_class_from_a_confusion_matrix():
     dice = dice_per_class(confusion)
     assert dice[0] == pytest.approx(16 / 19) and dice[1] == pytest.approx(6 / 9) and dice[2] != dice[2]
     predicted_only = np.array([[8, 2, 1], [1, 3, 0], [0, 0, 0]])  # class 2 predicted once, never in the truth
-    assert dice_per_class(predicted_only)[2] == 0  # train.py's rule (segtoolkit.metrics.scores)
+    assert dice_per_class(predicted_only)[2] == 0  # train.py's rule (segtoolkit.evaluation.metrics.scores)

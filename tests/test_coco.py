@@ -1,4 +1,4 @@
-"""COCO in and out (segtoolkit.coco): rasterising what labelling tools export (polygons with holes, both RLE
+"""COCO in and out (segtoolkit.data.coco): rasterising what labelling tools export (polygons with holes, both RLE
 kinds, crowd regions, an empty image, category ids 1, 3, 7), the one-line errors of bad files, detect.py's
 predictions.coco.json rasterised back to its own masks, and the loop end to end: train.py --coco, detect.py
 --save-coco --rank-uncertain, and train.py --coco on the predictions."""
@@ -18,10 +18,10 @@ import val
 from conftest import REPO, RUNS
 from dataloaders import Frame
 from detect_helpers import QUIET_ENV, run_detect
-from segtoolkit.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
+from segtoolkit.data.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
 from segtoolkit.errors import UserError
-from segtoolkit.masks import read_mask
-from segtoolkit.uncertainty import UncertainFrames, margin_uncertainty
+from segtoolkit.data.masks import read_mask
+from segtoolkit.outputs.uncertainty import UncertainFrames, margin_uncertainty
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ("background", "cell", "nucleus", "debris")

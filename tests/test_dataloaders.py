@@ -16,7 +16,7 @@ from mjpeg_server import frame_number
 from segtoolkit.errors import UserError
 from servers import (MjpegServer, free_port, https_mjpeg_server, mjpeg_server, rtmp_server,  # noqa: F401
                      rtsp_server, rtsp_udp_only_server, wait_until)
-from segtoolkit.sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
+from segtoolkit.data.sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
 
 
 @pytest.fixture

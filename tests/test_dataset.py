@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from dataset import BinaryDataset, Dataset, make_dataset
-from segtoolkit.imaging import dataset_bit_depth, letterbox, normalize, preprocess_image, read_image, unletterbox
-from segtoolkit.splits import pair_masks, read_split_file, search_files
-from segtoolkit.imaging import IMAGENET_MEAN, IMAGENET_STD
+from segtoolkit.data.imaging import dataset_bit_depth, letterbox, normalize, preprocess_image, read_image, unletterbox
+from segtoolkit.data.splits import pair_masks, read_split_file, search_files
+from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
 from conftest import write_pair
-from segtoolkit.masks import IGNORE
+from segtoolkit.data.masks import IGNORE
 
 
 def square_mask(height, width, value):
@@ -232,7 +232,7 @@ def test_portrait_photo_with_an_upright_mask_trains_and_the_mask_stays_as_stored
     assert image[labels == 1].mean() > 200 and image[labels == 0].mean() < 60  # the mask covers the square
     # masks are read as stored, even when a labelling tool copied the photo's EXIF into them
     tagged_mask = save_with_orientation(tmp_path / "masks" / "tagged.png", np.dstack([mask] * 3), 6)
-    from segtoolkit.masks import read_mask
+    from segtoolkit.data.masks import read_mask
     assert read_mask(tagged_mask).shape == (160, 100)
 
 
@@ -268,7 +268,7 @@ def test_nul_bytes_alone_do_not_make_a_file_utf16(tmp_path):
 
 
 def test_source_list_with_bom_or_in_utf16(tmp_path):
-    from segtoolkit.sources import resolve_sources
+    from segtoolkit.data.sources import resolve_sources
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
     listing = tmp_path / "list.txt"
@@ -287,7 +287,7 @@ def test_source_list_with_bom_or_in_utf16(tmp_path):
 @pytest.fixture
 def fresh_bit_depth_notes(monkeypatch):
     """Each test sees the once-per-process bit-depth line again."""
-    from segtoolkit import imaging
+    from segtoolkit.data import imaging
     monkeypatch.setattr(imaging, "REPORTED_BIT_DEPTHS", set())
 
 
@@ -365,9 +365,9 @@ def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_ever
     import train
     from conftest import RUNS
     from dataloaders import LoadImages
-    from segtoolkit import quantize
-    from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-    from segtoolkit.models import build_model, model_meta
+    from segtoolkit.export import int8 as quantize
+    from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+    from segtoolkit.models.factory import build_model, model_meta
     from val import eval_settings
     pairs = two_frames(tmp_path / "data", (900, 4000), "train") + two_frames(tmp_path / "data", (1000,), "val")
     for name, stems in (("train.txt", ["train0", "train1"]), ("val.txt", ["val0"])):
@@ -402,7 +402,7 @@ def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_ever
 
 
 def test_16_bit_masks_are_not_scaled(tmp_path):
-    from segtoolkit.masks import read_mask
+    from segtoolkit.data.masks import read_mask
     mask = np.zeros((8, 8), np.uint16)
     mask[2:4, 2:4] = 300
     cv2.imwrite(str(tmp_path / "m.png"), mask)
@@ -441,7 +441,7 @@ def label_set(tmp_path, masks, classes, ignore_index=None):
 
 
 def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_path):
-    from segtoolkit.masks import class_pixel_counts, label_warnings
+    from segtoolkit.data.masks import class_pixel_counts, label_warnings
     train = label_set(tmp_path, [square_mask(64, 64, 255), square_mask(64, 64, 255)], classes=2, ignore_index=255)
     counts = class_pixel_counts(train)
     assert counts == {0: 2 * (64 * 64 - 16 * 16), 255: 2 * 16 * 16}
@@ -453,7 +453,7 @@ def test_0_255_masks_with_ignore_index_255_warn_that_no_foreground_is_left(tmp_p
 
 
 def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
-    from segtoolkit.masks import class_pixel_counts, label_warnings
+    from segtoolkit.data.masks import class_pixel_counts, label_warnings
     train = label_set(tmp_path, [square_mask(64, 64, 1)], classes=3)  # 0/1 masks with --classes 3
     names = ["background", "road", "car"]
     assert label_warnings(class_pixel_counts(train), 3, None, names) == [
@@ -470,7 +470,7 @@ def test_class_that_never_appears_in_the_training_masks_is_named(tmp_path):
 
 
 def test_binary_masks_without_foreground_warn(tmp_path):
-    from segtoolkit.masks import class_pixel_counts, label_warnings
+    from segtoolkit.data.masks import class_pixel_counts, label_warnings
     empty = label_set(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 2, classes=1)
     assert class_pixel_counts(empty) == {0: 2 * 64 * 64}
     assert label_warnings(class_pixel_counts(empty), 1, None, ["background", "foreground"]) == [

@@ -17,23 +17,24 @@ import pytest
 import torch
 
 import detect
-from segtoolkit import onnx_runtime
+from segtoolkit.inference import onnx_runtime
 from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_held_out, fake_webcam,  # noqa: F401
                             multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
                             wait_for_rows, wait_for_stderr, write_video)
 from dataloaders import Frame
-from segtoolkit.imaging import Letterbox
-from segtoolkit.detect_outputs import ResultWriter
-from segtoolkit.output_files import increment_path
+from segtoolkit.data.imaging import Letterbox
+from segtoolkit.outputs.detections import ResultWriter
+from segtoolkit.outputs.files import increment_path
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
-from segtoolkit.masks import read_mask
-from segtoolkit.models import model_from_checkpoint, model_meta
-from segtoolkit import predict
-from segtoolkit.imaging import preprocess_image, read_image
-from segtoolkit.full_size import to_labels
-from segtoolkit.overlay import class_colours, draw_overlay
-from segtoolkit.polygons import find_regions, largest_area
+from segtoolkit.data.masks import read_mask
+from segtoolkit.models.factory import model_from_checkpoint, model_meta
+from segtoolkit.inference import predictor as predict
+from segtoolkit.data.imaging import preprocess_image, read_image
+from segtoolkit.inference.full_size import to_labels
+from segtoolkit.data.classes import class_colours
+from segtoolkit.outputs.overlay import draw_overlay
+from segtoolkit.data.polygons import find_regions, largest_area
 from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
                      xvfb_display)
 
@@ -66,7 +67,7 @@ def cli(capsys, *args):
 
 
 def test_to_labels_thresholds_one_class_and_argmaxes_several_unless_a_threshold_is_given():
-    """The one rule (segtoolkit.full_size.to_labels) detect.py, val.py and training use. Several classes: the
+    """The one rule (segtoolkit.inference.full_size.to_labels) detect.py, val.py and training use. Several classes: the
     plain argmax by default (detect.py's --conf-thres 0.5 used to send unsure pixels to class 0 while the
     metrics counted the argmax); a threshold only when given."""
     binary = torch.tensor([[[2.0, -2.0], [0.1, -0.1]]])  # sigmoid: 0.88, 0.12, 0.52, 0.48
@@ -357,7 +358,7 @@ def named_files(rows):
 def imwrite_failing_after(monkeypatch, works):
     """cv2.imwrite (images, binary masks) and write_bytes (palette masks) that write `works` files, then fail
     as on a full disk: imwrite returns False, write_bytes raises what write_new_file does. Returns the paths."""
-    from segtoolkit import output_files
+    from segtoolkit.outputs import files as output_files
     real, real_bytes, calls = cv2.imwrite, output_files.write_bytes, []
 
     def imwrite(path, *args):
@@ -399,7 +400,7 @@ def test_failed_image_write_is_one_line_exit_1_and_outputs_so_far_stay(multiclas
 
 def test_masks_folder_replaced_by_a_file_mid_run_is_one_line_exit_1(multiclass_checkpoint, easy_held_out, tmp_path,
                                                                    capsys, monkeypatch):
-    from segtoolkit import detect_outputs
+    from segtoolkit.outputs import detections as detect_outputs
     real_add = detect_outputs.ResultWriter.add
 
     def add(self, frame, *args):
@@ -876,7 +877,7 @@ def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server,
 def test_an_image_window_is_enlarged_and_waits_for_its_key(monkeypatch):
     """cv2's window calls recorded, no display: a small image gets a window 480 px on its long side, and
     show() returns only once a key comes (q would quit)."""
-    from segtoolkit import detect_outputs
+    from segtoolkit.outputs import detections as detect_outputs
     calls, keys = [], iter([-1] * 6 + [ord("n")])
     fake = {"namedWindow": lambda *a: calls.append("namedWindow"),
             "resizeWindow": lambda name, width, height: calls.append(("resizeWindow", width, height)),
@@ -983,7 +984,7 @@ def test_half_on_a_bfloat16_cpu_runs_bfloat16_and_agrees_on_sure_pixels(trained_
 def test_half_chooses_the_openvino_precision_hint_and_onnx_stays_float32(trained_checkpoint, tmp_path, monkeypatch):
     """.xml: --half is OpenVINO's bf16 inference precision where the CPU has bfloat16, f32 elsewhere (with the
     warning); .onnx: onnxruntime has no half precision for the file, so --half says so and runs it."""
-    from segtoolkit import openvino_runtime
+    from segtoolkit.inference import openvino_runtime
     meta = torch.load(trained_checkpoint, weights_only=True)["meta"]
     hints = []
     monkeypatch.setattr(openvino_runtime, "load_openvino",

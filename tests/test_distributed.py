@@ -8,8 +8,8 @@ import cv2
 import torch
 
 from conftest import REPO, RUNS
-from segtoolkit.models import build_model, model_from_checkpoint
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.models.factory import build_model, model_from_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint
 
 
 def tiny_command(data, name, *extra):

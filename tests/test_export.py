@@ -19,16 +19,19 @@ import pytest
 import torch
 
 import export
-from segtoolkit import onnx_export, onnx_runtime, openvino_runtime, quantize
-from segtoolkit import predict as predict_module
+from segtoolkit.export import onnx as onnx_export
+from segtoolkit.inference import onnx_runtime
+from segtoolkit.inference import openvino_runtime
+from segtoolkit.export import int8 as quantize
+from segtoolkit.inference import predictor as predict_module
 from dataset import BinaryDataset
-from segtoolkit.splits import pair_masks
-from segtoolkit.imaging import normalize, preprocess_image, read_image, scaled, unletterbox
-from segtoolkit.losses import make_loss
-from segtoolkit.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS, save_checkpoint
+from segtoolkit.data.splits import pair_masks
+from segtoolkit.data.imaging import normalize, preprocess_image, read_image, scaled, unletterbox
+from segtoolkit.training.losses import make_loss
+from segtoolkit.models.checkpoints import MODEL_META_KEYS, OPTIONAL_META_KEYS, save_checkpoint
 from segtoolkit.errors import UserError
-from segtoolkit.models import build_model, model_from_checkpoint, model_meta
-from segtoolkit.tiling import tile_starts
+from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
+from segtoolkit.inference.tiling import tile_starts
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -296,7 +299,7 @@ def test_int8_flags_are_checked(checkpoint, tmp_path, capsys):
 def test_calibration_path_that_exists_is_taken_literally(tmp_path):
     """--calibration goes through the same resolve_sources as detect.py --source: an existing 'img[1].png'
     is that file, not a glob that matches img1.png beside it."""
-    from segtoolkit import quantize
+    from segtoolkit.export import int8 as quantize
     for name in ("img[1].png", "img1.png"):
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
     assert quantize.calibration_images(str(tmp_path / "img[1].png")) == [tmp_path / "img[1].png"]

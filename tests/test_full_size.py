@@ -1,4 +1,4 @@
-"""segtoolkit.full_size and the band-by-band scoring of segtoolkit.evaluation: logits brought back to each
+"""segtoolkit.inference.full_size and the band-by-band scoring of segtoolkit.evaluation.scoring: logits brought back to each
 image's own size (bilinear, as torch's interpolate, the letterbox padding cut away), the same whatever the
 bands, and a sliding-window image scored one band at a time, never holding its logits whole."""
 
@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segtoolkit.evaluation import EvalBatch, accumulate
-from segtoolkit.full_size import FullSizePredictor, restore, to_labels, upsample_rows
-from segtoolkit.imaging import Letterbox, scaled
-from segtoolkit.losses import make_loss
-from segtoolkit.metrics import ConfusionStats, confusion_matrix
-from segtoolkit.tiling import Tiler
+from segtoolkit.data.loaders import EvalBatch
+from segtoolkit.evaluation.scoring import accumulate
+from segtoolkit.inference.full_size import FullSizePredictor, restore, to_labels, upsample_rows
+from segtoolkit.data.imaging import Letterbox, scaled
+from segtoolkit.training.losses import make_loss
+from segtoolkit.evaluation.metrics import ConfusionStats, confusion_matrix
+from segtoolkit.inference.tiling import Tiler
 
 
 def in_bands(logits, rows):

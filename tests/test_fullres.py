@@ -15,14 +15,14 @@ import detect
 import train
 from conftest import REPO, RUNS, write_pair
 from dataset import BinaryDataset, Dataset
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.errors import UserError
-from segtoolkit.imaging import normalize
-from segtoolkit.masks import IGNORE
-from segtoolkit.models import build_model, model_from_checkpoint
-from segtoolkit.full_size import FullSizePredictor, to_labels
-from segtoolkit.predict import TorchPredictor
-from segtoolkit.tiling import Tiler, tile_starts
+from segtoolkit.data.imaging import normalize
+from segtoolkit.data.masks import IGNORE
+from segtoolkit.models.factory import build_model, model_from_checkpoint
+from segtoolkit.inference.full_size import FullSizePredictor, to_labels
+from segtoolkit.inference.predictor import TorchPredictor
+from segtoolkit.inference.tiling import Tiler, tile_starts
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
@@ -89,10 +89,10 @@ def test_output_sizes_always_equal_input_sizes_and_mask_streams_like_logits(mode
 
 
 def test_onnx_tiled_equals_pytorch_tiled(model, tmp_path):
-    from segtoolkit.models import model_meta
-    from segtoolkit.onnx_export import export_onnx
-    from segtoolkit.onnx_runtime import load_onnx
-    from segtoolkit.predict import ArrayPredictor
+    from segtoolkit.models.factory import model_meta
+    from segtoolkit.export.onnx import export_onnx
+    from segtoolkit.inference.onnx_runtime import load_onnx
+    from segtoolkit.inference.predictor import ArrayPredictor
     export_onnx(model, model_meta("Unet", "resnet18", 2, 64), tmp_path / "m.onnx")
     _, predict = load_onnx(tmp_path / "m.onnx")
     image = np.random.default_rng(2).integers(0, 255, (150, 203, 3), dtype=np.uint8)
@@ -108,7 +108,7 @@ def test_an_8000x6000_image_runs_with_memory_bounded_by_the_tile_batch(tmp_path)
     uint8 image (144 MB) and the uint8 mask (48 MB) stays far below a float32 copy of the image (576 MB)."""
     code = (
         "import resource, numpy as np, torch\n"
-        "from segtoolkit.full_size import FullSizePredictor\n"
+        "from segtoolkit.inference.full_size import FullSizePredictor\n"
         "conv = torch.nn.Conv2d(3, 2, 1)\n"
         "predict = lambda batch: conv(batch).detach()\n"
         "image = np.zeros((6000, 8000, 3), np.uint8); image[:, 4000:] = 255\n"
@@ -264,7 +264,7 @@ def test_crop_training_evaluates_whole_images_and_detect_tiles_on_its_own(tmp_pa
 @pytest.mark.parametrize("repeats", [1, 3])
 def test_an_epoch_draws_every_sample_crops_per_image_times_each_with_its_own_seed(repeats):
     from segtoolkit.distributed import Process
-    from segtoolkit.loading import ResumableSampler, sample_seed
+    from segtoolkit.data.loaders import ResumableSampler, sample_seed
     sampler = ResumableSampler(range(10), True, 0, Process(), batch_size=2, repeats=repeats)
     sampler.set_epoch(2)
     drawn = list(sampler)
@@ -285,7 +285,7 @@ def test_crops_per_image_goes_with_crop_only_and_is_at_least_one(capsys):
 
 
 def test_a_resume_keeps_its_crops_per_image_and_runs_stored_before_drew_one():
-    from segtoolkit.config import RunConfig
+    from segtoolkit.training.config import RunConfig
     stored = RunConfig(crop=True, crops_per_image=3)
     assert RunConfig(crop=True, crops_per_image=None).resumed(stored, set(), "run/checkpoint.pth.tar") \
         .crops_per_image == 3

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
-from segtoolkit.imaging import IMAGE_SUFFIXES
+from segtoolkit.data.imaging import IMAGE_SUFFIXES
 from dataset import make_dataset
-from segtoolkit.splits import pair_masks, read_split_file, search_files
+from segtoolkit.data.splits import pair_masks, read_split_file, search_files
 from segtoolkit.errors import UserError
-from segtoolkit.masks import IGNORE
-from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit.models import model_meta
+from segtoolkit.data.masks import IGNORE
+from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models.factory import model_meta
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MASK_VALUES = [0, 1, 2, 3, 4, 7, 100, 254, 255, 256, 1000, 65535, -1, 0.5]  # -1, 0.5: int16 / float TIFF masks

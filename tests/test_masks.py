@@ -27,16 +27,16 @@ import train
 import val
 from conftest import REPO, RUNS
 from make_sample_data import write_dataset
-from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit.classes import load_mask_colors
+from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.data.classes import load_mask_colors
 from segtoolkit.errors import UserError
-from segtoolkit.full_size import FullSizePredictor
-from segtoolkit.imaging import read_image
-from segtoolkit.predict import TorchPredictor
-from segtoolkit.masks import binary_mask, palette_png, read_mask
-from segtoolkit.models import model_from_checkpoint
-from segtoolkit.onnx_runtime import load_onnx
-from segtoolkit.polygons import polygon_records
+from segtoolkit.inference.full_size import FullSizePredictor
+from segtoolkit.data.imaging import read_image
+from segtoolkit.inference.predictor import TorchPredictor
+from segtoolkit.data.masks import binary_mask, palette_png, read_mask
+from segtoolkit.models.factory import model_from_checkpoint
+from segtoolkit.inference.onnx_runtime import load_onnx
+from segtoolkit.data.polygons import polygon_records
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1", "--project", str(RUNS)]
@@ -110,7 +110,7 @@ def colour_run(tmp_path_factory):
 
 def plain_argmax(checkpoint_path, image_path):
     """The model's argmax for one image at its original size, as detect.py computes it by default (its logits
-    upsampled to the image, segtoolkit.full_size, whose agreement with torch's bilinear interpolation
+    upsampled to the image, segtoolkit.inference.full_size, whose agreement with torch's bilinear interpolation
     tests/test_full_size.py checks)."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint).eval()
@@ -137,7 +137,7 @@ def run_detect(capsys, model, source, save_dir, *flags):
 
 def assert_areas_add_up(mask, polygons):
     """For each class the polygons' areas add up to its pixels less half a boundary pixel per outline step
-    and one per outline (segtoolkit.polygons): 0 <= pixels - areas <= sum(length / 2 + 1)."""
+    and one per outline (segtoolkit.data.polygons): 0 <= pixels - areas <= sum(length / 2 + 1)."""
     for label in range(1, int(mask.max()) + 1):
         records = [record for record in polygons if record["class"] == label]
         pixels = int((mask == label).sum())

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from segtoolkit.metrics import ConfusionStats, EarlyStopping
+from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from servers import wait_until
 
 
@@ -68,7 +68,8 @@ def test_nan_fitness_is_never_an_improvement_and_early_stopping_still_counts():
 
 
 def test_results_csv_cell_is_empty_for_nan_and_the_plot_is_drawn(tmp_path):
-    from segtoolkit.run_logging import format_value, RunLogger
+    from segtoolkit.outputs.files import format_value
+    from segtoolkit.training.run_log import RunLogger
     assert format_value(math.nan) == "" and format_value(0.5) == "0.5"
     logger = RunLogger(tmp_path, {}, mode="disabled", extra_columns=["val/dice_b"])
     for epoch, dice in ((1, math.nan), (2, 0.75)):
@@ -82,7 +83,7 @@ def test_results_csv_cell_is_empty_for_nan_and_the_plot_is_drawn(tmp_path):
 
 
 def test_metrics_json_writes_null_for_nan():
-    from segtoolkit.run_logging import metrics_json
+    from segtoolkit.outputs.files import metrics_json
 
     def refuse(constant):
         raise AssertionError(f"{constant} is not JSON")
@@ -91,7 +92,7 @@ def test_metrics_json_writes_null_for_nan():
 
 
 def test_wandb_gets_no_nan(tmp_path):
-    from segtoolkit.run_logging import RunLogger
+    from segtoolkit.training.run_log import RunLogger
     from wandb_records import logged_keys
     logger = RunLogger(tmp_path, {"lr": 1e-3}, mode="offline", name="nan-test")
     logger.log({"epoch": 1, "val/loss": 0.5, "val/dice": math.nan, "val/dice_b": math.nan}, step=1)

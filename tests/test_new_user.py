@@ -22,25 +22,25 @@ import detect
 import export
 import train
 import val
-from segtoolkit.run_logging import NullLogger
-from segtoolkit.tiling import Tiler
+from segtoolkit.training.run_log import NullLogger
+from segtoolkit.inference.tiling import Tiler
 from servers import wait_until
 from test_train import make_trainer, tiny_sets
 from dataloaders import Frame
 from detect_helpers import detect_process, read_rows, wait_for_stderr
 from make_sample_data import write_dataset
-from segtoolkit.detect_outputs import ResultWriter
-from segtoolkit.frame_exports import FrameExports
-from segtoolkit.masks import binary_mask, read_mask
-from segtoolkit.overlay import class_colours
-from segtoolkit.polygons import find_regions, largest_area, polygon_records
-from segtoolkit.probabilities import Prediction
-from segtoolkit.augment import load_augmentation
-from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit.config import RunConfig
+from segtoolkit.outputs.detections import ResultWriter
+from segtoolkit.outputs.frame_exports import FrameExports
+from segtoolkit.data.masks import binary_mask, read_mask
+from segtoolkit.data.classes import class_colours
+from segtoolkit.data.polygons import find_regions, largest_area, polygon_records
+from segtoolkit.inference.probabilities import Prediction
+from segtoolkit.data.augment import load_augmentation
+from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.training.config import RunConfig
 from segtoolkit.errors import UserError
-from segtoolkit.models import build_model, model_from_checkpoint, model_meta
-from segtoolkit.onnx_export import export_onnx
+from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
+from segtoolkit.export.onnx import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 

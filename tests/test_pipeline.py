@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from segtoolkit.pipeline import Finisher, Prefetcher
+from segtoolkit.inference.pipeline import Finisher, Prefetcher
 
 
 def test_prefetcher_yields_every_item_in_order_then_stops():
@@ -108,7 +108,7 @@ def test_finisher_close_raises_a_failure_not_yet_reported():
 
 
 def test_a_starved_prefetcher_hands_reading_back_without_losing_or_repeating(monkeypatch):
-    from segtoolkit import pipeline
+    from segtoolkit.inference import pipeline
     monkeypatch.setattr(pipeline, "STARVED_SECONDS", 0.2)
     slow = threading.Event()
 
@@ -124,7 +124,7 @@ def test_a_starved_prefetcher_hands_reading_back_without_losing_or_repeating(mon
 
 
 def test_a_starved_finisher_hands_its_jobs_back_in_order(monkeypatch):
-    from segtoolkit import pipeline
+    from segtoolkit.inference import pipeline
     monkeypatch.setattr(pipeline, "STARVED_SECONDS", 0.2)
     done = []
 
@@ -152,8 +152,8 @@ def test_helper_threads_run_at_the_lowest_priority():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from segtoolkit.models import build_model, model_meta
-    from segtoolkit.checkpoints import save_checkpoint
+    from segtoolkit.models.factory import build_model, model_meta
+    from segtoolkit.models.checkpoints import save_checkpoint
     path = tmp_path_factory.mktemp("model") / "tiny.pth.tar"
     save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
     return path
@@ -174,7 +174,7 @@ def test_detect_writes_every_frame_in_order_through_the_threads(tiny_model, tmp_
 def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_stay(tiny_model, tmp_path,
                                                                                     monkeypatch, capsys):
     import detect
-    from segtoolkit import detect_outputs
+    from segtoolkit.outputs import detections as detect_outputs
     from detect_helpers import read_rows, video_facts, write_video
     from segtoolkit.errors import UserError
     video = write_video(tmp_path / "clip.mp4", 30)

@@ -17,16 +17,17 @@ import train
 from conftest import REPO, RUNS, write_pair
 from dataset import BinaryDataset, Dataset, make_dataset
 from make_sample_data import write_dataset
-from segtoolkit.augment import augmentation_from_dict, load_augmentation, preset
-from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.config import RunConfig
+from segtoolkit.data.augment import augmentation_from_dict, load_augmentation, preset
+from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.training.config import RunConfig
 from segtoolkit.errors import UserError
-from segtoolkit.evaluation import collate, evaluate
-from segtoolkit.full_size import FullSizePredictor
-from segtoolkit.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights, parse_loss
-from segtoolkit.masks import IGNORE
-from segtoolkit.models import build_model, model_meta
-from segtoolkit.splits import pair_masks, read_split_file
+from segtoolkit.data.loaders import collate
+from segtoolkit.evaluation.scoring import evaluate
+from segtoolkit.inference.full_size import FullSizePredictor
+from segtoolkit.training.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights, parse_loss
+from segtoolkit.data.masks import IGNORE
+from segtoolkit.models.factory import build_model, model_meta
+from segtoolkit.data.splits import pair_masks, read_split_file
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",

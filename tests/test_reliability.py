@@ -33,16 +33,16 @@ from torch.utils.data import DataLoader
 import train
 from dataset import SegmentationDataset, make_dataset
 from make_sample_data import write_dataset
-from segtoolkit import run_logging
-from segtoolkit.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from segtoolkit.training import run_log as run_logging
+from segtoolkit.models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from conftest import RUNS
-from segtoolkit.config import REPO, RunConfig
+from segtoolkit.training.config import REPO, RunConfig
 from segtoolkit.errors import RunFailure, UserError
-from segtoolkit.loading import guarded_batches
-from segtoolkit.masks import IGNORE
-from segtoolkit.models import build_model, model_from_checkpoint, model_meta
-from segtoolkit.run_logging import NullLogger
-from segtoolkit.splits import pair_masks, read_split_file
+from segtoolkit.data.loaders import guarded_batches
+from segtoolkit.data.masks import IGNORE
+from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
+from segtoolkit.training.run_log import NullLogger
+from segtoolkit.data.splits import pair_masks, read_split_file
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
         "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
@@ -462,7 +462,7 @@ def test_train_refuses_code_running_checkpoint_and_encoder_weights(data, run_nam
 
 def test_every_torch_load_in_the_toolkit_is_weights_only():
     calls = []
-    for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/*.py")]):
+    for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/**/*.py")]):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):

@@ -16,10 +16,10 @@ import torch
 import train
 from conftest import REPO, RUNS
 from make_sample_data import write_dataset
-from segtoolkit.checkpoints import load_checkpoint, save_checkpoint
-from segtoolkit import config
-from segtoolkit.config import start_mode
-from segtoolkit.models import model_meta
+from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.training import config
+from segtoolkit.training.config import start_mode
+from segtoolkit.models.factory import model_meta
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--workers", "0", "--wandb-mode", "disabled", "--project", str(RUNS)]
@@ -391,7 +391,7 @@ def test_checkpoints_get_the_umask_mode_without_changing_the_umask(tmp_path):
             "print(oct(os.stat('{0}/c.pth.tar').st_mode & 0o777), oct(os.umask(0o022)))").format(tmp_path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.split() == ["0o640", "0o27"], result.stderr[-2000:]
-    calls = [(source.name, node.lineno) for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/*.py")])
+    calls = [(source.name, node.lineno) for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/**/*.py")])
              for node in ast.walk(ast.parse(source.read_text()))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "umask"]
     assert not calls  # setting the umask to read it changes it for every thread meanwhile

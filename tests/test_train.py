@@ -10,13 +10,13 @@ import torch
 
 import train
 from dataset import make_dataset
-from segtoolkit.checkpoints import load_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint
 from conftest import RUNS
-from segtoolkit.config import REPO, RunConfig
-from segtoolkit.metrics import ConfusionStats, EarlyStopping
-from segtoolkit.models import build_model, model_from_checkpoint, model_meta
-from segtoolkit.splits import pair_masks, read_split_file
-from segtoolkit.training import new_run_dir
+from segtoolkit.training.config import REPO, RunConfig
+from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
+from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
+from segtoolkit.data.splits import pair_masks, read_split_file
+from segtoolkit.training.precision import new_run_dir
 from wandb_records import logged_keys
 
 

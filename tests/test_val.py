@@ -28,9 +28,9 @@ import train
 import val
 from conftest import REPO, RUNS
 from make_sample_data import write_dataset
-from segtoolkit.checkpoints import load_checkpoint
-from segtoolkit.masks import read_mask
-from segtoolkit.val_outputs import class_rows, class_table, row_normalized
+from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.data.masks import read_mask
+from segtoolkit.outputs.val_report import class_rows, class_table, row_normalized
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
         "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1", "--project", RUNS]
@@ -604,7 +604,7 @@ def test_every_readme_val_command_runs_as_written(binary_run, onnx_model, tmp_pa
 def test_half_follows_the_cpu_as_detect_does(binary_run, tmp_path, capsys, monkeypatch, native):
     """val.py --half: on a CPU without native bfloat16 one warning line and exactly the float32 figures; with
     it (forced here, whatever this CPU is) bfloat16, whose figures stay close to float32's."""
-    from segtoolkit import predict
+    from segtoolkit.inference import predictor as predict
     monkeypatch.setattr(predict, "native_bfloat16", lambda: native)
     checkpoint = binary_run[0] / "best-checkpoint.pth.tar"
     code, _, err, float32 = run_val(capsys, tmp_path, "--model", checkpoint)

@@ -1,0 +1,223 @@
+"""A model's logits at each image's own size, and the one rule from logits to a mask: what detect.py writes,
+what val.py and train.py's validation and test count, and what the quality benchmark scores.
+
+How a model sees an image, as its checkpoint's meta says:
+- whole-image models (train.py --resize stretch, the default, or letterbox): the image is fitted into the
+  patch (imaging.preprocess_image); the patch's logits, the letterbox padding cut away first, are upsampled
+  bilinearly to the image's size (`restore`);
+- crop-trained models (meta input_mode 'tile', or --tile): the image, shrunk by the model's --scale, by
+  sliding window (segtoolkit.inference.tiling); those logits upsampled bilinearly to the image's size.
+Then `to_labels`, the one rule: one class, foreground where the sigmoid is above conf_thres (0.5 by
+default); several classes, the argmax, and only with a conf_thres given, pixels whose top probability is
+below it become class 0. A mask resized after thresholding (nearest) would put class edges elsewhere than
+the metrics count them; here there is one order: upsample, then decide.
+
+The upsampling runs in bands of rows (`upsample_rows`: bilinear with half-pixel centres, as
+torch.nn.functional.interpolate with align_corners=False and OpenCV), so memory holds one band of full-size
+logits, never the whole image's; each output pixel is the same arithmetic whatever the bands, so every
+caller gets the same mask to the bit.
+
+Usage:
+    full = FullSizePredictor.from_meta(predictor, meta)          # tile=..., conf_thres=... as the flags say
+    mask = full.mask(rgb)                                        # uint8 HxW at the image's size
+    logits = full.logits(rgb)                                    # float32 CxHxW at the image's size
+    for start, stop, logits in full.blocks(rgb): ...             # CxRxW: rows start:stop of the image
+    mask, probabilities = collect(restore(patch_logits, box), (height, width), probabilities=True)
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from segtoolkit.errors import UserError
+from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD, is_stretched, preprocess_image, scaled
+from segtoolkit.inference.probabilities import STORED_DTYPE, logits_to_probabilities
+from segtoolkit.inference.tiling import Tiler
+
+BAND_ELEMENTS = 1 << 22  # float32 logits per band of upsampled rows (16 MiB): memory is bounded by it
+CONF_THRES_HELP = ("one class: probability above which a pixel is foreground (default 0.5); several classes: the "
+                   "argmax by default, and when given, pixels whose top probability is below it become class 0")
+
+
+def check_conf_thres(conf_thres):
+    if conf_thres is not None and not 0 <= conf_thres <= 1:
+        raise UserError(f"--conf-thres {conf_thres} must be a probability in [0, 1]")
+
+
+def to_labels(logits, conf_thres=None):
+    """The class of each pixel: logits ... x C x H x W (classes on the third axis from the end) -> int64
+    ... x H x W. One class: 1 where sigmoid(logit) > conf_thres (0.5 when None), decided on the logit (above
+    log(p / (1 - p)), 0 for 0.5) so that no rounding of the sigmoid moves a pixel. Several: the argmax; with
+    a conf_thres, pixels whose top softmax probability is below it become class 0 (background)."""
+    logits = logits.detach()
+    if logits.shape[-3] == 1:
+        p = 0.5 if conf_thres is None else conf_thres
+        threshold = -math.inf if p <= 0 else math.inf if p >= 1 else math.log(p / (1 - p))
+        return (logits[..., 0, :, :] > threshold).long()
+    labels = logits.max(-3).indices  # the first largest, as argmax, which is 10x slower across a leading axis
+    if conf_thres is not None:
+        labels[torch.softmax(logits.float(), -3).amax(-3) < conf_thres] = 0
+    return labels
+
+
+def mask_dtype(classes):
+    """uint8 for up to 256 classes (and one), else uint16: what masks are stored as."""
+    return np.uint8 if classes <= 256 else np.uint16
+
+
+# ---------------------------------------------------------------- bilinear, band by band
+
+
+def source_rows(source, target, device):
+    """Bilinear sampling of `target` rows from `source` ones, half-pixel centres (align_corners=False): for
+    each, (the source row at or above it, the one below, the weight of the first, of the second)."""
+    # in float32, as torch computes it, so that the two agree to the rounding of the values
+    scale = torch.tensor(source / target, dtype=torch.float32)
+    position = ((torch.arange(target, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    above = position.floor().long().clamp_max(source - 1)
+    below = (above + 1).clamp_max(source - 1)
+    weight = torch.where(below > above, position - above, 0.0)
+    return above.to(device), below.to(device), (1 - weight)[:, None].to(device), weight[:, None].to(device)
+
+
+def widen(block, width):
+    """C x R x w logits -> C x R x `width`, bilinearly along the rows only (the height is kept, so each row is
+    resized on its own, whatever the rows around it)."""
+    if block.shape[2] == width:
+        return block
+    return torch.nn.functional.interpolate(block[None], size=(block.shape[1], width), mode="bilinear",
+                                           align_corners=False)[0]
+
+
+def upsample_rows(blocks, source_size, size):
+    """Blocks (start, stop, C x rows x source width) that cover a logit map of `source_size` (height, width)
+    from top to bottom -> the same blocks at `size`, bilinearly: each output row is made as soon as the two
+    source rows it reads have come (from them, then widened), and only the source rows still to be read are
+    kept. Equal sizes pass unchanged."""
+    source_height, (height, width) = source_size[0], size  # the source width is each block's own
+    if source_height == height:
+        for start, stop, block in blocks:
+            yield start, stop, widen(block, width)
+        return
+    rows, kept, first, done = None, None, 0, 0  # kept: the source rows from `first` on
+    for start, stop, block in blocks:
+        rows = rows or source_rows(source_height, height, block.device)
+        kept = block if kept is None else torch.cat([kept, block], 1)
+        ready = int(torch.searchsorted(rows[1], stop))  # output rows whose source row below has come
+        if ready > done:
+            above, below = rows[0][done:ready] - first, rows[1][done:ready] - first
+            tall = kept.index_select(1, above) * rows[2][done:ready] + kept.index_select(1, below) * rows[3][done:ready]
+            yield done, ready, widen(tall, width)
+            done = ready
+        if done < height:
+            keep_from = int(rows[0][done])
+            kept, first = kept[:, keep_from - first:], keep_from
+
+
+def restore(logits, box):
+    """The blocks of a fitted patch's logits (C x P x P) at its image's size: the letterbox padding cut away
+    (a stretched patch has none), then upsampled bilinearly, in bands of at most about BAND_ELEMENTS."""
+    cut = logits[:, :box.scaled_height, :box.scaled_width]
+    channels, rows = cut.shape[0], cut.shape[1]
+    step = max(1, BAND_ELEMENTS * rows // max(1, channels * box.width * box.height))  # source rows per band
+    parts = ((start, min(start + step, rows), cut[:, start:start + step]) for start in range(0, rows, step))
+    return upsample_rows(parts, (rows, box.scaled_width), (box.height, box.width))
+
+
+def collect(blocks, size, conf_thres=None, probabilities=False, seen=None):
+    """(mask, probabilities) of an image from its full-size blocks: the uint8 (uint16 past 256 classes) HxW
+    mask of `to_labels`, and with `probabilities` the float16 HxWxC sigmoid or softmax (else None).
+    `seen(start, stop, labels)` gets each block's int64 labels (on the CPU) as they are made."""
+    mask = probs = None
+    for start, stop, logits in blocks:
+        if mask is None:
+            mask = np.empty(size, mask_dtype(logits.shape[0]))
+            probs = np.empty((*size, logits.shape[0]), STORED_DTYPE) if probabilities else None
+        labels = to_labels(logits, conf_thres).cpu()
+        mask[start:stop] = labels.numpy()
+        if seen is not None:
+            seen(start, stop, labels)
+        if probs is not None:
+            probs[start:stop] = logits_to_probabilities(logits.cpu())
+    return mask, probs
+
+
+# ---------------------------------------------------------------- the object
+
+
+class FullSizePredictor:
+    """A predictor (float32 NCHW batch -> float32 logits NCHW on the CPU) fitted to images of any size:
+    `resize` 'stretch' or 'letterbox' (whole images fitted into `patch_size`) or 'tile' (sliding window over
+    the image times `scale`); logits and masks come back at the image's own size (see the module)."""
+
+    def __init__(self, predictor, patch_size, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="stretch", scale=1.0,
+                 overlap=0.25, tile_batch=4, weighting="gaussian", conf_thres=None, stop=None, progress=False):
+        if resize not in ("stretch", "letterbox", "tile"):
+            raise ValueError(f"resize {resize} is not stretch, letterbox or tile")
+        check_conf_thres(conf_thres)
+        self.predictor, self.patch_size, self.resize = predictor, patch_size, resize
+        self.mean, self.std, self.conf_thres = tuple(mean), tuple(std), conf_thres
+        self.scale = scale if resize == "tile" else 1.0
+        # stop (an Event) and progress: see Tiler; detect.py stops a long tiled frame between batches of tiles
+        self.tiler = Tiler(predictor, patch_size, overlap, tile_batch, weighting, mean, std, stop=stop,
+                           progress=progress) if resize == "tile" else None
+
+    @classmethod
+    def from_meta(cls, predictor, meta, *, tile=False, patch_size=None, overlap=0.25, tile_batch=4,
+                  weighting="gaussian", conf_thres=None, stop=None, progress=False):
+        """As a model's meta (a checkpoint's or an export's) says: crop-trained models (input_mode 'tile') or
+        `tile` by sliding window at the model's --scale, others fitted as they were trained."""
+        tiled = tile or meta.get("input_mode") == "tile"
+        return cls(predictor, patch_size or meta["patch_size"], mean=meta["mean"], std=meta["std"],
+                   resize="tile" if tiled else "stretch" if is_stretched(meta) else "letterbox",
+                   scale=meta.get("scale", 1.0), overlap=overlap, tile_batch=tile_batch, weighting=weighting,
+                   conf_thres=conf_thres, stop=stop, progress=progress)
+
+    @property
+    def tiled(self):
+        return self.tiler is not None
+
+    def fit(self, image):
+        """(float32 3xPxP input, Letterbox) of a uint8 RGB image, for whole-image models."""
+        return preprocess_image(image, self.patch_size, self.mean, self.std, stretch=self.resize == "stretch")
+
+    def blocks(self, image):
+        """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom."""
+        if self.tiled:
+            return self.tile_blocks(scaled(image, self.scale), image.shape[:2])
+        return self.fitted_blocks(*self.fit(image))
+
+    def fitted_blocks(self, tensor, box):
+        """The blocks of an image already fitted into the patch (`fit`, or detect.py's frame loader)."""
+        return restore(self.predictor(tensor.unsqueeze(0))[0], box)
+
+    def tile_blocks(self, image, size, seen=None):
+        """The blocks at `size` (the original height, width) of an image already shrunk by --scale, by sliding
+        window; `seen(start, stop, logits)` gets each block at the shrunk size first (the loss's)."""
+        rows = self.tiler.finished_rows(image)
+        return upsample_rows(rows if seen is None else watched(rows, seen), image.shape[:2], size)
+
+    def logits(self, image):
+        """float32 CxHxW logits of a uint8 RGB image at its size (all of them in memory: prefer blocks)."""
+        return torch.cat([logits for _, _, logits in self.blocks(image)], 1)
+
+    def mask(self, image):
+        """The uint8 HxW mask of a uint8 RGB image at its size."""
+        return collect(self.blocks(image), image.shape[:2], self.conf_thres)[0]
+
+    def mask_and_probabilities(self, image):
+        """(mask, float16 HxWxC probabilities) at the image's size (detect.py --save-probs)."""
+        return collect(self.blocks(image), image.shape[:2], self.conf_thres, probabilities=True)
+
+    def labels(self, logits):
+        """to_labels with this predictor's conf_thres."""
+        return to_labels(logits, self.conf_thres)
+
+
+
+def watched(blocks, seen):
+    """The blocks unchanged, each shown to `seen(start, stop, logits)` first."""
+    for block in blocks:
+        seen(*block)
+        yield block

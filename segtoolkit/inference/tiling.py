@@ -1,0 +1,161 @@
+"""Sliding-window inference: an image of any size segmented at full resolution by tiles of the model's patch
+size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap, as
+MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile at
+a time, so memory holds the uint8 image, the result and one or two row bands of tiles, never a float copy of
+the whole image.
+
+Bounded and stoppable: --tile-overlap above MAX_OVERLAP (each pixel inside more than MAX_TILES_PER_PIXEL tiles) is
+refused, since 0.99 made a 1000x750 image 643,000 tiles of 64 px; a frame whose tiles take longer than
+PROGRESS_DELAY seconds shows a progress bar (with `progress`); and with `stop` (a threading.Event, set by Ctrl-C or
+SIGTERM through segtoolkit.cli.StopRequest) the frame is abandoned between two batches of tiles (cli.Stopped).
+
+Usage:
+    tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"], stop=event)
+    logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
+    for start, stop, logits in tiler.finished_rows(rgb): ...   # C x rows x W, one band in memory at a time
+Masks, and logits at the size of an image shrunk by --scale, come from segtoolkit.inference.full_size.
+"""
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segtoolkit.cli import Stopped
+from segtoolkit.errors import UserError
+from segtoolkit.data.imaging import normalize
+
+WEIGHTINGS = ("gaussian", "linear")
+MAX_OVERLAP = 0.875  # tiles move an eighth of a tile: each pixel is inside 8 x 8 tiles (the default 0.25: 1.8)
+MAX_TILES_PER_PIXEL = round(1 / (1 - MAX_OVERLAP) ** 2)
+PROGRESS_DELAY = 2.0  # seconds a frame's tiles run before the progress bar appears
+
+
+def check_tile_overlap(overlap):
+    """--tile-overlap must be a fraction in [0, MAX_OVERLAP]: above it the tiles, and the time, grow as
+    1 / (1 - overlap)^2 for nothing a model can use (nnU-Net uses 0.5)."""
+    if not 0 <= overlap < 1:
+        raise UserError(f"--tile-overlap {overlap} must be a fraction in [0, {MAX_OVERLAP}]")
+    if overlap > MAX_OVERLAP:
+        raise UserError(f"--tile-overlap {overlap} puts each pixel inside about {1 / (1 - overlap) ** 2:,.0f} tiles, "
+                        f"each a forward pass; give at most {MAX_OVERLAP} ({MAX_TILES_PER_PIXEL} tiles over each "
+                        f"pixel), e.g. 0.5")
+
+
+def tile_starts(length, tile, stride):
+    """Starts of the tiles along one axis: every `stride`, the last one flush with the end; one tile (start 0)
+    when the axis is not longer than a tile (it is padded then)."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(index * stride, length - tile) for index in range(count)})
+
+
+@lru_cache(maxsize=8)
+def tile_weights(tile, weighting):
+    """The blending weight of each pixel of a tile: highest in the middle, low (never 0) at the borders, where a
+    model sees the least context."""
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"--tile-weighting {weighting}: choose {' or '.join(WEIGHTINGS)}")
+    position = (np.arange(tile, dtype=np.float64) + 0.5) / tile - 0.5  # -0.5..0.5 across the tile
+    if weighting == "gaussian":
+        profile = np.exp(-0.5 * (position / 0.125) ** 2)  # sigma 1/8 of the tile, as nnU-Net
+    else:
+        profile = 1.0 - 2 * np.abs(position)
+    profile = np.maximum(profile, 1e-3 * profile.max())
+    return torch.from_numpy(np.outer(profile, profile).astype(np.float32))
+
+
+class Tiler:
+    """Segments whole images with a predictor (batch NCHW float32 -> logits NCHW float32) by tiles. `stop`: an
+    event that abandons the image between two batches (raising cli.Stopped); `progress`: a bar on stderr for an
+    image whose tiles take longer than PROGRESS_DELAY seconds."""
+
+    def __init__(self, predictor, tile, overlap=0.25, batch=4, weighting="gaussian", mean=(0.485, 0.456, 0.406),
+                 std=(0.229, 0.224, 0.225), stop=None, progress=False):
+        check_tile_overlap(overlap)
+        if batch < 1:
+            raise UserError(f"--tile-batch {batch} must be at least 1")
+        self.predictor, self.tile, self.batch, self.stop, self.progress = predictor, tile, batch, stop, progress
+        self.stride = max(1, int(round(tile * (1 - overlap))))
+        self.weights = tile_weights(tile, weighting)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def logits(self, image):
+        """float32 CxHxW logits of a uint8 RGB HxWx3 image, at its size: the finished rows written into the
+        result as they come, so memory holds the result and a band, never every band at once."""
+        out = None
+        for start, stop, logits in self.finished_rows(image):
+            if out is None:
+                out = torch.empty(logits.shape[0], image.shape[0], image.shape[1])
+            out[:, start:stop] = logits
+        return out
+
+    def finished_rows(self, image):
+        """(start, stop, logits C x rows x W) of each block of rows once no later band of tiles overlaps it."""
+        height, width = image.shape[:2]
+        pending, done = [], 0
+        tops = tile_starts(height, self.tile, self.stride)
+        for number, band in enumerate(self.bands(image)):
+            pending.append(band)
+            finished = height if number == len(tops) - 1 else tops[number + 1]
+            if finished > done:
+                yield done, finished, self.assemble(pending, height, width, rows=(done, finished))
+                done = finished
+                pending = [band for band in pending if band[0] + band[1].shape[1] > done]
+
+    def bands(self, image):
+        """(top, summed weighted logits CxTxW, summed weights TxW) of each row of tiles, top to bottom. Tiles go
+        through the model `batch` at a time in reading order, across rows, so every forward pass but the last
+        is full (a row of 5 tiles in batches of 4 would make every other pass a single tile); a row is given
+        as soon as its last tile is done, so memory holds one or two rows, never the image's logits."""
+        height, width = image.shape[:2]
+        lefts = tile_starts(width, self.tile, self.stride)
+        places = [(top, left) for top in tile_starts(height, self.tile, self.stride) for left in lefts]
+        rows = {}  # top: (summed weighted logits, summed weights) of the rows whose tiles are coming
+        bar = tqdm(total=len(places), desc=f"{width}x{height} image", unit="tile", leave=False, dynamic_ncols=True,
+                   delay=PROGRESS_DELAY, disable=not self.progress)
+        for start in range(0, len(places), self.batch):
+            if self.stop is not None and self.stop.is_set():  # Ctrl-C or SIGTERM: between two batches
+                bar.close()
+                raise Stopped(f"stopped after {start} of {len(places)} tiles")
+            chunk = places[start:start + self.batch]
+            logits = self.predictor(torch.stack([self.tile_input(image, top, left) for top, left in chunk]))
+            bar.update(len(chunk))
+            for (top, left), tile_logits in zip(chunk, logits):
+                height_here, columns = min(self.tile, height - top), min(self.tile, width - left)
+                if top not in rows:
+                    rows[top] = torch.zeros(logits.shape[1], height_here, width), torch.zeros(height_here, width)
+                total, weight = rows[top]
+                w = self.weights[:height_here, :columns]
+                total[:, :, left:left + columns] += tile_logits[:, :height_here, :columns] * w
+                weight[:, left:left + columns] += w
+                if left == lefts[-1]:  # in reading order, the row's last tile
+                    yield top, *rows.pop(top)
+        bar.close()
+
+    def tile_input(self, image, top, left):
+        """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value
+        letterbox padding has, which training leaves out)."""
+        crop = image[top:top + self.tile, left:left + self.tile]
+        if crop.shape[:2] != (self.tile, self.tile):
+            padded = np.zeros((self.tile, self.tile, 3), np.uint8)
+            padded[:crop.shape[0], :crop.shape[1]] = crop
+            crop = padded
+        return normalize(crop, self.mean, self.std)
+
+    @staticmethod
+    def assemble(bands, height, width, rows=None):
+        """Blend bands into logits for `rows` (start, stop) of the image (all rows by default)."""
+        start, stop = rows or (0, height)
+        channels = bands[0][1].shape[0]
+        total = torch.zeros(channels, stop - start, width)
+        weight = torch.zeros(stop - start, width)
+        for top, band_total, band_weight in bands:
+            low, high = max(start, top), min(stop, top + band_total.shape[1])
+            if low < high:
+                total[:, low - start:high - start] += band_total[:, low - top:high - top]
+                weight[low - start:high - start] += band_weight[low - top:high - top]
+        return total / weight
