@@ -48,9 +48,15 @@ Usage:
     python3 -m bench.quality --quick                  # tiny (few images, patch 64, 1 epoch), every default side:
                                                       # checks that it all runs (the smoke the test suite runs)
     python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
+    python3 -m bench.quality --seeds 3                # every side on seeds 0, 1, 2: mean, spread, paired difference
 
-Prints one table per data set, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or
-foreground_dice, dice_CLASS for each class, seconds).
+Prints one table per data set and seed, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or
+foreground_dice, dice_CLASS for each class, seconds). With --seeds N > 1 every side trains on the same N seeds
+(--seed, --seed + 1, ...), a summary table per data set gives each side's mean and sample standard deviation over
+the seeds and, for each side, the paired difference to the reference (side minus reference on the same seed,
+then its mean and standard deviation: the spread of the difference, not of either side), and the machine lines
+give the means, with METRIC_std lines for the spreads and `diff_METRIC`, `diff_METRIC_std` lines for the
+paired differences.
 """
 
 import argparse
@@ -116,6 +122,7 @@ class Result:
     seconds: float  # training, wall clock
     eval_seconds: float
     note: str = ""
+    seed: int = 0
 
 
 # ---------------------------------------------------------------- the data sets
@@ -286,7 +293,8 @@ def measure(setting, side, seed, threads, work):
         predict, note = reference_predictor(train_reference(setting, seed), setting.patch), ""
         trained = time.perf_counter()
     dice = evaluate_at_original_size(predict, setting)
-    return Result(side, dice, headline(setting, dice), trained - started, time.perf_counter() - trained, note)
+    return Result(side, dice, headline(setting, dice), trained - started, time.perf_counter() - trained, note,
+                  seed)
 
 
 # ---------------------------------------------------------------- report
@@ -310,6 +318,57 @@ def table(setting, results, seed, threads):
     return "\n".join(lines + [f"  note: {r.note}" for r in results if r.note])
 
 
+def mean_std(values):
+    """Mean and sample standard deviation (ddof 1; 0 for one value), NaN-aware (a class with no Dice on a seed)."""
+    values = np.asarray(values, dtype=float)
+    kept = values[~np.isnan(values)]
+    if kept.size == 0:
+        return float("nan"), float("nan")
+    return float(kept.mean()), float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+
+
+def summarise(setting, runs):
+    """Mean +- std over seeds for each side, and the paired difference to the reference. `runs`: one list of
+    Results (same sides, same order) per seed. Returns (table text, machine lines)."""
+    sides = [r.side for r in runs[0]]
+    by_side = {side: [next(r for r in results if r.side == side) for results in runs] for side in sides}
+    columns = ["side", f"{setting.metric} mean +- std", *setting.class_names, "train s"]
+    rows, lines = [], []
+    for side, results in by_side.items():
+        mean, std = mean_std([r.headline for r in results])
+        per_class = [mean_std([r.dice[i] for r in results]) for i in range(len(setting.class_names))]
+        seconds = mean_std([r.seconds for r in results])[0]
+        rows.append([side, f"{mean:.4f} +- {std:.4f}", *(f"{m:.4f}" for m, _ in per_class), f"{seconds:.0f}"])
+        prefix = f"quality {setting.name} {side}"
+        lines += [f"{prefix} {setting.metric} {mean:.4f}", f"{prefix} {setting.metric}_std {std:.4f}"]
+        lines += [f"{prefix} dice_{name} {m:.4f}" for name, (m, _) in zip(setting.class_names, per_class)]
+        lines.append(f"{prefix} seconds {seconds:.1f}")
+    reference = by_side.get("reference")
+    for side, results in by_side.items():
+        if reference is None or side == "reference":
+            continue
+        mean, std = mean_std([a.headline - b.headline for a, b in zip(results, reference)])
+        per_class = [mean_std([a.dice[i] - b.dice[i] for a, b in zip(results, reference)])[0]
+                     for i in range(len(setting.class_names))]
+        rows.append([f"{side} - reference (paired)", f"{mean:+.4f} +- {std:.4f}", *(f"{m:+.4f}" for m in per_class),
+                     ""])
+        prefix = f"quality {setting.name} {side}"
+        lines += [f"{prefix} diff_{setting.metric} {mean:+.4f}", f"{prefix} diff_{setting.metric}_std {std:.4f}"]
+    seeds = ", ".join(str(seed) for seed in sorted({r.seed for results in runs for r in results}))
+    header = (f"{setting.name} over seeds {seeds} (mean +- sample std; per-class columns are means): "
+              f"Unet/resnet18 random init, patch {setting.patch}, batch {setting.batch}, {setting.epochs} epochs")
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    text = "\n".join([header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                                 for row in [columns, *rows]])
+    return text, one_word_sides(lines)
+
+
+def one_word_sides(lines):
+    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox",
+                                                                     "train.py_letterbox")
+            for line in lines]  # one word a field
+
+
 def machine_lines(setting, results):
     """`quality DATASET SIDE METRIC VALUE` lines: the headline, each class's Dice, the training seconds."""
     lines = []
@@ -318,14 +377,19 @@ def machine_lines(setting, results):
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox",
-                                                                     "train.py_letterbox")
-            for line in lines]  # one word a field
+    return one_word_sides(lines)
 
 
 def machine(threads):
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     return f"{cpu_name()}, {os.cpu_count()} CPUs, load {load}; torch {torch.__version__}, {threads} threads"
+
+
+def seed_count(text):
+    """--seeds: a whole number of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seeds: give 1 or more, e.g. --seeds 3")
+    return int(text)
 
 
 def make_parser(description, choose_dataset=True):
@@ -342,6 +406,9 @@ def make_parser(description, choose_dataset=True):
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed of both sides: weights and shuffling (the synthetic data stays the same)")
+    parser.add_argument("--seeds", type=seed_count, default=1,
+                        help="train every side on this many seeds (--seed, --seed + 1, ...) and report each side's "
+                             "mean and standard deviation and its paired difference to the reference (default: 1)")
     parser.add_argument("--quick", action="store_true", help="a few images, patch 64, 1 epoch: checks the report only")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch threads of each side (OMP_NUM_THREADS for train.py) (default: up to 2)")
@@ -366,13 +433,21 @@ def main(args):
         for name in names:
             setting = membrane_setting(args.quick, args.epochs) if name == "membrane" else \
                 synthetic_setting(work, args.quick, args.epochs)
-            results = []
-            for side in args.sides:
-                results.append(measure(setting, side, args.seed, args.threads, work))
-                print(f"{name} {side}: {setting.metric} {results[-1].headline:.4f} "
-                      f"({results[-1].seconds:.0f} s training)", flush=True)
-            print(f"\n{table(setting, results, args.seed, args.threads)}\n", flush=True)
-            lines += machine_lines(setting, results)
+            runs = []
+            for seed in range(args.seed, args.seed + args.seeds):
+                results = []
+                for side in args.sides:
+                    results.append(measure(setting, side, seed, args.threads, work))
+                    print(f"{name} {side} seed {seed}: {setting.metric} {results[-1].headline:.4f} "
+                          f"({results[-1].seconds:.0f} s training)", flush=True)
+                print(f"\n{table(setting, results, seed, args.threads)}\n", flush=True)
+                runs.append(results)
+            if args.seeds == 1:
+                lines += machine_lines(setting, runs[0])
+            else:
+                text, summary_lines = summarise(setting, runs)
+                print(f"{text}\n", flush=True)
+                lines += summary_lines
     print(f"machine after {time.perf_counter() - started:.0f} s: {machine(args.threads)}")
     print("\n".join(lines))
     return 0

@@ -166,3 +166,29 @@ def test_dice_per_class_from_a_confusion_matrix():
     assert dice[0] == pytest.approx(16 / 19) and dice[1] == pytest.approx(6 / 9) and dice[2] != dice[2]
     predicted_only = np.array([[8, 2, 1], [1, 3, 0], [0, 0, 0]])  # class 2 predicted once, never in the truth
     assert dice_per_class(predicted_only)[2] == 0  # train.py's rule (segtoolkit.evaluation.metrics.scores)
+
+
+def test_quality_seeds_summary_gives_mean_spread_and_the_paired_difference(tmp_path):
+    """--seeds N: each side's mean and sample std over the seeds, and side minus reference paired by seed (its
+    spread is the difference's, smaller than either side's when the seeds move both alike)."""
+    from bench import quality
+    setting = quality.synthetic_setting(tmp_path, quick=True)
+    classes = len(setting.class_names)
+    runs = [[quality.Result("train.py", [a] * classes, a, 10.0, 1.0, seed=seed),
+             quality.Result("reference", [b] * classes, b, 8.0, 1.0, seed=seed)]
+            for seed, (a, b) in enumerate([(0.50, 0.40), (0.70, 0.61), (0.60, 0.49)])]
+    text, lines = quality.summarise(setting, runs)
+    values = {tuple(line.split()[2:4]): float(line.split()[4]) for line in lines}
+    assert values[("train.py", "macro_dice")] == pytest.approx(0.6, abs=1e-4)
+    assert values[("train.py", "macro_dice_std")] == pytest.approx(0.1, abs=1e-4)
+    assert values[("reference", "macro_dice")] == pytest.approx(0.5, abs=1e-4)
+    assert values[("train.py", "diff_macro_dice")] == pytest.approx(0.1, abs=1e-4)
+    assert values[("train.py", "diff_macro_dice_std")] == pytest.approx(0.01, abs=1e-4)
+    assert ("reference", "diff_macro_dice") not in values
+    assert "seeds 0, 1, 2" in text and "train.py - reference (paired)" in text and "+0.1000 +- 0.0100" in text
+
+
+def test_quality_refuses_zero_seeds():
+    done = subprocess.run([sys.executable, "-m", "bench.quality", "--seeds", "0"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert done.returncode == 2 and "--seeds" in done.stderr and "Traceback" not in done.stderr
