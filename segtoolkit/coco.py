@@ -279,22 +279,26 @@ def region_outlines(region, offset=(0, 0)):
         if links[index][PARENT] >= 0:
             continue
         holes = [contours[child].reshape(-1, 2) for child in children(links, index)]
-        ring = with_holes(contour.reshape(-1, 2), holes)
+        ring = with_holes(contour.reshape(-1, 2), holes, upsampled.shape)
         outlines.append((ring + 0.5) / k + np.asarray(offset, float))
     return outlines
 
 
-def with_holes(outline, holes):
-    """One ring of an outline and its holes: each hole, from its first point, joined to the outline's point
-    nearest that point by a cut there and back (no width: pycocotools' even-odd rule rasterises it to
-    nothing, wherever it runs). Holes join the outline itself, never each other, and the ring is built once:
-    linear in the points but for the nearest-point search (holes x outline points, in blocks)."""
+def with_holes(outline, holes, shape):
+    """One ring of an outline and its holes (points in an image of `shape`): each hole, from its first point,
+    joined to the outline's vertex nearest that point by a cut there and back (no width: pycocotools' even-odd
+    rule rasterises it to nothing, wherever it runs). Holes join the outline itself, never each other, and the
+    ring is built once: linear in the points and the image's pixels."""
     if not holes:
         return outline
-    starts = np.array([hole[0] for hole in holes], np.int64)
-    outline64 = outline.astype(np.int64)
-    at = np.concatenate([np.argmin(((block[:, None, :] - outline64[None, :, :]) ** 2).sum(-1), axis=1)
-                         for block in np.array_split(starts, -(-len(starts) // 256))])
+    # every pixel's nearest outline vertex, from one distance transform (labels: one per vertex pixel)
+    vertices = np.ones(shape, np.uint8)
+    vertices[outline[:, 1], outline[:, 0]] = 0
+    _, nearest = cv2.distanceTransformWithLabels(vertices, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    vertex_of = np.zeros(int(nearest.max()) + 1, np.int64)
+    vertex_of[nearest[outline[:, 1], outline[:, 0]]] = np.arange(len(outline))
+    starts = np.array([hole[0] for hole in holes])
+    at = vertex_of[nearest[starts[:, 1], starts[:, 0]]]
     pieces, previous = [], 0
     for hole in np.argsort(at, kind="stable"):
         pieces += [outline[previous:at[hole] + 1], holes[hole], holes[hole][:1]]
@@ -330,8 +334,8 @@ class CocoWriter:
         """One image (or frame): `mask` of class indices at its size, `probabilities` HxWxC at the same size
         (one class: the foreground's) for the regions' scores. Each region is handled in its bounding box."""
         height, width = mask.shape[:2]
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        image = {"id": len(self.images) + 1, "file_name": file_name, "width": width, "height": height}
+        self.images.append(image)
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=2)[1:]) + 1
         for label in present:
             count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == label).astype(np.uint8),
@@ -340,24 +344,23 @@ class CocoWriter:
                 x, y, w, h, area = (int(value) for value in stats[number])
                 crop = regions[y:y + h, x:x + w] == number
                 scores = None if probabilities is None else probabilities[y:y + h, x:x + w]
-                self.annotations.append(self.annotation(image_id, int(label), crop, (x, y, w, h, area), scores))
+                self.annotations.append(self.annotation(image, int(label), crop, (x, y, w, h, area), scores))
 
-    def annotation(self, image_id, label, crop, box, probabilities):
-        """One region's annotation: `crop` its pixels in its bounding box `box` (x, y, w, h, pixels),
-        `probabilities` the same box of the image's."""
+    def annotation(self, image, label, crop, box, probabilities):
+        """One region's annotation in `image`: `crop` its pixels in its bounding box `box` (x, y, w, h,
+        pixels), `probabilities` the same box of the image's."""
         x, y, w, h, area = box
-        height, width = self.images[-1]["height"], self.images[-1]["width"]
         if self.rle:
-            rle = crop_rle(crop, x, y, height, width)
+            rle = crop_rle(crop, x, y, image["height"], image["width"])
             segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         else:
-            segmentation = [[round(float(value), 2) for value in outline.ravel()]
-                            for outline in region_outlines(crop, (x, y))]
+            # quarters of a pixel (see EDGE_UPSAMPLING): exact as floats, written as they are
+            segmentation = [outline.ravel().tolist() for outline in region_outlines(crop, (x, y))]
         score = 1.0
         if probabilities is not None:
             channel = probabilities[..., 0] if probabilities.shape[2] == 1 else probabilities[..., label]
             score = round(float(channel[crop].astype(np.float32).mean()), 4)
-        return {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": label,
+        return {"id": len(self.annotations) + 1, "image_id": image["id"], "category_id": label,
                 "segmentation": segmentation, "area": float(area), "bbox": [float(x), float(y), float(w), float(h)],
                 "iscrowd": 0, "score": score}
 
