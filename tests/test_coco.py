@@ -1,7 +1,8 @@
 """COCO in and out (segtoolkit.data.coco): rasterising what labelling tools export (polygons with holes, both RLE
 kinds, crowd regions, an empty image, category ids 1, 3, 7), the one-line errors of bad files, detect.py's
-predictions.coco.json rasterised back to its own masks, and the loop end to end: train.py --coco, detect.py
---save-coco --rank-uncertain, and train.py --coco on the predictions."""
+predictions.coco.json rasterised back to its own masks (a region with 200 holes too; --coco-rle read back by
+pycocotools' COCO), --rank-uncertain on a video (no near-duplicate frames), and the loop end to end:
+train.py --coco, detect.py --save-coco --rank-uncertain, and train.py --coco on the predictions."""
 
 import copy
 import csv
@@ -13,11 +14,13 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
 
 import val
 from conftest import REPO, RUNS
 from dataloaders import Frame
-from detect_helpers import QUIET_ENV, run_detect
+from detect_helpers import (QUIET_ENV, easy_held_out, multiclass_checkpoint, read_rows, run_detect,  # noqa: F401
+                            write_video)
 from segtoolkit.data.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
 from segtoolkit.errors import UserError
 from segtoolkit.data.masks import read_mask
@@ -166,6 +169,73 @@ def test_written_regions_rasterise_back_to_the_mask_exactly(rle):
         back[pixels] = annotation["category_id"]
         assert annotation["area"] == pixels.sum() and annotation["score"] == 1.0
     assert np.array_equal(back, mask)
+
+
+def test_a_region_with_many_holes_rasterises_back_exactly():
+    mask = np.zeros((160, 160), np.uint8)
+    mask[4:154, 4:154] = 1  # one square with 200 holes of 1 to 3 pixels a side; 20 of the 3 x 3 ones hold an island
+    islands = 0
+    for number in range(200):
+        y, x, side = 8 + 10 * (number // 15), 8 + 10 * (number % 15), number % 3 + 1
+        mask[y:y + side, x:x + side] = 0
+        if side == 3 and islands < 20:
+            mask[y + 1, x + 1], islands = 1, islands + 1
+    writer = CocoWriter(["background", "cell"])
+    writer.add("holes.png", mask)
+    annotations = writer.document()["annotations"]
+    assert len(annotations) == 1 + islands
+    big = max(annotations, key=lambda annotation: annotation["area"])
+    assert len(big["segmentation"]) == 1 and big["bbox"] == [4.0, 4.0, 150.0, 150.0]  # the holes joined into one ring
+    back = np.zeros_like(mask)
+    for annotation in annotations:
+        pixels = segmentation_pixels(annotation, *mask.shape, "predictions.coco.json", "--coco")[0]
+        assert not back[pixels].any() and annotation["area"] == pixels.sum()
+        back[pixels] = 1
+    assert np.array_equal(back, mask), np.argwhere(back != mask)[:5]
+
+
+def test_detect_save_coco_rle_decodes_to_its_own_masks(tmp_path, multiclass_checkpoint, easy_held_out):
+    save_dir = tmp_path / "detect"
+    result = run_detect("--model", multiclass_checkpoint, "--source", easy_held_out / "imgs", "--save-dir", save_dir,
+                        "--save-coco", "--coco-rle")
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = COCO(str(save_dir / "predictions.coco.json"))  # pycocotools reads it as any COCO file
+    assert len(predictions.imgs) == 8
+    assert {annotation["category_id"] for annotation in predictions.anns.values()} == {1, 2}
+    for image in predictions.imgs.values():
+        mask = read_mask(save_dir / "masks" / image["file_name"])
+        annotations = predictions.loadAnns(predictions.getAnnIds(imgIds=image["id"]))
+        assert all(isinstance(annotation["segmentation"]["counts"], str) for annotation in annotations)
+        for label in (1, 2):
+            back = np.zeros(mask.shape, bool)
+            for annotation in annotations:
+                if annotation["category_id"] == label:
+                    back |= predictions.annToMask(annotation) > 0
+            assert np.array_equal(back, mask == label), (image["file_name"], label)
+
+
+def test_rank_uncertain_on_a_video_takes_no_near_duplicate_frames(tmp_path, multiclass_checkpoint):
+    clip, gap, save_dir = write_video(tmp_path / "clip.mp4", 12), 4, tmp_path / "detect"
+    result = run_detect("--model", multiclass_checkpoint, "--source", clip, "--save-dir", save_dir, "--save-probs",
+                        "--rank-uncertain", "12", "--rank-gap", str(gap))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = {}  # each frame's, from the probabilities detect.py scored it by (float16, as it held them)
+    for row in read_rows(save_dir):
+        with np.load(save_dir / row["probs_file"]) as stored:
+            scores[int(row["frame"])] = margin_uncertainty(stored["probabilities"])
+    assert sorted(scores) == list(range(12))
+    with open(save_dir / "to_label.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    frames, taken = [int(row["frame"]) for row in rows], [float(row["uncertainty"]) for row in rows]
+    assert 1 <= len(rows) <= 3  # 12 asked for, but of frames closer than 4 only one is taken
+    assert all(abs(a - b) >= gap for a in frames for b in frames if a != b)
+    assert taken == sorted(taken, reverse=True)
+    assert frames[0] == max(scores, key=scores.get)  # the least sure frame of all leads
+    assert taken == pytest.approx([scores[frame] for frame in frames], abs=1e-6)
+    for row in rows:
+        assert row["source"] == str(clip)
+        assert cv2.imread(str(save_dir / row["image_file"])).shape == (96, 176, 3)  # the frame, at its size
+        assert read_mask(save_dir / row["mask_file"]).shape == (96, 176)
 
 
 def test_margin_uncertainty_is_zero_when_sure_and_one_for_ties():

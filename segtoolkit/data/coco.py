@@ -23,8 +23,9 @@ and val.py need nothing of their own, and a second run on the same file rasteris
 Writing (detect.py --save-coco): predictions.coco.json, one image per image or video frame, one
 annotation per connected region of each class with its polygon (or RLE, --coco-rle), area in pixels, bbox
 and `score`, the mean probability of its class over its pixels. Polygons run along the pixels' edges and
-keep holes (each hole joined to its outline by a zero-width cut, as COCO polygons cannot hold holes), so
-pycocotools rasterises them back to exactly the predicted pixels.
+keep holes (each hole joined to its region's outer outline by a zero-width cut, as COCO polygons cannot hold
+holes), so pycocotools rasterises them back to exactly the predicted pixels. Each region is traced and encoded
+inside its bounding box, so a region with hundreds of holes costs about what its pixels and points do.
 
 Usage:
     table = read_classes("labels.json")                    # CocoClasses: names, ids -> class indices
@@ -266,9 +267,9 @@ def frame_file_name(frame):
     return Path(frame.path).name if frame.is_image else f"{safe_name(frame.path)}_{frame.index:06d}.png"
 
 
-def region_outlines(region):
-    """COCO polygons ([x0, y0, x1, y1, ...] lists) of a bool mask's regions, each with its holes joined in,
-    along pixel edges (see EDGE_UPSAMPLING)."""
+def region_outlines(region, offset=(0, 0)):
+    """COCO polygons ([x0, y0, x1, y1, ...] arrays) of a bool mask's regions, each with its holes joined in,
+    along pixel edges (see EDGE_UPSAMPLING); `offset` (x, y) is added: the mask is a crop at that place."""
     k = EDGE_UPSAMPLING
     upsampled = np.kron(region.astype(np.uint8), np.ones((k, k), np.uint8))
     contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -277,20 +278,49 @@ def region_outlines(region):
     for index, contour in enumerate(contours):
         if links[index][PARENT] >= 0:
             continue
-        points = (contour.reshape(-1, 2) + 0.5) / k
-        for child in children(links, index):
-            points = joined(points, (contours[child].reshape(-1, 2) + 0.5) / k)
-        outlines.append(points)
+        holes = [contours[child].reshape(-1, 2) for child in children(links, index)]
+        ring = with_holes(contour.reshape(-1, 2), holes, upsampled.shape)
+        outlines.append((ring + 0.5) / k + np.asarray(offset, float))
     return outlines
 
 
-def joined(outline, hole):
-    """One outline holding `hole`: from its point nearest the hole, round the hole and back (a cut of no
-    width, which rasterises to nothing)."""
-    distances = ((outline[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
-    at, start = np.unravel_index(np.argmin(distances), distances.shape)
-    loop = np.concatenate([hole[start:], hole[:start + 1]])
-    return np.concatenate([outline[:at + 1], loop, outline[at:]])
+def with_holes(outline, holes, shape):
+    """One ring of an outline and its holes (points in an image of `shape`): each hole, from its first point,
+    joined to the outline's vertex nearest that point by a cut there and back (no width: pycocotools' even-odd
+    rule rasterises it to nothing, wherever it runs). Holes join the outline itself, never each other, and the
+    ring is built once: linear in the points and the image's pixels."""
+    if not holes:
+        return outline
+    # every pixel's nearest outline vertex, from one distance transform (labels: one per vertex pixel)
+    vertices = np.ones(shape, np.uint8)
+    vertices[outline[:, 1], outline[:, 0]] = 0
+    _, nearest = cv2.distanceTransformWithLabels(vertices, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    vertex_of = np.zeros(int(nearest.max()) + 1, np.int64)
+    vertex_of[nearest[outline[:, 1], outline[:, 0]]] = np.arange(len(outline))
+    starts = np.array([hole[0] for hole in holes])
+    at = vertex_of[nearest[starts[:, 1], starts[:, 0]]]
+    pieces, previous = [], 0
+    for hole in np.argsort(at, kind="stable"):
+        pieces += [outline[previous:at[hole] + 1], holes[hole], holes[hole][:1]]
+        previous = at[hole]
+    pieces.append(outline[previous:])
+    return np.concatenate(pieces)
+
+
+def crop_rle(crop, x, y, height, width):
+    """Compressed COCO RLE, over a height x width image, of a bool crop whose top left pixel is (x, y):
+    computed from the crop's column runs, never a whole-image array."""
+    steps = np.diff(np.pad(crop.astype(np.int8), ((1, 1), (0, 0))), axis=0).T  # per column, down the rows
+    columns, rows = np.nonzero(steps == 1)
+    starts = (x + columns) * height + y + rows  # column-major pixel indices, as COCO counts them
+    columns, rows = np.nonzero(steps == -1)
+    ends = (x + columns) * height + y + rows
+    continued = ends[:-1] == starts[1:]  # a run down one column's last row and on at the next one's first
+    starts = np.concatenate([starts[:1], starts[1:][~continued]])
+    ends = np.concatenate([ends[:-1][~continued], ends[-1:]])
+    counts = np.diff(np.concatenate([[0], np.stack([starts, ends], 1).ravel(), [height * width]]))
+    counts = counts[:-1] if counts[-1] == 0 else counts
+    return coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
 
 
 class CocoWriter:
@@ -302,31 +332,37 @@ class CocoWriter:
 
     def add(self, file_name, mask, probabilities=None):
         """One image (or frame): `mask` of class indices at its size, `probabilities` HxWxC at the same size
-        (one class: the foreground's) for the regions' scores."""
+        (one class: the foreground's) for the regions' scores. Each region is handled in its bounding box."""
         height, width = mask.shape[:2]
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        image = {"id": len(self.images) + 1, "file_name": file_name, "width": width, "height": height}
+        self.images.append(image)
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=2)[1:]) + 1
         for label in present:
-            count, regions = cv2.connectedComponents((mask == label).astype(np.uint8), connectivity=8)
+            count, regions, stats, _ = cv2.connectedComponentsWithStats((mask == label).astype(np.uint8),
+                                                                        connectivity=8)
             for number in range(1, count):
-                region = regions == number
-                self.annotations.append(self.annotation(image_id, int(label), region, probabilities))
+                x, y, w, h, area = (int(value) for value in stats[number])
+                crop = regions[y:y + h, x:x + w] == number
+                scores = None if probabilities is None else probabilities[y:y + h, x:x + w]
+                self.annotations.append(self.annotation(image, int(label), crop, (x, y, w, h, area), scores))
 
-    def annotation(self, image_id, label, region, probabilities):
-        rle = coco_mask.encode(np.asfortranarray(region.astype(np.uint8)))
+    def annotation(self, image, label, crop, box, probabilities):
+        """One region's annotation in `image`: `crop` its pixels in its bounding box `box` (x, y, w, h,
+        pixels), `probabilities` the same box of the image's."""
+        x, y, w, h, area = box
         if self.rle:
+            rle = crop_rle(crop, x, y, image["height"], image["width"])
             segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         else:
-            segmentation = [[round(float(value), 2) for value in outline.ravel()]
-                            for outline in region_outlines(region)]
+            # quarters of a pixel (see EDGE_UPSAMPLING): exact as floats, written as they are
+            segmentation = [outline.ravel().tolist() for outline in region_outlines(crop, (x, y))]
         score = 1.0
         if probabilities is not None:
             channel = probabilities[..., 0] if probabilities.shape[2] == 1 else probabilities[..., label]
-            score = round(float(channel[region].astype(np.float32).mean()), 4)
-        return {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": label,
-                "segmentation": segmentation, "area": float(coco_mask.area(rle)),
-                "bbox": [float(value) for value in coco_mask.toBbox(rle)], "iscrowd": 0, "score": score}
+            score = round(float(channel[crop].astype(np.float32).mean()), 4)
+        return {"id": len(self.annotations) + 1, "image_id": image["id"], "category_id": label,
+                "segmentation": segmentation, "area": float(area), "bbox": [float(x), float(y), float(w), float(h)],
+                "iscrowd": 0, "score": score}
 
     def drop_last(self):
         """Take back the last image and its annotations (its results.csv row could not be written)."""
