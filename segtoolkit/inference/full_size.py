@@ -182,6 +182,18 @@ class FullSizePredictor:
         """(float32 3xPxP input, Letterbox) of a uint8 RGB image, for whole-image models."""
         return preprocess_image(image, self.patch_size, self.mean, self.std, stretch=self.resize == "stretch")
 
+    def inputs(self, image, most=None):
+        """The normalized float32 3xPxP inputs this predictor feeds the model for a uint8 RGB image: the fitted
+        patch of a whole-image model; the tiles of the image at the model's --scale for a tiled one, up to
+        `most` of them (all by default) spread evenly over the image (export.py's calibration and checks)."""
+        if not self.tiled:
+            return [self.fit(image)[0]]
+        image = scaled(image, self.scale)
+        places = self.tiler.places(image)
+        most = len(places) if most is None else min(most, len(places))
+        step = len(places) / most
+        return [self.tiler.tile_input(image, *places[int((index + 0.5) * step)]) for index in range(most)]
+
     def blocks(self, image):
         """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom."""
         if self.tiled:
