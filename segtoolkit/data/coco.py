@@ -43,11 +43,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MAX_CLASSES, check_names
-from segtoolkit.errors import UserError
+from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MAX_CLASSES, check_names, class_colours
 from segtoolkit.data.masks import palette_png
-from segtoolkit.data.classes import class_colours
-from segtoolkit.data.polygons import children, PARENT
+from segtoolkit.data.polygons import find_regions
+from segtoolkit.errors import UserError
 from segtoolkit.data.cache import write_atomically
 from segtoolkit.data.sources import safe_name
 from segtoolkit.data.splits import split_fractions
@@ -268,18 +267,14 @@ def frame_file_name(frame):
 
 def region_outlines(region):
     """COCO polygons ([x0, y0, x1, y1, ...] lists) of a bool mask's regions, each with its holes joined in,
-    along pixel edges (see EDGE_UPSAMPLING)."""
+    along pixel edges (see EDGE_UPSAMPLING): polygons.find_regions' outlines of the mask upsampled k times,
+    whose pixel centres then fall half a source pixel's k-th inside its edges."""
     k = EDGE_UPSAMPLING
-    upsampled = np.kron(region.astype(np.uint8), np.ones((k, k), np.uint8))
-    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    links = hierarchy[0] if hierarchy is not None else []
     outlines = []
-    for index, contour in enumerate(contours):
-        if links[index][PARENT] >= 0:
-            continue
-        points = (contour.reshape(-1, 2) + 0.5) / k
-        for child in children(links, index):
-            points = joined(points, (contours[child].reshape(-1, 2) + 0.5) / k)
+    for found in find_regions(np.kron(region.astype(np.uint8), np.ones((k, k), np.uint8))):
+        points = (found.outline.reshape(-1, 2) + 0.5) / k
+        for hole in found.holes:
+            points = joined(points, (hole.reshape(-1, 2) + 0.5) / k)
         outlines.append(points)
     return outlines
 
