@@ -194,11 +194,13 @@ class FullSizePredictor:
         step = len(places) / most
         return [self.tiler.tile_input(image, *places[int((index + 0.5) * step)]) for index in range(most)]
 
-    def blocks(self, image):
-        """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom."""
+    def blocks(self, image, fitted=None):
+        """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom.
+        `fitted`: the image's (input, Letterbox) made by `fit` already (detect.py's frame loaders fit frames in
+        their reader thread), used by whole-image models; a tiled one tiles the image itself."""
         if self.tiled:
             return self.tile_blocks(scaled(image, self.scale), image.shape[:2])
-        return self.fitted_blocks(*self.fit(image))
+        return self.fitted_blocks(*(fitted or self.fit(image)))
 
     def fitted_blocks(self, tensor, box):
         """The blocks of an image already fitted into the patch (`fit`, or detect.py's frame loader)."""
