@@ -435,7 +435,7 @@ def load_datasets(config, meta, data, transform, process):
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
                    cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
                    mask_colors=MaskColors.from_meta(meta["mask_colors"]), bit_depth=meta["bit_depth"])
-    evaluated = "full" if config.crop else config.resize  # crop-trained models are evaluated on whole images
+    evaluated = FullSizePredictor.from_meta(None, meta).dataset_mode  # crop-trained: whole images, by tiles
     train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else config.resize,
                              **options)
     val_set = make_dataset(data["val"], mode=evaluated, evaluation=True, **options)

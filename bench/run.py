@@ -219,7 +219,8 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
     meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
     train_set = make_dataset(pairs, augment=True, mode="crop" if crop else "letterbox", **options)
-    val_set = make_dataset(pairs[:batch], mode="full" if crop else "letterbox", evaluation=True, **options)
+    val_set = make_dataset(pairs[:batch], mode=FullSizePredictor.from_meta(None, meta).dataset_mode, evaluation=True,
+                           **options)
     torch.manual_seed(seed)
     model = build_model("Unet", encoder, 1)
     config = RunConfig(encoder=encoder, patch_size=patch, epochs=epochs, batch_size=batch, workers=workers,

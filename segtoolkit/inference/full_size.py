@@ -178,6 +178,12 @@ class FullSizePredictor:
     def tiled(self):
         return self.tiler is not None
 
+    @property
+    def dataset_mode(self):
+        """The mode of an evaluation dataset (dataset.py) that stores images as this predictor fits them: 'full'
+        (at the model's --scale) when tiled, else 'stretch' or 'letterbox'."""
+        return "full" if self.tiled else self.resize
+
     def fit(self, image):
         """(float32 3xPxP input, Letterbox) of a uint8 RGB image, for whole-image models."""
         return preprocess_image(image, self.patch_size, self.mean, self.std, stretch=self.resize == "stretch")
