@@ -22,6 +22,8 @@ Usage:
     mask = full.mask(rgb)                                        # uint8 HxW at the image's size
     logits = full.logits(rgb)                                    # float32 CxHxW at the image's size
     for start, stop, logits in full.blocks(rgb): ...             # CxRxW: rows start:stop of the image
+    inputs = full.inputs(rgb)                                    # what the model is fed: the patch, or tiles
+    dataset = make_dataset(..., evaluation=True, mode=full.dataset_mode)   # images stored as they are fitted
     mask, probabilities = collect(restore(patch_logits, box), (height, width), probabilities=True)
 """
 
