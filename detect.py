@@ -77,8 +77,7 @@ class Segmenter:
         self.full_size, self.probabilities = full_size, probabilities
 
     def __call__(self, frame):
-        blocks = self.full_size.blocks(frame.original) if self.full_size.tiled else \
-            self.full_size.fitted_blocks(frame.image, frame.letterbox)
+        blocks = self.full_size.blocks(frame.original, (frame.image, frame.letterbox))
         return Prediction(*collect(blocks, frame.original.shape[:2], self.full_size.conf_thres, self.probabilities))
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dataset import make_dataset
 from segtoolkit import distributed
-from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint, save_checkpoint
 from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
 from segtoolkit.training.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
                                resolve_bit_depth, resume_command)
@@ -44,12 +44,11 @@ from segtoolkit.data.loaders import guarded_batches, make_loaders, worker_crash_
 from segtoolkit.data.masks import IGNORE, class_pixel_counts, label_warnings
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
-from segtoolkit.outputs.files import metrics_json
+from segtoolkit.outputs.files import make_run_dir, metrics_json
 from segtoolkit.training.run_log import NullLogger, RunLogger, log_preview, preview_grid, resolve_wandb_mode
-from segtoolkit.training.precision import check_batch_size, new_run_dir, resolve_precision, set_train_mode
+from segtoolkit.training.precision import check_batch_size, resolve_precision, set_train_mode
 
 MAX_BAD_STEPS = 20
-CHECKPOINT_NAMES = {"last": "checkpoint.pth.tar", "best": "best-checkpoint.pth.tar"}
 
 
 class UnetTraining:
@@ -407,8 +406,8 @@ def train_and_test(args):
     model = build_model(config.model, config.encoder, config.classes, encoder_weights=weights)
     loaded = load_matching_weights(model, checkpoint["model"], config.load_model) if mode == "fine-tune" else ""
     if process.is_main:
-        run_dir = Path(config.load_model).parent if mode == "resume" else new_run_dir(Path(config.project),
-                                                                                        config.name)
+        run_dir = Path(config.load_model).parent if mode == "resume" else \
+            make_run_dir(Path(config.project) / config.name)
     run_dir = Path(distributed.broadcast_object(str(run_dir) if process.is_main else None))
     logger = make_logger(config, meta, run_dir, checkpoint.get("wandb_id") if mode == "resume" else None, process)
     trainer = UnetTraining(model, train_set, val_set, test_set, config=config, run_dir=run_dir, meta=meta,
@@ -436,7 +435,7 @@ def load_datasets(config, meta, data, transform, process):
                    mean=meta["mean"], std=meta["std"], threads=max(2, config.workers), scale=config.scale,
                    cache=config.cache, cache_dir=config.cache_dir or Path(config.data_dir) / ".segtoolkit-cache",
                    mask_colors=MaskColors.from_meta(meta["mask_colors"]), bit_depth=meta["bit_depth"])
-    evaluated = "full" if config.crop else config.resize  # crop-trained models are evaluated on whole images
+    evaluated = FullSizePredictor.from_meta(None, meta).dataset_mode  # crop-trained: whole images, by tiles
     train_set = make_dataset(data["train"], augment=transform, mode="crop" if config.crop else config.resize,
                              **options)
     val_set = make_dataset(data["val"], mode=evaluated, evaluation=True, **options)

@@ -308,7 +308,7 @@ def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="i
                                             tile_batch=settings.tile_batch, conf_thres=settings.conf_thres)
     dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
                            mean=settings.mean, std=settings.std, threads=max(2, workers), evaluation=True,
-                           mode="full" if full_size.tiled else full_size.resize, scale=full_size.scale,
+                           mode=full_size.dataset_mode, scale=full_size.scale,
                            mask_colors=settings.mask_colors, bit_depth=settings.bit_depth)
     for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
                                settings.class_names, split=chosen.split or "evaluation"):

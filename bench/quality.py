@@ -76,7 +76,7 @@ import torch
 
 from bench.machine import cpu_name
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
-from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
 from segtoolkit.inference.full_size import FullSizePredictor, collect, restore
 from segtoolkit.data.imaging import Letterbox, read_image
 from segtoolkit.data.masks import binary_mask, class_mask, read_mask
@@ -278,8 +278,8 @@ def run_train_py(setting, seed, threads, work, extra=()):
     run_dir = Path(re.search(r"^training in (.+)$", output.stdout, re.M).group(1))
     printed = re.search(r"best val Dice ([0-9.]+)", output.stdout)
     if printed:
-        return run_dir / "best-checkpoint.pth.tar", f"train.py printed best val Dice {printed.group(1)}"
-    return run_dir / "checkpoint.pth.tar", "train.py wrote no best checkpoint: its last weights are scored"
+        return run_dir / CHECKPOINT_NAMES["best"], f"train.py printed best val Dice {printed.group(1)}"
+    return run_dir / CHECKPOINT_NAMES["last"], "train.py wrote no best checkpoint: its last weights are scored"
 
 
 def measure(setting, side, seed, threads, work):

@@ -5,7 +5,7 @@ Every figure is the ratio of two measurements taken in the same run and alternat
 the ratio holds where absolute times would not. README "Performance" says how long a run takes.
 
   trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
-                    / a bare loop with the same model, AdamW, clipping, OneCycleLR and AMP setting on the
+                    / its own train_step alone (same model, AdamW, clipping, OneCycleLR and AMP setting) on the
                     same images already in memory as tensors                                  target >= 0.95
   detect_overhead   detect.py end to end on a 640x480 MP4 (decode, preprocess, infer, post-process,
                     overlay, write the MP4) / the forward pass alone on the same frames, letterboxed
@@ -72,11 +72,11 @@ from dataset import make_dataset
 from make_sample_data import draw_objects, make_background
 from segtoolkit.models.checkpoints import save_checkpoint
 from segtoolkit.training.config import REPO, RunConfig
-from segtoolkit.data.imaging import preprocess_image
 from segtoolkit.models.factory import build_model, model_meta
+from segtoolkit.inference.full_size import FullSizePredictor
 from segtoolkit.inference.predictor import TorchPredictor, half_dtype, load_predictor, native_bfloat16
 from segtoolkit.data.cache import CACHE_MODES
-from segtoolkit.training.precision import resolve_precision
+from segtoolkit.training.precision import set_train_mode
 from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
@@ -194,36 +194,24 @@ def trainer_epoch_rate(trainer):
 
 
 class BareLoop:
-    """The reference: the same optimizer, clipping, schedule and precision, no DataLoader, no augmentation,
-    no metrics, on tensors already in memory. Not UnetTraining.train_step: its per-step bookkeeping (metrics,
-    BatchNorm copies for skipped steps, the finiteness check) is part of the overhead measured."""
+    """The reference: the trainer's own step (UnetTraining.train_step: model, AdamW, clipping, OneCycleLR,
+    precision and its per-step checks) on a second trainer built the same way, fed batches already in memory
+    as tensors: no DataLoader, no augmentation, no progress bar. What UnetTraining adds around its step is
+    what the ratio measures."""
 
-    def __init__(self, model, images, masks, batch_size, steps, epochs, lr=1e-3, adam_eps=1e-8,
-                 weight_decay=1e-2, clip_grad=255.0, use_amp=False):
-        self.model, self.images, self.masks = model.train(), images, masks
-        self.batch_size, self.steps, self.clip_grad = batch_size, steps, clip_grad
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, eps=adam_eps, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr, total_steps=epochs * steps)
-        self.autocast, self.scaler = resolve_precision(torch.device("cpu"), use_amp)
-        self.criterion = torch.nn.BCEWithLogitsLoss()
+    def __init__(self, trainer, images, masks):
+        self.trainer, self.images, self.masks = trainer, images, masks
 
     def epoch_rate(self):
+        trainer = self.trainer
+        batch_size, steps = trainer.train_loader.batch_size, trainer.steps_per_epoch
+        set_train_mode(trainer.model, trainer.config.freeze_bn)
         order = torch.randperm(len(self.images))
         started = time.perf_counter()
-        for step in range(self.steps):
-            index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            images, masks = self.images[index], self.masks[index]
-            with self.autocast():
-                logits = self.model(images)
-                loss = self.criterion(logits.float(), masks)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-        return self.steps * self.batch_size / (time.perf_counter() - started)
+        for step in range(steps):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            trainer.train_step(self.images[index], self.masks[index], trainer.train_stats)
+        return steps * batch_size / (time.perf_counter() - started)
 
 
 def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0, crop=False):
@@ -231,7 +219,8 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
     meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
     train_set = make_dataset(pairs, augment=True, mode="crop" if crop else "letterbox", **options)
-    val_set = make_dataset(pairs[:batch], mode="full" if crop else "letterbox", evaluation=True, **options)
+    val_set = make_dataset(pairs[:batch], mode=FullSizePredictor.from_meta(None, meta).dataset_mode, evaluation=True,
+                           **options)
     torch.manual_seed(seed)
     model = build_model("Unet", encoder, 1)
     config = RunConfig(encoder=encoder, patch_size=patch, epochs=epochs, batch_size=batch, workers=workers,
@@ -248,12 +237,13 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
                            epochs=rounds + 2, use_amp=use_amp)  # beyond the rounds: no final evaluation
     samples = [make_dataset(pairs, patch_size=patch, classes=1).load_sample(i) for i in range(len(pairs))]
     images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
-    bare = BareLoop(copy.deepcopy(trainer.model), images, masks, batch, steps, rounds + 1, use_amp=use_amp)
+    bare = BareLoop(make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
+                                 epochs=rounds + 2, use_amp=use_amp), images, masks)
     trainer_epoch_rate(trainer)  # warm-up: worker start, oneDNN kernels
     bare.epoch_rate()
     best = alternate(rounds, bare=bare.epoch_rate, trainer=lambda: trainer_epoch_rate(trainer))
     return Result("trainer_overhead", best["trainer"] / best["bare"], ">= 0.95",
-                  f"UnetTraining {best['trainer']:.1f} img/s, bare loop {best['bare']:.1f} img/s",
+                  f"UnetTraining {best['trainer']:.1f} img/s, train_step alone {best['bare']:.1f} img/s",
                   f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()} "
                   f"amp {'on' if use_amp else 'off'}")
 
@@ -343,7 +333,7 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
     model = build_model("Unet", encoder, 1)
     checkpoint = work / "model.pth.tar"
     save_checkpoint(checkpoint, model, meta)
-    tensors = [preprocess_image(rgb, patch, meta["mean"], meta["std"])[0][None] for rgb in read_video_rgb(video)]
+    tensors = model_inputs(meta, video)
     forward_rate = frames_rate(TorchPredictor(model, torch.device("cpu")), tensors)
     forward_rate()  # warm-up
     best = alternate(rounds, forward=forward_rate, detect=lambda: detect_rate(work, checkpoint, video, len(tensors)))
@@ -351,6 +341,13 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
                   f"detect.py {best['detect']:.2f} FPS, forward alone {best['forward']:.2f} FPS",
                   f"Unet/{encoder} patch {patch} batch 1, {len(tensors)} frames 640x480 -> MP4, PyTorch, "
                   f"threads {torch.get_num_threads()}")
+
+
+def model_inputs(meta, video):
+    """The 1x3xPxP inputs detect.py feeds the model for each frame of `video`, fitted as the model's meta says
+    (segtoolkit.inference.full_size: one per frame for these whole-image models)."""
+    fit = FullSizePredictor.from_meta(None, meta)
+    return [tensor[None] for rgb in read_video_rgb(video) for tensor in fit.inputs(rgb)]
 
 
 def model_files(work, encoder, patch):
@@ -385,7 +382,7 @@ def detect_overhead_fast(work, rounds, workers, encoder="resnet34", patch=256, f
     every runtime and, where the CPU has native bfloat16, --half): the pipeline must keep up with it."""
     video = write_video(work / "clip.mp4", frames)
     _, meta, files = model_files(work, encoder, patch)
-    tensors = [preprocess_image(rgb, patch, meta["mean"], meta["std"])[0][None] for rgb in read_video_rgb(video)]
+    tensors = model_inputs(meta, video)
     candidates = runtimes(files, half=True)
     measures = {name: frames_rate(predictor, tensors[:8]) for name, (predictor, _) in candidates.items()}
     for measure in measures.values():

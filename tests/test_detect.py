@@ -24,7 +24,7 @@ from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_he
 from dataloaders import Frame
 from segtoolkit.data.imaging import Letterbox
 from segtoolkit.outputs.detections import ResultWriter
-from segtoolkit.outputs.files import increment_path
+from segtoolkit.outputs.files import make_run_dir
 from mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
 from segtoolkit.data.masks import read_mask
@@ -131,11 +131,10 @@ def test_result_writer_names_are_unique_and_inside_save_dir(tmp_path):
     assert video_facts(tmp_path / "told" / "clip.avi") == (1, 10.0, 31, 21)
 
 
-def test_increment_path(tmp_path):
-    assert increment_path(tmp_path / "exp") == tmp_path / "exp"
-    (tmp_path / "exp").mkdir()
-    (tmp_path / "exp2").mkdir()
-    assert increment_path(tmp_path / "exp") == tmp_path / "exp3"
+def test_make_run_dir_takes_the_first_free_name(tmp_path):
+    assert make_run_dir(tmp_path / "exp") == tmp_path / "exp"
+    (tmp_path / "exp2").touch()  # a file of that name is skipped too
+    assert make_run_dir(tmp_path / "exp") == tmp_path / "exp3"
 
 
 # ---------------------------------------------------------------- command line errors

@@ -16,7 +16,7 @@ from segtoolkit.training.config import REPO, RunConfig
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
 from segtoolkit.data.splits import pair_masks, read_split_file
-from segtoolkit.training.precision import new_run_dir
+from segtoolkit.outputs.files import make_run_dir
 from wandb_records import logged_keys
 
 
@@ -138,8 +138,8 @@ def test_resume_mid_epoch_skips_the_batches_already_done(tiny_data, tmp_path):
 
 
 def test_new_run_never_overwrites_an_existing_folder(tmp_path):
-    first = new_run_dir(tmp_path, "exp")
-    second = new_run_dir(tmp_path, "exp")
+    first = make_run_dir(tmp_path / "exp")
+    second = make_run_dir(tmp_path / "exp")
     assert (first.name, second.name) == ("exp", "exp2")
 
 

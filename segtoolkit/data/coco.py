@@ -44,11 +44,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MAX_CLASSES, check_names
-from segtoolkit.errors import UserError
+from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MAX_CLASSES, check_names, class_colours
 from segtoolkit.data.masks import palette_png
-from segtoolkit.data.classes import class_colours
-from segtoolkit.data.polygons import children, PARENT
+from segtoolkit.data.polygons import find_regions
+from segtoolkit.errors import UserError
 from segtoolkit.data.cache import write_atomically
 from segtoolkit.data.sources import safe_name
 from segtoolkit.data.splits import split_fractions
@@ -269,17 +268,15 @@ def frame_file_name(frame):
 
 def region_outlines(region, offset=(0, 0)):
     """COCO polygons ([x0, y0, x1, y1, ...] arrays) of a bool mask's regions, each with its holes joined in,
-    along pixel edges (see EDGE_UPSAMPLING); `offset` (x, y) is added: the mask is a crop at that place."""
+    along pixel edges (see EDGE_UPSAMPLING): polygons.find_regions' outlines of the mask upsampled k times,
+    whose pixel centres then fall half a source pixel's k-th inside its edges; `offset` (x, y) is added: the
+    mask is a crop at that place."""
     k = EDGE_UPSAMPLING
     upsampled = np.kron(region.astype(np.uint8), np.ones((k, k), np.uint8))
-    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    links = hierarchy[0] if hierarchy is not None else []
     outlines = []
-    for index, contour in enumerate(contours):
-        if links[index][PARENT] >= 0:
-            continue
-        holes = [contours[child].reshape(-1, 2) for child in children(links, index)]
-        ring = with_holes(contour.reshape(-1, 2), holes, upsampled.shape)
+    for found in find_regions(upsampled):
+        ring = with_holes(found.outline.reshape(-1, 2), [hole.reshape(-1, 2) for hole in found.holes],
+                          upsampled.shape)
         outlines.append((ring + 0.5) / k + np.asarray(offset, float))
     return outlines
 

@@ -2,8 +2,9 @@
 
 export.py --int8 --calibration IMAGES calls this after the float32 export. Weights become int8 per
 channel, activations uint8 with ranges measured on the calibration images (QDQ format), which
-onnxruntime runs with integer kernels. The calibration and check inputs are what detect.py feeds the model:
-whole images fitted to the patch, or for a model trained with --crop, full-resolution tiles of them.
+onnxruntime runs with integer kernels. The calibration and check inputs are what detect.py feeds the model,
+by the same fit (FullSizePredictor.inputs): whole images fitted to the patch, or for a model trained with
+--crop, full-resolution tiles of them.
 Whether that is faster depends on the CPU's integer instructions
 (README: Performance gives the figures per CPU). The masks move a little; export.py reports how much
 against PyTorch's on the calibration images, and warns below MIN_AGREEMENT.
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtoolkit.data.imaging import IMAGE_SUFFIXES, is_stretched, preprocess_image, read_image, scaled
-from segtoolkit.errors import UserError
+from segtoolkit.data.imaging import IMAGE_SUFFIXES, read_image
 from segtoolkit.data.sources import resolve_sources
-from segtoolkit.inference.tiling import Tiler, tile_starts
+from segtoolkit.errors import UserError
+from segtoolkit.inference.full_size import FullSizePredictor, to_labels
 
 DEFAULT_COUNT = 32  # calibration images: ranges settle with a few dozen; more only makes export slower
 MIN_AGREEMENT = 0.99  # smallest mask IoU against PyTorch below which export.py warns
@@ -50,28 +51,17 @@ def calibration_images(source, count=DEFAULT_COUNT, flag="--calibration"):
 
 
 def preprocessed(paths, meta, count=DEFAULT_COUNT):
-    """The float32 1xCxPxP arrays detect.py would feed the model for these images: each image letterboxed
-    (stretched for a stretch-trained model); for a model trained on crops (meta input_mode 'tile'), tiles of
-    the patch size cut from the image at full resolution (times the model's scale), as detect.py's sliding
-    window cuts them. Tiles are spread evenly over each image, count // len(paths) of them (at least one):
-    calibration keeps every input's activations until it ends, so the inputs stay as many as images would."""
-    if meta.get("input_mode") != "tile":
-        return [preprocess_image(read_image(path, meta.get("bit_depth")), meta["patch_size"], meta["mean"],
-                                 meta["std"], stretch=is_stretched(meta))[0][None].numpy() for path in paths]
-    per_image = max(1, count // max(1, len(paths)))
-    return [tile[None].numpy() for path in paths
-            for tile in tiles(read_image(path, meta.get("bit_depth")), meta, per_image)]
-
-
-def tiles(image, meta, most):
-    """Up to `most` of the tiles detect.py's sliding window cuts from a uint8 RGB image for a crop-trained
-    model, spread evenly over them, each normalized 3xPxP; without overlap, so no two share pixels."""
-    image = scaled(image, meta.get("scale", 1.0))
-    tiler = Tiler(None, meta["patch_size"], overlap=0, mean=meta["mean"], std=meta["std"])
-    places = [(top, left) for top in tile_starts(image.shape[0], tiler.tile, tiler.stride)
-              for left in tile_starts(image.shape[1], tiler.tile, tiler.stride)]
-    step = len(places) / min(most, len(places))
-    return [tiler.tile_input(image, *places[int((index + 0.5) * step)]) for index in range(min(most, len(places)))]
+    """The float32 1xCxPxP arrays detect.py would feed the model for these images, by the model's own fit
+    (segtoolkit.inference.full_size.FullSizePredictor.inputs): each image fitted into the patch (letterboxed, or
+    stretched for a stretch-trained model); for a model trained on crops (meta input_mode 'tile'), tiles of the
+    patch size cut from the image at full resolution (times the model's scale), as detect.py's sliding window
+    cuts them, without overlap, so no two share pixels. Tiles are spread evenly over each image,
+    count // len(paths) of them (at least one): calibration keeps every input's activations until it ends, so
+    the inputs stay as many as images would."""
+    fit = FullSizePredictor.from_meta(None, meta, overlap=0)
+    per_image = max(1, count // max(1, len(paths))) if fit.tiled else None
+    return [tensor[None].numpy() for path in paths
+            for tensor in fit.inputs(read_image(path, meta.get("bit_depth")), per_image)]
 
 
 def quantize_int8(float_path, output, batches, input_name):
@@ -119,19 +109,20 @@ def quantize_int8(float_path, output, batches, input_name):
 
 def mask_agreement(model, predict, batches):
     """(smallest, mean) IoU of `predict`'s masks (an int8, float32 ONNX or OpenVINO file's) against PyTorch
-    float32's over `batches` (foreground: a logit above 0 for one class, the argmax for several)."""
+    float32's over `batches`, both decided by the one rule (full_size.to_labels): one class, the foreground's
+    IoU; several, the mean IoU over the classes present in either mask."""
     scores = []
     for batch in batches:
         with torch.inference_mode():
-            expected = model.eval()(torch.from_numpy(batch)).float().numpy()[0]
-        got = predict(batch)[0]
-        if expected.shape[0] == 1:
-            expected, got = expected[0] > 0, got[0] > 0
-            union = np.logical_or(expected, got).sum()
-            scores.append(1.0 if union == 0 else np.logical_and(expected, got).sum() / union)
-        else:  # mean IoU over the classes present in either mask
-            expected, got = expected.argmax(0), got.argmax(0)
-            ious = [np.logical_and(expected == c, got == c).sum() / np.logical_or(expected == c, got == c).sum()
-                    for c in np.union1d(np.unique(expected), np.unique(got))]
-            scores.append(float(np.mean(ious)))
+            logits = model.eval()(torch.from_numpy(batch)).float()
+        expected = to_labels(logits)[0].numpy()
+        got = to_labels(torch.from_numpy(np.asarray(predict(batch), np.float32)))[0].numpy()
+        present = [1] if logits.shape[1] == 1 else np.union1d(np.unique(expected), np.unique(got))
+        scores.append(float(np.mean([iou(expected == label, got == label) for label in present])))
     return float(min(scores)), float(np.mean(scores))
+
+
+def iou(expected, got):
+    """Intersection over union of two bool masks; 1.0 when both are empty."""
+    union = np.logical_or(expected, got).sum()
+    return 1.0 if union == 0 else float(np.logical_and(expected, got).sum() / union)

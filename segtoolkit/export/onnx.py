@@ -53,7 +53,7 @@ def export_onnx(model, meta, output, patch_size=None, opset=DEFAULT_OPSET):
     `patch_size` (default: the checkpoint's) is the size traced and, for a static-size architecture,
     the only size the file accepts; it becomes the stored patch size, the one detect.py uses.
     """
-    import onnx  # export-only dependency; detect.py imports this module for load_onnx
+    import onnx  # only exporting needs it: detect.py reads ONNX files with onnxruntime (inference.onnx_runtime)
 
     check_opset(opset)
     patch_size = meta["patch_size"] if patch_size is None else patch_size

@@ -22,6 +22,8 @@ Usage:
     mask = full.mask(rgb)                                        # uint8 HxW at the image's size
     logits = full.logits(rgb)                                    # float32 CxHxW at the image's size
     for start, stop, logits in full.blocks(rgb): ...             # CxRxW: rows start:stop of the image
+    inputs = full.inputs(rgb)                                    # what the model is fed: the patch, or tiles
+    dataset = make_dataset(..., evaluation=True, mode=full.dataset_mode)   # images stored as they are fitted
     mask, probabilities = collect(restore(patch_logits, box), (height, width), probabilities=True)
 """
 
@@ -178,15 +180,35 @@ class FullSizePredictor:
     def tiled(self):
         return self.tiler is not None
 
+    @property
+    def dataset_mode(self):
+        """The mode of an evaluation dataset (dataset.py) that stores images as this predictor fits them: 'full'
+        (at the model's --scale) when tiled, else 'stretch' or 'letterbox'."""
+        return "full" if self.tiled else self.resize
+
     def fit(self, image):
         """(float32 3xPxP input, Letterbox) of a uint8 RGB image, for whole-image models."""
         return preprocess_image(image, self.patch_size, self.mean, self.std, stretch=self.resize == "stretch")
 
-    def blocks(self, image):
-        """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom."""
+    def inputs(self, image, most=None):
+        """The normalized float32 3xPxP inputs this predictor feeds the model for a uint8 RGB image: the fitted
+        patch of a whole-image model; the tiles of the image at the model's --scale for a tiled one, up to
+        `most` of them (all by default) spread evenly over the image (export.py's calibration and checks)."""
+        if not self.tiled:
+            return [self.fit(image)[0]]
+        image = scaled(image, self.scale)
+        places = self.tiler.places(image)
+        most = len(places) if most is None else min(most, len(places))
+        step = len(places) / most
+        return [self.tiler.tile_input(image, *places[int((index + 0.5) * step)]) for index in range(most)]
+
+    def blocks(self, image, fitted=None):
+        """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom.
+        `fitted`: the image's (input, Letterbox) made by `fit` already (detect.py's frame loaders fit frames in
+        their reader thread), used by whole-image models; a tiled one tiles the image itself."""
         if self.tiled:
             return self.tile_blocks(scaled(image, self.scale), image.shape[:2])
-        return self.fitted_blocks(*self.fit(image))
+        return self.fitted_blocks(*(fitted or self.fit(image)))
 
     def fitted_blocks(self, tensor, box):
         """The blocks of an image already fitted into the patch (`fit`, or detect.py's frame loader)."""

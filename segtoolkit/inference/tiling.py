@@ -112,8 +112,7 @@ class Tiler:
         is full (a row of 5 tiles in batches of 4 would make every other pass a single tile); a row is given
         as soon as its last tile is done, so memory holds one or two rows, never the image's logits."""
         height, width = image.shape[:2]
-        lefts = tile_starts(width, self.tile, self.stride)
-        places = [(top, left) for top in tile_starts(height, self.tile, self.stride) for left in lefts]
+        lefts, places = tile_starts(width, self.tile, self.stride), self.places(image)
         rows = {}  # top: (summed weighted logits, summed weights) of the rows whose tiles are coming
         bar = tqdm(total=len(places), desc=f"{width}x{height} image", unit="tile", leave=False, dynamic_ncols=True,
                    delay=PROGRESS_DELAY, disable=not self.progress)
@@ -135,6 +134,11 @@ class Tiler:
                 if left == lefts[-1]:  # in reading order, the row's last tile
                     yield top, *rows.pop(top)
         bar.close()
+
+    def places(self, image):
+        """(top, left) of every tile of an image (HxW...), in reading order."""
+        return [(top, left) for top in tile_starts(image.shape[0], self.tile, self.stride)
+                for left in tile_starts(image.shape[1], self.tile, self.stride)]
 
     def tile_input(self, image, top, left):
         """One normalized 3 x tile x tile input; a tile past the image's edge is padded with black (the value

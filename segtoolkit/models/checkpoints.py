@@ -28,6 +28,10 @@ CHECKPOINT_FORMAT = "unet-segmentation-toolkit"
 
 CHECKPOINT_VERSION = 1
 
+# what train.py writes in its run folder: 'last' (every evaluation and at the end: what a resume continues) and
+# 'best' (the weights of the best evaluation, without the optimizer state)
+CHECKPOINT_NAMES = {"last": "checkpoint.pth.tar", "best": "best-checkpoint.pth.tar"}
+
 
 MODEL_META_KEYS = ("architecture", "encoder", "classes", "in_channels", "mean", "std", "patch_size", "class_names")
 # absent from older files: these defaults (mask_colors: the --mask-colors table, segtoolkit.data.classes;
@@ -104,9 +108,9 @@ def load_checkpoint(path, what="checkpoint"):
 
 def check_checkpoint_file(path, what):
     """Say what a file given as a checkpoint is when it is plainly something else, and what to give instead."""
-    instead = "give a .pth.tar file written by train.py (checkpoint.pth.tar or best-checkpoint.pth.tar)"
+    instead = f"give a .pth.tar file written by train.py ({' or '.join(CHECKPOINT_NAMES.values())})"
     if path.is_dir():
-        found = [name for name in ("checkpoint.pth.tar", "best-checkpoint.pth.tar") if (path / name).is_file()]
+        found = [name for name in CHECKPOINT_NAMES.values() if (path / name).is_file()]
         hint = f", for example {path / found[0]}" if found else ""
         raise UserError(f"{what} {path} is a folder; {instead}{hint}")
     if not path.is_file():

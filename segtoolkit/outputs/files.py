@@ -1,5 +1,6 @@
-"""Output folders and files of detect.py and val.py: run folders that never overwrite an earlier one, and
-writes that fail as one line (RunFailure, exit code 1) naming the file, leaving no partial file behind.
+"""Output folders and files: the run folders of train.py, detect.py and val.py, which never overwrite an earlier
+one, and detect.py's and val.py's writes, which fail as one line (RunFailure, exit code 1) naming the file,
+leaving no partial file behind.
 
 Usage:
     from segtoolkit.outputs.files import make_run_dir, write_mask
@@ -20,18 +21,7 @@ from segtoolkit.errors import RunFailure, UserError
 from segtoolkit.data.masks import palette_png
 
 WRITE_FAILED = "disk full, or its folder was removed or made read-only"
-
-
-def increment_path(path):
-    """path, or path2, path3... the first that does not exist, so a run never overwrites an earlier one."""
-    path = Path(path)
-    if not path.exists():
-        return path
-    for number in range(2, 100000):
-        candidate = path.with_name(f"{path.name}{number}")
-        if not candidate.exists():
-            return candidate
-    raise UserError(f"{path.parent} holds too many runs named {path.name}; give --save-dir")
+MAX_RUNS_PER_NAME = 10_000  # run folders of one --name in one --project: exp, exp2 ... exp10000
 
 
 def check_save_dir(path, flag="--save-dir", given=None):
@@ -56,14 +46,20 @@ def check_output_folder(save_dir, project):
 
 
 def make_run_dir(path):
-    """Create and return the first free one of path, path2, path3... (another run may take a name meanwhile)."""
-    while True:
-        candidate = increment_path(path)
+    """Create and return the first free one of path, path2, path3... (a file of such a name is skipped too):
+    a run never overwrites an earlier one. The one run-folder rule of train.py, detect.py and val.py
+    (<--project>/<--name>); mkdir decides, so two runs starting at once never get the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, MAX_RUNS_PER_NAME + 1):
+        candidate = path if number == 1 else path.with_name(f"{path.name}{number}")
         try:
-            candidate.mkdir(parents=True)
+            candidate.mkdir()
             return candidate
         except FileExistsError:
             continue
+    raise UserError(f"{path.parent} holds {MAX_RUNS_PER_NAME:,} runs named {path.name} ({path.name}, {path.name}2 ... "
+                    f"{path.name}{MAX_RUNS_PER_NAME}); give another --name or --project")
 
 
 def write_failure(path, reason=WRITE_FAILED):

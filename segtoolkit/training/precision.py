@@ -1,8 +1,8 @@
-"""The pieces of a training run that train.py's loop is built from: precision, run folders, batch checks.
+"""The pieces of a training step that train.py's loop is built from: precision (autocast and gradient scaler),
+the batch-size check and the train mode under --freeze-bn. Run folders: segtoolkit.outputs.files.make_run_dir.
 
 Usage:
     autocast, scaler = resolve_precision(device, use_amp=True)
-    run_dir = new_run_dir(Path("checkpoints"), "exp")        # exp, exp2, exp3...: never an old run
 """
 
 import contextlib
@@ -20,19 +20,6 @@ def resolve_precision(device, use_amp):
         return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), torch.amp.GradScaler(device.type,
                                                                                                  enabled=False)
     return contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False)
-
-
-def new_run_dir(root, name):
-    """root/<name>, or <name>2, <name>3... if taken: a new run never overwrites an old one."""
-    root.mkdir(parents=True, exist_ok=True)
-    for index in range(1, 10000):
-        candidate = root / (name if index == 1 else f"{name}{index}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise UserError(f"too many runs named {name} in {root}; choose another --name")
 
 
 def check_batch_size(train_size, batch_size, world_size):

@@ -14,15 +14,18 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from segtoolkit.data.classes import output_colours
+from segtoolkit.data.imaging import letterbox, read_image
 from segtoolkit.errors import UserError
 from segtoolkit.outputs.files import format_value, is_nan
 from segtoolkit.outputs.overlay import legend_strip
 
 RESULT_COLUMNS = ["epoch", "lr", "train/loss", "train/dice", "train/iou", "val/loss", "val/dice", "val/iou"]
 WANDB_MODES = ("online", "offline", "disabled")
+DISPLAY_INTERPOLATIONS = (cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_NEAREST)  # image, truth, prediction
 
 
 def wandb_credentials_present():
@@ -177,56 +180,32 @@ def preview_step(what, function, *args, **kwargs):
 
 def write_rgb_image(path, image):
     """An RGB uint8 array to an image file; OSError when OpenCV could not write it (it only returns False)."""
-    import cv2
     if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"OpenCV could not write {path}")
 
 
 def preview_grid(full_size, dataset, *, count, meta):
     """The RGB preview grid of the first `count` samples of an evaluation dataset: each image, its ground
-    truth and the prediction the metrics count (at the image's own size, segtoolkit.inference.full_size), the three
-    fitted into the patch size for display. `full_size`: a FullSizePredictor of the model in eval mode."""
-    import cv2
-    from segtoolkit.inference.full_size import collect
-    from segtoolkit.data.imaging import letterbox
-    patch, rows = meta["patch_size"], ([], [], [])
+    truth and the prediction, the three fitted into the patch size for display. The prediction is
+    `full_size.mask` of the image as read from its file: detect.py's mask for it, at the image's own size (the
+    one the metrics count). `full_size`: a FullSizePredictor of the model in eval mode."""
+    rows = ([], [], [])
     for index in range(count):
-        sample = dataset.load_sample(index)
-        height, width = size = tuple(sample.mask.shape[-2:])
-        if sample.box is None:  # sliding window: the uint8 image at the model's scale
-            image, blocks = sample.image.numpy(), full_size.tile_blocks(sample.image.numpy(), size)
-        else:
-            blocks = full_size.fitted_blocks(sample.image, sample.box)
-            image = unnormalized(sample.image, meta)[:sample.box.scaled_height, :sample.box.scaled_width]
-        prediction, _ = collect(blocks, size, full_size.conf_thres)
-        truth = np.maximum(sample.mask.reshape(size).numpy(), 0).astype(prediction.dtype)  # IGNORE shown as 0
-        shown = (cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR), truth, prediction)
-        for collected, array, interpolation in zip(rows, shown, (cv2.INTER_AREA, cv2.INTER_NEAREST,
-                                                                 cv2.INTER_NEAREST)):
-            collected.append(letterbox(array, patch, interpolation)[0])
+        truth = dataset.load_sample(index).mask  # the labels at the image's own size
+        image = read_image(dataset.pairs[index][0], dataset.bit_depth)
+        prediction = full_size.mask(image)
+        truth = np.maximum(truth.reshape(prediction.shape).numpy(), 0).astype(prediction.dtype)  # IGNORE shown as 0
+        for collected, array, interpolation in zip(rows, (image, truth, prediction), DISPLAY_INTERPOLATIONS):
+            collected.append(letterbox(array, meta["patch_size"], interpolation)[0])  # a grid cell, for display
     return prediction_grid(*rows, meta)
-
-
-def unnormalized(tensor, meta):
-    """A normalized float32 3xHxW input back to uint8 RGB HxWx3."""
-    mean, std = np.array(meta["mean"]).reshape(3, 1, 1), np.array(meta["std"]).reshape(3, 1, 1)
-    return np.clip((tensor.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def prediction_grid(images, masks, predictions, meta):
     """Rows of (image | ground truth | prediction) as one RGB uint8 array, above a legend naming the colour
-    of each of the model's classes (meta: a checkpoint's)."""
-    palette = preview_colours(meta)
+    of each of the model's classes (meta: a checkpoint's), in detect.py's colours (data.classes.output_colours)."""
+    palette = np.asarray(output_colours(meta), np.uint8)
     rows = []
     for image, mask, prediction in zip(images, masks, predictions):
         rows.append(np.concatenate([image, palette[mask], palette[prediction]], axis=1))
     grid = np.concatenate(rows, axis=0)
     return np.concatenate([grid, legend_strip(grid.shape[1], meta["class_names"], palette)], axis=0)
-
-
-def preview_colours(meta):
-    """RGB per class as a uint8 lookup table: binary masks black and white unless --mask-colors gave colours;
-    several classes in the colours of detect.py's overlay and palette masks (segtoolkit.data.classes)."""
-    if meta["classes"] == 1 and not meta.get("mask_colors"):
-        return np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
-    return np.asarray(output_colours(meta), np.uint8)
