@@ -2,7 +2,7 @@
 
 Every figure is the ratio of two measurements taken in the same run and alternated round by round
 (A B A B ...), each side keeping its best round: a machine that other work slows down slows both, so
-the ratio holds where absolute times would not. README "Performance" says how long a run takes.
+the ratio holds where absolute times would not. docs/performance.md says how long a run takes.
 
   trainer_overhead  UnetTraining images/s (real DataLoader with workers, augmentation on, no evaluation)
                     / its own train_step alone (same model, AdamW, clipping, OneCycleLR and AMP setting) on the

@@ -100,8 +100,8 @@ def resize_by_scales(proto, patch_size, in_channels):
     smp decoders upsample to the size of the next skip feature, which the exporter computes at run time
     (Shape, Slice, Concat). onnxruntime then runs those Resize and Concat nodes, and the Shape nodes that
     read the feature maps, in plain NCHW, converting to and from its faster blocked layout around each one.
-    With constant scales the whole decoder stays in the blocked layout (faster, identical logits; README:
-    Performance). A Resize is changed only when its output is the same whole multiple of its
+    With constant scales the whole decoder stays in the blocked layout (faster, identical logits;
+    docs/performance.md). A Resize is changed only when its output is the same whole multiple of its
     input at two different input sizes, which the graph is probed with; the rest is left as exported.
     """
     import onnx

@@ -29,7 +29,7 @@ def providers():
 def session_options(threads=None):
     """CPU-tuned options: every graph optimization, intra-op threads (default: onnxruntime's, one per
     physical core) and no spin-waiting, which on a shared or small CPU burns the cores that decoding,
-    drawing and writing need (measured faster on 2 cores, see README: Performance)."""
+    drawing and writing need (measured faster on 2 cores, see docs/performance.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

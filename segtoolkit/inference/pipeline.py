@@ -1,7 +1,7 @@
 """Overlap detect.py's stages: the next frames decode while the model runs, finished frames write behind it.
 
 On a 2-core CPU the model's threads use both cores, and any thread running beside them at the same
-priority makes them wait for each other at every layer (README: Performance). So the two helper threads run at the lowest priority (nice 19, on Linux): they use
+priority makes them wait for each other at every layer (docs/performance.md). So the two helper threads run at the lowest priority (nice 19, on Linux): they use
 the moments the model leaves a core idle. On a machine busy with other work they could starve; a stage
 whose thread falls that far behind (the caller waits STARVED_SECONDS for it) is handed back to the
 caller, which then does the work in turn for the rest of the run. Both queues are bounded, so memory

@@ -9,7 +9,7 @@ Usage:
     mask = FullSizePredictor.from_meta(predictor, meta).mask(rgb)   # segtoolkit.inference.full_size: at the image's size
 
 --half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX); on any other CPU one
-warning line and float32, because bfloat16 emulated there is slower than float32 (README: Performance, per CPU).
+warning line and float32, because bfloat16 emulated there is slower than float32 (docs/performance.md, per CPU).
 """
 
 import platform
@@ -30,7 +30,7 @@ BFLOAT16_FLAGS = {"avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}  # /proc/cpu
 class TorchPredictor:
     """Checkpoint from train.py: float32 NCHW batch in, float32 logits NCHW out (on the CPU). With dtype
     bfloat16 or float16 the weights are cast once and each batch on the way in, rather than autocast, which
-    casts every layer's weights again each frame (README: Performance)."""
+    casts every layer's weights again each frame (docs/performance.md)."""
 
     def __init__(self, model, device, dtype=torch.float32):
         self.model, self.device, self.dtype = model.to(device=device, dtype=dtype).eval(), device, dtype

@@ -77,7 +77,7 @@ def build_model(architecture, encoder, classes, in_channels=3, encoder_weights=N
 
 
 def preferred_layout(model, encoder):
-    """channels_last where it was measured to help (README: Performance; python3 -m bench.run --only
+    """channels_last where it was measured to help (docs/performance.md; python3 -m bench.run --only
     channels_last): the CNN architectures train and infer faster on the CPU in it, but Segformer (its MLP
     decoder) infers much slower, so Segformer, DPT and the unmeasured timm (tu-) encoders keep the default
     layout. Only the layout changes: weights, state dicts and results stay the same."""
