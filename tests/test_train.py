@@ -11,8 +11,8 @@ import torch
 import train
 from dataset import make_dataset
 from segtoolkit.models.checkpoints import load_checkpoint
-from conftest import RUNS
-from segtoolkit.training.config import REPO, RunConfig
+from conftest import REPO, RUNS
+from segtoolkit.training.config import RunConfig
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
 from segtoolkit.data.splits import pair_masks, read_split_file
