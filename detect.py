@@ -43,8 +43,9 @@ from pathlib import Path
 import cv2
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
-from segtoolkit.cli import (ArgumentParser, StopRequest, Stopped, add_settings, device_setting, half_setting,
-                            model_file_setting, name_setting, project_setting, run_command, setting, settings_from)
+from segtoolkit.cli import (StopRequest, Stopped, device_setting, half_setting, model_file_setting, name_setting,
+                            project_setting, run_command, save_dir_setting, setting, settings_from, settings_parser,
+                            verbose_setting)
 from segtoolkit.training.config import check_run_name, open_model, run_config
 from segtoolkit.data.classes import output_colours
 from segtoolkit.data.coco import CocoWriter, check_coco_output
@@ -90,12 +91,10 @@ class DetectSettings:
     device: str = device_setting()
     half: bool = half_setting()
     view_img: bool = setting(False, group="Runtime", help="show the overlay in a window (q or Esc quits)")
-    verbose: bool = setting(False, group="Runtime", help="full tracebacks, FFmpeg/OpenCV warnings, and Python "
-                            "warnings with their source line")
+    verbose: bool = verbose_setting(also=", FFmpeg's and OpenCV's warnings")
     project: Path = project_setting(Path("runs") / "detect", "Output")
     name: str = name_setting("Output")
-    save_dir: Path | None = setting(None, group="Output", help="output folder, used as is instead of --project/--name:"
-                                    " a second run adds its rows to its results.csv and never overwrites a file")
+    save_dir: Path | None = save_dir_setting(": a second run adds its rows to its results.csv, never overwriting")
     save_video: bool = setting(False, group="Output", help="write an annotated MP4 per video or stream (.avi, MJPEG, "
                                "for an odd frame size)")
     nosave: bool = setting(False, group="Output", help="write no images, masks or videos (results.csv, and what "
@@ -323,10 +322,7 @@ def parse_args(argv=None):
 
 
 def build_parser():
-    """detect.py's flags: DetectSettings' fields (their defaults and help are there)."""
-    parser = ArgumentParser(description=__doc__)
-    add_settings(parser, DetectSettings)
-    return parser
+    return settings_parser(DetectSettings, __doc__)  # the flags are DetectSettings' fields
 
 
 def detect_from_args(args):
@@ -334,8 +330,7 @@ def detect_from_args(args):
     if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    summary = segment(settings_from(DetectSettings, args))
-    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
+    return EXIT_STOPPED if segment(settings_from(DetectSettings, args))["interrupted"] else EXIT_OK
 
 
 def main(args):

@@ -27,7 +27,7 @@ import torch
 
 from segtoolkit.export import int8 as quantize
 from segtoolkit.models.checkpoints import load_checkpoint
-from segtoolkit.cli import ArgumentParser, add_settings, run_command, setting, settings_from
+from segtoolkit.cli import run_command, setting, settings_from, settings_parser, verbose_setting
 from segtoolkit.errors import UserError
 from segtoolkit.data.imaging import check_patch_size
 from segtoolkit.models.factory import model_from_checkpoint
@@ -74,8 +74,7 @@ class ExportSettings:
     calibration_count: int | None = setting(
         None, group="int8 (CPU)", help="use at most this many of them, spread evenly (default: 32); for a model "
         "trained with --crop, as many full-resolution tiles, spread over them")
-    verbose: bool = setting(False, group="Runtime", help="full tracebacks for errors, and Python warnings with their "
-                            "source line")
+    verbose: bool = verbose_setting()
 
 
 def parse_args(argv=None):
@@ -83,10 +82,7 @@ def parse_args(argv=None):
 
 
 def build_parser():
-    """export.py's flags: ExportSettings' fields (their defaults and help are there)."""
-    parser = ArgumentParser(description=__doc__)
-    add_settings(parser, ExportSettings)
-    return parser
+    return settings_parser(ExportSettings, __doc__)  # the flags are ExportSettings' fields
 
 
 def check_flags(settings):

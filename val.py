@@ -48,8 +48,9 @@ from tqdm import tqdm
 from dataset import make_dataset
 from segtoolkit.data.coco import coco_pairs
 from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
-from segtoolkit.cli import (ArgumentParser, StopRequest, add_settings, device_setting, half_setting, model_file_setting,
-                            name_setting, project_setting, run_command, setting, settings_from)
+from segtoolkit.cli import (StopRequest, device_setting, half_setting, model_file_setting, name_setting,
+                            project_setting, run_command, save_dir_setting, setting, settings_from, settings_parser,
+                            verbose_setting)
 from segtoolkit.training.config import (SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, open_model,
                                         run_config, sample_split_file)
 from segtoolkit.distributed import resolve_device
@@ -111,12 +112,10 @@ class ValSettings:
     device: str = device_setting()
     half: bool = half_setting()
     workers: int = setting(2, group="Runtime", help="DataLoader worker processes")
-    verbose: bool = setting(False, group="Runtime", help="full tracebacks for errors, and Python warnings with their "
-                            "source line")
+    verbose: bool = verbose_setting()
     project: Path = project_setting(Path("runs") / "val", "Output")
     name: str = name_setting("Output")
-    save_dir: Path | None = setting(None, group="Output", help="output folder, used as is instead of --project/--name"
-                                    " (not one holding val_results.json)")
+    save_dir: Path | None = save_dir_setting(" (not one holding val_results.json)")
     save_masks: bool = setting(False, group="Output", help="write the predicted masks to masks/ at each image's size, "
                                "as detect.py does")
 
@@ -426,16 +425,12 @@ def parse_args(argv=None):
 
 
 def build_parser():
-    """val.py's flags: ValSettings' fields (their defaults and help are there)."""
-    parser = ArgumentParser(description=__doc__)
-    add_settings(parser, ValSettings)
-    return parser
+    return settings_parser(ValSettings, __doc__)  # the flags are ValSettings' fields
 
 
 def val_from_args(args):
-    """evaluate() with the command line's settings; returns the exit code."""
-    summary = evaluate(settings_from(ValSettings, args))
-    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
+    """evaluate() with the command line's settings; the exit code: 130 when stopped, else 0."""
+    return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
 
 
 def main(args):

@@ -238,6 +238,13 @@ def add_settings(parser, settings_class):
     return groups
 
 
+def settings_parser(settings_class, description):
+    """A command's parser: ArgumentParser with add_settings' flags (detect.py, val.py, export.py)."""
+    parser = ArgumentParser(description=description)
+    add_settings(parser, settings_class)
+    return parser
+
+
 def flag_type(annotation):
     """int, float or Path for a field annotated so (or `X | None`); None (argparse's str) for anything else."""
     kind = next(kind for kind in typing.get_args(annotation) or (annotation,) if kind is not type(None))
@@ -264,6 +271,11 @@ def half_setting():
                    "BF16 or AMX (.pth.tar and .xml); on other CPUs, and for .onnx, a warning and float32")
 
 
+def verbose_setting(also=""):
+    return setting(False, group="Runtime", help=f"full tracebacks for errors{also}, and Python warnings with their "
+                   f"source line")
+
+
 def model_file_setting():
     return setting(group="Model", help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file "
                    "(onnxruntime) or an .xml with its .bin (OpenVINO)")
@@ -271,6 +283,10 @@ def model_file_setting():
 
 def project_setting(default, group):
     return setting(default, group=group, help="folder of the run folders, relative to the current folder")
+
+
+def save_dir_setting(also):
+    return setting(None, group="Output", help=f"output folder, used as is instead of --project/--name{also}")
 
 
 def name_setting(group):

@@ -24,7 +24,7 @@ from pathlib import Path
 from segtoolkit.data.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.data.classes import parse_class_names, resolve_class_table
 from segtoolkit.data.coco import coco_settings, coco_splits
-from segtoolkit.cli import device_setting, flag_name, name_setting, project_setting, setting
+from segtoolkit.cli import device_setting, flag_name, name_setting, project_setting, setting, verbose_setting
 from segtoolkit.errors import UserError
 from segtoolkit.training.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.data.cache import CACHE_MODES
@@ -170,7 +170,7 @@ class RunConfig:
     pin_memory: bool = setting(True, group="Runtime", help="pin host memory for faster CUDA copies (ignored on the "
                                "CPU)")
     sync_bn: bool = setting(False, group="Runtime", help="torchrun: convert BatchNorm to SyncBatchNorm")
-    verbose: bool = setting(False, group="Runtime", help="show full tracebacks for errors")
+    verbose: bool = verbose_setting()
     project: str = project_setting("checkpoints", "Logging")
     name: str = name_setting("Logging")
     save_checkpoints: bool = setting(False, group="Logging", help="also write checkpoint.pth.tar after every "
