@@ -37,13 +37,16 @@ its tiles take longer than 2 s.
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
 from dataloaders import RTSP_TRANSPORTS, iterate_frames
-from segtoolkit.cli import ArgumentParser, StopRequest, Stopped, run_command
-from segtoolkit.training.config import check_run_name
+from segtoolkit.cli import (StopRequest, Stopped, device_setting, half_setting, model_file_setting, name_setting,
+                            project_setting, run_command, save_dir_setting, setting, settings_from, settings_parser,
+                            verbose_setting)
+from segtoolkit.training.config import check_run_name, open_model, run_config
 from segtoolkit.data.classes import output_colours
 from segtoolkit.data.coco import CocoWriter, check_coco_output
 from segtoolkit.outputs.detections import ResultWriter, Viewer, check_display
@@ -56,14 +59,63 @@ from segtoolkit.outputs.frame_exports import FrameExports
 from segtoolkit.outputs.overlay import draw_overlay
 from segtoolkit.data.polygons import find_regions, largest_area
 from segtoolkit.inference.pipeline import Finisher
-from segtoolkit.inference.predictor import check_model_flags, load_predictor
+from segtoolkit.inference.predictor import check_model_flags
 from segtoolkit.inference.probabilities import Prediction
-from segtoolkit.inference.tiling import MAX_OVERLAP, MAX_TILES_PER_PIXEL, PROGRESS_DELAY, WEIGHTINGS, check_tile_overlap
+from segtoolkit.inference.tiling import (check_tile_settings, tile_batch_setting, tile_overlap_setting, tile_setting,
+                                        tile_weighting_setting)
 from segtoolkit.outputs.uncertainty import UncertainFrames, check_ranking
 from segtoolkit.data.sources import resolve_sources
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_PROJECT = REPO / "runs" / "detect"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectSettings:
+    """detect.py's flags: each field is the flag --field-name, its default and help written once, here."""
+    source: str = setting(group="Data", help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or "
+                          "webcam index (a path that exists is never a glob, even with [ ] * ? in its name)")
+    max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total")
+    stream_timeout: float = setting(30.0, group="Data", help="seconds to keep reconnecting a dropped stream before "
+                                    "ending it (default: 30)")
+    rtsp_transport: str = setting("auto", group="Data", choices=RTSP_TRANSPORTS,
+                                  help="RTSP over tcp, udp, or auto (TCP, then UDP)")
+    model: str = model_file_setting()
+    patch_size: int | None = setting(None, group="Model", help="inference size, a positive multiple of 32 (default: "
+                                     "the checkpoint's)")
+    classes: int | None = setting(None, group="Model", help="only checked against the checkpoint")
+    encoder: str | None = setting(None, group="Model", help="only checked against the checkpoint")
+    tile: bool = tile_setting("Model")
+    tile_overlap: float | None = tile_overlap_setting(None, "Model")
+    tile_weighting: str | None = tile_weighting_setting(None, "Model")
+    tile_batch: int | None = tile_batch_setting(None, "Model")
+    conf_thres: float | None = setting(None, group="Model", help=CONF_THRES_HELP)
+    device: str = device_setting()
+    half: bool = half_setting()
+    view_img: bool = setting(False, group="Runtime", help="show the overlay in a window (q or Esc quits)")
+    verbose: bool = verbose_setting(also=", FFmpeg's and OpenCV's warnings")
+    project: Path = project_setting(Path("runs") / "detect", "Output")
+    name: str = name_setting("Output")
+    save_dir: Path | None = save_dir_setting(": a second run adds its rows to its results.csv, never overwriting")
+    save_video: bool = setting(False, group="Output", help="write an annotated MP4 per video or stream (.avi, MJPEG, "
+                               "for an odd frame size)")
+    nosave: bool = setting(False, group="Output", help="write no images, masks or videos (results.csv, and what "
+                           "--save-json and --save-probs ask for, are still written)")
+    save_json: bool = setting(False, group="Output", help="write polygons.jsonl beside results.csv: per image or "
+                              "frame, every polygon of every class (class id and name, area in pixels, points and "
+                              "holes in image coordinates)")
+    save_coco: bool = setting(False, group="Output", help="write predictions.coco.json: one image per image or frame, "
+                              "one annotation per region (polygon along the pixel edges, holes kept; area, bbox, "
+                              "score = the mean probability of its class over it), to import into CVAT or Label "
+                              "Studio as pre-annotations")
+    coco_rle: bool = setting(False, group="Output", help="with --save-coco, compressed RLE instead of polygons")
+    rank_uncertain: int | None = setting(
+        None, group="Output", metavar="K", help="copy the K images or frames the model is least sure of (mean of 1 - "
+        "the margin between the two likeliest classes' probabilities) with their predicted masks to to_label/, "
+        "listed most uncertain first in to_label.csv")
+    rank_gap: int = setting(30, group="Output", metavar="N", help="with --rank-uncertain, of a video's frames closer "
+                            "than N frames only the most uncertain is taken (near duplicates; default 30)")
+    save_probs: bool = setting(False, group="Output", help="write the class probabilities at the original size to "
+                               "probs/: .npz (float16 HxWxC) for several classes, a 16-bit PNG (probability x 65535) "
+                               "for one")
 
 
 class Segmenter:
@@ -142,59 +194,66 @@ def describe(frame, file_number, file_total):
 
 
 
-def check_flags(conf_thres, max_frames, patch_size, name, tile_overlap=0.25):
+def check_flags(settings):
     """The flags, checked before anything is read or loaded."""
-    check_run_name(name)
-    check_tile_overlap(tile_overlap)
-    check_conf_thres(conf_thres)
-    if max_frames is not None and max_frames < 1:
-        raise UserError(f"--max-frames {max_frames} must be at least 1")
-    if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
-        check_patch_size(patch_size)
+    check_run_name(settings.name)
+    check_tile_settings(settings.tile_overlap, settings.tile_batch, settings.tile_weighting)
+    check_conf_thres(settings.conf_thres)
+    if settings.max_frames is not None and settings.max_frames < 1:
+        raise UserError(f"--max-frames {settings.max_frames} must be at least 1")
+    if settings.patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
+        check_patch_size(settings.patch_size)
 
 
-def run(*, model, source, patch_size=None, classes=None, encoder=None, conf_thres=None, max_frames=None,
-        view_img=False, save_video=False, device="auto", half=False, save_dir=None, project=DEFAULT_PROJECT,
-        name="exp", nosave=False, stream_timeout=30.0, rtsp_transport="auto", tile=False, tile_overlap=0.25,
-        tile_batch=4, tile_weighting="gaussian", save_json=False, save_probs=False, save_coco=False, coco_rle=False,
-        rank_uncertain=None, rank_gap=30):
-    """Segment every frame of `source`; returns a summary dict (frames, save_dir, interrupted, quit).
+def run(**flags):
+    """detect.py as a function: `flags` are DetectSettings' fields (model and source required, the rest as the
+    command line's defaults). Returns segment(DetectSettings(**flags))."""
+    return segment(DetectSettings(**flags))
+
+
+def segment(settings):
+    """Segment every frame of settings.source; returns a summary dict (frames, save_dir, interrupted, quit).
 
     Results go to save_dir as is, or to the first free one of project/name, name2, name3...; save_dir is
     None in the summary when no frame was segmented (nothing was written then).
     """
-    check_flags(conf_thres, max_frames, patch_size, name, tile_overlap)
-    device = resolve_device(device)
-    files, streams = resolve_sources(source)  # missing paths fail here, before the model loads
-    save_dir = Path(save_dir) if save_dir else None
-    check_output_folder(save_dir, project)
-    check_ranking(rank_uncertain, rank_gap, save_dir)
-    check_coco_output(save_coco, coco_rle, save_dir)
-    if view_img:
+    check_flags(settings)
+    device = resolve_device(settings.device)
+    files, streams = resolve_sources(settings.source)  # missing paths fail here, before the model loads
+    save_dir = Path(settings.save_dir) if settings.save_dir else None
+    check_output_folder(save_dir, settings.project)
+    check_ranking(settings.rank_uncertain, settings.rank_gap, save_dir)
+    check_coco_output(settings.save_coco, settings.coco_rle, save_dir)
+    if settings.view_img:
         check_display()
-    meta, predictor = load_predictor(model, device, half)
-    check_model_flags(meta, classes, encoder, model)
-    tiled = tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
+    meta, predictor, checkpoint = open_model(settings.model, device, settings.half)
+    check_model_flags(meta, settings.classes, settings.encoder, settings.model)
+    tiled = settings.tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
     stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
                        "finishing this frame, then closing outputs")
     # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
-    full_size = FullSizePredictor.from_meta(predictor, meta, tile=tile, patch_size=patch_size, overlap=tile_overlap,
-                                            tile_batch=tile_batch, weighting=tile_weighting, conf_thres=conf_thres,
-                                            stop=stop.event, progress=True)
-    segmenter = Segmenter(full_size, probabilities=save_probs or save_coco or rank_uncertain is not None)  # scores
-    exports = FrameExports(meta["class_names"], meta["classes"], save_json, save_probs,
-                           coco=CocoWriter(meta["class_names"], coco_rle) if save_coco else None,
-                           ranking=UncertainFrames(rank_uncertain, rank_gap, output_colours(meta) if meta["classes"] > 1
-                                                   else None) if rank_uncertain is not None else None)
-    writer, outputs = make_outputs(meta, save_dir or Path(project) / name, not save_dir, save_video and not nosave,
-                                   not nosave, files, exports)
+    overlap, batch, weighting = run_config(checkpoint).tile_settings(settings.tile_overlap, settings.tile_batch,
+                                                                     settings.tile_weighting)
+    full_size = FullSizePredictor.from_meta(predictor, meta, tile=settings.tile, patch_size=settings.patch_size,
+                                            overlap=overlap, tile_batch=batch, weighting=weighting,
+                                            conf_thres=settings.conf_thres, stop=stop.event, progress=True)
+    rank = settings.rank_uncertain
+    scores = settings.save_probs or settings.save_coco or rank is not None
+    segmenter = Segmenter(full_size, probabilities=scores)
+    exports = FrameExports(meta["class_names"], meta["classes"], settings.save_json, settings.save_probs,
+                           coco=CocoWriter(meta["class_names"], settings.coco_rle) if settings.save_coco else None,
+                           ranking=UncertainFrames(rank, settings.rank_gap, output_colours(meta) if meta["classes"] > 1
+                                                   else None) if rank is not None else None)
+    writer, outputs = make_outputs(meta, save_dir or Path(settings.project) / settings.name, not save_dir,
+                                   settings.save_video and not settings.nosave, not settings.nosave, files, exports)
     with stop:
         frames = iterate_frames(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
-                                meta["std"], stream_timeout, rtsp_transport, stop.event, prefetch=0 if view_img else 2,
-                                stretch=full_size.resize == "stretch", bit_depth=meta.get("bit_depth"))
+                                meta["std"], settings.stream_timeout, settings.rtsp_transport, stop.event,
+                                prefetch=0 if settings.view_img else 2, stretch=full_size.resize == "stretch",
+                                bit_depth=meta.get("bit_depth"))
         started = time.perf_counter()
-        count, total_ms, user_quit = segment_frames(frames, segmenter, max_frames, outputs, writer,
-                                                    Viewer() if view_img else None, stop)
+        count, total_ms, user_quit = segment_frames(frames, segmenter, settings.max_frames, outputs, writer,
+                                                    Viewer() if settings.view_img else None, stop)
     why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened else None
     print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
@@ -258,94 +317,19 @@ def print_summary(count, total_ms, elapsed, why, save_dir):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__)
-    data = parser.add_argument_group("Data")
-    data.add_argument("--source", required=True,
-                      help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or webcam index "
-                           "(a path that exists is never a glob, even with [ ] * ? in its name)")
-    data.add_argument("--max-frames", type=int, default=None, help="stop after this many frames in total")
-    data.add_argument("--stream-timeout", type=float, default=30.0,
-                      help="seconds to keep reconnecting a dropped stream before ending it (default: 30)")
-    data.add_argument("--rtsp-transport", default="auto", choices=RTSP_TRANSPORTS,
-                      help="RTSP over tcp, udp, or auto (TCP, then UDP)")
-    model = parser.add_argument_group("Model")
-    model.add_argument("--model", required=True,
-                       help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file (onnxruntime) or "
-                            "an .xml with its .bin (OpenVINO)")
-    model.add_argument("--patch-size", type=int, default=None,
-                       help="inference size, a positive multiple of 32 (default: the checkpoint's)")
-    model.add_argument("--classes", type=int, default=None, help="only checked against the checkpoint")
-    model.add_argument("--encoder", default=None, help="only checked against the checkpoint")
-    model.add_argument("--tile", action="store_true",
-                       help="segment whole frames at full resolution by sliding window (tile = the patch size); "
-                            "automatic for models trained with --crop")
-    model.add_argument("--tile-overlap", type=float, default=0.25,
-                       help=f"overlap of the tiles, a fraction of a tile, at most {MAX_OVERLAP} (each pixel inside "
-                            f"{MAX_TILES_PER_PIXEL} tiles; a frame whose tiles take over {PROGRESS_DELAY:g} s shows a "
-                            f"progress bar, and Ctrl-C stops it between two batches of tiles)")
-    model.add_argument("--tile-weighting", default="gaussian", choices=WEIGHTINGS,
-                       help="how overlapping tiles' logits are blended: gaussian (the middle of a tile counts most) "
-                            "or linear")
-    model.add_argument("--tile-batch", type=int, default=4,
-                       help="tiles per forward pass: memory is bounded by it, not by the frame")
-    model.add_argument("--conf-thres", type=float, default=None, help=CONF_THRES_HELP)
-    runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--device", default="auto",
-                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "
-                              ".xml: OpenVINO on the CPU)")
-    runtime.add_argument("--half", action="store_true",
-                         help="half precision: float16 on CUDA, bfloat16 on CPUs with AVX-512 BF16 or AMX (.pth.tar "
-                              "and .xml); on other CPUs, and for .onnx, a warning and float32")
-    runtime.add_argument("--view-img", action="store_true", help="show the overlay in a window (q or Esc quits)")
-    runtime.add_argument("--verbose", action="store_true",
-                         help="full tracebacks, FFmpeg/OpenCV warnings, and Python warnings with their source line")
-    output = parser.add_argument_group("Output")
-    output.add_argument("--project", type=Path, default=DEFAULT_PROJECT,
-                        help="folder of the run folders (default: runs/detect/ in the repository)")
-    output.add_argument("--name", default="exp", help="run folder name: <project>/<name>, then name2, name3...")
-    output.add_argument("--save-dir", type=Path, default=None,
-                        help="output folder, used as is instead of --project/--name: a second run adds its rows "
-                             "to its results.csv and never overwrites a file")
-    output.add_argument("--save-video", action="store_true",
-                        help="write an annotated MP4 per video or stream (.avi, MJPEG, for an odd frame size)")
-    output.add_argument("--nosave", action="store_true",
-                        help="write no images, masks or videos (results.csv, and what --save-json and --save-probs "
-                             "ask for, are still written)")
-    output.add_argument("--save-json", action="store_true",
-                        help="write polygons.jsonl beside results.csv: per image or frame, every polygon of every "
-                             "class (class id and name, area in pixels, points and holes in image coordinates)")
-    output.add_argument("--save-coco", action="store_true",
-                        help="write predictions.coco.json: one image per image or frame, one annotation per region "
-                             "(polygon along the pixel edges, holes kept; area, bbox, score = the mean probability "
-                             "of its class over it), to import into CVAT or Label Studio as pre-annotations")
-    output.add_argument("--coco-rle", action="store_true", help="with --save-coco, compressed RLE instead of polygons")
-    output.add_argument("--rank-uncertain", type=int, default=None, metavar="K",
-                        help="copy the K images or frames the model is least sure of (mean of 1 - the margin between "
-                             "the two likeliest classes' probabilities) with their predicted masks to to_label/, "
-                             "listed most uncertain first in to_label.csv")
-    output.add_argument("--rank-gap", type=int, default=30, metavar="N",
-                        help="with --rank-uncertain, of a video's frames closer than N frames only the most "
-                             "uncertain is taken (near duplicates; default 30)")
-    output.add_argument("--save-probs", action="store_true",
-                        help="write the class probabilities at the original size to probs/: .npz (float16 HxWxC) "
-                             "for several classes, a 16-bit PNG (probability x 65535) for one")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
+    return settings_parser(DetectSettings, __doc__)  # the flags are DetectSettings' fields
 
 
 def detect_from_args(args):
-    """run() with the command line's arguments; returns the exit code."""
+    """segment() with the command line's settings; returns the exit code."""
     if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    summary = run(model=args.model, source=args.source, patch_size=args.patch_size, classes=args.classes,
-                  encoder=args.encoder, conf_thres=args.conf_thres, max_frames=args.max_frames,
-                  view_img=args.view_img, save_video=args.save_video, device=args.device, half=args.half,
-                  save_dir=args.save_dir, project=args.project, name=args.name, nosave=args.nosave,
-                  stream_timeout=args.stream_timeout, rtsp_transport=args.rtsp_transport, tile=args.tile,
-                  tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, tile_weighting=args.tile_weighting,
-                  save_json=args.save_json, save_probs=args.save_probs, save_coco=args.save_coco,
-                  coco_rle=args.coco_rle, rank_uncertain=args.rank_uncertain, rank_gap=args.rank_gap)
-    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
+    return EXIT_STOPPED if segment(settings_from(DetectSettings, args))["interrupted"] else EXIT_OK
 
 
 def main(args):

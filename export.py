@@ -27,7 +27,7 @@ import torch
 
 from segtoolkit.export import int8 as quantize
 from segtoolkit.models.checkpoints import load_checkpoint
-from segtoolkit.cli import ArgumentParser, run_command
+from segtoolkit.cli import run_command, setting, settings_from, settings_parser, verbose_setting
 from segtoolkit.errors import UserError
 from segtoolkit.data.imaging import check_patch_size
 from segtoolkit.models.factory import model_from_checkpoint
@@ -51,74 +51,80 @@ class Check:
     images: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings:
+    """export.py's flags: each field is the flag --field-name, its default and help written once, here."""
+    model: Path = setting(group="Model", help="checkpoint written by train.py (.pth.tar)")
+    patch_size: int | None = setting(None, group="Model", help="traced input size and the size stored for detect.py "
+                                     "(default: the checkpoint's)")
+    format: str = setting("onnx", group="Output", choices=tuple(SUFFIXES), help="onnx (onnxruntime) or openvino (an "
+                          ".xml and its .bin, converted from the ONNX export by OpenVINO)")
+    output: str | None = setting(None, group="Output", help="file to write, ending in .onnx (.xml for openvino) "
+                                 "(default: next to the checkpoint, same stem)")
+    opset: int = setting(DEFAULT_OPSET, group="Output", help="ONNX opset version, 17 or higher")
+    simplify: bool = setting(False, group="Output", help="run onnx-simplifier on the file (if installed)")
+    check_images: str | None = setting(
+        None, group="Check", help="images (a folder, glob or .txt list; at most 32, spread evenly) to compare the "
+        "file's masks with PyTorch's on (default: --int8's calibration images, else none: the logit difference on a "
+        "random input only)")
+    int8: bool = setting(False, group="int8 (CPU)", help="write an int8 ONNX model calibrated on --calibration "
+                         "(default file: STEM-int8.onnx)")
+    calibration: str | None = setting(None, group="int8 (CPU)", help="images for the int8 ranges: a folder, glob or "
+                                      ".txt list (the training images)")
+    calibration_count: int | None = setting(
+        None, group="int8 (CPU)", help="use at most this many of them, spread evenly (default: 32); for a model "
+        "trained with --crop, as many full-resolution tiles, spread over them")
+    verbose: bool = verbose_setting()
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__)
-    model = parser.add_argument_group("Model")
-    model.add_argument("--model", type=Path, required=True, help="checkpoint written by train.py (.pth.tar)")
-    model.add_argument("--patch-size", type=int, default=None,
-                       help="traced input size and the size stored for detect.py (default: the checkpoint's)")
-    output = parser.add_argument_group("Output")
-    output.add_argument("--format", default="onnx", choices=tuple(SUFFIXES),
-                        help="onnx (onnxruntime) or openvino (an .xml and its .bin, converted from the ONNX "
-                             "export by OpenVINO)")
-    output.add_argument("--output", default=None,
-                        help="file to write, ending in .onnx (.xml for openvino) (default: next to the checkpoint, "
-                             "same stem)")
-    output.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version, 17 or higher")
-    output.add_argument("--simplify", action="store_true", help="run onnx-simplifier on the file (if installed)")
-    check = parser.add_argument_group("Check")
-    check.add_argument("--check-images", default=None,
-                       help="images (a folder, glob or .txt list; at most 32, spread evenly) to compare the file's "
-                            "masks with PyTorch's on (default: --int8's calibration images, else none: the logit "
-                            "difference on a random input only)")
-    quantization = parser.add_argument_group("int8 (CPU)")
-    quantization.add_argument("--int8", action="store_true",
-                              help="write an int8 ONNX model calibrated on --calibration (default file: "
-                                   "STEM-int8.onnx)")
-    quantization.add_argument("--calibration", default=None,
-                              help="images for the int8 ranges: a folder, glob or .txt list (the training images)")
-    quantization.add_argument("--calibration-count", type=int, default=None,
-                              help="use at most this many of them, spread evenly (default: 32); for a model "
-                                   "trained with --crop, as many full-resolution tiles, spread over them")
-    runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--verbose", action="store_true",
-                         help="full tracebacks for errors, and Python warnings with their source line")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-def check_flags(output, patch_size, opset, simplify_graph, file_format, int8, calibration):
+def build_parser():
+    return settings_parser(ExportSettings, __doc__)  # the flags are ExportSettings' fields
+
+
+def check_flags(settings):
     """The flags, checked before the checkpoint is read."""
-    check_opset(opset)
-    if int8 and file_format != "onnx":
+    check_opset(settings.opset)
+    if settings.int8 and settings.format != "onnx":
         raise UserError("--int8 writes an int8 ONNX file; drop --format openvino (OpenVINO runs the float32 "
                         "export, with --half where the CPU has bfloat16)")
-    if output is not None:
-        check_output(output, SUFFIXES[file_format])
-    if patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
-        check_patch_size(patch_size)
-    if simplify_graph:
+    if settings.output is not None:
+        check_output(settings.output, SUFFIXES[settings.format])
+    if settings.patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
+        check_patch_size(settings.patch_size)
+    if settings.simplify:
         check_simplifier()
-    if int8 != (calibration is not None):
+    if settings.int8 != (settings.calibration is not None):
         raise UserError("--int8 needs --calibration IMAGES (a folder, glob or .txt list of training images, "
-                        "for example data/sample/imgs)" if int8 else "--calibration is only used with --int8")
+                        "for example data/sample/imgs)" if settings.int8 else "--calibration is only used with --int8")
 
 
-def run(*, model, output=None, patch_size=None, opset=DEFAULT_OPSET, simplify_graph=False, file_format="onnx",
-        int8=False, calibration=None, calibration_count=None, check_images=None):
-    """Export the checkpoint `model` as `file_format` ("onnx" or "openvino") and check the file against
+def run(**flags):
+    """export.py as a function: `flags` are ExportSettings' fields (model required). Returns
+    export(ExportSettings(**flags))."""
+    return export(ExportSettings(**flags))
+
+
+def export(settings):
+    """Export the checkpoint settings.model as settings.format ("onnx" or "openvino") and check the file against
     PyTorch. Returns (path, meta, Check)."""
-    check_flags(output, patch_size, opset, simplify_graph, file_format, int8, calibration)
-    count = quantize.DEFAULT_COUNT if calibration_count is None else calibration_count
-    calibration = quantize.calibration_images(calibration, count) if int8 else None
+    check_flags(settings)
+    model, file_format, int8, check_images = settings.model, settings.format, settings.int8, settings.check_images
+    count = quantize.DEFAULT_COUNT if settings.calibration_count is None else settings.calibration_count
+    calibration = quantize.calibration_images(settings.calibration, count) if int8 else None
     checked = quantize.calibration_images(check_images, flag="--check-images") if check_images else calibration
     checkpoint = load_checkpoint(model)
     torch_model = model_from_checkpoint(checkpoint, model)
-    output = Path(output) if output else default_output(model, "-int8" if int8 else "", SUFFIXES[file_format])
+    output = Path(settings.output) if settings.output else default_output(model, "-int8" if int8 else "",
+                                                                          SUFFIXES[file_format])
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as work:
         onnx_path = output if file_format == "onnx" and not int8 else Path(work) / "float32.onnx"
-        meta = export_onnx(torch_model, checkpoint["meta"], onnx_path, patch_size, opset)
-        if simplify_graph:
+        meta = export_onnx(torch_model, checkpoint["meta"], onnx_path, settings.patch_size, settings.opset)
+        if settings.simplify:
             simplify(onnx_path)
         if int8:
             quantize.quantize_int8(onnx_path, output, quantize.preprocessed(calibration, meta, count), INPUT_NAME)
@@ -188,11 +194,8 @@ def describe_check(check, file_format, int8):
 
 
 def export_from_args(args):
-    """run() with the command line's arguments, then its one-paragraph summary; returns the exit code."""
-    path, meta, check = run(model=args.model, output=args.output, patch_size=args.patch_size, opset=args.opset,
-                            simplify_graph=args.simplify, file_format=args.format, int8=args.int8,
-                            calibration=args.calibration, calibration_count=args.calibration_count,
-                            check_images=args.check_images)
+    """export() with the command line's settings, then its one-paragraph summary; returns the exit code."""
+    path, meta, check = export(settings_from(ExportSettings, args))
     size = "any size (multiple of 32)" if meta["architecture"] not in STATIC_SIZE_ARCHITECTURES else \
         f"{meta['patch_size']}x{meta['patch_size']} only"
     summary, warnings = describe_check(check, args.format, args.int8)

@@ -17,7 +17,6 @@ Exit codes: 0 done, 1 the run failed (diverged, a DataLoader worker killed), 2 b
 error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (resume with --load-model).
 """
 
-import argparse
 import math
 import sys
 import warnings
@@ -30,11 +29,11 @@ from tqdm import tqdm
 from dataset import make_dataset
 from segtoolkit import distributed
 from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint, save_checkpoint
-from segtoolkit.cli import ArgumentParser, StopRequest, parse_with_given, run_command
-from segtoolkit.training.config import (REPO, RESIZE_MODES, RunConfig, describe_data, fine_tune_reason, plan_run,
-                               resolve_bit_depth, resume_command)
+from segtoolkit.cli import ArgumentParser, StopRequest, add_settings, parse_with_given, run_command
+from segtoolkit.training.config import (RunConfig, describe_data, fine_tune_reason, plan_run, resolve_bit_depth,
+                                        resume_command)
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, RunFailure, UserError
-from segtoolkit.data.augment import (PRESETS, augmentation_dict, augmentation_from_dict, load_augmentation,
+from segtoolkit.data.augment import (augmentation_dict, augmentation_from_dict, load_augmentation,
                                 save_augmentation)
 from segtoolkit.data.classes import MaskColors, load_mask_colors, run_class_names
 from segtoolkit.evaluation.scoring import evaluate, run_batch
@@ -43,7 +42,7 @@ from segtoolkit.training.losses import default_loss, make_loss, median_frequency
 from segtoolkit.data.loaders import guarded_batches, make_loaders, worker_crash_as_error
 from segtoolkit.data.masks import IGNORE, class_pixel_counts, label_warnings
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
-from segtoolkit.models.factory import ARCHITECTURE_NAMES, build_model, load_matching_weights, model_meta
+from segtoolkit.models.factory import build_model, load_matching_weights, model_meta
 from segtoolkit.outputs.files import make_run_dir, metrics_json
 from segtoolkit.training.run_log import NullLogger, RunLogger, log_preview, preview_grid, resolve_wandb_mode
 from segtoolkit.training.precision import check_batch_size, resolve_precision, set_train_mode
@@ -255,10 +254,10 @@ class UnetTraining:
 
     def full_size(self, model):
         """The model seeing images as detect.py will, from the run's meta: fitted into the patch, or by sliding
-        window with the run's --tile-overlap and --tile-batch."""
+        window with the run's --tile-overlap, --tile-weighting and --tile-batch."""
         return FullSizePredictor.from_meta(lambda batch: run_batch(model, batch, self.device, self.autocast),
                                            self.meta, overlap=self.config.tile_overlap,
-                                           tile_batch=self.config.tile_batch)
+                                           tile_batch=self.config.tile_batch, weighting=self.config.tile_weighting)
 
     def test(self):
         """Evaluate the best checkpoint (or the last weights) on the test split; None when it is empty."""
@@ -550,144 +549,11 @@ def parse_args(argv=None):
 
 
 def build_parser():
+    """train.py's flags: RunConfig's fields (their defaults and help are there), and --no-augment."""
     parser = ArgumentParser(description=__doc__)
-    add_data_flags(parser.add_argument_group("Data"))
-    model = parser.add_argument_group("Model")
-    model.add_argument("--model", default="Unet", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
-    model.add_argument("--encoder", default="resnet34", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
-    model.add_argument("--encoder-weights", default="imagenet",
-                       help="'imagenet' (downloaded; random init with a warning when offline), 'none', or a file")
-    model.add_argument("--load-model", type=Path, default=None,
-                       help="an unfinished run's checkpoint.pth.tar resumes it; a finished run's, a "
-                            "best-checkpoint.pth.tar or plain weights start a new run from those weights")
-    add_optimization_flags(parser.add_argument_group("Optimization"))
-    runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
-    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    runtime.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True,
-                         help="pin host memory for faster CUDA copies (ignored on the CPU)")
-    runtime.add_argument("--sync-bn", action="store_true", help="torchrun: convert BatchNorm to SyncBatchNorm")
-    runtime.add_argument("--verbose", action="store_true", help="show full tracebacks for errors")
-    logging = parser.add_argument_group("Logging")
-    logging.add_argument("--project", type=Path, default=REPO / "checkpoints",
-                         help="folder of the run folders (default: checkpoints/ in the repository)")
-    logging.add_argument("--name", default="exp", help="run name: <project>/<name> (a suffix is added if taken)")
-    logging.add_argument("--save-checkpoints", action="store_true",
-                         help="also write checkpoint.pth.tar after every evaluation (it is always written at "
-                              "the end of every epoch)")
-    logging.add_argument("--wandb-mode", default="auto", choices=("auto", "online", "offline", "disabled"),
-                         help="auto: online with wandb credentials, otherwise offline (sync later with `wandb sync`)")
-    logging.add_argument("--wandb-project", default="unet-segmentation", help="wandb project name")
+    groups = add_settings(parser, RunConfig)
+    groups["Optimization"].add_argument("--no-augment", action="store_true", help="the same as --augment none")
     return parser
-
-
-def add_data_flags(data):
-    data.add_argument("--data-dir", type=Path, default=None,
-                      help="dataset root holding the image and mask folders (default: data/sample, the bundled sample)")
-    data.add_argument("--img-dir", default="imgs", help="image folder name under --data-dir")
-    data.add_argument("--mask-dir", default="masks", help="mask folder name under --data-dir (same file stems)")
-    data.add_argument("--train-list", type=Path, default=None,
-                      help="training split file (default: training_dataset.txt: the repository's for the bundled "
-                           "sample, else the one inside --data-dir)")
-    data.add_argument("--val-list", type=Path, default=None, help="validation split file (default: "
-                      "validation_dataset.txt, found like --train-list's)")
-    data.add_argument("--test-list", type=Path, default=None,
-                      help="test split file (default: test_dataset.txt, found like --train-list's; without one "
-                           "there is no test evaluation)")
-    data.add_argument("--search-files", action="store_true",
-                      help="ignore the split files: pair imgs/ and masks/ by stem and split them randomly")
-    data.add_argument("--coco", type=Path, default=None, metavar="FILE.json",
-                      help="train on a COCO JSON export (CVAT, Label Studio, Roboflow, labelme): its images (found "
-                           "beside it, or in --data-dir) and its polygons and RLE rasterised once into the cache; "
-                           "classes in the order of its categories, background 0 (a category named background, or "
-                           "id 0, is background); overlaps: the smaller annotation wins; iscrowd regions are "
-                           "ignored (--ignore-index 255). Split by --val-split and --test-split, or --val-coco")
-    data.add_argument("--val-coco", type=Path, default=None, metavar="FILE.json",
-                      help="with --coco, a second COCO file as the validation split (same categories)")
-    data.add_argument("--val-split", type=float, default=0.2, help="validation fraction with --search-files or --coco")
-    data.add_argument("--test-split", type=float, default=0.0, help="test fraction with --search-files or --coco")
-    data.add_argument("--patch-size", type=int, default=256,
-                      help="square training size, a multiple of 32; images are resized into it (see --resize; "
-                           "with --crop: the size of the crops, and of the tiles of evaluation and detection)")
-    data.add_argument("--resize", default=None, choices=RESIZE_MODES,
-                      help="how a whole image fits the patch: stretch (default) resizes it to patch x patch "
-                           "ignoring the aspect ratio, no padding: every pixel row and column of the patch is "
-                           "image, which scored best on the street-scene benchmark (README); letterbox scales its "
-                           "longest side to the patch and pads (padding never counts), keeping shapes "
-                           "undistorted, for data whose aspect ratios vary a lot and where shape matters. Stored "
-                           "in the checkpoint: detect.py, val.py and export.py follow it. Not with --crop"),
-    data.add_argument("--crop", action="store_true",
-                      help="train on random patch-size crops at the images' own resolution (times --scale) instead "
-                           "of letterboxing whole images; validation, test and detection then segment whole images "
-                           "by sliding window, at full resolution")
-    data.add_argument("--crops-per-image", type=int, default=None, metavar="N",
-                      help="with --crop, random crops of every training image an epoch (default: as many as an "
-                           "average image's area holds, at least 1: a 512x512 image at patch 256 gives 4)")
-    data.add_argument("--scale", type=float, default=1.0,
-                      help="with --crop, shrink images by this factor first (e.g. 0.5 for very large images)")
-    data.add_argument("--bit-depth", default="auto", metavar="{auto,8,10,12,14,16}",
-                      help="how 16-bit images are scaled to 8 bits, the same for every image: auto (default) takes "
-                           "the smallest of 10, 12, 14 and 16 bits holding the largest value in the training split's "
-                           "16-bit images; or give the camera's depth. Stored in the checkpoint: detect.py, val.py "
-                           "and export.py read images with it (8-bit files are read as they are)")
-    data.add_argument("--cache", default="ram", choices=("ram", "disk", "none"),
-                      help="where decoded images live: ram (fastest), disk (uint8 files in --cache-dir, read "
-                           "memory-mapped: data larger than memory), none (decoded again at every read)")
-    data.add_argument("--cache-dir", type=Path, default=None,
-                      help="folder of --cache disk (default: .segtoolkit-cache inside --data-dir)")
-    data.add_argument("--classes", type=int, default=1,
-                      help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices 0..N-1")
-    data.add_argument("--ignore-index", type=int, default=None,
-                      help="multi-class mask value left out of loss and metrics (e.g. 255)")
-    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
-                      help="colour masks: a CSV (name,R,G,B per class, background first; a line named ignore for "
-                           "pixels left out) or JSON ({\"name\": [R, G, B], ...}) file; it sets --classes and the "
-                           "class names (palette PNG masks need none: their indices are read)")
-    data.add_argument("--class-names", default=None, metavar="NAMES",
-                      help="class names, background first: background,cell,nucleus (one class: background,object); "
-                           "they name results.csv columns, wandb keys, the preview and detect.py's outputs")
-
-
-def add_optimization_flags(optim):
-    optim.add_argument("--epochs", type=int, default=50, help="passes over the training split")
-    optim.add_argument("--batch-size", type=int, default=8, help="images per step per process (torchrun: per GPU)")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate reached by OneCycleLR")
-    optim.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
-    optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
-    optim.add_argument("--clip-grad", type=float, default=255.0, help="gradient norm clipping threshold")
-    optim.add_argument("--use-amp", action="store_true",
-                       help="mixed precision: float16 + gradient scaler on CUDA, bfloat16 on CPU")
-    optim.add_argument("--eval-step", type=int, default=None,
-                       help="evaluate every N optimizer steps (default: once per epoch; the run's last step is "
-                            "always evaluated)")
-    optim.add_argument("--patience", type=int, default=10,
-                       help="stop when val Dice has not improved for this many evaluations (0: never)")
-    optim.add_argument("--check-best-cooldown", type=int, default=0,
-                       help="evaluations within the first N epochs never write best-checkpoint.pth.tar")
-    optim.add_argument("--seed", type=int, default=0,
-                       help="seed for weights, shuffling, splits and augmentation: the same seed and data give the "
-                            "same run")
-    optim.add_argument("--augment", default="upright",
-                       help=f"augmentation: a preset ({', '.join(PRESETS)}) or an albumentations pipeline file "
-                            f"(A.save, .yaml/.json). upright (default): natural images with a top and a bottom "
-                            f"(streets, people, products); topdown: microscopy, aerial, documents (flips and 90 "
-                            f"degree turns); none")
-    optim.add_argument("--no-augment", action="store_true", help="the same as --augment none")
-    optim.add_argument("--loss", default=None,
-                       help="bce (default, one class), ce (default, several), dice, jaccard, focal, lovasz, "
-                            "tversky:ALPHA,BETA (weights of false positives and false negatives, e.g. "
-                            "tversky:0.3,0.7 to miss less; 0.5,0.5 is dice), or a sum such as ce+dice or bce+dice; "
-                            "padding and --ignore-index never count")
-    optim.add_argument("--class-weights", default=None,
-                       help="per-class loss weights: 'auto' (median-frequency balancing over the training "
-                            "masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
-    optim.add_argument("--tile-overlap", type=float, default=0.25,
-                       help="with --crop: overlap of the sliding-window tiles in evaluation, as a fraction of a tile "
-                            "(at most 0.875)")
-    optim.add_argument("--tile-batch", type=int, default=4,
-                       help="with --crop: tiles per forward pass in evaluation (memory is bounded by it)")
-    optim.add_argument("--freeze-bn", action="store_true",
-                       help="keep BatchNorm layers in eval mode (running statistics), e.g. for tiny batches")
 
 
 def main(args):

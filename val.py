@@ -37,6 +37,7 @@ Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import make_dataset
-from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.data.coco import coco_pairs
 from segtoolkit.data.classes import DEFAULT_IGNORE_LABEL, MaskColors, load_mask_colors, output_colours
-from segtoolkit.cli import ArgumentParser, StopRequest, run_command
-from segtoolkit.training.config import REPO as CHECKOUT, SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, \
-    stored_config
+from segtoolkit.cli import (StopRequest, device_setting, half_setting, model_file_setting, name_setting,
+                            project_setting, run_command, save_dir_setting, setting, settings_from, settings_parser,
+                            verbose_setting)
+from segtoolkit.training.config import (SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, open_model,
+                                        run_config, sample_split_file)
 from segtoolkit.distributed import resolve_device
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.data.loaders import collate
@@ -60,16 +62,65 @@ from segtoolkit.data.loaders import guarded_batches, ignore_sigint_in_worker, wo
 from segtoolkit.training.losses import default_loss, make_loss, parse_class_weights
 from segtoolkit.data.masks import class_pixel_counts, label_warnings
 from segtoolkit.evaluation.metrics import ConfusionStats
-from segtoolkit.inference.predictor import TorchPredictor, load_predictor
+from segtoolkit.inference.tiling import (check_tile_settings, tile_batch_setting, tile_overlap_setting, tile_setting,
+                                        tile_weighting_setting)
 from segtoolkit.outputs.files import metrics_json
 from segtoolkit.data.splits import folder_pairs, pair_masks, read_split_file, search_files
 from segtoolkit.outputs.val_report import (RESULTS_FILE, MaskWriter, PerImageScores, RunFolder, class_rows, class_table,
                                     plot_confusion_matrix, write_text)
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_PROJECT = REPO / "runs" / "val"
 SPLITS = ("train", "val", "test")
-SEARCH_DEFAULTS = {"val_split": 0.2, "test_split": 0.0, "seed": 0}  # train.py's
+SEARCH_FLAGS = ("val_split", "test_split", "seed")  # train.py's, with train.py's defaults (RunConfig)
+DATA = "Data (default: the checkpoint's own split)"
+METRICS = "Metrics (default: as the checkpoint's run; train.py's for an export)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValSettings:
+    """val.py's flags: each field is the flag --field-name, its default and help written once, here. None in
+    the Metrics group means "as the model's run" (train.py's default for an export): resolve() fills them in."""
+    model: str = model_file_setting()
+    data: str | None = setting(None, group=DATA, help="a split file (entries relative to --data-dir, else to the "
+                               "file's folder) or a folder holding imgs/ and masks/ (every image, paired with its "
+                               "mask by stem)")
+    data_dir: str | None = setting(None, group=DATA, help="folder of a split file's entries, or of --search-files")
+    img_dir: str = setting("imgs", group=DATA, help="image folder inside the data folder")
+    mask_dir: str = setting("masks", group=DATA, help="mask folder inside the data folder")
+    coco: Path | None = setting(None, group=DATA, metavar="FILE.json", help="evaluate every image of a COCO JSON "
+                                "export (as train.py --coco reads it: categories matched to the model's classes by "
+                                "name, iscrowd regions ignored)")
+    mask_colors: Path | None = setting(None, group=DATA, metavar="FILE", help="read colour masks with this CSV or "
+                                       "JSON file (as train.py's) instead of the colours the model was trained with; "
+                                       "its classes are matched to the model's by name, in any order")
+    search_files: bool = setting(False, group=DATA, help="split --data-dir's imgs/ and masks/ at random exactly as "
+                                 "train.py --search-files does")
+    val_split: float | None = setting(None, group=DATA, help="as train.py's (default: 0.2)")
+    test_split: float | None = setting(None, group=DATA, help="as train.py's (default: 0)")
+    seed: int | None = setting(None, group=DATA, help="as train.py's (default: 0)")
+    split: str | None = setting(None, group=DATA, choices=SPLITS, help="part of the checkpoint's split or of "
+                                "--search-files (default: test, or val without one)")
+    batch_size: int | None = setting(None, group=METRICS, help="images per batch (the loss is a batch mean)")
+    ignore_index: int | None = setting(None, group=METRICS, help="mask value left out of loss and metrics")
+    loss: str | None = setting(None, group=METRICS, help="loss spec as train.py's --loss (bce, ce, ce+dice...)")
+    class_weights: str | None = setting(None, group=METRICS, help="one weight per class, comma-separated")
+    tile: bool = tile_setting(METRICS)
+    tile_overlap: float | None = tile_overlap_setting(None, METRICS)
+    tile_weighting: str | None = tile_weighting_setting(None, METRICS)
+    tile_batch: int | None = tile_batch_setting(None, METRICS)
+    conf_thres: float | None = setting(None, group=METRICS, help=f"as detect.py's, for the metrics and the masks: "
+                                       f"{CONF_THRES_HELP}")
+    device: str = device_setting()
+    half: bool = half_setting()
+    workers: int = setting(2, group="Runtime", help="DataLoader worker processes")
+    verbose: bool = verbose_setting()
+    project: Path = project_setting(Path("runs") / "val", "Output")
+    name: str = name_setting("Output")
+    save_dir: Path | None = save_dir_setting(" (not one holding val_results.json)")
+    save_masks: bool = setting(False, group="Output", help="write the predicted masks to masks/ at each image's size, "
+                               "as detect.py does")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -81,70 +132,51 @@ class Data:
     split: str | None = None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How the images are read and scored: the model's description, and its run's ignore index, loss, class
-    weights and batch size (the loss is a mean over batches, so the batch size changes it)."""
-    patch_size: int
-    classes: int
-    mean: tuple
-    std: tuple
-    class_names: list
-    ignore_index: int | None
-    loss: str
-    class_weights: list | None
-    batch_size: int
-    mask_colors: MaskColors | None = None  # colour masks read as classes (the model's --mask-colors)
-    colours: tuple = ()  # RGB per class of the saved masks
-    tiled: bool = False  # whole images by sliding window (models trained with --crop, or --tile)
-    tile_overlap: float = 0.25
-    tile_batch: int = 4
-    bit_depth: int | None = None  # how 16-bit images are scaled, as the model's training data (its meta)
-    conf_thres: float | None = None  # None: 0.5 for one class, the plain argmax for several
-
-
 # ---------------------------------------------------------------- the model and its run
 
 
-def open_model(model, device, half=False):
-    """(meta, predictor, checkpoint dict or None): the one place a model file is opened. Whether it is a
-    train.py checkpoint is load_predictor's own decision (a TorchPredictor), so any other format it reads
-    (ONNX, OpenVINO .xml) is an exported model here, with no stored run. half: as detect.py --half."""
-    meta, predictor = load_predictor(model, device, half)
-    # loaded a second time for the run's data and settings: load_predictor keeps only the model
-    checkpoint = load_checkpoint(model, "--model") if isinstance(predictor, TorchPredictor) else None
-    return meta, predictor, checkpoint
-
-
-def eval_settings(meta, checkpoint, *, batch_size=None, ignore_index=None, loss=None, class_weights=None,
-                  tile=False, tile_overlap=None, tile_batch=None, mask_colors=None, conf_thres=None):
-    """The Settings: the model's description, the run's configuration (train.py's defaults for an exported
-    model, which stores none), then the flags given."""
-    config = (stored_config(checkpoint) if checkpoint else None) or RunConfig()
+def resolve(settings, meta, checkpoint):
+    """The settings with the Metrics group's None filled in as the model's run (train.py's defaults for an
+    exported model, which stores none): ignore index, loss, batch size (the loss is a mean over batches, so it
+    changes it) and the tiles; `tile` is whether images are tiled (--tile, or a model trained with --crop)."""
+    config = run_config(checkpoint)
     classes = meta["classes"]
-    colours = model_mask_colors(meta, mask_colors)
-    if ignore_index is None and config.ignore_index is None and colours and colours.ignore:
-        ignore_index = DEFAULT_IGNORE_LABEL  # as train.py read the ignore colour (an export stores no run settings)
-    weights = (checkpoint or {}).get("class_weights")
-    if class_weights is not None:
-        weights = parse_class_weights(class_weights, classes)
-        if weights == "auto":
-            raise UserError("--class-weights auto is computed from a training split; give the weights as a list "
-                            "(train.py printed them at the start of the run)")
-    tiled = tile or meta.get("input_mode") == "tile"
-    settings = Settings(patch_size=meta["patch_size"], classes=classes, mean=tuple(meta["mean"]),
-                        std=tuple(meta["std"]), class_names=list(meta["class_names"]),
-                        ignore_index=config.ignore_index if ignore_index is None else ignore_index,
-                        loss=loss or config.loss or default_loss(classes), class_weights=weights,
-                        batch_size=1 if tiled else batch_size or config.batch_size, tiled=tiled,
-                        tile_overlap=config.tile_overlap if tile_overlap is None else tile_overlap,
-                        tile_batch=tile_batch or config.tile_batch, mask_colors=colours,
-                        colours=tuple(output_colours(meta)), bit_depth=meta.get("bit_depth"), conf_thres=conf_thres)
-    if settings.ignore_index is not None and 0 <= settings.ignore_index < classes:
-        raise UserError(f"--ignore-index {settings.ignore_index} is one of the model's classes 0..{classes - 1}; "
+    ignore_index = settings.ignore_index
+    colours = model_mask_colors(meta, settings.mask_colors)
+    if ignore_index is None and (settings.coco or config.ignore_index is None and colours and colours.ignore):
+        ignore_index = DEFAULT_IGNORE_LABEL  # COCO crowd regions; the ignore colour as train.py read it
+    tiled = settings.tile or meta.get("input_mode") == "tile"
+    overlap, batch, weighting = config.tile_settings(settings.tile_overlap, settings.tile_batch,
+                                                     settings.tile_weighting)
+    resolved = settings.replace(ignore_index=config.ignore_index if ignore_index is None else ignore_index,
+                                loss=settings.loss or config.loss or default_loss(classes),
+                                batch_size=1 if tiled else settings.batch_size or config.batch_size, tile=tiled,
+                                tile_overlap=overlap, tile_batch=batch, tile_weighting=weighting)
+    if resolved.ignore_index is not None and 0 <= resolved.ignore_index < classes:
+        raise UserError(f"--ignore-index {resolved.ignore_index} is one of the model's classes 0..{classes - 1}; "
                         f"use a value outside them, e.g. 255")
-    make_loss(settings.loss, classes, settings.class_weights)  # a bad --loss or --class-weights: before any reading
-    return settings
+    # a bad --loss or --class-weights: before any reading
+    make_loss(resolved.loss, classes, loss_weights(settings, checkpoint, classes))
+    return resolved
+
+
+def read_options(meta, settings):
+    """How images and masks are read, as the model was trained: its description, its colours (or
+    --mask-colors), its bit depth for 16-bit images, and the ignore index of the (resolved) settings."""
+    return dict(patch_size=meta["patch_size"], classes=meta["classes"], ignore_index=settings.ignore_index,
+                mean=meta["mean"], std=meta["std"], mask_colors=model_mask_colors(meta, settings.mask_colors),
+                bit_depth=meta.get("bit_depth"))
+
+
+def loss_weights(settings, checkpoint, classes):
+    """The class weights of the loss: --class-weights, else the checkpoint's run's (None: unweighted)."""
+    if settings.class_weights is None:
+        return (checkpoint or {}).get("class_weights")
+    weights = parse_class_weights(settings.class_weights, classes)
+    if weights == "auto":
+        raise UserError("--class-weights auto is computed from a training split; give the weights as a list "
+                        "(train.py printed them at the start of the run)")
+    return weights
 
 
 def model_mask_colors(meta, path=None):
@@ -170,30 +202,32 @@ def model_mask_colors(meta, path=None):
 # ---------------------------------------------------------------- the data
 
 
-def choose_data(*, checkpoint, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs",
-                mask_dir="masks", search_flags=None):
+def choose_data(settings, checkpoint):
     """The Data to evaluate, from the data flags, or the checkpoint's own split without one."""
-    search_flags = search_flags or {}
+    search_flags = {key: getattr(settings, key) for key in SEARCH_FLAGS if getattr(settings, key) is not None}
+    data, data_dir, img_dir, mask_dir = settings.data, settings.data_dir, settings.img_dir, settings.mask_dir
     if data is not None:
-        for flag, given in (("--search-files", search), ("--split", split), *search_flags_given(search_flags)):
+        for flag, given in (("--search-files", settings.search_files), ("--split", settings.split),
+                            *search_flags_given(search_flags)):
             if given:
                 raise UserError(f"{flag} goes with a checkpoint's split or --search-files, but --data {data} is "
                                 f"evaluated whole; drop {flag}")
         return data_from_path(Path(data), data_dir, img_dir, mask_dir)
-    if search:
+    if settings.search_files:
         if data_dir is None:
             raise UserError("--search-files needs --data-dir DIR, the folder holding imgs/ and masks/ that train.py "
                             "split")
-        return searched_split(data_dir, img_dir, mask_dir, split, **{**SEARCH_DEFAULTS, **search_flags})
+        defaults = {key: getattr(RunConfig, key) for key in SEARCH_FLAGS}  # train.py's
+        return searched_split(data_dir, img_dir, mask_dir, settings.split, **{**defaults, **search_flags})
     for flag, given in (("--data-dir", data_dir is not None), *search_flags_given(search_flags)):
         if given:
             raise UserError(f"{flag} needs --search-files (train.py's random split of --data-dir), or give --data "
                             f"FILE, a split file whose entries are relative to --data-dir")
     if checkpoint is None:
-        raise UserError(f"--model {model} is an exported model, which lists no data files (a train.py checkpoint "
-                        f"does); give --data FILE (a split file) or DIR (holding imgs/ and masks/), or --data-dir "
-                        f"DIR --search-files")
-    return checkpoint_split(checkpoint, model, split)
+        raise UserError(f"--model {settings.model} is an exported model, which lists no data files (a train.py "
+                        f"checkpoint does); give --data FILE (a split file) or DIR (holding imgs/ and masks/), or "
+                        f"--data-dir DIR --search-files")
+    return checkpoint_split(checkpoint, settings.model, settings.split)
 
 
 def coco_data(path, meta, data_dir, img_dir):
@@ -237,8 +271,8 @@ def data_from_path(path, data_dir, img_dir, mask_dir):
 def entries_folder(split_file):
     """Where a split file's entries are without --data-dir: beside it, except for the repository's three
     split files, which list the bundled sample (as in train.py)."""
-    if split_file.resolve() in {(CHECKOUT / name).resolve() for name in SPLIT_FILES}:
-        return SAMPLE_DIR
+    if split_file.resolve() in {sample_split_file(name) for name in SPLIT_FILES}:
+        return SAMPLE_DIR.resolve()
     return split_file.parent
 
 
@@ -276,72 +310,74 @@ def checkpoint_split(checkpoint, model, split):
 # ---------------------------------------------------------------- the run
 
 
-def check_flags(batch_size, workers, name, conf_thres=None):
+def check_flags(settings):
     """The flags, checked before anything is read or loaded."""
-    check_run_name(name)
-    check_conf_thres(conf_thres)
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1")
-    if workers < 0:
-        raise UserError(f"--workers {workers} must be at least 0")
+    check_run_name(settings.name)
+    check_conf_thres(settings.conf_thres)
+    check_tile_settings(settings.tile_overlap, settings.tile_batch, settings.tile_weighting)
+    if settings.batch_size is not None and settings.batch_size < 1:
+        raise UserError(f"--batch-size {settings.batch_size} must be at least 1")
+    if settings.workers < 0:
+        raise UserError(f"--workers {settings.workers} must be at least 0")
 
 
-def run(*, model, data=None, data_dir=None, search=False, split=None, img_dir="imgs", mask_dir="masks",
-        search_flags=None, batch_size=None, ignore_index=None, loss=None, class_weights=None, device="auto",
-        workers=2, save_masks=False, save_dir=None, project=DEFAULT_PROJECT, name="exp", tile=False,
-        tile_overlap=None, tile_batch=None, mask_colors=None, half=False, coco=None, conf_thres=None):
-    """Evaluate `model` on a labelled split and write the results. `search_flags` holds the --search-files
-    fractions and seed given ({"val_split": 0.25}...). Returns a summary dict: metrics, save_dir (None when
-    stopped), interrupted."""
-    check_flags(batch_size, workers, name, conf_thres)
-    device = resolve_device(device)
-    folder = RunFolder(save_dir, project, name)
-    meta, predictor, checkpoint = open_model(model, device, half)
-    chosen = coco_data(coco, meta, data_dir, img_dir) if coco else choose_data(
-        checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, search=search, split=split,
-        img_dir=img_dir, mask_dir=mask_dir, search_flags=search_flags)
-    ignore_index = DEFAULT_IGNORE_LABEL if coco and ignore_index is None else ignore_index  # crowd regions
-    settings = eval_settings(meta, checkpoint, batch_size=batch_size, ignore_index=ignore_index, loss=loss,
-                             class_weights=class_weights, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
-                             mask_colors=mask_colors, conf_thres=conf_thres)
-    full_size = FullSizePredictor.from_meta(predictor, meta, tile=settings.tiled, overlap=settings.tile_overlap,
-                                            tile_batch=settings.tile_batch, conf_thres=settings.conf_thres)
-    dataset = make_dataset(chosen.pairs, settings.patch_size, settings.classes, settings.ignore_index,
-                           mean=settings.mean, std=settings.std, threads=max(2, workers), evaluation=True,
-                           mode=full_size.dataset_mode, scale=full_size.scale,
-                           mask_colors=settings.mask_colors, bit_depth=settings.bit_depth)
-    for line in label_warnings(class_pixel_counts(dataset), settings.classes, settings.ignore_index,
-                               settings.class_names, split=chosen.split or "evaluation"):
+def run(**flags):
+    """val.py as a function: `flags` are ValSettings' fields (model required, the rest as the command line's
+    defaults). Returns evaluate(ValSettings(**flags))."""
+    return evaluate(ValSettings(**flags))
+
+
+def evaluate(settings):
+    """Evaluate settings.model on a labelled split and write the results. Returns a summary dict: metrics,
+    save_dir (None when stopped), interrupted."""
+    check_flags(settings)
+    device = resolve_device(settings.device)
+    folder = RunFolder(settings.save_dir, settings.project, settings.name)
+    meta, predictor, checkpoint = open_model(settings.model, device, settings.half)
+    chosen = coco_data(settings.coco, meta, settings.data_dir, settings.img_dir) if settings.coco else \
+        choose_data(settings, checkpoint)
+    settings = resolve(settings, meta, checkpoint)
+    full_size = FullSizePredictor.from_meta(predictor, meta, tile=settings.tile, overlap=settings.tile_overlap,
+                                            tile_batch=settings.tile_batch, weighting=settings.tile_weighting,
+                                            conf_thres=settings.conf_thres)
+    dataset = make_dataset(chosen.pairs, **read_options(meta, settings), threads=max(2, settings.workers),
+                           evaluation=True, mode=full_size.dataset_mode, scale=full_size.scale)
+    for line in label_warnings(class_pixel_counts(dataset), meta["classes"], settings.ignore_index,
+                               meta["class_names"], split=chosen.split or "evaluation"):
         print(f"warning: {line}", file=sys.stderr, flush=True)
-    how = f"whole images by sliding window of {settings.patch_size}" if settings.tiled else \
-        f"patch {settings.patch_size}, batch {settings.batch_size}"
-    print(f"evaluating {model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}",
+    how = f"whole images by sliding window of {meta['patch_size']}" if settings.tile else \
+        f"patch {meta['patch_size']}, batch {settings.batch_size}"
+    print(f"evaluating {settings.model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}",
           flush=True)
+    weights = loss_weights(settings, checkpoint, meta["classes"])
     with StopRequest("stopping after this batch; no results are written") as stop:
-        stats, per_image = score(full_size, dataset, settings, folder, save_masks, workers, stop)
+        stats, per_image = score(full_size, dataset, meta, settings, weights, folder, stop)
     if stop.is_set():
         print("stopped: no results written" + (f" (the masks so far are in {folder.created})" if folder.created
                                                else ""), flush=True)
         return {"metrics": None, "save_dir": None, "interrupted": True}
-    metrics = stats.compute(chosen.prefix, settings.class_names if settings.classes > 1 else None)
+    class_names = meta["class_names"]
+    metrics = stats.compute(chosen.prefix, class_names if meta["classes"] > 1 else None)
     matrix = stats.reduced()[0]
-    rows = class_rows(matrix, settings.class_names)
-    write_outputs(folder, metrics, matrix, rows, per_image, model=model, chosen=chosen, settings=settings)
-    print("\n".join(class_table(rows, metrics, chosen.prefix, settings.classes)))
+    rows = class_rows(matrix, class_names)
+    write_outputs(folder, metrics, matrix, rows, per_image, chosen=chosen, meta=meta, settings=settings,
+                  weights=weights)
+    print("\n".join(class_table(rows, metrics, chosen.prefix, meta["classes"])))
     print(f"loss {metrics[f'{chosen.prefix}/loss']:.4f} over {len(dataset)} images ({chosen.description}); "
           f"results in {folder.path}: {RESULTS_FILE}, confusion_matrix.png, per_image.csv"
-          + (", masks/" if save_masks else ""), flush=True)
+          + (", masks/" if settings.save_masks else ""), flush=True)
     return {"metrics": metrics, "save_dir": folder.path, "interrupted": False}
 
 
-def score(full_size, dataset, settings, folder, save_masks, workers, stop):
+def score(full_size, dataset, meta, settings, weights, folder, stop):
     """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.scoring.accumulate):
     (ConfusionStats, PerImageScores); each mask written as its image is scored with --save-masks."""
+    workers, classes = settings.workers, meta["classes"]
     loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                         worker_init_fn=ignore_sigint_in_worker if workers else None)
-    criterion = make_loss(settings.loss, settings.classes, settings.class_weights)
-    per_image = PerImageScores(dataset.pairs, settings.classes, settings.class_names)
-    masks = MaskWriter(folder, dataset.pairs, settings.classes, settings.colours) if save_masks else None
+    criterion = make_loss(settings.loss, classes, weights)
+    per_image = PerImageScores(dataset.pairs, classes, meta["class_names"])
+    masks = MaskWriter(folder, dataset.pairs, classes, tuple(output_colours(meta))) if settings.save_masks else None
 
     def on_image(mask, matrix):
         per_image.add(matrix)
@@ -352,7 +388,7 @@ def score(full_size, dataset, settings, folder, save_masks, workers, stop):
     bar = tqdm(total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
     batches = until_stopped(guarded_batches(loader, "evaluation", lambda: hint, bar), stop)
     with worker_crash_as_error(lambda: hint):
-        stats = accumulate(full_size, batches, ConfusionStats(settings.classes, settings.ignore_index),
+        stats = accumulate(full_size, batches, ConfusionStats(classes, settings.ignore_index),
                            criterion=criterion, on_image=on_image)
     bar.close()
     return stats, per_image
@@ -366,18 +402,18 @@ def until_stopped(batches, stop):
         yield batch
 
 
-def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, settings):
+def write_outputs(folder, metrics, matrix, rows, per_image, *, chosen, meta, settings, weights):
     """val_results.json, confusion_matrix.png and per_image.csv in the run folder."""
-    results = {**metrics, "model": str(model), "data": chosen.description, "split": chosen.split,
+    results = {**metrics, "model": str(settings.model), "data": chosen.description, "split": chosen.split,
                "images": len(per_image.rows), "per_class": rows,
                "confusion_matrix": matrix.long().tolist(),  # rows: ground truth, columns: prediction
-               "settings": {"patch_size": settings.patch_size, "classes": settings.classes,
+               "settings": {"patch_size": meta["patch_size"], "classes": meta["classes"],
                             "ignore_index": settings.ignore_index, "loss": settings.loss,
-                            "class_weights": settings.class_weights, "batch_size": settings.batch_size,
+                            "class_weights": weights, "batch_size": settings.batch_size,
                             "conf_thres": settings.conf_thres}}
     write_text(folder.path / RESULTS_FILE, metrics_json(results) + "\n")
-    title = f"{Path(model).name} on {chosen.description}, {len(per_image.rows)} images"
-    plot_confusion_matrix(matrix, settings.class_names, folder.path / "confusion_matrix.png", title)
+    title = f"{Path(settings.model).name} on {chosen.description}, {len(per_image.rows)} images"
+    plot_confusion_matrix(matrix, meta["class_names"], folder.path / "confusion_matrix.png", title)
     per_image.write_csv(folder.path / "per_image.csv")
 
 
@@ -385,75 +421,16 @@ def write_outputs(folder, metrics, matrix, rows, per_image, *, model, chosen, se
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__)
-    model = parser.add_argument_group("Model")
-    model.add_argument("--model", required=True,
-                       help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file (onnxruntime) or "
-                            "an .xml with its .bin (OpenVINO)")
-    data = parser.add_argument_group("Data (default: the checkpoint's own split)")
-    data.add_argument("--data", default=None,
-                      help="a split file (entries relative to --data-dir, else to the file's folder) or a folder "
-                           "holding imgs/ and masks/ (every image, paired with its mask by stem)")
-    data.add_argument("--data-dir", default=None, help="folder of a split file's entries, or of --search-files")
-    data.add_argument("--img-dir", default="imgs", help="image folder inside the data folder")
-    data.add_argument("--mask-dir", default="masks", help="mask folder inside the data folder")
-    data.add_argument("--coco", type=Path, default=None, metavar="FILE.json",
-                      help="evaluate every image of a COCO JSON export (as train.py --coco reads it: categories "
-                           "matched to the model's classes by name, iscrowd regions ignored)")
-    data.add_argument("--mask-colors", type=Path, default=None, metavar="FILE",
-                      help="read colour masks with this CSV or JSON file (as train.py's) instead of the colours the "
-                           "model was trained with; its classes are matched to the model's by name, in any order")
-    data.add_argument("--search-files", action="store_true",
-                      help="split --data-dir's imgs/ and masks/ at random exactly as train.py --search-files does")
-    data.add_argument("--val-split", type=float, default=None, help="as train.py's (default: 0.2)")
-    data.add_argument("--test-split", type=float, default=None, help="as train.py's (default: 0)")
-    data.add_argument("--seed", type=int, default=None, help="as train.py's (default: 0)")
-    data.add_argument("--split", choices=SPLITS, default=None,
-                      help="part of the checkpoint's split or of --search-files (default: test, or val without one)")
-    metrics = parser.add_argument_group("Metrics (default: as the checkpoint's run; train.py's for an export)")
-    metrics.add_argument("--batch-size", type=int, default=None, help="images per batch (the loss is a batch mean)")
-    metrics.add_argument("--ignore-index", type=int, default=None, help="mask value left out of loss and metrics")
-    metrics.add_argument("--loss", default=None, help="loss spec as train.py's --loss (bce, ce, ce+dice...)")
-    metrics.add_argument("--class-weights", default=None, help="one weight per class, comma-separated")
-    metrics.add_argument("--tile", action="store_true",
-                         help="segment whole images at full resolution by sliding window (automatic for models "
-                              "trained with --crop)")
-    metrics.add_argument("--tile-overlap", type=float, default=None, help="overlap of the tiles (default: the run's)")
-    metrics.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the run's)")
-    metrics.add_argument("--conf-thres", type=float, default=None, help=f"as detect.py's, for the metrics and the "
-                         f"masks: {CONF_THRES_HELP}")
-    runtime = parser.add_argument_group("Runtime")
-    runtime.add_argument("--device", default="auto",
-                         help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (.onnx: onnxruntime decides; "
-                              ".xml: OpenVINO on the CPU)")
-    runtime.add_argument("--half", action="store_true",
-                         help="half precision as detect.py --half: float16 on CUDA, bfloat16 on CPUs with AVX-512 "
-                              "BF16 or AMX (.pth.tar and .xml); on other CPUs, and for .onnx, a warning and float32")
-    runtime.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    runtime.add_argument("--verbose", action="store_true",
-                         help="full tracebacks for errors, and Python warnings with their source line")
-    output = parser.add_argument_group("Output")
-    output.add_argument("--project", type=Path, default=DEFAULT_PROJECT,
-                        help="folder of the run folders (default: runs/val/ in the repository)")
-    output.add_argument("--name", default="exp", help="run folder name: <project>/<name>, then name2, name3...")
-    output.add_argument("--save-dir", type=Path, default=None,
-                        help="output folder, used as is instead of --project/--name (not one holding val_results.json)")
-    output.add_argument("--save-masks", action="store_true",
-                        help="write the predicted masks to masks/ at each image's size, as detect.py does")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
+    return settings_parser(ValSettings, __doc__)  # the flags are ValSettings' fields
 
 
 def val_from_args(args):
-    """run() with the command line's arguments; returns the exit code."""
-    search_flags = {key: getattr(args, key) for key in SEARCH_DEFAULTS if getattr(args, key) is not None}
-    summary = run(model=args.model, data=args.data, data_dir=args.data_dir, search=args.search_files,
-                  split=args.split, img_dir=args.img_dir, mask_dir=args.mask_dir, search_flags=search_flags,
-                  batch_size=args.batch_size, ignore_index=args.ignore_index, loss=args.loss,
-                  class_weights=args.class_weights, device=args.device, workers=args.workers,
-                  save_masks=args.save_masks, save_dir=args.save_dir, project=args.project, name=args.name,
-                  tile=args.tile, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
-                  mask_colors=args.mask_colors, half=args.half, coco=args.coco, conf_thres=args.conf_thres)
-    return EXIT_STOPPED if summary["interrupted"] else EXIT_OK
+    """evaluate() with the command line's settings; the exit code: 130 when stopped, else 0."""
+    return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
 
 
 def main(args):

@@ -71,7 +71,7 @@ from bench.machine import cpu_name
 from dataset import make_dataset
 from make_sample_data import draw_objects, make_background
 from segtoolkit.models.checkpoints import save_checkpoint
-from segtoolkit.training.config import REPO, RunConfig
+from segtoolkit.training.config import RunConfig
 from segtoolkit.models.factory import build_model, model_meta
 from segtoolkit.inference.full_size import FullSizePredictor
 from segtoolkit.inference.predictor import TorchPredictor, half_dtype, load_predictor, native_bfloat16
@@ -81,6 +81,7 @@ from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
 from train import UnetTraining
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: train.py and detect.py are run from it
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
               "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop",
               "eval_cost")

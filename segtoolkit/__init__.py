@@ -2,7 +2,8 @@
 with dataset.py's BinaryDataset and Dataset and dataloaders.py's LoadImages and LoadStreams).
 
 Layers, each importing only the ones before it (tests/test_packaging.py holds it):
-    0  errors (UserError, RunFailure, exit codes), cli (error handler, Ctrl-C, help), distributed (torchrun)
+    0  errors (UserError, RunFailure, exit codes), cli (error handler, Ctrl-C, flags from settings dataclasses),
+       distributed (torchrun)
     1  data        images, masks, classes, splits, sources, COCO, the cache, augmentation, loaders
     2  models      the smp factory, checkpoints
     3  inference   predictor, full_size (the one image-to-model fit), tiling, pipeline, runtimes

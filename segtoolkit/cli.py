@@ -2,8 +2,19 @@
 Ctrl-C and SIGTERM as a request to stop cleanly, and a command line parsed the same way everywhere: `--help`
 that shows each default once, a mistyped or foreign flag as one line naming ours, `~` expanded in paths.
 
+A command's settings are one frozen dataclass whose fields are made by `setting()`: each field is a flag, its
+default and help written once, there; `add_settings` builds the parser's flags from it, and the flags every
+command shares (--device, --half, --project, --name; the tile flags in segtoolkit.inference.tiling) are made
+by one function each, so they mean the same everywhere.
+
 Usage (the end of train.py, detect.py, export.py, val.py):
+    @dataclass(frozen=True, kw_only=True)
+    class DetectSettings:
+        source: str = setting(help="image, video, folder...", group="Data")    # no default: required
+        device: str = device_setting()
     parser = ArgumentParser(description=__doc__)
+    add_settings(parser, DetectSettings)
+    settings = settings_from(DetectSettings, parser.parse_args(argv))
     if __name__ == "__main__":
         sys.exit(run_command(main, parse_args()))
 
@@ -12,12 +23,14 @@ Usage (the end of train.py, detect.py, export.py, val.py):
 """
 
 import argparse
+import dataclasses
 import difflib
 import os
 import re
 import signal
 import sys
 import threading
+import typing
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,3 +201,93 @@ def parse_with_given(parser, argv=None):
     probe = parser.parse_args(argv, namespace=argparse.Namespace(**{a.dest: unset for a in parser._actions}))
     args.given = {key for key, value in vars(probe).items() if value is not unset}
     return args
+
+
+# ---------------------------------------------------------------- settings: one dataclass per command
+
+
+def setting(default=dataclasses.MISSING, *, help, group, flag=None, **options):
+    """A field of a command's settings dataclass that is also its flag: --field-name (or `flag`) in the --help
+    group `group`, with this default (none: a required flag) and help; `options` go to add_argument (choices,
+    metavar). The flag's type is the field's (int, float or Path; str otherwise); a bool is an on switch, or an
+    on/off pair (--pin-memory / --no-pin-memory) when it defaults to True."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, "flag": flag,
+                                                        "options": options})
+
+
+def add_settings(parser, settings_class):
+    """The parser's flags, one per setting() field of settings_class, in field order under their groups;
+    returns the groups by title (for a flag that is not a setting, such as train.py's --no-augment)."""
+    groups = {}
+    for item in dataclasses.fields(settings_class):
+        if "group" not in item.metadata:
+            continue
+        if item.metadata["group"] not in groups:
+            groups[item.metadata["group"]] = parser.add_argument_group(item.metadata["group"])
+        options = dict(item.metadata["options"])
+        if item.default is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = item.default
+        if item.type is bool:
+            options["action"] = argparse.BooleanOptionalAction if item.default else "store_true"
+        else:
+            options.setdefault("type", flag_type(item.type))
+        flag = item.metadata["flag"] or flag_name(item.name)
+        groups[item.metadata["group"]].add_argument(flag, dest=item.name, help=item.metadata["help"], **options)
+    return groups
+
+
+def settings_parser(settings_class, description):
+    """A command's parser: ArgumentParser with add_settings' flags (detect.py, val.py, export.py)."""
+    parser = ArgumentParser(description=description)
+    add_settings(parser, settings_class)
+    return parser
+
+
+def flag_type(annotation):
+    """int, float or Path for a field annotated so (or `X | None`); None (argparse's str) for anything else."""
+    kind = next(kind for kind in typing.get_args(annotation) or (annotation,) if kind is not type(None))
+    return kind if kind in (int, float, Path) else None
+
+
+def flag_name(field_name):
+    return "--" + field_name.replace("_", "-")
+
+
+def settings_from(settings_class, args):
+    """The settings of a parsed command line: every field taken from the namespace of add_settings' flags."""
+    return settings_class(**{item.name: getattr(args, item.name) for item in dataclasses.fields(settings_class)})
+
+
+# the flags every command that has them shares: one definition each, the same meaning everywhere
+def device_setting():
+    return setting("auto", group="Runtime", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (a model "
+                   "from export.py: .onnx lets onnxruntime decide, .xml runs OpenVINO on the CPU)")
+
+
+def half_setting():
+    return setting(False, group="Runtime", help="half precision: float16 on CUDA, bfloat16 on CPUs with AVX-512 "
+                   "BF16 or AMX (.pth.tar and .xml); on other CPUs, and for .onnx, a warning and float32")
+
+
+def verbose_setting(also=""):
+    return setting(False, group="Runtime", help=f"full tracebacks for errors{also}, and Python warnings with their "
+                   f"source line")
+
+
+def model_file_setting():
+    return setting(group="Model", help="checkpoint from train.py (.pth.tar), or from export.py an .onnx file "
+                   "(onnxruntime) or an .xml with its .bin (OpenVINO)")
+
+
+def project_setting(default, group):
+    return setting(default, group=group, help="folder of the run folders, relative to the current folder")
+
+
+def save_dir_setting(also):
+    return setting(None, group="Output", help=f"output folder, used as is instead of --project/--name{also}")
+
+
+def name_setting(group):
+    return setting("exp", group=group, help="run folder name: <project>/<name>, then <name>2, <name>3... if taken")

@@ -368,7 +368,7 @@ def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_ever
     from segtoolkit.export import int8 as quantize
     from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
     from segtoolkit.models.factory import build_model, model_meta
-    from val import eval_settings
+    from val import ValSettings, read_options
     pairs = two_frames(tmp_path / "data", (900, 4000), "train") + two_frames(tmp_path / "data", (1000,), "val")
     for name, stems in (("train.txt", ["train0", "train1"]), ("val.txt", ["val0"])):
         (tmp_path / "data" / name).write_text("".join(f"imgs/{stem}.png\n" for stem in stems))
@@ -385,7 +385,7 @@ def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_ever
     expected = round(800 * 255 / 4095)
     frames = list(LoadImages([pair[0] for pair in pairs], None, bit_depth=meta["bit_depth"]))
     assert [frame.original[0, 0, 0] for frame in frames] == [expected] * 3
-    assert eval_settings(meta, checkpoint).bit_depth == 12  # val.py
+    assert read_options(meta, ValSettings(model="m"))["bit_depth"] == 12  # val.py
     assert quantize.preprocessed([pairs[0][0]], meta)[0][0, 0, 0, 0] == pytest.approx(
         normalize(np.full((1, 1, 3), expected, np.uint8))[0, 0, 0].item())  # export's check and calibration
     old_meta = {key: value for key, value in meta.items() if key != "bit_depth"}  # written before it was stored

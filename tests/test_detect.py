@@ -719,7 +719,7 @@ def test_webcam_without_frames_is_a_clear_error_and_writes_nothing(trained_check
                                                                    capsys, monkeypatch):
     """A camera that opens but never delivers a frame; nothing is created, not even the default run folder."""
     camera = fake_webcam(lambda index: FakeCamera(write_video(tmp_path / "any.mp4", 2), frames=False))
-    monkeypatch.setattr(detect, "REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default --project, runs/detect, is in the working folder
     started = time.monotonic()
     code, stdout, stderr = cli(capsys, "--model", trained_checkpoint, "--source", "0", "--stream-timeout", "2")
     assert code == 2 and stdout == ""

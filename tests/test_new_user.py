@@ -81,8 +81,8 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     args = train.parse_args(["--data-dir=~/data", "--mask-colors=~/colours.csv", "--project", "~/runs",
                              "--load-model=~/ckpt.pth.tar", "--augment=~/aug.yaml", "--encoder-weights=~/e.pth"])
-    assert (args.data_dir, args.mask_colors, args.project, args.load_model) == (
-        tmp_path / "data", tmp_path / "colours.csv", tmp_path / "runs", tmp_path / "ckpt.pth.tar")
+    assert (args.data_dir, args.mask_colors, args.project, args.load_model) == tuple(map(str, (  # RunConfig's str
+        tmp_path / "data", tmp_path / "colours.csv", tmp_path / "runs", tmp_path / "ckpt.pth.tar")))
     assert (args.augment, args.encoder_weights) == (str(tmp_path / "aug.yaml"), str(tmp_path / "e.pth"))
     assert {"data_dir", "mask_colors", "project", "load_model"} <= args.given
     args = val.parse_args(["--model=~/m.onnx", "--data=~/holdout", "--save-dir=~/out"])

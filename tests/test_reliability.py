@@ -35,8 +35,8 @@ from dataset import SegmentationDataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.training import run_log as run_logging
 from segtoolkit.models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from conftest import RUNS
-from segtoolkit.training.config import REPO, RunConfig
+from conftest import REPO, RUNS
+from segtoolkit.training.config import RunConfig
 from segtoolkit.errors import RunFailure, UserError
 from segtoolkit.data.loaders import guarded_batches
 from segtoolkit.data.masks import IGNORE

@@ -11,8 +11,8 @@ import torch
 import train
 from dataset import make_dataset
 from segtoolkit.models.checkpoints import load_checkpoint
-from conftest import RUNS
-from segtoolkit.training.config import REPO, RunConfig
+from conftest import REPO, RUNS
+from segtoolkit.training.config import RunConfig
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
 from segtoolkit.data.splits import pair_masks, read_split_file
@@ -210,7 +210,7 @@ def test_encoder_weights_from_a_local_file(tmp_path):
 
 
 def test_unreachable_imagenet_weights_warn_once_and_train_on(tmp_path):
-    code = ("import warnings; from segtoolkit import models; warnings.simplefilter('always');\n"
+    code = ("import warnings; from segtoolkit.models import factory as models; warnings.simplefilter('always');\n"
             "m = models.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segtoolkit.cli import Stopped
+from segtoolkit.cli import Stopped, setting
 from segtoolkit.errors import UserError
 from segtoolkit.data.imaging import normalize
 
@@ -33,15 +33,47 @@ MAX_TILES_PER_PIXEL = round(1 / (1 - MAX_OVERLAP) ** 2)
 PROGRESS_DELAY = 2.0  # seconds a frame's tiles run before the progress bar appears
 
 
-def check_tile_overlap(overlap):
-    """--tile-overlap must be a fraction in [0, MAX_OVERLAP]: above it the tiles, and the time, grow as
-    1 / (1 - overlap)^2 for nothing a model can use (nnU-Net uses 0.5)."""
-    if not 0 <= overlap < 1:
+def check_tile_settings(overlap=None, batch=None, weighting=None):
+    """The tile settings given (None: not given), checked: --tile-overlap a fraction in [0, MAX_OVERLAP] (above
+    it the tiles, and the time, grow as 1 / (1 - overlap)^2 for nothing a model can use; nnU-Net uses 0.5),
+    --tile-batch at least 1, --tile-weighting one of WEIGHTINGS."""
+    if overlap is not None and not 0 <= overlap < 1:
         raise UserError(f"--tile-overlap {overlap} must be a fraction in [0, {MAX_OVERLAP}]")
-    if overlap > MAX_OVERLAP:
+    if overlap is not None and overlap > MAX_OVERLAP:
         raise UserError(f"--tile-overlap {overlap} puts each pixel inside about {1 / (1 - overlap) ** 2:,.0f} tiles, "
                         f"each a forward pass; give at most {MAX_OVERLAP} ({MAX_TILES_PER_PIXEL} tiles over each "
                         f"pixel), e.g. 0.5")
+    if batch is not None and batch < 1:
+        raise UserError(f"--tile-batch {batch} must be at least 1")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise UserError(f"--tile-weighting {weighting}: choose {' or '.join(WEIGHTINGS)}")
+
+
+# the tile flags of train.py (its evaluation), detect.py and val.py: one definition each. A default of None
+# (detect.py, val.py) is the model's run's value: what train.py evaluated it with (train.py's default for a
+# model that stores no run)
+RUN_DEFAULT = " (default: as train.py evaluated the model: its run's value, or train.py's default for an export)"
+
+
+def tile_setting(group):
+    return setting(False, group=group, help="segment whole images at full resolution by sliding window (tile = "
+                   "the patch size); automatic for models trained with --crop")
+
+
+def tile_overlap_setting(default, group):
+    return setting(default, group=group, help=f"overlap of the sliding-window tiles (models trained with --crop; "
+                   f"detect.py and val.py --tile), a fraction of a tile, at most {MAX_OVERLAP} (each pixel inside "
+                   f"up to {MAX_TILES_PER_PIXEL} tiles)" + (RUN_DEFAULT if default is None else ""))
+
+
+def tile_batch_setting(default, group):
+    return setting(default, group=group, help="tiles per forward pass: memory is bounded by it, not by the image"
+                   + (RUN_DEFAULT if default is None else ""))
+
+
+def tile_weighting_setting(default, group):
+    return setting(default, group=group, choices=WEIGHTINGS, help="how overlapping tiles' logits are blended: "
+                   "gaussian (the middle of a tile counts most) or linear" + (RUN_DEFAULT if default is None else ""))
 
 
 def tile_starts(length, tile, stride):
@@ -57,8 +89,6 @@ def tile_starts(length, tile, stride):
 def tile_weights(tile, weighting):
     """The blending weight of each pixel of a tile: highest in the middle, low (never 0) at the borders, where a
     model sees the least context."""
-    if weighting not in WEIGHTINGS:
-        raise UserError(f"--tile-weighting {weighting}: choose {' or '.join(WEIGHTINGS)}")
     position = (np.arange(tile, dtype=np.float64) + 0.5) / tile - 0.5  # -0.5..0.5 across the tile
     if weighting == "gaussian":
         profile = np.exp(-0.5 * (position / 0.125) ** 2)  # sigma 1/8 of the tile, as nnU-Net
@@ -75,9 +105,7 @@ class Tiler:
 
     def __init__(self, predictor, tile, overlap=0.25, batch=4, weighting="gaussian", mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), stop=None, progress=False):
-        check_tile_overlap(overlap)
-        if batch < 1:
-            raise UserError(f"--tile-batch {batch} must be at least 1")
+        check_tile_settings(overlap, batch, weighting)
         self.predictor, self.tile, self.batch, self.stop, self.progress = predictor, tile, batch, stop, progress
         self.stride = max(1, int(round(tile * (1 - overlap))))
         self.weights = tile_weights(tile, weighting)

@@ -24,17 +24,22 @@ from pathlib import Path
 from segtoolkit.data.augment import DEFAULT_AUGMENTATION, PRESETS, load_augmentation
 from segtoolkit.data.classes import parse_class_names, resolve_class_table
 from segtoolkit.data.coco import coco_settings, coco_splits
+from segtoolkit.cli import device_setting, flag_name, name_setting, project_setting, setting, verbose_setting
 from segtoolkit.errors import UserError
 from segtoolkit.training.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.data.cache import CACHE_MODES
 from segtoolkit.data.imaging import check_bit_depth, check_patch_size, dataset_bit_depth, is_stretched
-from segtoolkit.models.factory import architecture_class, check_encoder
+from segtoolkit.models.checkpoints import load_checkpoint
+from segtoolkit.models.factory import ARCHITECTURE_NAMES, architecture_class, check_encoder
 from segtoolkit.outputs.files import check_save_dir
 from segtoolkit.data.splits import pair_masks, read_split_file, search_files
-from segtoolkit.inference.tiling import check_tile_overlap
+from segtoolkit.inference.predictor import TorchPredictor, load_predictor
+from segtoolkit.inference.tiling import check_tile_settings, tile_batch_setting, tile_overlap_setting, \
+    tile_weighting_setting
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout: the bundled sample and its split files
-SAMPLE_DIR = REPO / "data" / "sample"
+# Defaults are relative to the working folder, never to where the toolkit is installed: run from the
+# repository, a run without --data-dir trains on the bundled sample and its three split files beside data/
+SAMPLE_DIR = Path("data") / "sample"
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
 RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model", "cache", "cache_dir",
                   "tile_batch")
@@ -44,72 +49,136 @@ DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "tes
                "test_split", "ignore_index", "mask_colors", "coco", "val_coco")
 PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors", "coco",
                "val_coco")
+# what a configuration stored before a field existed meant, where that is not the field's default today
+STORED_BEFORE = {"resize": "letterbox", "crops_per_image": 1}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a run; field names are the command line's flags (`--patch-size` is patch_size)."""
-    # Data
-    data_dir: str | None = None
-    img_dir: str = "imgs"
-    mask_dir: str = "masks"
-    train_list: str | None = None
-    val_list: str | None = None
-    test_list: str | None = None
-    search_files: bool = False
-    coco: str | None = None  # a COCO JSON: images, masks and classes (segtoolkit.data.coco)
-    val_coco: str | None = None  # its validation split as a second COCO file
-    val_split: float = 0.2
-    test_split: float = 0.0
-    patch_size: int = 256
-    crop: bool = False
-    resize: str = "letterbox"  # or "stretch" (train.py's default; letterbox here for configurations stored before
-    # --resize existed, which were all letterboxed); meta input_mode says the same for detect.py and val.py
-    scale: float = 1.0
-    crops_per_image: int | None = 1  # --crop: crops of every image an epoch; None: auto (train.py resolves it
-    # from the images' area before the run starts; configurations stored before it existed drew one)
-    cache: str = "ram"
-    cache_dir: str | None = None
-    classes: int = 1
-    ignore_index: int | None = None
-    mask_colors: str | None = None  # a colours file: RGB masks as classes (segtoolkit.data.classes)
-    bit_depth: str | int = "auto"  # how 16-bit images are scaled: auto (from the training split) or 8..16
-    class_names: str | None = None  # "background,cell,nucleus"
-    # Model
-    model: str = "Unet"
-    encoder: str = "resnet34"
-    encoder_weights: str = "imagenet"
-    load_model: str | None = None
-    # Optimization
-    epochs: int = 50
-    batch_size: int = 8
-    lr: float = 1e-3
-    adam_eps: float = 1e-8
-    weight_decay: float = 1e-2
-    clip_grad: float = 255.0
-    use_amp: bool = False
-    eval_step: int | None = None
-    patience: int = 10
-    check_best_cooldown: int = 0
-    seed: int = 0
-    augment: str = DEFAULT_AUGMENTATION
-    loss: str | None = None
-    class_weights: str | None = None
-    freeze_bn: bool = False
-    tile_overlap: float = 0.25
-    tile_batch: int = 4
-    # Runtime
-    device: str = "auto"
-    workers: int = 2
-    pin_memory: bool = True
-    sync_bn: bool = False
-    verbose: bool = False
-    # Logging
-    project: str = str(REPO / "checkpoints")
-    name: str = "exp"
-    save_checkpoints: bool = False
-    wandb_mode: str = "auto"
-    wandb_project: str = "unet-segmentation"
+    """Every setting of a run, and train.py's flags: each field is the flag --field-name (`--patch-size` is
+    patch_size), its default and help written once, here (segtoolkit.cli.add_settings builds the parser)."""
+    data_dir: str | None = setting(None, group="Data", help="dataset root holding the image and mask folders "
+                                   "(default: data/sample in the current folder, the bundled sample)")
+    img_dir: str = setting("imgs", group="Data", help="image folder name under --data-dir")
+    mask_dir: str = setting("masks", group="Data", help="mask folder name under --data-dir (same file stems)")
+    train_list: str | None = setting(None, group="Data", help="training split file (default: training_dataset.txt: "
+                                     "the one beside data/ for the bundled sample, else the one inside --data-dir)")
+    val_list: str | None = setting(None, group="Data", help="validation split file (default: validation_dataset.txt, "
+                                   "found like --train-list's)")
+    test_list: str | None = setting(None, group="Data", help="test split file (default: test_dataset.txt, found like "
+                                    "--train-list's; without one there is no test evaluation)")
+    search_files: bool = setting(False, group="Data", help="ignore the split files: pair imgs/ and masks/ by stem and "
+                                 "split them randomly")
+    coco: str | None = setting(  # segtoolkit.data.coco
+        None, group="Data", metavar="FILE.json",
+        help="train on a COCO JSON export (CVAT, Label Studio, Roboflow, labelme): its images (found beside it, or in "
+             "--data-dir) and its polygons and RLE rasterised once into the cache; classes in the order of its "
+             "categories, background 0 (a category named background, or id 0, is background); overlaps: the "
+             "smaller annotation wins; iscrowd regions are ignored (--ignore-index 255). Split by --val-split and "
+             "--test-split, or --val-coco")
+    val_coco: str | None = setting(None, group="Data", metavar="FILE.json", help="with --coco, a second COCO file as "
+                                   "the validation split (same categories)")
+    val_split: float = setting(0.2, group="Data", help="validation fraction with --search-files or --coco")
+    test_split: float = setting(0.0, group="Data", help="test fraction with --search-files or --coco")
+    patch_size: int = setting(256, group="Data", help="square training size, a multiple of 32; images are resized "
+                              "into it (see --resize; with --crop: the size of the crops, and of the tiles of "
+                              "evaluation and detection)")
+    # None: stretch, or letterbox with --crop (from_namespace decides; a stored configuration holds which)
+    resize: str | None = setting(
+        None, group="Data", choices=RESIZE_MODES,
+        help="how a whole image fits the patch: stretch (default) resizes it to patch x patch ignoring the aspect "
+             "ratio, no padding: every pixel row and column of the patch is image, which scored best on the "
+             "street-scene benchmark (README); letterbox scales its longest side to the patch and pads (padding "
+             "never counts), keeping shapes undistorted, for data whose aspect ratios vary a lot and where shape "
+             "matters. Stored in the checkpoint: detect.py, val.py and export.py follow it. Not with --crop")
+    crop: bool = setting(False, group="Data", help="train on random patch-size crops at the images' own resolution "
+                         "(times --scale) instead of letterboxing whole images; validation, test and detection then "
+                         "segment whole images by sliding window, at full resolution")
+    # None: auto (train.py resolves it from the images' area before the run starts)
+    crops_per_image: int | None = setting(
+        None, group="Data", metavar="N", help="with --crop, random crops of every training image an epoch (default: "
+        "as many as an average image's area holds, at least 1: a 512x512 image at patch 256 gives 4)")
+    scale: float = setting(1.0, group="Data", help="with --crop, shrink images by this factor first (e.g. 0.5 for "
+                           "very large images)")
+    bit_depth: str | int = setting(
+        "auto", group="Data", metavar="{auto,8,10,12,14,16}",
+        help="how 16-bit images are scaled to 8 bits, the same for every image: auto (default) takes the smallest of "
+             "10, 12, 14 and 16 bits holding the largest value in the training split's 16-bit images; or give the "
+             "camera's depth. Stored in the checkpoint: detect.py, val.py and export.py read images with it (8-bit "
+             "files are read as they are)")
+    cache: str = setting("ram", group="Data", choices=CACHE_MODES,
+                         help="where decoded images live: ram (fastest), disk (uint8 files in --cache-dir, read "
+                              "memory-mapped: data larger than memory), none (decoded again at every read)")
+    cache_dir: str | None = setting(None, group="Data", help="folder of --cache disk (default: .segtoolkit-cache "
+                                    "inside --data-dir)")
+    classes: int = setting(1, group="Data", help="1: binary masks (0/1 or 0/255); N>=2: masks hold class indices "
+                           "0..N-1")
+    ignore_index: int | None = setting(None, group="Data", help="multi-class mask value left out of loss and "
+                                       "metrics (e.g. 255)")
+    mask_colors: str | None = setting(  # segtoolkit.data.classes
+        None, group="Data", metavar="FILE",
+        help="colour masks: a CSV (name,R,G,B per class, background first; a line named ignore for pixels left "
+             "out) or JSON ({\"name\": [R, G, B], ...}) file; it sets --classes and the class names (palette PNG "
+             "masks need none: their indices are read)")
+    class_names: str | None = setting(
+        None, group="Data", metavar="NAMES",
+        help="class names, background first: background,cell,nucleus (one class: background,object); they name "
+             "results.csv columns, wandb keys, the preview and detect.py's outputs")
+    model: str = setting("Unet", group="Model", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
+    encoder: str = setting("resnet34", group="Model", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
+    encoder_weights: str = setting("imagenet", group="Model", help="'imagenet' (downloaded; random init with a "
+                                   "warning when offline), 'none', or a file")
+    load_model: str | None = setting(None, group="Model", help="an unfinished run's checkpoint.pth.tar resumes it; "
+                                     "a finished run's, a best-checkpoint.pth.tar or plain weights start a new run "
+                                     "from those weights")
+    epochs: int = setting(50, group="Optimization", help="passes over the training split")
+    batch_size: int = setting(8, group="Optimization", help="images per step per process (torchrun: per GPU)")
+    lr: float = setting(1e-3, group="Optimization", help="peak learning rate reached by OneCycleLR")
+    adam_eps: float = setting(1e-8, group="Optimization", help="AdamW epsilon")
+    weight_decay: float = setting(1e-2, group="Optimization", help="AdamW weight decay")
+    clip_grad: float = setting(255.0, group="Optimization", help="gradient norm clipping threshold")
+    use_amp: bool = setting(False, group="Optimization", help="mixed precision: float16 + gradient scaler on CUDA, "
+                            "bfloat16 on CPU")
+    eval_step: int | None = setting(None, group="Optimization", help="evaluate every N optimizer steps (default: "
+                                    "once per epoch; the run's last step is always evaluated)")
+    patience: int = setting(10, group="Optimization", help="stop when val Dice has not improved for this many "
+                            "evaluations (0: never)")
+    check_best_cooldown: int = setting(0, group="Optimization", help="evaluations within the first N epochs never "
+                                       "write best-checkpoint.pth.tar")
+    seed: int = setting(0, group="Optimization", help="seed for weights, shuffling, splits and augmentation: the same "
+                        "seed and data give the same run")
+    augment: str = setting(
+        DEFAULT_AUGMENTATION, group="Optimization",
+        help=f"augmentation: a preset ({', '.join(PRESETS)}) or an albumentations pipeline file (A.save, "
+             f".yaml/.json). {DEFAULT_AUGMENTATION} (default): natural images with a top and a bottom (streets, "
+             f"people, products); topdown: microscopy, aerial, documents (flips and 90 degree turns); none")
+    loss: str | None = setting(
+        None, group="Optimization",
+        help="bce (default, one class), ce (default, several), dice, jaccard, focal, lovasz, tversky:ALPHA,BETA "
+             "(weights of false positives and false negatives, e.g. tversky:0.3,0.7 to miss less; 0.5,0.5 is dice), "
+             "or a sum such as ce+dice or bce+dice; padding and --ignore-index never count")
+    class_weights: str | None = setting(
+        None, group="Optimization", help="per-class loss weights: 'auto' (median-frequency balancing over the "
+        "training masks, printed at the start) or one number per class, e.g. 0.5,2 (default: none)")
+    tile_overlap: float = tile_overlap_setting(0.25, "Optimization")
+    tile_weighting: str = tile_weighting_setting("gaussian", "Optimization")
+    tile_batch: int = tile_batch_setting(4, "Optimization")
+    freeze_bn: bool = setting(False, group="Optimization", help="keep BatchNorm layers in eval mode (running "
+                              "statistics), e.g. for tiny batches")
+    device: str = device_setting()
+    workers: int = setting(2, group="Runtime", help="DataLoader worker processes")
+    pin_memory: bool = setting(True, group="Runtime", help="pin host memory for faster CUDA copies (ignored on the "
+                               "CPU)")
+    sync_bn: bool = setting(False, group="Runtime", help="torchrun: convert BatchNorm to SyncBatchNorm")
+    verbose: bool = verbose_setting()
+    project: str = project_setting("checkpoints", "Logging")
+    name: str = name_setting("Logging")
+    save_checkpoints: bool = setting(False, group="Logging", help="also write checkpoint.pth.tar after every "
+                                     "evaluation (it is always written at the end of every epoch)")
+    wandb_mode: str = setting("auto", group="Logging", choices=("auto", "online", "offline", "disabled"),
+                              help="auto: online with wandb credentials, otherwise offline (sync later with "
+                                   "`wandb sync`)")
+    wandb_project: str = setting("unet-segmentation", group="Logging", help="wandb project name")
 
     # ------------------------------------------------------------ building
 
@@ -136,7 +205,7 @@ class RunConfig:
     def from_dict(cls, stored):
         """A stored configuration (a checkpoint's); keys this version does not know are ignored."""
         known = {field.name for field in fields(cls)}
-        stored = dict(stored)
+        stored = {**STORED_BEFORE, **stored}
         if stored.get("no_augment") and "augment" not in stored:  # written before --augment existed
             stored["augment"] = "none"
         stored["loss"] = stored_loss(stored.get("loss"))  # a bare tversky: written before it took its weights
@@ -151,7 +220,7 @@ class RunConfig:
     @property
     def input_mode(self):
         """How the model sees its images, as its meta stores it: 'tile' (--crop), 'letterbox' or 'stretch'."""
-        return "tile" if self.crop else self.resize
+        return "tile" if self.crop else self.resize or "stretch"
 
     @property
     def uses_sample(self):
@@ -165,14 +234,14 @@ class RunConfig:
             return self.replace(data_dir=str(Path(self.data_dir or Path(self.coco).parent).resolve()),
                                 project=str(Path(self.project).resolve()),
                                 load_model=str(Path(self.load_model).resolve()) if self.load_model else None)
-        data_dir = Path(self.data_dir).resolve() if self.data_dir else SAMPLE_DIR
+        data_dir = Path(self.data_dir).resolve() if self.data_dir else sample_dir()
         lists = {}
         for key, default in zip(("train_list", "val_list", "test_list"), SPLIT_FILES):
             given = getattr(self, key)
             if given is not None:
                 lists[key] = str(locate(given, data_dir))
-            elif data_dir == SAMPLE_DIR.resolve() or data_dir == SAMPLE_DIR:
-                lists[key] = str(REPO / default)
+            elif data_dir == SAMPLE_DIR.resolve():
+                lists[key] = str(sample_split_file(default))
             else:
                 lists[key] = str(data_dir / default) if (data_dir / default).is_file() else None
         config = self.replace(data_dir=str(data_dir), project=str(Path(self.project).resolve()), **lists)
@@ -181,10 +250,17 @@ class RunConfig:
         if not config.search_files:
             for key, flag in (("train_list", "--train-list"), ("val_list", "--val-list")):
                 if getattr(config, key) is None:
-                    raise UserError(f"--data-dir {self.data_dir} has no {SPLIT_FILES[0 if key == 'train_list' else 1]}; "
+                    missing = SPLIT_FILES[0 if key == 'train_list' else 1]
+                    raise UserError(f"--data-dir {self.data_dir} has no {missing}; "
                                     f"give {flag} (a file listing one image per line), or --search-files to "
                                     f"split imgs/ and masks/ at random")
         return config
+
+    def tile_settings(self, overlap=None, batch=None, weighting=None):
+        """(overlap, batch, weighting) of sliding-window tiles: those given (detect.py's and val.py's flags), else
+        this run's."""
+        return (self.tile_overlap if overlap is None else overlap, self.tile_batch if batch is None else batch,
+                self.tile_weighting if weighting is None else weighting)
 
     # ------------------------------------------------------------ checking
 
@@ -195,15 +271,16 @@ class RunConfig:
         check_patch_size(self.patch_size)
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--classes", self.classes, 1), ("--workers", self.workers, 0),
-                                 ("--patience", self.patience, 0), ("--check-best-cooldown", self.check_best_cooldown, 0)):
+                                 ("--patience", self.patience, 0),
+                                 ("--check-best-cooldown", self.check_best_cooldown, 0)):
             if value < low:
                 raise UserError(f"{flag} {value} must be at least {low}")
         if self.eval_step is not None and self.eval_step < 1:
             raise UserError(f"--eval-step {self.eval_step} must be at least 1")
         for flag, value in (("--lr", self.lr), ("--adam-eps", self.adam_eps), ("--clip-grad", self.clip_grad)):
             if not (math.isfinite(value) and value > 0):
-                raise UserError(f"{flag} {value:g} must be a positive number" +
-                                (" (0 would train without changing any weight)" if flag == "--lr" and value == 0 else ""))
+                why = " (0 would train without changing any weight)" if flag == "--lr" and value == 0 else ""
+                raise UserError(f"{flag} {value:g} must be a positive number{why}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UserError(f"--weight-decay {self.weight_decay:g} must be 0 or more")
         if self.ignore_index is not None and 0 <= self.ignore_index < self.classes:
@@ -245,9 +322,7 @@ class RunConfig:
                                 f"sample is a whole image)")
         if self.cache not in CACHE_MODES:
             raise UserError(f"--cache {self.cache}: choose one of {', '.join(CACHE_MODES)}")
-        check_tile_overlap(self.tile_overlap)
-        if self.tile_batch < 1:
-            raise UserError(f"--tile-batch {self.tile_batch} must be at least 1")
+        check_tile_settings(self.tile_overlap, self.tile_batch, self.tile_weighting)
 
     # ------------------------------------------------------------ resume and fine-tune
 
@@ -293,7 +368,7 @@ def class_table(values, given):
     --data-dir, and stored absolute) sets the classes and the ignore index (segtoolkit.data.classes)."""
     if values.get("mask_colors") is None:
         return {}
-    data_dir = Path(values["data_dir"]).resolve() if values.get("data_dir") else SAMPLE_DIR
+    data_dir = Path(values["data_dir"]).resolve() if values.get("data_dir") else sample_dir()
     path = str(locate(values["mask_colors"], data_dir))
     classes, ignore_index = resolve_class_table(
         classes=values.get("classes", 1), class_names=values.get("class_names"),
@@ -398,6 +473,22 @@ def stored_config(checkpoint):
     return RunConfig.from_dict(stored) if stored else None
 
 
+def open_model(model, device, half=False):
+    """(meta, predictor, checkpoint dict or None): the one place detect.py and val.py open a model file. Whether
+    it is a train.py checkpoint is load_predictor's own decision (a TorchPredictor), so any other format it reads
+    (ONNX, OpenVINO .xml) is an exported model here, with no stored run. half: as detect.py --half."""
+    meta, predictor = load_predictor(model, device, half)
+    # loaded a second time for the run's data and settings: load_predictor keeps only the model
+    checkpoint = load_checkpoint(model, "--model") if isinstance(predictor, TorchPredictor) else None
+    return meta, predictor, checkpoint
+
+
+def run_config(checkpoint):
+    """The RunConfig a model was trained with: its checkpoint's, or train.py's defaults for a model that stores
+    none (an export, plain weights)."""
+    return (stored_config(checkpoint) if checkpoint else None) or RunConfig()
+
+
 def resolve_bit_depth(config, mode, checkpoint, data):
     """The bit depth the run reads 16-bit images with (segtoolkit.data.imaging), stored in its meta: a resume's
     is its checkpoint's (None for one trained before it was stored: each image by its own); otherwise
@@ -422,6 +513,19 @@ def resume_command(checkpoint_path, world_size):
     return f"{launcher} --load-model {checkpoint_path}"
 
 
+def sample_dir():
+    """The bundled sample, data/sample in the working folder (a run without --data-dir trains on it)."""
+    if not SAMPLE_DIR.is_dir():
+        raise UserError(f"no --data-dir given, and the bundled sample ({SAMPLE_DIR}) is not in {Path.cwd()}: give "
+                        f"--data-dir DIR (a folder holding imgs/ and masks/), or run from the repository's folder")
+    return SAMPLE_DIR.resolve()
+
+
+def sample_split_file(name):
+    """One of the bundled sample's split files (SPLIT_FILES), beside its data/ folder."""
+    return SAMPLE_DIR.resolve().parents[1] / name
+
+
 def locate(path, data_dir):
     """A split file as given (relative to the working folder), or inside --data-dir when only it has one."""
     path = Path(path)
@@ -440,10 +544,6 @@ def check_run_name(name):
 def safe_run_name(name):
     cleaned = "-".join(part for part in name.replace("\\", "/").split("/") if part.strip() not in ("", ".", ".."))
     return cleaned.strip().replace("\0", "") or "exp"
-
-
-def flag_name(key):
-    return "--" + key.replace("_", "-")
 
 
 def comparable(key, value):
