@@ -29,7 +29,8 @@ from segtoolkit.data.imaging import Letterbox, preprocess_image, read_image
 from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
 from segtoolkit.inference.pipeline import Prefetcher
-from segtoolkit.data.sources import VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources, safe_name
+from segtoolkit.data.sources import (VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources,
+                                     safe_name)
 
 __all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
            "resolve_sources", "mask_credentials", "safe_name"]
@@ -45,7 +46,8 @@ class Frame:
     """One picture to segment, the same record for every kind of source.
 
     path: the source as shown to the user (credentials masked); image: the preprocessed float32 3xPxP
-    tensor (None when the frame is segmented whole by sliding window); original: the frame as uint8 RGB HxWx3; capture: the cv2.VideoCapture (None for images);
+    tensor (None when the frame is segmented whole by sliding window); original: the frame as uint8 RGB HxWx3;
+    capture: the cv2.VideoCapture (None for images);
     index: frame number in the source (0-based; for streams, frames received so far, so gaps show frames
     skipped to stay live); count: frames in the source (1 for images, None for streams); letterbox: how
     `image` was fitted into the patch (None without `image`); fps: the source's frame rate (None for images).

@@ -191,13 +191,14 @@ class UnetTraining:
         if not self.unlabelled_said:
             self.unlabelled_said = True
             warnings.warn(f"training batch at step {self.global_step} has no labelled pixel (all padding, "
-                          f"transform fill or --ignore-index): skipped, not counted as a non-finite step; said once")
+                          f"transform fill or --ignore-index): skipped, not counted as a non-finite step; said once",
+                          stacklevel=2)
 
     def skipped_step(self):
         self.bad_steps += 1
         if not self.scaler.is_enabled():
             warnings.warn(f"non-finite loss or gradient at step {self.global_step}: step skipped "
-                          f"({self.bad_steps} in a row)")
+                          f"({self.bad_steps} in a row)", stacklevel=2)
         if self.bad_steps >= MAX_BAD_STEPS:
             raise RunFailure(f"{MAX_BAD_STEPS} non-finite steps in a row: training diverged; lower --lr or "
                              f"check the data. best-checkpoint.pth.tar holds the last good model")

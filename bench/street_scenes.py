@@ -132,7 +132,8 @@ def paint_ground(rng, image, mask, horizon, road):
         cv2.line(tiles, (0, int(row)), (width - 1, int(row)), (tiles[0, 0] * 0.7).tolist(), 1)
     paint(image, mask, ground, SIDEWALK, tiles)
     vanish_x, bottom_left, bottom_right = road
-    outline = np.array([[vanish_x - 2, horizon], [vanish_x + 2, horizon], [bottom_right, height], [bottom_left, height]])
+    outline = np.array([[vanish_x - 2, horizon], [vanish_x + 2, horizon], [bottom_right, height],
+                        [bottom_left, height]])
     surface = np.zeros_like(mask, np.uint8)
     cv2.fillPoly(surface, [outline.astype(np.int32)], 1)
     asphalt = np.float32(rng.uniform(70, 125)) + rng.normal(0, 11, (height, width, 1)).astype(np.float32)
@@ -214,7 +215,7 @@ def place_objects(rng, image, mask, horizon, road):
         left_edge, right_edge = road_edges(horizon, height, *road, bottom)
         size = max(6, int((right_edge - left_edge) * rng.uniform(0.18, 0.3)))
         left = int(rng.uniform(left_edge, max(left_edge + 1, right_edge - size)))
-        objects.append((bottom, lambda l=left, b=bottom, s=size: paint_car(rng, image, mask, l, b, s)))
+        objects.append((bottom, lambda x=left, b=bottom, s=size: paint_car(rng, image, mask, x, b, s)))
     for _ in range(int(rng.random() < 0.6) + int(rng.random() < 0.3)):
         bottom = int(horizon + span * rng.uniform(0.08, 0.5))
         kerb = road_edges(horizon, height, *road, bottom)[int(rng.integers(2))]

@@ -31,7 +31,8 @@ class EarlyStopping:
         return {"patience": self.patience, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state):
-        self.patience, self.best_fitness, self.best_epoch = state["patience"], state["best_fitness"], state["best_epoch"]
+        self.patience, self.best_fitness = state["patience"], state["best_fitness"]
+        self.best_epoch = state["best_epoch"]
 
 
 class ConfusionStats:

@@ -11,8 +11,8 @@ on each image at the model's --scale for crop-trained ones; it is never a full-s
 The same loop serves train.py's validation and test evaluation (on the unwrapped model, each process its
 shard, counts summed over processes) and val.py, which also sees each image's mask and confusion counts
 (per-image scores, saved masks) through `on_image`. Evaluation datasets (dataset.py, evaluation=True or
-mode 'full') give segtoolkit.data.loaders.EvalSample records: the model's input, the target where the model works (for the loss)
-and the mask at the image's own size; its `collate` makes batches of them.
+mode 'full') give segtoolkit.data.loaders.EvalSample records: the model's input, the target where the model
+works (for the loss) and the mask at the image's own size; its `collate` makes batches of them.
 
 Usage:
     full_size = FullSizePredictor.from_meta(predictor, meta)

@@ -93,8 +93,8 @@ def quantize_int8(float_path, output, batches, input_name):
         # ran no faster than float32 here). Weights use 7 bits (reduce_range): on x86 CPUs without VNNI the
         # u8 x s8 kernel adds products in pairs into int16, which saturates with full-range weights, and
         # the file may run on such a CPU whatever CPU exports it. On an AVX2 one (AMD EPYC, Zen 1),
-        # docs/performance.md: command 1's model then agreed 0.9932 at worst on the 48 sample images not calibrated on, instead
-        # of 0.9817 (mean 0.9972 instead of 0.9964).
+        # docs/performance.md: command 1's model then agreed 0.9932 at worst on the 48 sample images not
+        # calibrated on, instead of 0.9817 (mean 0.9972 instead of 0.9964).
         quantize_static(str(prepared), str(Path(work) / "int8.onnx"), Batches(), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,

@@ -103,7 +103,7 @@ def upsample_rows(blocks, source_size, size):
             yield start, stop, widen(block, width)
         return
     rows, kept, first, done = None, None, 0, 0  # kept: the source rows from `first` on
-    for start, stop, block in blocks:
+    for _start, stop, block in blocks:
         rows = rows or source_rows(source_height, height, block.device)
         kept = block if kept is None else torch.cat([kept, block], 1)
         ready = int(torch.searchsorted(rows[1], stop))  # output rows whose source row below has come

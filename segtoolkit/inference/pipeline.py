@@ -1,11 +1,11 @@
 """Overlap detect.py's stages: the next frames decode while the model runs, finished frames write behind it.
 
-On a 2-core CPU the model's threads use both cores, and any thread running beside them at the same
-priority makes them wait for each other at every layer (docs/performance.md). So the two helper threads run at the lowest priority (nice 19, on Linux): they use
-the moments the model leaves a core idle. On a machine busy with other work they could starve; a stage
-whose thread falls that far behind (the caller waits STARVED_SECONDS for it) is handed back to the
-caller, which then does the work in turn for the rest of the run. Both queues are bounded, so memory
-stays a few frames, and a failure in a thread is raised in the caller's thread as if it happened there.
+On a 2-core CPU the model's threads use both cores, and any thread running beside them at the same priority makes
+them wait for each other at every layer (docs/performance.md). So the two helper threads run at the lowest priority
+(nice 19, on Linux): they use the moments the model leaves a core idle. On a machine busy with other work they could
+starve; a stage whose thread falls that far behind (the caller waits STARVED_SECONDS for it) is handed back to the
+caller, which then does the work in turn for the rest of the run. Both queues are bounded, so memory stays a few
+frames, and a failure in a thread is raised in the caller's thread as if it happened there.
 
 Usage:
     from segtoolkit.inference.pipeline import Prefetcher, Finisher
@@ -13,6 +13,7 @@ Usage:
     finisher = Finisher(write_frame, depth=2)  # write_frame(*args) runs in its own thread, in submit order
     finisher.submit(frame, mask)
     finisher.close()                           # waits for every submitted job; re-raises the first failure
+
 """
 
 import os

@@ -6,7 +6,7 @@ Usage:
     meta, predictor = load_predictor("checkpoints/exp/best-checkpoint.pth.tar", torch.device("cpu"))
     meta, predictor = load_predictor("checkpoints/exp/best-checkpoint.xml", torch.device("cpu"), half=True)
     logits = predictor(batch)                       # float32 NCHW in, float32 logits NCHW out, on the CPU
-    mask = FullSizePredictor.from_meta(predictor, meta).mask(rgb)   # segtoolkit.inference.full_size: at the image's size
+    mask = FullSizePredictor.from_meta(predictor, meta).mask(rgb)   # inference.full_size: at the image's size
 
 --half: float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX-512 BF16 or AMX); on any other CPU one
 warning line and float32, because bfloat16 emulated there is slower than float32 (docs/performance.md, per CPU).
@@ -66,7 +66,8 @@ def load_predictor(model_path, device, half=False, cpu_bfloat16=None):
         from segtoolkit.inference.onnx_runtime import load_onnx  # only ONNX runs need onnxruntime
         if half:
             warnings.warn(f"--half: onnxruntime runs {path.name} in float32 (it has no half precision for a float32 "
-                          f"file); for half precision give the .pth.tar checkpoint or an OpenVINO export (.xml)")
+                          f"file); for half precision give the .pth.tar checkpoint or an OpenVINO export (.xml)",
+                          stacklevel=2)
         meta, predict = load_onnx(path)
         return dict(meta), ArrayPredictor(predict)
     if suffix == ".xml":
@@ -92,7 +93,7 @@ def half_dtype(device, half, cpu_bfloat16=None):
         cpu_bfloat16 = bool(native_bfloat16())
     if cpu_bfloat16:
         return torch.bfloat16
-    warnings.warn(f"--half: this CPU has no native bfloat16 ({cpu_summary()}); running float32")
+    warnings.warn(f"--half: this CPU has no native bfloat16 ({cpu_summary()}); running float32", stacklevel=2)
     return torch.float32
 
 

@@ -101,7 +101,8 @@ def load_encoder_weights(model, path):
     if len(missing) == len(own):
         raise UserError(f"--encoder-weights {path}: none of its tensors match encoder {type(model.encoder).__name__}")
     if missing or unexpected:
-        warnings.warn(f"--encoder-weights {path}: {len(missing)} missing and {len(unexpected)} unexpected keys")
+        warnings.warn(f"--encoder-weights {path}: {len(missing)} missing and {len(unexpected)} unexpected keys",
+                      stacklevel=2)
 
 
 

@@ -174,7 +174,7 @@ def preview_step(what, function, *args, **kwargs):
     except Exception as error:  # noqa: BLE001 - any failure of the preview, whatever its kind
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
-        warnings.warn(f"validation preview: {what} failed ({reason}); training continues")
+        warnings.warn(f"validation preview: {what} failed ({reason}); training continues", stacklevel=2)
         return None
 
 
