@@ -15,9 +15,9 @@ import pytest
 from pycocotools import mask as coco_mask
 
 import val
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
 from dataloaders import Frame
-from detect_helpers import QUIET_ENV, run_detect
+from helpers.detect_runs import QUIET_ENV, run_detect
 from segtoolkit.data.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
 from segtoolkit.errors import UserError
 from segtoolkit.data.masks import read_mask

@@ -12,7 +12,7 @@ from segtoolkit.data.imaging import dataset_bit_depth, letterbox, normalize, pre
 from segtoolkit.data.splits import pair_masks, read_split_file, search_files
 from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
-from conftest import write_pair
+from helpers.data import write_pair
 from segtoolkit.data.masks import IGNORE
 
 

@@ -18,14 +18,15 @@ import torch
 
 import detect
 from segtoolkit.inference import onnx_runtime
-from detect_helpers import (QUIET_ENV, REPO, FakeCamera, detect_process, easy_held_out, fake_webcam,  # noqa: F401
-                            multiclass_checkpoint, read_rows, run_detect, trained_checkpoint, video_facts,
-                            wait_for_rows, wait_for_stderr, write_video)
+from helpers.cameras import FakeCamera
+from helpers.data import video_facts, write_video
+from helpers.detect_runs import QUIET_ENV, detect_process, read_rows, run_detect, wait_for_rows, wait_for_stderr
+from helpers.paths import REPO
 from dataloaders import Frame
 from segtoolkit.data.imaging import Letterbox
 from segtoolkit.outputs.detections import ResultWriter
 from segtoolkit.outputs.files import increment_path
-from mjpeg_server import draw_frame
+from helpers.mjpeg_server import draw_frame
 from segtoolkit.errors import UserError
 from segtoolkit.data.masks import read_mask
 from segtoolkit.models.factory import model_from_checkpoint, model_meta
@@ -35,8 +36,7 @@ from segtoolkit.inference.full_size import to_labels
 from segtoolkit.data.classes import class_colours
 from segtoolkit.outputs.overlay import draw_overlay
 from segtoolkit.data.polygons import find_regions, largest_area
-from servers import (https_mjpeg_server, mjpeg_server, rtmp_server, rtsp_server, wait_until,  # noqa: F401
-                     xvfb_display)
+from helpers.servers import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import sys
 import cv2
 import torch
 
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
 from segtoolkit.models.factory import build_model, model_from_checkpoint
 from segtoolkit.models.checkpoints import load_checkpoint
 

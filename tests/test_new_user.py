@@ -24,10 +24,10 @@ import train
 import val
 from segtoolkit.training.run_log import NullLogger
 from segtoolkit.inference.tiling import Tiler
-from servers import wait_until
-from test_train import make_trainer, tiny_sets
+from helpers.servers import wait_until
+from helpers.training import TINY, make_trainer, tiny_sets
 from dataloaders import Frame
-from detect_helpers import detect_process, read_rows, wait_for_stderr
+from helpers.detect_runs import detect_process, read_rows, wait_for_stderr
 from make_sample_data import write_dataset
 from segtoolkit.outputs.detections import ResultWriter
 from segtoolkit.outputs.frame_exports import FrameExports
@@ -36,7 +36,7 @@ from segtoolkit.data.classes import class_colours
 from segtoolkit.data.polygons import find_regions, largest_area, polygon_records
 from segtoolkit.inference.probabilities import Prediction
 from segtoolkit.data.augment import load_augmentation
-from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.training.config import RunConfig
 from segtoolkit.errors import UserError
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
@@ -99,8 +99,6 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- files and folders (items 3, 10, 13)
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1"]
 
 
 def train_error(capsys, argv):
@@ -410,14 +408,6 @@ def test_tile_overlap_above_the_bound_is_refused_before_the_model_loads(capsys, 
     with pytest.raises(UserError, match="give at most 0.875"):  # val.py and training build the same Tiler
         Tiler(lambda batch: batch, 64, overlap=0.9)
     Tiler(lambda batch: batch, 64, overlap=0.875)  # the bound itself is allowed
-
-
-@pytest.fixture(scope="module")
-def untrained_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("untrained") / "model.pth.tar"
-    save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
-    return path
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

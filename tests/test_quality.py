@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, RUNS, write_pair
+from helpers.data import write_pair
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from dataset import BinaryDataset, Dataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.data.augment import augmentation_from_dict, load_augmentation, preset
@@ -30,8 +32,6 @@ from segtoolkit.models.factory import build_model, model_meta
 from segtoolkit.data.splits import pair_masks, read_split_file
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--wandb-mode", "disabled", "--project", RUNS]
 
 
 # ---------------------------------------------------------------- augmentation chosen for the data

@@ -35,7 +35,8 @@ from dataset import SegmentationDataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.training import run_log as run_logging
 from segtoolkit.models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from conftest import RUNS
+from helpers.paths import RUNS
+from helpers.training import TINY
 from segtoolkit.training.config import REPO, RunConfig
 from segtoolkit.errors import RunFailure, UserError
 from segtoolkit.data.loaders import guarded_batches
@@ -44,8 +45,6 @@ from segtoolkit.models.factory import build_model, model_from_checkpoint, model_
 from segtoolkit.training.run_log import NullLogger
 from segtoolkit.data.splits import pair_masks, read_split_file
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "1",
-        "--batch-size", "2", "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
 FAST = ["--model", "Linknet", "--encoder", "tu-mobilenetv3_small_050"]  # 0.4M parameters, for runs that only need steps
 # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads make each step 10x slower.
 ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -519,7 +518,7 @@ def test_sigkill_at_any_moment_leaves_complete_checkpoints_and_resumes(data, run
 
 
 def exit_codes_in_wandb(run_dir):
-    from wandb_records import read_records
+    from helpers.wandb_records import read_records
     return [record.exit.exit_code for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")
             for record in read_records(path) if record.WhichOneof("record_type") == "exit"]
 
@@ -1020,7 +1019,7 @@ def test_detect_refuses_bad_model_files_with_one_line(case, name, message, detec
 
 def test_detect_unreachable_stream_is_one_line_with_credentials_masked(detect_inputs, tmp_path, capsys):
     import detect
-    from servers import free_port
+    from helpers.servers import free_port
     url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"
     arguments = ["--model", str(detect_inputs / "model.pth.tar"), "--source", url, "--stream-timeout", "2",
                  "--save-dir", str(tmp_path / "out")]

@@ -14,15 +14,14 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from make_sample_data import write_dataset
 from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.training import config
 from segtoolkit.training.config import start_mode
 from segtoolkit.models.factory import model_meta
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--project", str(RUNS)]
 ENV = dict(os.environ, WANDB_SILENT="true", OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
 SAMPLE = REPO / "data" / "sample"
 

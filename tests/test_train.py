@@ -9,32 +9,14 @@ import pytest
 import torch
 
 import train
-from dataset import make_dataset
 from segtoolkit.models.checkpoints import load_checkpoint
-from conftest import RUNS
-from segtoolkit.training.config import REPO, RunConfig
+from helpers.paths import RUNS
+from segtoolkit.training.config import REPO
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
-from segtoolkit.data.splits import pair_masks, read_split_file
 from segtoolkit.training.precision import new_run_dir
-from wandb_records import logged_keys
-
-
-def tiny_sets(root, patch=64, augment=False):
-    def pairs(name):
-        return pair_masks(read_split_file(root / name, root), root / "masks")
-    return (make_dataset(pairs("train.txt"), patch, 1, augment=augment),
-            make_dataset(pairs("val.txt"), patch, 1, evaluation=True),
-            make_dataset(pairs("test.txt"), patch, 1, evaluation=True))
-
-
-def make_trainer(root, run_dir, epochs=3, **options):
-    torch.manual_seed(0)
-    train_set, val_set, test_set = tiny_sets(root)
-    model = build_model("Unet", "resnet18", 1)
-    meta = model_meta("Unet", "resnet18", 1, 64)
-    config = RunConfig(**{**dict(epochs=epochs, batch_size=2, workers=0, lr=1e-3), **options})
-    return train.UnetTraining(model, train_set, val_set, test_set, config=config, run_dir=run_dir, meta=meta)
+from helpers.training import make_trainer
+from helpers.wandb_records import logged_keys
 
 
 def test_onecycle_spans_exactly_epochs_times_steps(tiny_data, tmp_path):

@@ -1,0 +1,62 @@
+"""Session fixtures: checkpoints made once for every test that reads one, and the held-out images for them."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.data import write_easy_dataset
+from helpers.detect_runs import QUIET_ENV
+from helpers.paths import REPO
+from segtoolkit.models.checkpoints import save_checkpoint
+from segtoolkit.models.factory import build_model, model_meta
+
+
+@pytest.fixture(scope="session")
+def easy_held_out(tmp_path_factory):
+    """Images the model never saw, with their ground truth masks."""
+    return write_easy_dataset(tmp_path_factory.mktemp("held_out"), 8, seed=2)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core)."""
+    data = write_easy_dataset(tmp_path_factory.mktemp("easy"), 32, seed=1)
+    project = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data-dir", str(data), "--search-files", "--val-split", "0.25",
+         "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "12",
+         "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", "trained",
+         "--project", str(project)],
+        cwd=REPO, env=QUIET_ENV, capture_output=True, text=True, timeout=900)
+    run_dirs = sorted(project.glob("trained*"))
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        checkpoint = tmp_path_factory.mktemp("checkpoint") / "best-checkpoint.pth.tar"
+        shutil.copy(run_dirs[0] / "best-checkpoint.pth.tar", checkpoint)
+    finally:
+        for folder in run_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def multiclass_checkpoint(tmp_path_factory):
+    """An untrained 3-class Unet/resnet18 checkpoint (random weights: only the plumbing is tested)."""
+    torch.manual_seed(0)
+    meta = model_meta("Unet", "resnet18", 3, 64, class_names=["background", "cell", "nucleus"])
+    path = tmp_path_factory.mktemp("multiclass") / "multiclass.pth.tar"
+    save_checkpoint(path, build_model("Unet", "resnet18", 3), meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """An untrained binary Unet/resnet18 checkpoint at patch 64 (random weights, seed 0: only the plumbing is
+    tested). Read it, never write beside it: every test of the session gets the same file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("untrained") / "model.pth.tar"
+    save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
+    return path
