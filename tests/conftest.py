@@ -17,7 +17,8 @@ import pytest
 from helpers.paths import RUNS
 from make_sample_data import write_dataset
 
-pytest_plugins = ["helpers.fixtures_models", "helpers.fixtures_sources", "helpers.fixtures_display"]
+pytest_plugins = ["helpers.fixtures_media", "helpers.fixtures_models", "helpers.fixtures_sources",
+                  "helpers.fixtures_display"]
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # what a `servers` test uses: a server process for its stream, or Xvfb and a window manager for its windows

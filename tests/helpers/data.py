@@ -10,6 +10,8 @@ import numpy as np
 
 from helpers.mjpeg_server import draw_frame
 
+LONG_CLIP_FRAMES = 3600  # fixtures_media.long_clip: about 2 minutes at detect.py's pace, the window tests' bound
+
 
 def write_pair(folder, stem, image, mask):
     """Write an image and its mask as folder/imgs/<stem>.png and folder/masks/<stem>.png; returns the pair."""

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import detect
 from helpers.paths import REPO
 from helpers.servers import wait_until
 
@@ -21,6 +22,13 @@ def read_rows(save_dir):
     import csv
     with open(Path(save_dir) / "results.csv", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def cli(capsys, *args):
+    """detect.py's main() in this process (saves the interpreter start): (exit code, stdout, stderr)."""
+    code = detect.main(detect.parse_args([str(arg) for arg in args]))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def detect_command(*args):

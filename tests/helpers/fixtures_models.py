@@ -15,12 +15,6 @@ from segtoolkit.models.factory import build_model, model_meta
 
 
 @pytest.fixture(scope="session")
-def easy_held_out(tmp_path_factory):
-    """Images the model never saw, with their ground truth masks."""
-    return write_easy_dataset(tmp_path_factory.mktemp("held_out"), 8, seed=2)
-
-
-@pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
     """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core)."""
     data = write_easy_dataset(tmp_path_factory.mktemp("easy"), 32, seed=1)
