@@ -50,6 +50,7 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
     assert mask.shape == cv2.imread(str(image)).shape[:2]
     resumed_alone = load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert resumed_alone["epoch"] == 2 and resumed_alone["global_step"] == 4  # 8 images / (2 x 2) per step
+    assert resumed_alone["world_size"] == 2  # what a resume by another number of processes is refused by
 
 
 def square_copy(data, folder):

@@ -19,18 +19,22 @@ TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "6
 SEARCH = ["--search-files", "--val-split", "0.25", "--test-split", "0.25", "--seed", "3"]
 
 
-def train_tiny(data_dir, name, *flags):
-    """A finished TINY run on data_dir (split by SEARCH) in RUNS/name, trained in this process with one thread
-    (as val.py and detect.py run in the tests: another thread count may sum a convolution in another order, and a
-    logit near 0 would then flip a pixel). Returns the run folder."""
+def train_in_one_thread(argv):
+    """train.py's exit code for argv, run in this process with one intra-op thread, as the tests run (conftest's
+    one_torch_thread covers a test, not a module or session fixture that trains before it; and another thread
+    count may sum a convolution in another order, so a logit near 0 would flip a pixel against val.py's)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code = train.main(train.parse_args([*TINY, "--data-dir", str(data_dir), *SEARCH, "--name", name,
-                                            *map(str, flags)]))
+        return train.main(train.parse_args([str(arg) for arg in argv]))
     finally:
         torch.set_num_threads(threads)
-    assert code == 0
+
+
+def train_tiny(data_dir, name, *flags):
+    """A finished TINY run on data_dir (split by SEARCH) in RUNS/name, trained in this process with one thread.
+    Returns the run folder."""
+    assert train_in_one_thread([*TINY, "--data-dir", data_dir, *SEARCH, "--name", name, *flags]) == 0
     return RUNS / name
 
 
