@@ -1,4 +1,4 @@
-"""Session fixtures: checkpoints made once for every test that reads one, and the held-out images for them."""
+"""Session fixtures: checkpoints made once for every test that reads one."""
 
 import shutil
 import subprocess
@@ -6,34 +6,35 @@ import sys
 
 import pytest
 import torch
+from segtoolkit.models.checkpoints import save_checkpoint
+from segtoolkit.models.factory import build_model, model_meta
 
 from helpers.data import write_easy_dataset
 from helpers.detect_runs import QUIET_ENV
+from helpers.once import made_once
 from helpers.paths import REPO
-from segtoolkit.models.checkpoints import save_checkpoint
-from segtoolkit.models.factory import build_model, model_meta
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
-    """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core)."""
-    data = write_easy_dataset(tmp_path_factory.mktemp("easy"), 32, seed=1)
-    project = tmp_path_factory.mktemp("runs")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--data-dir", str(data), "--search-files", "--val-split", "0.25",
-         "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "12",
-         "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", "trained",
-         "--project", str(project)],
-        cwd=REPO, env=QUIET_ENV, capture_output=True, text=True, timeout=900)
-    run_dirs = sorted(project.glob("trained*"))
-    try:
-        assert result.returncode == 0, result.stderr[-3000:]
-        checkpoint = tmp_path_factory.mktemp("checkpoint") / "best-checkpoint.pth.tar"
-        shutil.copy(run_dirs[0] / "best-checkpoint.pth.tar", checkpoint)
-    finally:
-        for folder in run_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
-    return checkpoint
+    """A binary Unet/resnet18 trained by train.py for 12 short epochs at patch 64 (about 30 s on 1 core), once for
+    the run (helpers.once: both xdist workers read the same file)."""
+    def train_easy(folder):
+        data = write_easy_dataset(folder / "easy", 32, seed=1)
+        project = folder / "runs"
+        result = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "--data-dir", str(data), "--search-files", "--val-split", "0.25",
+             "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--epochs", "12",
+             "--batch-size", "4", "--lr", "3e-3", "--wandb-mode", "disabled", "--workers", "0", "--name", "trained",
+             "--project", str(project)],
+            cwd=REPO, env=QUIET_ENV, capture_output=True, text=True, timeout=900)
+        try:
+            assert result.returncode == 0, result.stderr[-3000:]
+            shutil.copy(project / "trained" / "best-checkpoint.pth.tar", folder / "best-checkpoint.pth.tar")
+        finally:
+            shutil.rmtree(project, ignore_errors=True)
+            shutil.rmtree(data, ignore_errors=True)
+    return made_once(tmp_path_factory, "trained_checkpoint", train_easy) / "best-checkpoint.pth.tar"
 
 
 @pytest.fixture(scope="session")
