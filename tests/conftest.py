@@ -14,8 +14,8 @@ import shutil
 
 import pytest
 
+from helpers.data import write_tiny_data
 from helpers.paths import RUNS
-from make_sample_data import write_dataset
 
 pytest_plugins = ["helpers.fixtures_media", "helpers.fixtures_models", "helpers.fixtures_sources",
                   "helpers.fixtures_display"]
@@ -45,11 +45,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """12 binary image/mask pairs (0/255 masks) with split files: 8 train, 2 val, 2 test."""
-    root = tmp_path_factory.mktemp("tiny")
-    paths = write_dataset(root, 12, seed=1)
-    for name, part in (("train.txt", paths[:8]), ("val.txt", paths[8:10]), ("test.txt", paths[10:])):
-        (root / name).write_text("".join(f"{p.relative_to(root)}\n" for p in part))
-    return root
+    return write_tiny_data(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -206,12 +206,9 @@ def test_no_best_checkpoint_after_divergence_blames_the_loss_not_the_masks(capsy
     assert "no foreground" not in out  # the masks hold foreground: it used to blame them
 
 
-def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes(capsys, tiny_data, tmp_path):
-    flags = [*TINY, "--data-dir", str(tiny_data), "--train-list", "train.txt", "--val-list", "val.txt",
-             "--project", str(tmp_path)]
-    code = train.main(train.parse_args([*flags, "--epochs", "2", "--patience", "0"]))
-    assert code == 0, capsys.readouterr().err[-2000:]
-    run_dir = tmp_path / "exp"
+def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes(capsys, tiny_data, tmp_path,
+                                                                                  two_epoch_run):
+    run_dir = two_epoch_run
     best, last = load_checkpoint(run_dir / "best-checkpoint.pth.tar"), load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert not {"optimizer", "scheduler", "scaler", "early_stopping"} & best.keys()  # 172 MB for 14.3M parameters
     assert {"optimizer", "scheduler", "scaler", "early_stopping"} <= last.keys()

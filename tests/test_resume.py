@@ -288,24 +288,11 @@ class _Weights(torch.nn.Module):
         return self.state
 
 
-@pytest.fixture(scope="module")
-def two_epoch_checkpoint(tiny_data, tmp_path_factory):
-    """checkpoint.pth.tar of a finished 2-epoch run on tiny_data by one process (trained once for the module)."""
-    name = f"pytest-resume-two-epochs-{os.getpid()}"
-    flags = [*TINY, "--data-dir", tiny_data, "--train-list", tiny_data / "train.txt", "--val-list",
-             tiny_data / "val.txt", "--epochs", "2", "--name", name]
-    assert train_in_one_thread(flags) == 0
-    checkpoint = tmp_path_factory.mktemp("two_epochs") / "checkpoint.pth.tar"
-    shutil.copy(RUNS / name / "checkpoint.pth.tar", checkpoint)
-    shutil.rmtree(RUNS / name, ignore_errors=True)
-    return checkpoint
-
-
 @pytest.mark.parametrize("trained_by, resumed_by", [(2, 1), (1, 2)])
-def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_by, two_epoch_checkpoint, tmp_path):
+def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_by, two_epoch_run, tmp_path):
     """The refusal comes before any training, so the run resumed is one process's, marked as stopped by
     `trained_by` processes (test_distributed.py checks that a real 2-process job stores its 2)."""
-    checkpoint = Path(shutil.copy(two_epoch_checkpoint, tmp_path / "checkpoint.pth.tar"))
+    checkpoint = Path(shutil.copy(two_epoch_run / "checkpoint.pth.tar", tmp_path / "checkpoint.pth.tar"))
     unfinished(checkpoint, world_size=trained_by)
     before = checkpoint.read_bytes()
     resume = ["--load-model", checkpoint, "--workers", "0", "--wandb-mode", "disabled"]

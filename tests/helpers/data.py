@@ -9,8 +9,17 @@ import cv2
 import numpy as np
 
 from helpers.mjpeg_server import draw_frame
+from make_sample_data import write_dataset
 
 LONG_CLIP_FRAMES = 3600  # fixtures_media.long_clip: about 2 minutes at detect.py's pace, the window tests' bound
+
+
+def write_tiny_data(root):
+    """12 binary image/mask pairs (0/255 masks) in root with split files: 8 train.txt, 2 val.txt, 2 test.txt."""
+    paths = write_dataset(root, 12, seed=1)
+    for name, part in (("train.txt", paths[:8]), ("val.txt", paths[8:10]), ("test.txt", paths[10:])):
+        (root / name).write_text("".join(f"{p.relative_to(root)}\n" for p in part))
+    return root
 
 
 def write_pair(folder, stem, image, mask):

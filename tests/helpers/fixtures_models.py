@@ -9,10 +9,11 @@ import torch
 from segtoolkit.models.checkpoints import save_checkpoint
 from segtoolkit.models.factory import build_model, model_meta
 
-from helpers.data import write_easy_dataset
+from helpers.data import write_easy_dataset, write_tiny_data
 from helpers.detect_runs import QUIET_ENV
 from helpers.once import made_once
 from helpers.paths import REPO
+from helpers.training import TINY, train_in_one_thread
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,18 @@ def trained_checkpoint(tmp_path_factory):
             shutil.rmtree(project, ignore_errors=True)
             shutil.rmtree(data, ignore_errors=True)
     return made_once(tmp_path_factory, "trained_checkpoint", train_easy) / "best-checkpoint.pth.tar"
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(tmp_path_factory):
+    """The folder of a finished 2-epoch TINY run (no early stop) on tiny data of its own (train.txt, val.txt; no
+    test split), trained in-process once for the run (helpers.once). Read it or copy from it; a test that resumes or
+    fine-tunes from it writes its own run elsewhere (--project)."""
+    def train_two_epochs(folder):
+        data = write_tiny_data(folder / "data")
+        assert train_in_one_thread([*TINY, "--data-dir", data, "--train-list", "train.txt", "--val-list", "val.txt",
+                                    "--epochs", "2", "--patience", "0", "--project", folder, "--name", "run"]) == 0
+    return made_once(tmp_path_factory, "two_epoch_run", train_two_epochs) / "run"
 
 
 @pytest.fixture(scope="session")
