@@ -407,7 +407,7 @@ def test_help_shows_each_default_once_and_repository_paths_relative():
 
 
 def test_checkpoints_get_the_umask_mode_without_changing_the_umask(tmp_path):
-    code = ("import os, torch; from segtoolkit import checkpoints; os.umask(0o027); "
+    code = ("import os, torch; from segtoolkit.models import checkpoints; os.umask(0o027); "
             "checkpoints.save_checkpoint('{0}/c.pth.tar', torch.nn.Linear(1, 1), {{}}); "
             "print(oct(os.stat('{0}/c.pth.tar').st_mode & 0o777), oct(os.umask(0o022)))").format(tmp_path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

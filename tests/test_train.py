@@ -10,6 +10,7 @@ import torch
 
 import train
 from segtoolkit.models.checkpoints import load_checkpoint
+from helpers.detect_runs import QUIET_ENV
 from helpers.paths import RUNS
 from segtoolkit.training.config import REPO
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
@@ -136,7 +137,7 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
                "--test-list", str(tiny_data / "test.txt"), "--encoder", "resnet18", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "4", "--workers", "1",
                "--wandb-mode", "offline", "--name", run_name, "--project", str(RUNS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = RUNS / run_name
     assert "test: dice" in result.stdout
@@ -163,7 +164,7 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
     finetuned = subprocess.run(command[:2] + ["--load-model", str(run_dir / "checkpoint.pth.tar"), "--epochs", "1",
                                               "--workers", "0", "--wandb-mode", "disabled", "--name", run_name,
                                               "--project", str(RUNS)],
-                               capture_output=True, text=True, timeout=300, cwd=REPO)
+                               capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert finetuned.returncode == 0, finetuned.stderr[-3000:]
     assert "fine-tuning from" in finetuned.stdout and f"training in {run_dir}2" in finetuned.stdout
     assert load_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 2
@@ -192,8 +193,8 @@ def test_encoder_weights_from_a_local_file(tmp_path):
 
 
 def test_unreachable_imagenet_weights_warn_once_and_train_on(tmp_path):
-    code = ("import warnings; from segtoolkit import models; warnings.simplefilter('always');\n"
-            "m = models.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
+    code = ("import warnings; from segtoolkit.models import factory; warnings.simplefilter('always');\n"
+            "m = factory.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -209,7 +210,7 @@ def test_cli_multiclass_eval_step_and_no_test_split(tmp_path, run_name):
                "--val-split", "0.2", "--classes", "3", "--encoder", "mobilenet_v2", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "2", "--eval-step", "2", "--workers", "0",
                "--wandb-mode", "disabled", "--name", run_name, "--project", str(RUNS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = RUNS / run_name
     with open(run_dir / "results.csv") as handle:
