@@ -219,6 +219,7 @@ def labelled_set(root, count=8):
     return path
 
 
+@pytest.mark.slow
 def test_train_from_coco_detect_to_coco_rank_and_train_on_the_predictions(tmp_path, run_name):
     labels = labelled_set(tmp_path / "data")
     result = subprocess.run(train_command("--coco", labels, "--val-split", "0.25", name=run_name), cwd=REPO,

@@ -5,11 +5,15 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 import torch
 
 from helpers.paths import REPO, RUNS
 from segtoolkit.models.factory import build_model, model_from_checkpoint
 from segtoolkit.models.checkpoints import load_checkpoint
+
+# torchrun jobs (each process imports torch, then trains): among the suite's longest tests
+pytestmark = pytest.mark.slow
 
 
 def tiny_command(data, name, *extra):

@@ -365,6 +365,7 @@ def test_unknown_colour_is_one_line_exit_2_before_training(tmp_path):
 # ---------------------------------------------------------------- the README's examples
 
 
+@pytest.mark.slow
 def test_every_readme_mask_formats_command_runs_as_written(tmp_path, monkeypatch, capsys):
     """README's "Mask formats" train.py lines, as written (then made tiny), each from a folder holding the data
     it names: voc_like/ (palette PNGs of 21 classes, void 255), my_data/ of colour masks with colours.csv in

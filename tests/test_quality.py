@@ -149,6 +149,7 @@ def results_of(run_dir):
     return (run_dir / "results.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_same_seed_same_data_same_results(workers, tiny_data, run_name):
     """albumentations 2 ignores global seeds: before, --seed did not make two runs equal."""

@@ -225,6 +225,7 @@ def readme_train_commands():
     return [line.split("#", 1)[0].strip() for line in section.splitlines() if line.startswith("python3 train.py")]
 
 
+@pytest.mark.slow
 def test_every_readme_train_command_runs_as_written_on_a_users_folder(my_data, tmp_path, run_name):
     """The README's own split example used to fail: the bundled sample's test_dataset.txt was applied to it."""
     commands = readme_train_commands()
@@ -310,6 +311,7 @@ def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_
     assert checkpoint.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_evaluation_with_fewer_validation_images_than_processes_does_not_hang(tiny_data, run_name, tmp_path):
     """4 processes, 3 validation images: one process has no validation batch. Evaluating through the DDP
     wrapper made the others wait for it forever (its forward syncs buffers)."""

@@ -42,6 +42,7 @@ def temp_files(run_dir):
     return list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_complete_checkpoints_and_resumes(data, run_name, tmp_path):
     """Kill -9 repeatedly, mostly while a checkpoint is being written (--eval-step 1 --save-checkpoints
     write one after every step): each file is always the previous or the new complete one."""
@@ -87,6 +88,7 @@ def exit_codes_in_wandb(run_dir):
             for record in read_records(path) if record.WhichOneof("record_type") == "exit"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_sigterm_finish_the_step_save_and_resume(signum, data, run_name, tmp_path):
     """Ctrl-C reaches the whole process group (workers included); SIGTERM only the trainer."""
