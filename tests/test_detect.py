@@ -204,6 +204,7 @@ def test_half_chooses_the_openvino_precision_hint_and_onnx_stays_float32(trained
     assert predictor(torch.ones(1, 3, 4, 4)).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_half_on_the_command_line(trained_checkpoint, easy_held_out, tmp_path):
     """The real command on this machine's CPU: without native bfloat16 one warning line and float32's masks;
     with it no warning and masks that agree."""

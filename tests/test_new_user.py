@@ -407,6 +407,7 @@ def test_tile_overlap_above_the_bound_is_refused_before_the_model_loads(capsys, 
     Tiler(lambda batch: batch, 64, overlap=0.875)  # the bound itself is allowed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_long_tiled_frame_shows_progress_and_stops_on_a_signal(untrained_checkpoint, tmp_path, signum):
     """A 3000x2000 frame in 32 px tiles at the largest overlap is 366,000 tiles, many minutes on one core. Its

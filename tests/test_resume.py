@@ -289,7 +289,7 @@ class _Weights(torch.nn.Module):
         return self.state
 
 
-@pytest.mark.parametrize("trained_by, resumed_by", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("trained_by, resumed_by", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
 def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_by, two_epoch_run, tmp_path):
     """The refusal comes before any training, so the run resumed is one process's, marked as stopped by
     `trained_by` processes (test_distributed.py checks that a real 2-process job stores its 2)."""

@@ -131,6 +131,7 @@ def test_pin_memory_is_a_real_on_off_flag():
     assert train.parse_args(["--pin-memory"]).pin_memory is True
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name):
     command = [sys.executable, str(REPO / "train.py"), "--data-dir", str(tiny_data),
                "--train-list", str(tiny_data / "train.txt"), "--val-list", str(tiny_data / "val.txt"),
