@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from segtoolkit.models.factory import build_model, model_from_checkpoint
 from segtoolkit.models.checkpoints import load_checkpoint
 
@@ -18,9 +19,7 @@ pytestmark = pytest.mark.slow
 
 def tiny_command(data, name, *extra):
     return ["train.py", "--data-dir", str(data), "--train-list", str(data / "train.txt"),
-            "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), "--encoder", "resnet18",
-            "--encoder-weights", "none", "--patch-size", "64", "--workers", "0", "--name", name, "--project", str(RUNS),
-            *extra]
+            "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), *TINY, "--name", name, *extra]
 
 
 # The timeouts only catch a hang: on a CPU shared three or four ways, each process takes 20-40 s just to import
