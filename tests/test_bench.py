@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import run as bench
-from conftest import REPO
+from helpers.paths import REPO
 
 # one intra-op thread for the smokes' processes: two spinning OpenMP threads on a shared 2-core machine crawl
 SMOKE_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")

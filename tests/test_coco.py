@@ -17,10 +17,10 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 import val
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
 from dataloaders import Frame
-from detect_helpers import (QUIET_ENV, easy_held_out, multiclass_checkpoint, read_rows, run_detect,  # noqa: F401
-                            write_video)
+from helpers.data import write_video
+from helpers.detect_runs import QUIET_ENV, read_rows, run_detect
 from segtoolkit.data.coco import CocoWriter, IGNORE_LABEL, coco_pairs, read_classes, segmentation_pixels
 from segtoolkit.errors import UserError
 from segtoolkit.data.masks import read_mask
@@ -289,6 +289,7 @@ def labelled_set(root, count=8):
     return path
 
 
+@pytest.mark.slow
 def test_train_from_coco_detect_to_coco_rank_and_train_on_the_predictions(tmp_path, run_name):
     labels = labelled_set(tmp_path / "data")
     result = subprocess.run(train_command("--coco", labels, "--val-split", "0.25", name=run_name), cwd=REPO,

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames
-from detect_helpers import FakeCamera, fake_webcam, write_video  # noqa: F401
-from mjpeg_server import frame_number
+from helpers.cameras import FakeCamera
+from helpers.data import write_video
+from helpers.mjpeg_server import frame_number
 from segtoolkit.errors import UserError
-from servers import (MjpegServer, free_port, https_mjpeg_server, mjpeg_server, rtmp_server,  # noqa: F401
-                     rtsp_server, rtsp_udp_only_server, wait_until)
-from segtoolkit.data.sources import SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources, safe_name
+from helpers.servers import MjpegServer, free_port, wait_until
+from segtoolkit.data.sources import (SourceKind, check_webcam, detect_source, mask_credentials, resolve_sources,
+                                     safe_name)
 
 
 @pytest.fixture

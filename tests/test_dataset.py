@@ -12,7 +12,7 @@ from segtoolkit.data.imaging import dataset_bit_depth, letterbox, normalize, pre
 from segtoolkit.data.splits import pair_masks, read_split_file, search_files
 from segtoolkit.data.imaging import IMAGENET_MEAN, IMAGENET_STD
 from segtoolkit.errors import UserError
-from conftest import write_pair
+from helpers.data import write_pair
 from segtoolkit.data.masks import IGNORE
 
 
@@ -363,7 +363,8 @@ def test_one_raw_value_reads_as_one_8_bit_value_in_every_image_of_the_data(tmp_p
 def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_every_reader(tmp_path, run_name, capsys,
                                                                                          fresh_bit_depth_notes):
     import train
-    from conftest import RUNS
+    from helpers.paths import RUNS
+    from helpers.training import TINY
     from dataloaders import LoadImages
     from segtoolkit.export import int8 as quantize
     from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
@@ -372,9 +373,7 @@ def test_the_bit_depth_is_decided_once_stored_in_the_checkpoint_and_used_by_ever
     pairs = two_frames(tmp_path / "data", (900, 4000), "train") + two_frames(tmp_path / "data", (1000,), "val")
     for name, stems in (("train.txt", ["train0", "train1"]), ("val.txt", ["val0"])):
         (tmp_path / "data" / name).write_text("".join(f"imgs/{stem}.png\n" for stem in stems))
-    common = ["--data-dir", str(tmp_path / "data"), "--train-list", "train.txt", "--val-list", "val.txt",
-              "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-              "--epochs", "1", "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
+    common = ["--data-dir", str(tmp_path / "data"), "--train-list", "train.txt", "--val-list", "val.txt", *TINY]
     assert train.main(train.parse_args([*common, "--name", run_name])) == 0
     out = capsys.readouterr().out
     assert "16-bit images read as 12-bit data" in out  # the training split's largest value is 4000

@@ -5,18 +5,21 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 import torch
 
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from segtoolkit.models.factory import build_model, model_from_checkpoint
 from segtoolkit.models.checkpoints import load_checkpoint
+
+# torchrun jobs (each process imports torch, then trains): among the suite's longest tests
+pytestmark = pytest.mark.slow
 
 
 def tiny_command(data, name, *extra):
     return ["train.py", "--data-dir", str(data), "--train-list", str(data / "train.txt"),
-            "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), "--encoder", "resnet18",
-            "--encoder-weights", "none", "--patch-size", "64", "--workers", "0", "--name", name, "--project", str(RUNS),
-            *extra]
+            "--val-list", str(data / "val.txt"), "--test-list", str(data / "test.txt"), *TINY, "--name", name, *extra]
 
 
 # The timeouts only catch a hang: on a CPU shared three or four ways, each process takes 20-40 s just to import
@@ -50,6 +53,7 @@ def test_two_process_job_writes_one_run_that_loads_alone(tiny_data, run_name):
     assert mask.shape == cv2.imread(str(image)).shape[:2]
     resumed_alone = load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert resumed_alone["epoch"] == 2 and resumed_alone["global_step"] == 4  # 8 images / (2 x 2) per step
+    assert resumed_alone["world_size"] == 2  # what a resume by another number of processes is refused by
 
 
 def square_copy(data, folder):

@@ -202,6 +202,7 @@ def test_a_resize_whose_factor_changes_with_the_size_is_left_alone(tmp_path):
     assert [len(node.input) for node in resizes] == [3, 4]  # the 2x one takes scales, the fixed one keeps sizes
 
 
+@pytest.mark.slow
 def test_detect_runs_the_onnx_file_with_no_extra_flags(checkpoint, exported, tmp_path):
     path, _ = exported
     image = sorted((SAMPLE / "imgs").iterdir())[-1]
@@ -416,6 +417,7 @@ def test_openvino_masks_agree_with_pytorch_on_the_pixels_it_is_sure_of(checkpoin
         assert np.abs(predict(batch.numpy()) - model(batch).numpy()).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_detect_runs_the_openvino_file_with_no_extra_flags(checkpoint, exported_openvino, tmp_path):
     path, _, _, _ = exported_openvino
     images = sorted((SAMPLE / "imgs").iterdir())[-3:]

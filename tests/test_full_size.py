@@ -1,5 +1,5 @@
-"""segtoolkit.inference.full_size and the band-by-band scoring of segtoolkit.evaluation.scoring: logits brought back to each
-image's own size (bilinear, as torch's interpolate, the letterbox padding cut away), the same whatever the
+"""segtoolkit.inference.full_size and the band-by-band scoring of segtoolkit.evaluation.scoring: logits brought back
+to each image's own size (bilinear, as torch's interpolate, the letterbox padding cut away), the same whatever the
 bands, and a sliding-window image scored one band at a time, never holding its logits whole."""
 
 import numpy as np

@@ -13,7 +13,9 @@ import torch
 
 import detect
 import train
-from conftest import REPO, RUNS, write_pair
+from helpers.data import write_pair
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from dataset import BinaryDataset, Dataset
 from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.errors import UserError
@@ -24,8 +26,6 @@ from segtoolkit.inference.full_size import FullSizePredictor, to_labels
 from segtoolkit.inference.predictor import TorchPredictor
 from segtoolkit.inference.tiling import Tiler, tile_starts
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--wandb-mode", "disabled", "--workers", "0", "--project", str(RUNS)]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ import detect
 import export
 import train
 import val
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY, train_tiny
 from make_sample_data import write_dataset
 from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.data.classes import load_mask_colors
@@ -38,9 +39,6 @@ from segtoolkit.models.factory import model_from_checkpoint
 from segtoolkit.inference.onnx_runtime import load_onnx
 from segtoolkit.data.polygons import polygon_records
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1", "--project", str(RUNS)]
-SEARCH = ["--search-files", "--val-split", "0.25", "--test-split", "0.25", "--seed", "3"]
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]  # VOC's first colours; 255 (void) is (224, 224, 192)
 COLOURS = {"background": (0, 0, 0), "cell": (255, 0, 0), "nucleus": (0, 0, 255)}
 IGNORE_COLOUR = (255, 255, 255)
@@ -56,12 +54,6 @@ def save_palette(path, indices, colours):
     palette[255 * 3:] = [224, 224, 192]
     picture.putpalette(palette)
     picture.save(path)
-
-
-def train_tiny(data_dir, name, *flags):
-    code = train.main(train.parse_args([*TINY, "--data-dir", str(data_dir), *SEARCH, "--name", name, *flags]))
-    assert code == 0
-    return RUNS / name
 
 
 @pytest.fixture(scope="module")
@@ -373,6 +365,7 @@ def test_unknown_colour_is_one_line_exit_2_before_training(tmp_path):
 # ---------------------------------------------------------------- the README's examples
 
 
+@pytest.mark.slow
 def test_every_readme_mask_formats_command_runs_as_written(tmp_path, monkeypatch, capsys):
     """README's "Mask formats" train.py lines, as written (then made tiny), each from a folder holding the data
     it names: voc_like/ (palette PNGs of 21 classes, void 255), my_data/ of colour masks with colours.csv in

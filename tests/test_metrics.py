@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
-from servers import wait_until
+from helpers.servers import wait_until
 
 
 def one_hot_logits(predicted, classes):
@@ -93,7 +93,7 @@ def test_metrics_json_writes_null_for_nan():
 
 def test_wandb_gets_no_nan(tmp_path):
     from segtoolkit.training.run_log import RunLogger
-    from wandb_records import logged_keys
+    from helpers.wandb_records import logged_keys
     logger = RunLogger(tmp_path, {"lr": 1e-3}, mode="offline", name="nan-test")
     logger.log({"epoch": 1, "val/loss": 0.5, "val/dice": math.nan, "val/dice_b": math.nan}, step=1)
     logger.summary({"test/dice": math.nan, "test/loss": 0.4})

@@ -24,10 +24,10 @@ import train
 import val
 from segtoolkit.training.run_log import NullLogger
 from segtoolkit.inference.tiling import Tiler
-from servers import wait_until
-from test_train import make_trainer, tiny_sets
+from helpers.servers import wait_until
+from helpers.training import TINY, make_trainer, tiny_sets
 from dataloaders import Frame
-from detect_helpers import detect_process, read_rows, wait_for_stderr
+from helpers.detect_runs import detect_process, read_rows, wait_for_stderr
 from make_sample_data import write_dataset
 from segtoolkit.outputs.detections import ResultWriter
 from segtoolkit.outputs.frame_exports import FrameExports
@@ -36,7 +36,7 @@ from segtoolkit.data.classes import class_colours
 from segtoolkit.data.polygons import find_regions, largest_area, polygon_records
 from segtoolkit.inference.probabilities import Prediction
 from segtoolkit.data.augment import load_augmentation
-from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
+from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.training.config import RunConfig
 from segtoolkit.errors import UserError
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
@@ -99,8 +99,6 @@ def test_tilde_is_expanded_in_every_path_flag(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- files and folders (items 3, 10, 13)
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1"]
 
 
 def train_error(capsys, argv):
@@ -208,12 +206,9 @@ def test_no_best_checkpoint_after_divergence_blames_the_loss_not_the_masks(capsy
     assert "no foreground" not in out  # the masks hold foreground: it used to blame them
 
 
-def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes(capsys, tiny_data, tmp_path):
-    flags = [*TINY, "--data-dir", str(tiny_data), "--train-list", "train.txt", "--val-list", "val.txt",
-             "--project", str(tmp_path)]
-    code = train.main(train.parse_args([*flags, "--epochs", "2", "--patience", "0"]))
-    assert code == 0, capsys.readouterr().err[-2000:]
-    run_dir = tmp_path / "exp"
+def test_best_checkpoint_holds_weights_and_description_only_and_still_fine_tunes(capsys, tiny_data, tmp_path,
+                                                                                  two_epoch_run):
+    run_dir = two_epoch_run
     best, last = load_checkpoint(run_dir / "best-checkpoint.pth.tar"), load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert not {"optimizer", "scheduler", "scaler", "early_stopping"} & best.keys()  # 172 MB for 14.3M parameters
     assert {"optimizer", "scheduler", "scaler", "early_stopping"} <= last.keys()
@@ -412,14 +407,7 @@ def test_tile_overlap_above_the_bound_is_refused_before_the_model_loads(capsys, 
     Tiler(lambda batch: batch, 64, overlap=0.875)  # the bound itself is allowed
 
 
-@pytest.fixture(scope="module")
-def untrained_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("untrained") / "model.pth.tar"
-    save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
-    return path
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_long_tiled_frame_shows_progress_and_stops_on_a_signal(untrained_checkpoint, tmp_path, signum):
     """A 3000x2000 frame in 32 px tiles at the largest overlap is 366,000 tiles, many minutes on one core. Its

@@ -64,7 +64,7 @@ def test_preview_shows_the_mask_detect_writes(meta_options, mode, data, tmp_path
         images=images, masks=masks, predictions=predictions))
     full_size = FullSizePredictor.from_meta(TorchPredictor(model, torch.device("cpu")), meta)
     run_log.preview_grid(full_size, dataset, count=len(pairs), meta=meta)
-    for (image_path, mask_path), prediction in zip(pairs, shown["predictions"]):
+    for (image_path, _mask_path), prediction in zip(pairs, shown["predictions"]):
         written = cv2.imread(str(tmp_path / "detect" / "masks" / image_path.name), cv2.IMREAD_UNCHANGED)
         assert written.shape == SIZES[image_path.name]
         assert 0.05 < (written > 0).mean() < 0.95  # a mask with edges: a fit that differs would move them

@@ -4,7 +4,7 @@ and pyproject.toml declaring what requirements.txt pins."""
 import ast
 import tomllib
 
-from conftest import REPO
+from helpers.paths import REPO
 
 ROOT_MODULES = {path.stem for path in REPO.glob("*.py")}
 

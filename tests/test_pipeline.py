@@ -150,20 +150,12 @@ def test_helper_threads_run_at_the_lowest_priority():
     assert seen == [19]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from segtoolkit.models.factory import build_model, model_meta
-    from segtoolkit.models.checkpoints import save_checkpoint
-    path = tmp_path_factory.mktemp("model") / "tiny.pth.tar"
-    save_checkpoint(path, build_model("Unet", "resnet18", 1), model_meta("Unet", "resnet18", 1, 64))
-    return path
-
-
-def test_detect_writes_every_frame_in_order_through_the_threads(tiny_model, tmp_path, capsys):
+def test_detect_writes_every_frame_in_order_through_the_threads(untrained_checkpoint, tmp_path, capsys):
     import detect
-    from detect_helpers import read_rows, video_facts, write_video
+    from helpers.data import video_facts, write_video
+    from helpers.detect_runs import read_rows
     video = write_video(tmp_path / "clip.mp4", 20)
-    summary = detect.run(model=tiny_model, source=video, save_video=True, save_dir=tmp_path / "out")
+    summary = detect.run(model=untrained_checkpoint, source=video, save_video=True, save_dir=tmp_path / "out")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("video ")]
     assert summary["frames"] == 20 and [line.split("(")[1].split("/")[0] for line in lines] == \
         [str(n) for n in range(1, 21)]  # printed in frame order
@@ -171,11 +163,12 @@ def test_detect_writes_every_frame_in_order_through_the_threads(tiny_model, tmp_
     assert video_facts(tmp_path / "out" / "clip.mp4")[:1] == (20,)
 
 
-def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_stay(tiny_model, tmp_path,
+def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_stay(untrained_checkpoint, tmp_path,
                                                                                     monkeypatch, capsys):
     import detect
     from segtoolkit.outputs import detections as detect_outputs
-    from detect_helpers import read_rows, video_facts, write_video
+    from helpers.data import video_facts, write_video
+    from helpers.detect_runs import read_rows
     from segtoolkit.errors import UserError
     video = write_video(tmp_path / "clip.mp4", 30)
     original, written = detect_outputs.ResultWriter.write_video_frame, []
@@ -187,7 +180,7 @@ def test_a_write_failure_in_the_finisher_is_a_one_line_error_and_earlier_rows_st
         original(self, frame, *rest)
 
     monkeypatch.setattr(detect_outputs.ResultWriter, "write_video_frame", fail_on_fifth)
-    args = detect.parse_args(["--model", str(tiny_model), "--source", str(video), "--save-video",
+    args = detect.parse_args(["--model", str(untrained_checkpoint), "--source", str(video), "--save-video",
                               "--save-dir", str(tmp_path / "out")])
     assert detect.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: cannot write {video}: disk full"]

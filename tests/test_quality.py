@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, RUNS, write_pair
+from helpers.data import write_pair
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY
 from dataset import BinaryDataset, Dataset, make_dataset
 from make_sample_data import write_dataset
 from segtoolkit.data.augment import augmentation_from_dict, load_augmentation, preset
@@ -24,14 +26,13 @@ from segtoolkit.errors import UserError
 from segtoolkit.data.loaders import collate
 from segtoolkit.evaluation.scoring import evaluate
 from segtoolkit.inference.full_size import FullSizePredictor
-from segtoolkit.training.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights, parse_loss
+from segtoolkit.training.losses import (default_loss, make_loss, median_frequency_weights, parse_class_weights,
+                                        parse_loss)
 from segtoolkit.data.masks import IGNORE
 from segtoolkit.models.factory import build_model, model_meta
 from segtoolkit.data.splits import pair_masks, read_split_file
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--wandb-mode", "disabled", "--project", RUNS]
 
 
 # ---------------------------------------------------------------- augmentation chosen for the data
@@ -149,6 +150,7 @@ def results_of(run_dir):
     return (run_dir / "results.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_same_seed_same_data_same_results(workers, tiny_data, run_name):
     """albumentations 2 ignores global seeds: before, --seed did not make two runs equal."""
@@ -204,7 +206,8 @@ def test_every_loss_leaves_ignored_pixels_out(classes, specs):
     target = target.unsqueeze(1).float() if classes == 1 else target
     for spec in specs:
         logits = torch.randn(2, classes, 8, 8, requires_grad=True)
-        weights = None if "lovasz" in spec or (classes == 1 and "bce" not in spec) else [0.5] + [2.0] * max(classes - 1, 1)
+        unweighted = "lovasz" in spec or (classes == 1 and "bce" not in spec)
+        weights = None if unweighted else [0.5] + [2.0] * max(classes - 1, 1)
         loss = make_loss(spec, classes, weights)(logits, target)
         loss.backward()
         assert torch.isfinite(loss), spec

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +15,41 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, RUNS
+from helpers.paths import REPO, RUNS
+from helpers.training import TINY, train_in_one_thread
 from make_sample_data import write_dataset
 from segtoolkit.models.checkpoints import load_checkpoint, save_checkpoint
 from segtoolkit.training import config
 from segtoolkit.training.config import start_mode
 from segtoolkit.models.factory import model_meta
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--project", str(RUNS)]
 ENV = dict(os.environ, WANDB_SILENT="true", OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
 SAMPLE = REPO / "data" / "sample"
 
 
-@pytest.fixture
-def my_data(tmp_path):
-    """A user's data folder whose file names are the bundled sample's (sample_000.png...): 6 train, 3 val,
-    with the split files inside it."""
-    root = tmp_path / "my_data"
+@pytest.fixture(scope="module")
+def my_data_as_written(tmp_path_factory):
+    """(folder, copy): a user's data folder whose file names are the bundled sample's (sample_000.png...): 6 train,
+    3 val, with the split files inside it; and a copy of it as written."""
+    root = tmp_path_factory.mktemp("user") / "my_data"
     paths = write_dataset(root, 9, seed=5)
     (root / "train.txt").write_text("".join(f"imgs/{path.name}\n" for path in paths[:6]))
     (root / "val.txt").write_text("".join(f"imgs/{path.name}\n" for path in paths[6:]))
     assert (SAMPLE / "imgs" / paths[0].name).exists()  # the names collide with the sample's
-    return root
+    return root, Path(shutil.copytree(root, tmp_path_factory.mktemp("as_written") / "my_data"))
+
+
+def restore(folder, copy):
+    """Put `folder` back as `copy` holds it, at the same path (so a checkpoint naming its files stays valid)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(copy, folder)
+
+
+@pytest.fixture
+def my_data(my_data_as_written):
+    """The user's data folder (my_data_as_written), as written: one path for the module, restored for each test."""
+    restore(*my_data_as_written)
+    return my_data_as_written[0]
 
 
 def run_in_process(capsys, *flags):
@@ -50,24 +63,35 @@ def fingerprint(folder):
             for path in sorted(Path(folder).rglob("*")) if path.is_file()}
 
 
-@pytest.fixture
-def interrupted_run(my_data, run_name, capsys, monkeypatch):
-    """A 3-epoch run on my_data stopped (as by Ctrl-C) after its first epoch: (run folder, flags)."""
+@pytest.fixture(scope="module")
+def interrupted_as_left(my_data_as_written, tmp_path_factory):
+    """(run folder, copy): a 3-epoch run on my_data stopped (as by Ctrl-C) after its first epoch, trained once for
+    the module; and a copy of the folder as the stop left it."""
+    restore(*my_data_as_written)
     evaluate = train.UnetTraining.end_of_evaluation_period
 
     def stop_after_first(self):
         self.stop.event.set()
         return evaluate(self)
 
-    monkeypatch.setattr(train.UnetTraining, "end_of_evaluation_period", stop_after_first)
-    flags = [*TINY, "--data-dir", my_data, "--train-list", "train.txt", "--val-list", "val.txt", "--epochs", "3",
-             "--name", run_name]
-    code, _, err = run_in_process(capsys, *flags)
-    assert code == 130, err[-2000:]
-    monkeypatch.setattr(train.UnetTraining, "end_of_evaluation_period", evaluate)
-    run_dir = RUNS / run_name
+    name = f"pytest-resume-interrupted-{os.getpid()}"
+    flags = [*TINY, "--data-dir", my_data_as_written[0], "--train-list", "train.txt", "--val-list", "val.txt",
+             "--epochs", "3", "--name", name]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.UnetTraining, "end_of_evaluation_period", stop_after_first)
+        assert train_in_one_thread(flags) == 130
+    run_dir = RUNS / name
     assert load_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 1
-    return run_dir
+    yield run_dir, Path(shutil.copytree(run_dir, tmp_path_factory.mktemp("as_left") / name))
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def interrupted_run(interrupted_as_left, my_data):
+    """The interrupted run's folder, as the stop left it, on my_data as written (restored for each test: the tests
+    resume the run or take its files away)."""
+    restore(*interrupted_as_left)
+    return interrupted_as_left[0]
 
 
 def record_datasets(monkeypatch):
@@ -115,7 +139,8 @@ def test_resume_refuses_flags_that_would_change_the_run_and_touches_nothing(inte
                          (["--data-dir", SAMPLE], f"--data-dir {SAMPLE} differs from the run being resumed "
                                                   f"({my_data})"),
                          (["--name", "other"], "--name other differs"),
-                         (["--resize", "letterbox"], "--resize letterbox differs from the run being resumed (stretch)")):
+                         (["--resize", "letterbox"],
+                          "--resize letterbox differs from the run being resumed (stretch)")):
         code, out, err = run_in_process(capsys, "--load-model", checkpoint, *flags)
         assert code == 2, err[-2000:]
         assert err.count("\n") == 1 and err.startswith(f"error: {named}"), err
@@ -201,6 +226,7 @@ def readme_train_commands():
     return [line.split("#", 1)[0].strip() for line in section.splitlines() if line.startswith("python3 train.py")]
 
 
+@pytest.mark.slow
 def test_every_readme_train_command_runs_as_written_on_a_users_folder(my_data, tmp_path, run_name):
     """The README's own split example used to fail: the bundled sample's test_dataset.txt was applied to it."""
     commands = readme_train_commands()
@@ -245,12 +271,13 @@ def torchrun(processes, arguments, timeout=600):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
 
 
-def unfinished(path):
-    """Mark a finished run's last checkpoint as stopped after its first epoch (what Ctrl-C would leave)."""
+def unfinished(path, world_size=None):
+    """Mark a finished run's last checkpoint as stopped after its first epoch (what Ctrl-C would leave), by
+    `world_size` processes if given."""
     checkpoint = load_checkpoint(path)
     state = {key: value for key, value in checkpoint.items() if key not in ("format", "version", "meta", "config",
                                                                              "model")}
-    state.update(epoch=1, step_in_epoch=0, finished=False)
+    state.update(epoch=1, step_in_epoch=0, finished=False, **({"world_size": world_size} if world_size else {}))
     save_checkpoint(path, _Weights(checkpoint["model"]), checkpoint["meta"], checkpoint["config"], **state)
 
 
@@ -263,16 +290,12 @@ class _Weights(torch.nn.Module):
         return self.state
 
 
-@pytest.mark.parametrize("trained_by, resumed_by", [(2, 1), (1, 2)])
-def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_by, tiny_data, run_name):
-    flags = [*TINY, "--data-dir", tiny_data, "--train-list", tiny_data / "train.txt", "--val-list",
-             tiny_data / "val.txt", "--epochs", "2", "--name", run_name]
-    first = torchrun(2, flags) if trained_by == 2 else subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *map(str, flags)], capture_output=True, text=True, timeout=600,
-        cwd=REPO, env=ENV)
-    assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = RUNS / run_name / "checkpoint.pth.tar"
-    unfinished(checkpoint)
+@pytest.mark.parametrize("trained_by, resumed_by", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
+def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_by, two_epoch_run, tmp_path):
+    """The refusal comes before any training, so the run resumed is one process's, marked as stopped by
+    `trained_by` processes (test_distributed.py checks that a real 2-process job stores its 2)."""
+    checkpoint = Path(shutil.copy(two_epoch_run / "checkpoint.pth.tar", tmp_path / "checkpoint.pth.tar"))
+    unfinished(checkpoint, world_size=trained_by)
     before = checkpoint.read_bytes()
     resume = ["--load-model", checkpoint, "--workers", "0", "--wandb-mode", "disabled"]
     result = torchrun(2, resume) if resumed_by == 2 else subprocess.run(
@@ -289,6 +312,7 @@ def test_resume_with_another_number_of_processes_is_refused(trained_by, resumed_
     assert checkpoint.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_evaluation_with_fewer_validation_images_than_processes_does_not_hang(tiny_data, run_name, tmp_path):
     """4 processes, 3 validation images: one process has no validation batch. Evaluating through the DDP
     wrapper made the others wait for it forever (its forward syncs buffers)."""
@@ -386,9 +410,9 @@ def test_help_shows_each_default_once_and_repository_paths_relative():
 
 
 def test_checkpoints_get_the_umask_mode_without_changing_the_umask(tmp_path):
-    code = ("import os, torch; from segtoolkit import checkpoints; os.umask(0o027); "
-            "checkpoints.save_checkpoint('{0}/c.pth.tar', torch.nn.Linear(1, 1), {{}}); "
-            "print(oct(os.stat('{0}/c.pth.tar').st_mode & 0o777), oct(os.umask(0o022)))").format(tmp_path)
+    code = ("import os, torch; from segtoolkit.models import checkpoints; os.umask(0o027); "
+            f"checkpoints.save_checkpoint('{tmp_path}/c.pth.tar', torch.nn.Linear(1, 1), {{}}); "
+            f"print(oct(os.stat('{tmp_path}/c.pth.tar').st_mode & 0o777), oct(os.umask(0o022)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.split() == ["0o640", "0o27"], result.stderr[-2000:]
     calls = [(source.name, node.lineno) for source in sorted([*REPO.glob("*.py"), *REPO.glob("segtoolkit/**/*.py")])

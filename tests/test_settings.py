@@ -11,7 +11,7 @@ import detect
 import export
 import train
 import val
-from conftest import REPO
+from helpers.paths import REPO
 from segtoolkit.models.factory import model_meta
 from segtoolkit.training.config import STORED_BEFORE, RunConfig
 

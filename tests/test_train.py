@@ -9,32 +9,14 @@ import pytest
 import torch
 
 import train
-from dataset import make_dataset
 from segtoolkit.models.checkpoints import load_checkpoint
-from conftest import REPO, RUNS
-from segtoolkit.training.config import RunConfig
+from helpers.detect_runs import QUIET_ENV
+from helpers.paths import REPO, RUNS
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, model_from_checkpoint, model_meta
-from segtoolkit.data.splits import pair_masks, read_split_file
 from segtoolkit.outputs.files import make_run_dir
-from wandb_records import logged_keys
-
-
-def tiny_sets(root, patch=64, augment=False):
-    def pairs(name):
-        return pair_masks(read_split_file(root / name, root), root / "masks")
-    return (make_dataset(pairs("train.txt"), patch, 1, augment=augment),
-            make_dataset(pairs("val.txt"), patch, 1, evaluation=True),
-            make_dataset(pairs("test.txt"), patch, 1, evaluation=True))
-
-
-def make_trainer(root, run_dir, epochs=3, **options):
-    torch.manual_seed(0)
-    train_set, val_set, test_set = tiny_sets(root)
-    model = build_model("Unet", "resnet18", 1)
-    meta = model_meta("Unet", "resnet18", 1, 64)
-    config = RunConfig(**{**dict(epochs=epochs, batch_size=2, workers=0, lr=1e-3), **options})
-    return train.UnetTraining(model, train_set, val_set, test_set, config=config, run_dir=run_dir, meta=meta)
+from helpers.training import make_trainer
+from helpers.wandb_records import logged_keys
 
 
 def test_onecycle_spans_exactly_epochs_times_steps(tiny_data, tmp_path):
@@ -148,13 +130,14 @@ def test_pin_memory_is_a_real_on_off_flag():
     assert train.parse_args(["--pin-memory"]).pin_memory is True
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name):
     command = [sys.executable, str(REPO / "train.py"), "--data-dir", str(tiny_data),
                "--train-list", str(tiny_data / "train.txt"), "--val-list", str(tiny_data / "val.txt"),
                "--test-list", str(tiny_data / "test.txt"), "--encoder", "resnet18", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "4", "--workers", "1",
                "--wandb-mode", "offline", "--name", run_name, "--project", str(RUNS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = RUNS / run_name
     assert "test: dice" in result.stdout
@@ -181,7 +164,7 @@ def test_cli_end_to_end_writes_checkpoints_results_and_wandb(tiny_data, run_name
     finetuned = subprocess.run(command[:2] + ["--load-model", str(run_dir / "checkpoint.pth.tar"), "--epochs", "1",
                                               "--workers", "0", "--wandb-mode", "disabled", "--name", run_name,
                                               "--project", str(RUNS)],
-                               capture_output=True, text=True, timeout=300, cwd=REPO)
+                               capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert finetuned.returncode == 0, finetuned.stderr[-3000:]
     assert "fine-tuning from" in finetuned.stdout and f"training in {run_dir}2" in finetuned.stdout
     assert load_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 2
@@ -210,8 +193,9 @@ def test_encoder_weights_from_a_local_file(tmp_path):
 
 
 def test_unreachable_imagenet_weights_warn_once_and_train_on(tmp_path):
-    code = ("import warnings; from segtoolkit.models import factory as models; warnings.simplefilter('always');\n"
-            "m = models.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet'); print('built', type(m).__name__)")
+    code = ("import warnings; from segtoolkit.models import factory; warnings.simplefilter('always');\n"
+            "m = factory.build_model('Unet', 'resnet18', 1, encoder_weights='imagenet');\n"
+            "print('built', type(m).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -227,7 +211,7 @@ def test_cli_multiclass_eval_step_and_no_test_split(tmp_path, run_name):
                "--val-split", "0.2", "--classes", "3", "--encoder", "mobilenet_v2", "--encoder-weights", "none",
                "--patch-size", "64", "--epochs", "2", "--batch-size", "2", "--eval-step", "2", "--workers", "0",
                "--wandb-mode", "disabled", "--name", run_name, "--project", str(RUNS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=QUIET_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = RUNS / run_name
     with open(run_dir / "results.csv") as handle:

@@ -24,31 +24,14 @@ import torch
 
 import detect
 import export
-import train
 import val
-from conftest import REPO, RUNS
+from helpers.paths import REPO
+from helpers.training import SEARCH, train_tiny
 from make_sample_data import write_dataset
 from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.data.masks import read_mask
 from segtoolkit.outputs.val_report import class_rows, class_table, row_normalized
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", "64", "--batch-size", "2",
-        "--workers", "0", "--wandb-mode", "disabled", "--epochs", "1", "--project", RUNS]
-SEARCH = ["--search-files", "--val-split", "0.25", "--test-split", "0.25", "--seed", "3"]
-
-
-def train_tiny(data_dir, name, *flags):
-    """A finished one-epoch run in RUNS/name, trained with one thread as val.py runs in these tests (another
-    thread count may sum a convolution in another order, and a logit near 0 would then flip a pixel)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = train.main(train.parse_args([*map(str, TINY), "--data-dir", str(data_dir), *SEARCH, "--name", name,
-                                            *flags]))
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    return RUNS / name
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """Real servers for the stream and window tests, started and stopped by the tests themselves.
 
-- an RTSP server (GStreamer's, tests/rtsp_server.py, run by Debian's /usr/bin/python3 with python3-gi)
-- an HTTP MJPEG server (tests/mjpeg_server.py), also over HTTPS with a self-signed certificate made by
+- an RTSP server (GStreamer's, rtsp_server.py here, run by Debian's /usr/bin/python3 with python3-gi)
+- an HTTP MJPEG server (mjpeg_server.py here), also over HTTPS with a self-signed certificate made by
   the `openssl` command at test time
-- an RTMP server (FFmpeg in listen mode, tests/rtmp_server.py)
+- an RTMP server (FFmpeg in listen mode, rtmp_server.py here)
 - an X server (Xvfb) with a window manager (openbox) for --view-img
+
+The fixtures that start them are in fixtures_sources.py and fixtures_display.py.
 
 All listen on 127.0.0.1 (Xvfb on a local socket only), pick free ports or displays themselves, wait for
 readiness with a deadline and are stopped (then killed) at the end of the test.
@@ -19,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # the server scripts
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has the gi bindings for GStreamer
 
 
@@ -153,7 +153,7 @@ class MjpegServer(ServerProcess):
         self.port, self.certificate = port or free_port(), certificate
         tls = ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])] if certificate else []
         self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.port}/stream.mjpg"
-        super().__init__([sys.executable, str(TESTS / "mjpeg_server.py"), "--port", str(self.port), "--fps", str(fps),
+        super().__init__([sys.executable, str(HERE / "mjpeg_server.py"), "--port", str(self.port), "--fps", str(fps),
                           "--width", str(width), "--height", str(height), "--start", str(start_number), *tls],
                          Path(log_dir) / f"mjpeg-{self.port}.log")
 
@@ -162,7 +162,7 @@ class RtspServer(ServerProcess):
     def __init__(self, log_dir, port=None, protocols="tcp,udp", fps=10, width=160, height=120):
         self.port = port or free_port()
         self.url = f"rtsp://127.0.0.1:{self.port}/test"
-        super().__init__([SYSTEM_PYTHON, str(TESTS / "rtsp_server.py"), "--port", str(self.port), "--protocols",
+        super().__init__([SYSTEM_PYTHON, str(HERE / "rtsp_server.py"), "--port", str(self.port), "--protocols",
                           protocols, "--fps", str(fps), "--width", str(width), "--height", str(height)],
                          Path(log_dir) / f"rtsp-{self.port}.log")
 
@@ -171,77 +171,8 @@ class RtmpServer(ServerProcess):
     def __init__(self, log_dir, port=None, fps=10, width=176, height=96):
         self.port = port or free_port()
         self.url = f"rtmp://127.0.0.1:{self.port}/live/test"
-        super().__init__([sys.executable, str(TESTS / "rtmp_server.py"), "--port", str(self.port), "--fps", str(fps),
+        super().__init__([sys.executable, str(HERE / "rtmp_server.py"), "--port", str(self.port), "--fps", str(fps),
                           "--width", str(width), "--height", str(height)], Path(log_dir) / f"rtmp-{self.port}.log")
-
-
-@pytest.fixture
-def mjpeg_server(tmp_path):
-    """A running MJPEG server at 10 FPS, 192x128 (its `url`); the test may stop() and start() it."""
-    server = MjpegServer(tmp_path).start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def https_mjpeg_server(tmp_path):
-    """The same MJPEG stream over HTTPS only, with a self-signed certificate made for this test."""
-    server = MjpegServer(tmp_path, certificate=self_signed_certificate(tmp_path)).start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def rtsp_server(tmp_path):
-    """A running GStreamer RTSP server (TCP and UDP) at 10 FPS, 160x120."""
-    server = RtspServer(tmp_path).start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def rtsp_udp_only_server(tmp_path):
-    """An RTSP server that refuses TCP transport (like some cameras)."""
-    server = RtspServer(tmp_path, protocols="udp").start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def rtmp_server(tmp_path):
-    """A running RTMP server (FFmpeg, H.264) at 10 FPS, 176x96, frames numbered like the MJPEG server's."""
-    server = RtmpServer(tmp_path).start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def xvfb_display(tmp_path_factory):
-    """A virtual X display (':N', chosen by Xvfb itself so parallel runs do not collide)."""
-    read_end, write_end = os.pipe()
-    log = open(tmp_path_factory.mktemp("xvfb") / "xvfb.log", "w")
-    process = subprocess.Popen([shutil.which("Xvfb") or "Xvfb", "-displayfd", str(write_end), "-screen", "0",
-                                "800x600x24", "-nolisten", "tcp"], pass_fds=(write_end,), stdout=log, stderr=log)
-    os.close(write_end)
-    number = b""
-    deadline = time.monotonic() + 60  # seconds on a busy machine; a missing Xvfb fails at once
-    while not number.endswith(b"\n") and time.monotonic() < deadline and process.poll() is None:
-        if select.select([read_end], [], [], 0.2)[0]:
-            chunk = os.read(read_end, 16)
-            if not chunk:
-                break
-            number += chunk
-    os.close(read_end)
-    if not number.strip():
-        process.kill()
-        raise RuntimeError("Xvfb did not start (setup.sh --dev installs the xvfb package)")
-    display = f":{number.decode().strip()}"
-    manager = start_window_manager(display, log)
-    yield display
-    for server in (manager, process):
-        server.terminate()
-        server.wait(timeout=10)
-    log.close()
 
 
 def start_window_manager(display, log):

@@ -7,7 +7,7 @@ are made at --fps like a camera and sent as H.264 (libx264, zero latency). Needs
 (setup.sh --dev installs it). Prints "ready" once FFmpeg listens.
 
 Usage:
-    python tests/rtmp_server.py --port 1935 --fps 10 --width 176 --height 96
+    python tests/helpers/rtmp_server.py --port 1935 --fps 10 --width 176 --height 96
     ffplay rtmp://127.0.0.1:1935/live/test
 """
 

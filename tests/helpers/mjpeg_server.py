@@ -6,9 +6,9 @@ dark background below the strip. Listens on 127.0.0.1 only. With --certfile and 
 HTTPS only (TLS on the same port), like a camera behind a self-signed certificate.
 
 Usage:
-    python tests/mjpeg_server.py --port 8090 --fps 10 --width 192 --height 128
+    python tests/helpers/mjpeg_server.py --port 8090 --fps 10 --width 192 --height 128
     curl http://127.0.0.1:8090/stream.mjpg
-    python tests/mjpeg_server.py --port 8443 --certfile cert.pem --keyfile key.pem
+    python tests/helpers/mjpeg_server.py --port 8443 --certfile cert.pem --keyfile key.pem
     curl --insecure https://127.0.0.1:8443/stream.mjpg
 """
 
@@ -126,7 +126,7 @@ def main():
     parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (needs --keyfile)")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
     parser.add_argument("--hold", action="store_true", help="print 'holding', listen only after a line on stdin "
-                        "(tests/servers.py prepare(): a restart without the interpreter's start-up time)")
+                        "(tests/helpers/servers.py prepare(): a restart without the interpreter's start-up time)")
     args = parser.parse_args()
     if args.hold:
         print("holding", flush=True)

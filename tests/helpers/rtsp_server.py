@@ -5,7 +5,7 @@ limits the transports it accepts, to test the client's TCP/UDP choice. Needs pyt
 gir1.2-gst-rtsp-server-1.0 (setup.sh --dev installs them). Prints "ready" once it listens.
 
 Usage:
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 --protocols udp
+    /usr/bin/python3 tests/helpers/rtsp_server.py --port 8554 --protocols udp
 """
 
 import argparse
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--fps", type=int, default=10)
     parser.add_argument("--hold", action="store_true", help="print 'holding', listen only after a line on stdin "
-                        "(tests/servers.py prepare(): a restart without the interpreter's start-up time)")
+                        "(tests/helpers/servers.py prepare(): a restart without the interpreter's start-up time)")
     args = parser.parse_args()
 
     Gst.init(None)
