@@ -228,7 +228,7 @@ def segment(settings):
         check_display()
     meta, predictor, checkpoint = open_model(settings.model, device, settings.half)
     check_model_flags(meta, settings.classes, settings.encoder, settings.model)
-    tiled = settings.tile or meta.get("input_mode") == "tile"  # crop-trained models see whole frames by sliding window
+    tiled = FullSizePredictor.sees_tiles(meta, settings.tile)  # before the predictor: the stop message says it
     stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
                        "finishing this frame, then closing outputs")
     # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)

@@ -33,6 +33,7 @@ from segtoolkit.data.imaging import check_patch_size
 from segtoolkit.models.factory import model_from_checkpoint
 from segtoolkit.export.onnx import (DEFAULT_OPSET, STATIC_SIZE_ARCHITECTURES, check_opset, check_output,
                                     check_simplifier, default_output, export_onnx, max_difference, simplify)
+from segtoolkit.inference.full_size import FullSizePredictor
 from segtoolkit.inference.onnx_runtime import INPUT_NAME, load_onnx
 from segtoolkit.inference.predictor import TorchPredictor, cpu_summary, native_bfloat16
 
@@ -131,7 +132,7 @@ def export(settings):
         elif file_format == "openvino":
             from segtoolkit.inference.openvino_runtime import convert_onnx  # only OpenVINO exports need openvino
             convert_onnx(onnx_path, output, meta)
-    tiles = "tiles of " if meta.get("input_mode") == "tile" else ""  # what detect.py feeds a crop-trained model
+    tiles = "tiles of " if FullSizePredictor.sees_tiles(meta) else ""  # what detect.py feeds a crop-trained model
     what = f"{tiles}{len(checked or [])} images ({'--check-images' if check_images else 'the calibration images'})"
     return output, meta, check_file(torch_model, output, meta, file_format, int8, checked, what)
 

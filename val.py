@@ -145,7 +145,7 @@ def resolve(settings, meta, checkpoint):
     colours = model_mask_colors(meta, settings.mask_colors)
     if ignore_index is None and (settings.coco or config.ignore_index is None and colours and colours.ignore):
         ignore_index = DEFAULT_IGNORE_LABEL  # COCO crowd regions; the ignore colour as train.py read it
-    tiled = settings.tile or meta.get("input_mode") == "tile"
+    tiled = FullSizePredictor.sees_tiles(meta, settings.tile)
     overlap, batch, weighting = config.tile_settings(settings.tile_overlap, settings.tile_batch,
                                                      settings.tile_weighting)
     resolved = settings.replace(ignore_index=config.ignore_index if ignore_index is None else ignore_index,

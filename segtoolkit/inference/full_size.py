@@ -165,12 +165,18 @@ class FullSizePredictor:
         self.tiler = Tiler(predictor, patch_size, overlap, tile_batch, weighting, mean, std, stop=stop,
                            progress=progress) if resize == "tile" else None
 
+    @staticmethod
+    def sees_tiles(meta, tile=False):
+        """Whether a model (its meta) sees whole images by sliding window: crop-trained models (input_mode
+        'tile') always, any model when `tile` (--tile) asks for it. The one rule; from_meta follows it."""
+        return bool(tile) or meta.get("input_mode") == "tile"
+
     @classmethod
     def from_meta(cls, predictor, meta, *, tile=False, patch_size=None, overlap=0.25, tile_batch=4,
                   weighting="gaussian", conf_thres=None, stop=None, progress=False):
         """As a model's meta (a checkpoint's or an export's) says: crop-trained models (input_mode 'tile') or
         `tile` by sliding window at the model's --scale, others fitted as they were trained."""
-        tiled = tile or meta.get("input_mode") == "tile"
+        tiled = cls.sees_tiles(meta, tile)
         return cls(predictor, patch_size or meta["patch_size"], mean=meta["mean"], std=meta["std"],
                    resize="tile" if tiled else "stretch" if is_stretched(meta) else "letterbox",
                    scale=meta.get("scale", 1.0), overlap=overlap, tile_batch=tile_batch, weighting=weighting,

@@ -303,7 +303,8 @@ class Viewer:
     Qt misses the window's first expose and draws nothing until it is mapped again. In a probe on a loaded
     2-core machine 13 of 44 cv2 windows stayed black for 5 s and more on bare Xvfb (unmapping and mapping
     them again, or a new window, showed the frame at once; setting the size again did not), 0 of 21 with
-    openbox running. Desktops have a window manager; the tests run one on their Xvfb (tests/helpers/fixtures_display.py)."""
+    openbox running. Desktops have a window manager; the tests run one on their Xvfb
+    (tests/helpers/fixtures_display.py)."""
 
     def __init__(self):
         self.windows = set()
