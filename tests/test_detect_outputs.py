@@ -98,7 +98,7 @@ def test_stretch_trained_model_sees_stretched_frames_and_masks_keep_the_input_si
         return logits
 
     meta = model_meta("Unet", "resnet18", 1, patch, input_mode="stretch")
-    monkeypatch.setattr(detect, "load_predictor", lambda *args, **kwargs: (meta, top_half))
+    monkeypatch.setattr(detect, "open_model", lambda *args, **kwargs: (meta, top_half, None))  # no stored run
     sizes = {"wide.png": (40, 120), "tall.png": (150, 70)}  # (height, width)
     for name, (height, width) in sizes.items():
         rng = np.random.default_rng(height)

@@ -202,7 +202,8 @@ def test_fine_tune_keeps_the_checkpoints_input_mode_unless_one_is_given():
     assert new.fine_tuned(stretched, None, set()).input_mode == "stretch"
     assert new.fine_tuned(tiled, None, set()).input_mode == "tile"
     assert new.replace(crop=True).fine_tuned(stretched, None, {"crop"}).input_mode == "tile"
-    assert new.fine_tuned(tiled, None, {"resize"}).input_mode == "letterbox"
+    assert new.replace(resize="letterbox").fine_tuned(tiled, None, {"resize"}).input_mode == "letterbox"
+    assert new.replace(resize="stretch").fine_tuned(tiled, None, {"resize"}).input_mode == "stretch"
 
 
 def test_early_stopped_run_is_finished_and_fine_tunes(my_data, run_name, capsys):
