@@ -11,6 +11,9 @@ import torch
 import train
 from bench.quality import PARITY_FLAGS, Setting, reference_model, train_reference
 from conftest import RUNS
+from segtoolkit.data.imaging import NORMALIZATIONS
+from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
+from segtoolkit.training.config import RunConfig
 
 PATCH, BATCH, STEPS = 64, 2, 3
 
@@ -39,7 +42,8 @@ def write_scenes(root, classes, count=10):
 
 
 def train_py_first_steps(root, train_names, val_names, classes, flags, monkeypatch, name):
-    """(initial state dict, first STEPS losses) of train.py with `flags`, one epoch of 4 steps."""
+    """(initial state dict, first STEPS losses, the result's checkpoint) of train.py with `flags`, one epoch of 4
+    steps evaluated every 2 (an evaluation between steps must not change them)."""
     for split, names in (("train", train_names), ("val", val_names)):
         (root / f"{split}.txt").write_text("".join(f"{path}\n" for path in names))
     initial, losses = {}, []
@@ -60,11 +64,11 @@ def train_py_first_steps(root, train_names, val_names, classes, flags, monkeypat
     argv = ["--data-dir", str(root), "--train-list", str(root / "train.txt"), "--val-list", str(root / "val.txt"),
             "--encoder", "resnet18", "--encoder-weights", "none", "--patch-size", str(PATCH), "--batch-size",
             str(BATCH), "--epochs", "1", "--seed", "3", "--workers", "0", "--wandb-mode", "disabled",
-            "--project", str(RUNS), "--name", name, "--classes", str(classes), *flags]
+            "--project", str(RUNS), "--name", name, "--classes", str(classes), "--eval-step", "2", *flags]
     if classes > 1:
         argv += ["--ignore-index", "255"]
     assert train.main(train.parse_args(argv)) == 0
-    return initial, losses[:STEPS]
+    return initial, losses[:STEPS], load_checkpoint(RUNS / name / CHECKPOINT_NAMES["best"])
 
 
 def reference_first_steps(root, train_names, val_names, classes):
@@ -79,7 +83,7 @@ def reference_first_steps(root, train_names, val_names, classes):
 def test_train_py_with_the_parity_flags_starts_and_steps_as_the_plain_loop(classes, tmp_path, monkeypatch,
                                                                            run_name):
     names = write_scenes(tmp_path, classes)
-    initial, losses = train_py_first_steps(tmp_path, *names, classes, PARITY_FLAGS, monkeypatch, run_name)
+    initial, losses, result = train_py_first_steps(tmp_path, *names, classes, PARITY_FLAGS, monkeypatch, run_name)
     reference_initial, reference_losses = reference_first_steps(tmp_path, *names, classes)
     assert initial.keys() == reference_initial.keys()
     for key, value in reference_initial.items():
@@ -87,13 +91,19 @@ def test_train_py_with_the_parity_flags_starts_and_steps_as_the_plain_loop(class
     assert len(losses) == STEPS
     # three steps: the first checks input and batch, the next two the optimizer, schedule and BatchNorm
     np.testing.assert_allclose(losses, reference_losses, rtol=0, atol=1e-5)
+    # --select last: the result is the last evaluation's weights, at the end of the epoch whatever the scores
+    assert result["global_step"] == 4 and result["config"]["select"] == "last"
+    # --normalize unit is the checkpoint's mean and std (what detect.py, val.py and export.py read), and a
+    # fine-tune from it keeps it unless told otherwise
+    assert (tuple(result["meta"]["mean"]), tuple(result["meta"]["std"])) == NORMALIZATIONS["unit"]
+    assert RunConfig().fine_tuned(result["meta"], None, given=set()).normalize == "unit"
 
 
 def test_the_parity_test_sees_a_difference_in_the_input(tmp_path, monkeypatch, run_name):
     """The comparison above can fail: ImageNet normalization instead of the plain loop's pixels / 255 moves the
     first loss far beyond its tolerance."""
     names = write_scenes(tmp_path, 3)
-    _, losses = train_py_first_steps(tmp_path, *names, 3, [*PARITY_FLAGS, "--normalize", "imagenet"], monkeypatch,
+    _, losses, _ = train_py_first_steps(tmp_path, *names, 3, [*PARITY_FLAGS, "--normalize", "imagenet"], monkeypatch,
                                      run_name)
     _, reference_losses = reference_first_steps(tmp_path, *names, 3)
     assert abs(losses[0] - reference_losses[0]) > 1e-3
