@@ -13,6 +13,7 @@ from bench.quality import PARITY_FLAGS, Setting, reference_model, train_referenc
 from conftest import RUNS
 from segtoolkit.data.imaging import NORMALIZATIONS
 from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
+from segtoolkit.errors import UserError
 from segtoolkit.training.config import RunConfig
 
 PATCH, BATCH, STEPS = 64, 2, 3
@@ -107,3 +108,9 @@ def test_the_parity_test_sees_a_difference_in_the_input(tmp_path, monkeypatch, r
                                      run_name)
     _, reference_losses = reference_first_steps(tmp_path, *names, 3)
     assert abs(losses[0] - reference_losses[0]) > 1e-3
+
+
+def test_clip_grad_takes_0_for_no_clipping_and_refuses_a_negative_threshold():
+    RunConfig(resize="stretch", clip_grad=0.0).check()
+    with pytest.raises(UserError, match=r"^--clip-grad -1 must be 0 \(no clipping\) or a positive number$"):
+        RunConfig(resize="stretch", clip_grad=-1.0).check()
