@@ -40,6 +40,7 @@ from segtoolkit.evaluation.scoring import evaluate, run_batch
 from segtoolkit.inference.full_size import FullSizePredictor
 from segtoolkit.training.losses import default_loss, make_loss, median_frequency_weights, parse_class_weights
 from segtoolkit.data.loaders import guarded_batches, make_loaders, worker_crash_as_error
+from segtoolkit.data.imaging import NORMALIZATIONS
 from segtoolkit.data.masks import IGNORE, class_pixel_counts, label_warnings
 from segtoolkit.evaluation.metrics import ConfusionStats, EarlyStopping
 from segtoolkit.models.factory import build_model, load_matching_weights, model_meta
@@ -85,6 +86,7 @@ class UnetTraining:
         self.early_stopping = EarlyStopping(config.patience)
         self.stop = StopRequest("finishing this step, then saving checkpoint.pth.tar")
         self.best_fitness = -math.inf
+        self.last_fitness = math.nan  # the val Dice of the last evaluation (--select last: the run's result)
         self.epoch = self.step_in_epoch = self.global_step = self.evaluations = self.bad_steps = 0
         self.unlabelled_said = False  # the warning about batches without a labelled pixel was given
         # the training metrics of the steps since the last evaluation: stored in checkpoint.pth.tar, so the
@@ -170,7 +172,8 @@ class UnetTraining:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        # --clip-grad 0: the norm still checks the gradient is finite; scaling by min(1, inf / norm) changes nothing
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or math.inf)
         # one host-device sync for both checks (on CUDA each separate check would stall the queue)
         loss_finite, norm_finite = torch.isfinite(torch.stack([loss.detach().float(), norm.float()])).tolist()
         if loss_finite and norm_finite:
@@ -226,6 +229,7 @@ class UnetTraining:
         self.evaluations += 1
         stop = self.early_stopping(self.evaluations, fitness)
         self.best_fitness = fitness if improved else self.best_fitness
+        self.last_fitness = fitness
         metrics["best/val_dice"] = max(self.best_fitness, -1.0)
         if self.process.is_main:
             self.logger.log(metrics, step=self.global_step)
@@ -233,7 +237,7 @@ class UnetTraining:
             tqdm.write(" ".join(f"{key}={value:.4f}" for key, value in metrics.items()
                                 if key.startswith(("train/", "val/")) and "_" not in key.split("/")[1])
                        + (" (best)" if improved else ""))
-        if improved:
+        if improved or self.config.select == "last":  # --select last: every evaluation, so the last one's stays
             self.save("best")
         if self.config.save_checkpoints:
             self.save("last")
@@ -389,7 +393,8 @@ def train_and_test(args):
     # a resume reads the masks with the colours it was trained with, whatever the file holds now
     colours = MaskColors.from_meta(checkpoint["meta"].get("mask_colors")) if mode == "resume" else \
         load_mask_colors(config.mask_colors)
-    meta = model_meta(config.model, config.encoder, config.classes, config.patch_size,
+    mean, std = NORMALIZATIONS[config.normalize]
+    meta = model_meta(config.model, config.encoder, config.classes, config.patch_size, mean=mean, std=std,
                       class_names=run_class_names(config.classes, config.class_names, colours),
                       input_mode=config.input_mode, scale=config.scale,
                       mask_colors=colours.to_meta() if colours else None,
@@ -403,6 +408,10 @@ def train_and_test(args):
         config, train_set, meta, process)
     # a resume or fine-tune loads its weights over the encoder's: downloading ImageNet's first would be wasted
     weights = None if mode != "new" or config.encoder_weights.lower() == "none" else config.encoder_weights
+    # the initial weights are the first draws after torch.manual_seed(seed), whatever reading the data drew
+    # before: the plain loop `torch.manual_seed(seed); model = smp.Unet(...)` starts from the same weights
+    # (bench.quality's reference, tests/test_parity.py); the batch order is the sampler's (ResumableSampler)
+    torch.manual_seed(config.seed)
     model = build_model(config.model, config.encoder, config.classes, encoder_weights=weights)
     loaded = load_matching_weights(model, checkpoint["model"], config.load_model) if mode == "fine-tune" else ""
     if process.is_main:
@@ -500,7 +509,8 @@ def summary(trainer):
                          f"AdamW + OneCycleLR to {config.lr:g}, batch {config.batch_size}"),
             ("training", f"loss {config.loss or default_loss(config.classes)}"
                          f"{' with class weights' if trainer.class_weights else ''}, augmentation "
-                         f"{config.augment if trainer.train_set.transform is not None else 'none'}"),
+                         f"{config.augment if trainer.train_set.transform is not None else 'none'}, inputs "
+                         f"normalized {config.normalize}, result: the {config.select} evaluation's weights"),
             ("runtime", f"{trainer.device}, {trainer.process.world_size} process(es), mixed precision "
                         f"{'on' if config.use_amp else 'off'}"),
             ("run folder", str(trainer.run_dir))]
@@ -529,10 +539,14 @@ def finish(trainer, run_dir, process):
     if not process.is_main:
         return EXIT_OK
     if metrics:
-        weights = "best checkpoint" if best.exists() else "last weights: there is no best checkpoint"
+        weights = "last weights, --select last" if trainer.config.select == "last" else "best checkpoint" \
+            if best.exists() else "last weights: there is no best checkpoint"
         print(f"test: dice {metrics['test/dice']:.4f}  iou {metrics['test/iou']:.4f}  "
               f"loss {metrics['test/loss']:.4f} ({weights}, {len(trainer.test_set)} images)")
-    if best.exists():
+    if best.exists() and trainer.config.select == "last":
+        best_seen = f"; the best was {trainer.best_fitness:.4f}" if math.isfinite(trainer.best_fitness) else ""
+        print(f"last val Dice {trainer.last_fitness:.4f} (--select last{best_seen}); weights in {best}")
+    elif best.exists():
         print(f"best val Dice {trainer.best_fitness:.4f}; weights in {best}")
     else:
         print(f"no best checkpoint: {why_no_best(trainer)}; the last weights are in "

@@ -26,10 +26,21 @@ The sides:
              default overlap and weighting), so at full resolution too.
   train.py --resize letterbox  the same command plus --resize letterbox (the default before stretch):
              longest side scaled to the patch, padded; scored through the same letterbox.
+  train.py parity  the same command plus PARITY_FLAGS, the flags that describe the reference loop: --augment
+             none --normalize unit --weight-decay 0.01 --resize stretch --select last --patience 0
+             --clip-grad 0. With the same seed it starts from the reference's weights and sees its batches in
+             the same order (tests/test_parity.py holds its first steps' losses equal); what still differs:
+             train.py shrinks images with INTER_AREA where the reference uses cv2.resize's INTER_LINEAR
+             ('reference area' is the reference resizing as train.py does).
+  reference area  the reference below resizing images as train.py's --resize stretch does (INTER_AREA when
+             shrinking both sides, else INTER_LINEAR), in training and scoring: on the same seed it should
+             score as 'train.py parity' does.
   reference  the plain loop of the membrane README: images resized to the square patch and scaled to
-             [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3),
-             BCE with logits for one class, cross-entropy with the ignore index for several; the last
-             weights are scored.
+             [0, 1], masks resized with nearest neighbour, no augmentation; AdamW + OneCycleLR (peak 1e-3,
+             weight decay 0.01), BCE with logits for one class, cross-entropy with the ignore index for
+             several; the last weights are scored. Its initial weights are the first draws after
+             torch.manual_seed(seed) and its epoch order train.py's sampler's, so train.py with the same seed
+             starts from the same weights and sees the same batches.
 
 Scoring (`evaluate_at_original_size`): each model predicts every validation image at its original size as
 val.py and train.py's evaluation do (segtoolkit.inference.full_size): train.py's model through its checkpoint's
@@ -78,7 +89,7 @@ from bench.machine import cpu_name
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
 from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
 from segtoolkit.inference.full_size import FullSizePredictor, collect, restore
-from segtoolkit.data.imaging import Letterbox, read_image
+from segtoolkit.data.imaging import Letterbox, read_image, stretch_to_square
 from segtoolkit.data.masks import binary_mask, class_mask, read_mask
 from segtoolkit.evaluation.metrics import confusion_matrix, scores
 from segtoolkit.models.factory import model_from_checkpoint
@@ -87,8 +98,15 @@ from segtoolkit.inference.predictor import TorchPredictor
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
 DATASETS = ("membrane", "synthetic")
-SIDES = ("train.py", "reference", "train.py --crop", "train.py --resize letterbox")  # crop: issue 14, crops +
-# sliding window; letterbox: the default before stretch, longest side to the patch and padding
+REFERENCE_WEIGHT_DECAY = 1e-2  # the plain loop's AdamW decay (torch's default)
+# train.py flags that describe the plain reference loop (its loss, bce or ce, is train.py's default too)
+PARITY_FLAGS = ("--augment", "none", "--normalize", "unit", "--weight-decay", f"{REFERENCE_WEIGHT_DECAY:g}",
+                "--resize", "stretch", "--select", "last", "--patience", "0", "--clip-grad", "0")
+SIDE_FLAGS = {"train.py": (), "reference": None, "train.py --crop": ("--crop",),  # crop: issue 14, crops + sliding
+              # window; letterbox: the default before stretch, longest side to the patch and padding
+              "train.py --resize letterbox": ("--resize", "letterbox"), "train.py parity": PARITY_FLAGS,
+              "reference area": None}
+SIDES = tuple(SIDE_FLAGS)
 DEFAULT_SIDES = SIDES[:3]  # letterbox only on request: on the square membrane slices it is the default side
 STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
 
@@ -189,13 +207,23 @@ def headline(setting, dice):
     return dice[1] if setting.classes == 1 else float(np.nanmean(dice))
 
 
-def reference_predictor(model, patch):
+def linear_resize(image, patch):
+    """The reference loop's image resize: cv2.resize to patch x patch with its default, INTER_LINEAR."""
+    return cv2.resize(image, (patch, patch))
+
+
+# how each reference side resizes its images: a plain loop's cv2.resize, or train.py's stretch (INTER_AREA when
+# shrinking both sides, INTER_LINEAR otherwise: segtoolkit.data.imaging.stretch_to_square)
+REFERENCE_RESIZES = {"reference": linear_resize, "reference area": stretch_to_square}
+
+
+def reference_predictor(model, patch, resize=linear_resize):
     """Predict as the reference loop trained: resize to patch x patch, [0, 1]; logits back to the image's size
     as every side's are (segtoolkit.inference.full_size: bilinear, then the argmax or threshold)."""
     model.eval()
 
     def predict(image):
-        x = torch.from_numpy(cv2.resize(image, (patch, patch))).permute(2, 0, 1).float().div(255)
+        x = torch.from_numpy(resize(image, patch)).permute(2, 0, 1).float().div(255)
         box = Letterbox(image.shape[0], image.shape[1], patch, patch)  # stretched: nothing to cut
         return collect(restore(model(x[None])[0], box), image.shape[:2])[0]
     return predict
@@ -212,35 +240,52 @@ def checkpoint_predictor(path):
 # ---------------------------------------------------------------- the two sides
 
 
-def load_resized(setting, paths):
-    """The reference loop's data: images resized to patch x patch and scaled to [0, 1] (N,3,P,P float);
-    masks resized with nearest neighbour (binary: N,1,P,P float; classes: N,P,P int64 with the ignore index)."""
+def load_resized(setting, paths, resize=linear_resize):
+    """The reference loop's data: images resized to patch x patch (`resize`) and scaled to [0, 1] (N,3,P,P
+    float); masks resized with nearest neighbour (binary: N,1,P,P float; classes: N,P,P int64 with the ignore
+    index)."""
     size = (setting.patch, setting.patch)
     pairs = [read_pair(setting, path) for path in paths]
-    images = torch.from_numpy(np.stack([cv2.resize(image, size) for image, _ in pairs]))
+    images = torch.from_numpy(np.stack([resize(image, setting.patch) for image, _ in pairs]))
     masks = torch.from_numpy(np.stack([cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
                                        for _, labels in pairs]))
     images = images.permute(0, 3, 1, 2).float().div(255)
     return images, masks.float().unsqueeze(1) if setting.classes == 1 else masks.long()
 
 
-def train_reference(setting, seed, lr=1e-3):
-    """The plain loop: Unet/resnet18 from random weights, AdamW + OneCycleLR, shuffled batches, no
-    augmentation, BCE with logits (one class) or cross-entropy with the ignore index; the last weights."""
+def reference_model(setting, seed):
+    """The plain loop's model: Unet/resnet18, its random weights the first draws after torch.manual_seed(seed),
+    as train.py's are (so both start from the same weights)."""
     torch.manual_seed(seed)
-    images, masks = load_resized(setting, setting.train)
-    model = smp.Unet("resnet18", encoder_weights=None, classes=setting.classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    return smp.Unet("resnet18", encoder_weights=None, classes=setting.classes)
+
+
+def epoch_order(count, seed, epoch):
+    """The order of one epoch's samples as train.py's sampler draws it (segtoolkit.data.loaders.ResumableSampler,
+    one process): a permutation from a generator seeded with seed + epoch."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def train_reference(setting, seed, lr=1e-3, losses=None, resize=linear_resize):
+    """The plain loop: Unet/resnet18 from random weights, AdamW + OneCycleLR, shuffled batches (the last
+    incomplete one dropped), no augmentation, BCE with logits (one class) or cross-entropy with the ignore
+    index; the last weights. `losses`: a list each step's loss is appended to (tests/test_parity.py); `resize`:
+    how images are fitted to the patch."""
+    images, masks = load_resized(setting, setting.train, resize)
+    model = reference_model(setting, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=REFERENCE_WEIGHT_DECAY)
     steps = len(images) // setting.batch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=setting.epochs * steps)
     loss_fn = torch.nn.BCEWithLogitsLoss() if setting.classes == 1 else \
         torch.nn.CrossEntropyLoss(ignore_index=-100 if setting.ignore_index is None else setting.ignore_index)
     model.train()
-    for _ in range(setting.epochs):
-        order = torch.randperm(len(images))
+    for epoch in range(setting.epochs):
+        order = epoch_order(len(images), seed, epoch)
         for step in range(steps):
             index = order[step * setting.batch:(step + 1) * setting.batch]
             loss = loss_fn(model(images[index]), masks[index])
+            if losses is not None:
+                losses.append(loss.item())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -276,9 +321,9 @@ def run_train_py(setting, seed, threads, work, extra=()):
     if output.returncode != 0:
         raise SystemExit(f"train.py failed on {setting.name} (exit {output.returncode}):\n{output.stderr[-3000:]}")
     run_dir = Path(re.search(r"^training in (.+)$", output.stdout, re.M).group(1))
-    printed = re.search(r"best val Dice ([0-9.]+)", output.stdout)
+    printed = re.search(r"(best|last) val Dice ([0-9.]+)", output.stdout)  # last: --select last
     if printed:
-        return run_dir / CHECKPOINT_NAMES["best"], f"train.py printed best val Dice {printed.group(1)}"
+        return run_dir / CHECKPOINT_NAMES["best"], f"train.py printed {printed.group(1)} val Dice {printed.group(2)}"
     return run_dir / CHECKPOINT_NAMES["last"], "train.py wrote no best checkpoint: its last weights are scored"
 
 
@@ -286,11 +331,12 @@ def measure(setting, side, seed, threads, work):
     """Train one side and score it; a Result with the per-class Dice and the wall times."""
     started = time.perf_counter()
     if side.startswith("train.py"):
-        checkpoint, note = run_train_py(setting, seed, threads, work, side.split()[1:])
+        checkpoint, note = run_train_py(setting, seed, threads, work, SIDE_FLAGS[side])
         trained = time.perf_counter()
         predict = checkpoint_predictor(checkpoint)
     else:
-        predict, note = reference_predictor(train_reference(setting, seed), setting.patch), ""
+        resize = REFERENCE_RESIZES[side]
+        predict, note = reference_predictor(train_reference(setting, seed, resize=resize), setting.patch, resize), ""
         trained = time.perf_counter()
     dice = evaluate_at_original_size(predict, setting)
     return Result(side, dice, headline(setting, dice), trained - started, time.perf_counter() - trained, note,
@@ -364,9 +410,12 @@ def summarise(setting, runs):
 
 
 def one_word_sides(lines):
-    return [line.replace("train.py --crop", "train.py_crop").replace("train.py --resize letterbox",
-                                                                     "train.py_letterbox")
-            for line in lines]  # one word a field
+    words = {"train.py --crop": "train.py_crop", "train.py --resize letterbox": "train.py_letterbox",
+             "train.py parity": "train.py_parity",
+             "reference area": "reference_area"}  # one word a field
+    for side, word in words.items():
+        lines = [line.replace(side, word) for line in lines]
+    return lines
 
 
 def machine_lines(setting, results):
@@ -401,7 +450,8 @@ def make_parser(description, choose_dataset=True):
                         help="which sides to train (default: the first three; 'train.py --crop' is issue 14's crop "
                              "training with sliding-window evaluation, scored at full resolution too; 'train.py "
                              "--resize letterbox' trains and scores on letterboxed images, the default before "
-                             "stretch)")
+                             "stretch; 'train.py parity' is train.py with the flags that describe the reference; "
+                             "'reference area' the reference resizing images as train.py does)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,

@@ -30,6 +30,9 @@ from segtoolkit.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# train.py --normalize: the (mean, std) of [0, 1] pixels an input is standardized with, stored in the checkpoint's
+# meta; unit leaves pixels / 255 as they are (a plain training loop's input)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 HIGH_BIT_DEPTHS = (10, 12, 14, 16)  # what cameras and microscopes store in 16-bit files
 BIT_DEPTHS = (8,) + HIGH_BIT_DEPTHS  # what train.py --bit-depth accepts
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -257,6 +260,12 @@ def scaled(array, scale, interpolation=cv2.INTER_AREA):
                       interpolation=interpolation)
 
 
+def normalization_name(meta):
+    """The --normalize name of a model's meta mean and std, or None for a pair that is neither."""
+    stored = (tuple(meta.get("mean", IMAGENET_MEAN)), tuple(meta.get("std", IMAGENET_STD)))
+    return next((name for name, pair in NORMALIZATIONS.items() if pair == stored), None)
+
+
 def is_stretched(meta):
     """Whether a model (its checkpoint's or export's meta) was trained on stretched images."""
     return meta.get("input_mode") == "stretch"
@@ -287,14 +296,17 @@ def check_patch_size(patch_size):
 
 def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """uint8 HxWxC RGB -> float32 CxHxW tensor, scaled to [0,1] then standardized."""
-    # NumPy, one channel at a time into the CxHxW result, as (x - 255 mean) * 1/(255 std): single-threaded
+    # NumPy, one channel at a time into the CxHxW result, as (x - 255 mean) / (255 std): single-threaded
     # and faster than the torch version at patch sizes (0.12 vs 0.19 ms at 256), and safe to run in a
-    # reader thread (a torch op there starts a second OpenMP team that spins against the model's threads)
+    # reader thread (a torch op there starts a second OpenMP team that spins against the model's threads).
+    # A division, not a product with 1 / (255 std): mean 0 and std 1 (--normalize unit) then give pixels / 255
+    # bit for bit as a plain loop's `x.float() / 255` does; AdamW's first steps turn a one-ulp difference in the
+    # inputs into 2e-3 in the third step's loss (tests/test_parity.py)
     image = np.asarray(image)
     out = np.empty((image.shape[2],) + image.shape[:2], np.float32)
     for channel, (channel_mean, channel_std) in enumerate(zip(mean, std)):
         np.subtract(image[..., channel], np.float32(channel_mean * 255), out=out[channel], dtype=np.float32)
-        out[channel] *= np.float32(1 / (channel_std * 255))
+        out[channel] /= np.float32(channel_std * 255)
     return torch.from_numpy(out)
 
 

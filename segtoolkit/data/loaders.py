@@ -63,7 +63,12 @@ class ShardSampler(torch.utils.data.Sampler):
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (also for one process) that can skip the batches already done in an epoch, and
     yields (index, augmentation seed): the seed depends on the run's seed, the epoch and the sample only, so
-    augmentation is the same with any number of DataLoader workers and after a resume."""
+    augmentation is the same with any number of DataLoader workers and after a resume.
+
+    The order of epoch e is DistributedSampler's, a function of the seed and the epoch alone (so a resume
+    draws it again): `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, process r taking
+    every world_size-th entry from r, the last incomplete batch dropped. bench.quality's plain reference loop
+    draws its batches by the same rule, so both see the same batches (tests/test_parity.py)."""
 
     def __init__(self, dataset, shuffle, seed, process, batch_size=1, repeats=1):
         # `repeats` (--crops-per-image) draws every sample that many times an epoch, each with its own seed

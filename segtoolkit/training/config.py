@@ -28,7 +28,8 @@ from segtoolkit.cli import device_setting, flag_name, name_setting, project_sett
 from segtoolkit.errors import UserError
 from segtoolkit.training.losses import default_loss, parse_class_weights, parse_loss, stored_loss
 from segtoolkit.data.cache import CACHE_MODES
-from segtoolkit.data.imaging import check_bit_depth, check_patch_size, dataset_bit_depth, is_stretched
+from segtoolkit.data.imaging import (NORMALIZATIONS, check_bit_depth, check_patch_size, dataset_bit_depth,
+                                     is_stretched, normalization_name)
 from segtoolkit.models.checkpoints import load_checkpoint
 from segtoolkit.models.factory import ARCHITECTURE_NAMES, architecture_class, check_encoder
 from segtoolkit.outputs.files import check_save_dir
@@ -43,8 +44,9 @@ SAMPLE_DIR = Path("data") / "sample"
 SPLIT_FILES = ("training_dataset.txt", "validation_dataset.txt", "test_dataset.txt")
 RUNTIME_FIELDS = ("device", "workers", "pin_memory", "wandb_mode", "verbose", "load_model", "cache", "cache_dir",
                   "tile_batch")
-MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "resize", "scale")
+MODEL_FIELDS = ("model", "encoder", "classes", "patch_size", "crop", "resize", "scale", "normalize")
 RESIZE_MODES = ("letterbox", "stretch")  # how --resize fits a whole image into the patch (not with --crop)
+SELECTIONS = ("best", "last")  # --select: which evaluation's weights are the run's result
 DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "test_list", "search_files", "val_split",
                "test_split", "ignore_index", "mask_colors", "coco", "val_coco")
 PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors", "coco",
@@ -124,6 +126,11 @@ class RunConfig:
         None, group="Data", metavar="NAMES",
         help="class names, background first: background,cell,nucleus (one class: background,object); they name "
              "results.csv columns, wandb keys, the preview and detect.py's outputs")
+    normalize: str = setting(
+        "imagenet", group="Data", choices=tuple(NORMALIZATIONS),
+        help="how pixels are scaled for the model: imagenet (default) standardizes pixels / 255 with ImageNet's "
+             "mean and std, what pretrained encoders expect; unit feeds pixels / 255 in [0, 1] as they are. Stored "
+             "in the checkpoint (its mean and std): detect.py, val.py and export.py follow it")
     model: str = setting("Unet", group="Model", help=f"smp architecture: {', '.join(ARCHITECTURE_NAMES)}")
     encoder: str = setting("resnet34", group="Model", help="any smp encoder (resnet18, mobilenet_v2, tu-...)")
     encoder_weights: str = setting("imagenet", group="Model", help="'imagenet' (downloaded; random init with a "
@@ -136,7 +143,8 @@ class RunConfig:
     lr: float = setting(1e-3, group="Optimization", help="peak learning rate reached by OneCycleLR")
     adam_eps: float = setting(1e-8, group="Optimization", help="AdamW epsilon")
     weight_decay: float = setting(1e-2, group="Optimization", help="AdamW weight decay")
-    clip_grad: float = setting(255.0, group="Optimization", help="gradient norm clipping threshold")
+    clip_grad: float = setting(255.0, group="Optimization", help="gradient norm clipping threshold (0: no "
+                               "clipping)")
     use_amp: bool = setting(False, group="Optimization", help="mixed precision: float16 + gradient scaler on CUDA, "
                             "bfloat16 on CPU")
     eval_step: int | None = setting(None, group="Optimization", help="evaluate every N optimizer steps (default: "
@@ -145,6 +153,12 @@ class RunConfig:
                             "evaluations (0: never)")
     check_best_cooldown: int = setting(0, group="Optimization", help="evaluations within the first N epochs never "
                                        "write best-checkpoint.pth.tar")
+    select: str = setting(
+        "best", group="Optimization", choices=SELECTIONS,
+        help="the run's result, written to best-checkpoint.pth.tar and scored on the test split: best (default) the "
+             "weights of the evaluation with the highest val Dice; last those of the last evaluation (the end of "
+             "training, or of an early stop), chosen without looking at the validation scores, as a plain "
+             "training loop's")
     seed: int = setting(0, group="Optimization", help="seed for weights, shuffling, splits and augmentation: the same "
                         "seed and data give the same run")
     augment: str = setting(
@@ -277,7 +291,9 @@ class RunConfig:
                 raise UserError(f"{flag} {value} must be at least {low}")
         if self.eval_step is not None and self.eval_step < 1:
             raise UserError(f"--eval-step {self.eval_step} must be at least 1")
-        for flag, value in (("--lr", self.lr), ("--adam-eps", self.adam_eps), ("--clip-grad", self.clip_grad)):
+        if not (math.isfinite(self.clip_grad) and self.clip_grad >= 0):
+            raise UserError(f"--clip-grad {self.clip_grad:g} must be 0 (no clipping) or a positive number")
+        for flag, value in (("--lr", self.lr), ("--adam-eps", self.adam_eps)):
             if not (math.isfinite(value) and value > 0):
                 why = " (0 would train without changing any weight)" if flag == "--lr" and value == 0 else ""
                 raise UserError(f"{flag} {value:g} must be a positive number{why}")
@@ -342,13 +358,16 @@ class RunConfig:
 
     def fine_tuned(self, meta, stored, given):
         """A new run from a checkpoint's weights (`meta` its description, `stored` its run's configuration or
-        None). Model, encoder, classes and patch size default to the checkpoint's, since its weights are meant
-        for them. The data is the command line's when it gives any data flag, else that of the checkpoint's
-        run: a fine-tune must not quietly train on the bundled sample. Everything else is the command line's."""
+        None). Model, encoder, classes, patch size, input mode and normalization default to the checkpoint's,
+        since its weights are meant for them. The data is the command line's when it gives any data flag, else
+        that of the checkpoint's run: a fine-tune must not quietly train on the bundled sample. Everything else
+        is the command line's."""
         taken = {"model": meta["architecture"], "encoder": meta["encoder"], "classes": meta["classes"],
                  "patch_size": meta["patch_size"], "crop": meta.get("input_mode") == "tile",
                  "resize": "stretch" if is_stretched(meta) else "letterbox",
-                 "scale": meta.get("scale", 1.0)}
+                 "scale": meta.get("scale", 1.0), "normalize": normalization_name(meta)}
+        if taken["normalize"] is None:  # a mean and std no --normalize gives: the command line's
+            del taken["normalize"]
         if self.mask_colors is not None:  # the colours file given set the classes (from_namespace)
             del taken["classes"]
         if {"crop", "resize"} & set(given):  # one input mode: --crop or --resize given replaces the checkpoint's
