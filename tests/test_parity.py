@@ -10,7 +10,7 @@ import torch
 
 import train
 from bench.quality import PARITY_FLAGS, Setting, reference_model, train_reference
-from conftest import RUNS
+from helpers.paths import RUNS
 from segtoolkit.data.imaging import NORMALIZATIONS
 from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
 from segtoolkit.errors import UserError
