@@ -358,10 +358,14 @@ def table(setting, results, seed, threads):
         if second is not None and first is not second:
             rows.append([f"{first.side} - {second.side}", f"{first.headline - second.headline:+.4f}",
                          *(f"{a - b:+.4f}" for a, b in zip(first.dice, second.dice)), "", ""])
+    return "\n".join([aligned(header, columns, rows)] + [f"  note: {r.note}" for r in results if r.note])
+
+
+def aligned(header, columns, rows):
+    """A header line, then the column names and rows as left-aligned columns, indented two spaces."""
     widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
-    lines = [header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                        for row in [columns, *rows]]
-    return "\n".join(lines + [f"  note: {r.note}" for r in results if r.note])
+    return "\n".join([header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                                 for row in [columns, *rows]])
 
 
 def mean_std(values):
@@ -403,10 +407,7 @@ def summarise(setting, runs):
     seeds = ", ".join(str(seed) for seed in sorted({r.seed for results in runs for r in results}))
     header = (f"{setting.name} over seeds {seeds} (mean +- sample std; per-class columns are means): "
               f"Unet/resnet18 random init, patch {setting.patch}, batch {setting.batch}, {setting.epochs} epochs")
-    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
-    text = "\n".join([header] + ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                                 for row in [columns, *rows]])
-    return text, one_word_sides(lines)
+    return aligned(header, columns, rows), one_word_sides(lines)
 
 
 def one_word_sides(lines):
