@@ -1,8 +1,9 @@
 """Where detect.py's pictures come from: the two loaders and the Frame record they yield.
 
 `LoadImages` (image and video files) and `LoadStreams` (RTSP/RTMP/HTTP streams and webcams) yield the
-same `Frame` for every source, preprocessed by segtoolkit.data.imaging.preprocess_image, the validation path
-of training (letterboxed, or stretched to the patch for a model trained with --resize stretch). Source
+same `Frame` for every source (LoadStreams in groups, one frame per stream: see there), preprocessed by
+segtoolkit.data.imaging.preprocess_image, the validation path of training (letterboxed, or stretched to the
+patch for a model trained with --resize stretch). Source
 detection (`detect_source`, `resolve_sources`) lives in sources.py, pure and tested without a camera, and
 is re-exported here.
 
@@ -11,6 +12,8 @@ Usage:
     files, streams = resolve_sources("data/sample/imgs")
     for frame in iterate_frames(files, streams, patch_size=128):
         print(frame.path, frame.index, frame.count, frame.original.shape)
+    for group in iterate_groups(files, streams, patch_size=128):   # detect.py's: one list per forward pass
+        print([frame.path for frame in group])
 """
 
 import os
@@ -32,8 +35,8 @@ from segtoolkit.inference.pipeline import Prefetcher
 from segtoolkit.data.sources import (VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources,
                                      safe_name)
 
-__all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
-           "resolve_sources", "mask_credentials", "safe_name"]
+__all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "iterate_groups", "RTSP_TRANSPORTS", "SourceKind",
+           "detect_source", "resolve_sources", "mask_credentials", "safe_name"]
 RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 MAX_STREAM_FPS = 240  # FFmpeg reports the RTP clock or a 90k time base for some streams: not a frame rate
 FPS_WARMUP = 0.5
@@ -294,8 +297,11 @@ def restore_env(key, value):
 class LoadStreams:
     """Live sources (RTSP, RTMP, HTTP, webcams): one reader thread each, newest frame only.
 
-    Iteration yields each stream's newest frame once (never the same frame twice), round robin, and
-    ends when every stream has ended or `stop_event` is set. No window handling here.
+    Iteration yields groups, one per forward pass: a list of Frames, the newest unseen frame of every
+    stream that has one, in source order (never a frame twice; a stream with nothing new is left out of
+    the group, so one that dropped and is reconnecting, or has ended, never holds the others up). It
+    waits only while no stream has a new frame, and ends when every stream has ended or `stop_event` is
+    set. No window handling here.
     """
 
     def __init__(self, sources, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, timeout=30.0,
@@ -317,7 +323,6 @@ class LoadStreams:
             self.close()
             raise
         self.consumed = [-1] * len(self.readers)
-        self.next_reader = 0
 
     def start_reader(self, reader, timeout):
         started = time.monotonic()
@@ -349,31 +354,23 @@ class LoadStreams:
         return self
 
     def __next__(self):
+        """The next group: a list of Frames, one per stream with a frame not yielded yet."""
         with self.condition:
             while not (self.stop_event.is_set() or self.closing.is_set()):
-                i = self.unseen_reader()
-                if i is not None:
+                taken = newest_unseen(self.readers, self.consumed)
+                if taken:
                     break
                 if all(reader.finished for reader in self.readers):
                     raise StopIteration
                 self.condition.wait(0.2)
             else:
                 raise StopIteration
-            reader = self.readers[i]
-            self.consumed[i] = reader.sequence
-            bgr, index, capture = reader.frame, reader.sequence, reader.capture
+        return [self.frame(*picked) for picked in taken]  # decoded and fitted outside the lock: readers go on
+
+    def frame(self, reader, bgr, index, capture):
         original = to_rgb(bgr)
         image, box = preprocessed(original, self.patch_size, self.mean, self.std, self.stretch)
         return Frame(reader.name_shown, image, original, capture, index, None, box, reader.fps)
-
-    def unseen_reader(self):
-        """Index of the next stream (round robin) holding a frame not yet yielded, or None."""
-        for offset in range(len(self.readers)):
-            i = (self.next_reader + offset) % len(self.readers)
-            if self.readers[i].sequence > self.consumed[i]:
-                self.next_reader = i + 1
-                return i
-        return None
 
     def close(self):
         """Stop the readers; each releases its own capture (waits at most one read timeout)."""
@@ -383,6 +380,18 @@ class LoadStreams:
                 reader.join(timeout=12)
             elif reader.capture is not None:
                 reader.capture.release()
+
+
+def newest_unseen(readers, consumed):
+    """The grouping rule of LoadStreams: (reader, frame, sequence, capture) of each reader holding a frame newer
+    than the one last taken from it (`consumed`, its sequence per reader, updated here), in reader order. Called
+    under the readers' lock, so a frame and its sequence number are read together."""
+    taken = []
+    for i, reader in enumerate(readers):
+        if reader.sequence > consumed[i]:
+            consumed[i] = reader.sequence
+            taken.append((reader, reader.frame, reader.sequence, reader.capture))
+    return taken
 
 
 def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
@@ -405,6 +414,25 @@ def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_
         if ahead is not None:
             ahead.close()  # first: the thread may still be reading from images' capture
         images.close()
+    for group in iterate_stream_groups(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event,
+                                       stretch):
+        yield from group
+
+
+def iterate_groups(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
+                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False, bit_depth=None):
+    """What detect.py runs one forward pass over: lists of Frames. Each frame of the files alone, then the
+    streams' groups (LoadStreams: the newest unseen frame of every stream that has one). The arguments are
+    iterate_frames'; closing the generator releases every capture."""
+    for frame in iterate_frames(files, [], patch_size, mean, std, stop_event=stop_event, prefetch=prefetch,
+                                stretch=stretch, bit_depth=bit_depth):
+        yield [frame]
+    yield from iterate_stream_groups(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event,
+                                     stretch)
+
+
+def iterate_stream_groups(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event, stretch):
+    """LoadStreams' groups over `streams` (none without streams, or once stopped); closing releases the captures."""
     if not streams or (stop_event is not None and stop_event.is_set()):
         return
     live = LoadStreams(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event, stretch)

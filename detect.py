@@ -9,6 +9,7 @@ Usage:
     python detect.py --model best.pth.tar --source rtmp://media.local/live/cam1 --max-frames 500
     python detect.py --model best.pth.tar --source 0 --view-img              # first webcam
     python detect.py --model best.pth.tar --source sources.txt               # one source per line
+    python detect.py --model best.pth.tar --source rtsp://cam1/live rtsp://cam2/live http://cam3/video.mjpg
     python detect.py --model model.onnx --source data/sample/imgs            # ONNX model from export.py
     python detect.py --model best-checkpoint.xml --source clip.mp4           # OpenVINO model from export.py
     python detect.py --model best.pth.tar --source clip.mp4 --half           # bfloat16 CPUs, float16 GPUs
@@ -25,13 +26,16 @@ class probabilities at the original size), --save-coco predictions.coco.json (se
 --rank-uncertain K to_label/ and to_label.csv (segtoolkit.outputs.uncertainty): see segtoolkit.outputs.frame_exports.
 Files are named after their source (odd.avi.mp4 and odd.mp4.mp4 when stems collide; _2, _3... rather
 than overwriting any file). The folder is created with the first frame: a stream that cannot be opened
-within --stream-timeout is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends the run
-normally (exit code 0) with every output complete. A write that fails (full disk) stops the run with
-exit code 1; everything written before it is complete and listed in results.csv.
---view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C (or
-SIGTERM) finishes the current frame, closes every output (videos stay playable) and exits with code 130;
-a frame segmented by tiles is abandoned at its next batch of tiles instead, and shows a progress bar when
-its tiles take longer than 2 s.
+within --stream-timeout is an error (exit code 2) and leaves nothing behind; a stream that drops for longer ends
+(the run, when it was the last, normally: exit code 0, every output complete). Several streams (several --source
+values, or a .txt list) are read side by side, each by its own reader keeping its newest frame; each forward pass
+takes the newest unseen frame of every stream that has one, so a stream that drops or reconnects holds up no
+other. Each stream has its own video, window and rows (results.csv's `source` column names it). A write that
+fails (full disk) stops the run with exit code 1; everything written before it is complete and listed in
+results.csv. --view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
+(or SIGTERM) finishes the current forward pass (one frame, or one per stream), closes every output (videos stay
+playable) and exits with code 130; a frame segmented by tiles is abandoned at its next batch of tiles instead,
+and shows a progress bar when its tiles take longer than 2 s.
 """
 
 import os
@@ -42,10 +46,10 @@ from pathlib import Path
 
 import cv2
 
-from dataloaders import RTSP_TRANSPORTS, iterate_frames
-from segtoolkit.cli import (StopRequest, Stopped, device_setting, half_setting, model_file_setting, name_setting,
-                            project_setting, run_command, save_dir_setting, setting, settings_from, settings_parser,
-                            verbose_setting)
+from dataloaders import RTSP_TRANSPORTS, iterate_groups
+from segtoolkit.cli import (OneOrMore, StopRequest, Stopped, device_setting, half_setting, model_file_setting,
+                            name_setting, project_setting, run_command, save_dir_setting, setting, settings_from,
+                            settings_parser, verbose_setting)
 from segtoolkit.training.config import check_run_name, open_model, run_config
 from segtoolkit.data.classes import output_colours
 from segtoolkit.data.coco import CocoWriter, check_coco_output
@@ -71,8 +75,10 @@ from segtoolkit.data.sources import resolve_sources
 @dataclass(frozen=True, kw_only=True)
 class DetectSettings:
     """detect.py's flags: each field is the flag --field-name, its default and help written once, here."""
-    source: str = setting(group="Data", help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or "
-                          "webcam index (a path that exists is never a glob, even with [ ] * ? in its name)")
+    source: str | tuple[str, ...] = setting(
+        group="Data", action=OneOrMore, help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or "
+        "webcam index (a path that exists is never a glob, even with [ ] * ? in its name); several values, or a "
+        "list, for many: streams are then read side by side, each forward pass over the newest frame of each")
     max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total")
     stream_timeout: float = setting(30.0, group="Data", help="seconds to keep reconnecting a dropped stream before "
                                     "ending it (default: 30)")
@@ -133,11 +139,12 @@ class Segmenter:
         return Prediction(*collect(blocks, frame.original.shape[:2], self.full_size.conf_thres, self.probabilities))
 
 
-def infer(segmenter, frame):
-    """(Prediction, inference milliseconds) for one Frame: see Segmenter for its size."""
+def segment_group(segmenter, group):
+    """(Predictions, inference milliseconds per frame) for one group of Frames (dataloaders.iterate_groups: a
+    file's frame alone, or the newest frame of each live stream): see Segmenter for their size."""
     began = time.perf_counter()
-    prediction = segmenter(frame)
-    return prediction, (time.perf_counter() - began) * 1000
+    predictions = [segmenter(frame) for frame in group]
+    return predictions, (time.perf_counter() - began) * 1000 / len(group)
 
 
 # ---------------------------------------------------------------- the run
@@ -247,12 +254,12 @@ def segment(settings):
     writer, outputs = make_outputs(meta, save_dir or Path(settings.project) / settings.name, not save_dir,
                                    settings.save_video and not settings.nosave, not settings.nosave, files, exports)
     with stop:
-        frames = iterate_frames(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
+        groups = iterate_groups(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
                                 meta["std"], settings.stream_timeout, settings.rtsp_transport, stop.event,
                                 prefetch=0 if settings.view_img else 2, stretch=full_size.resize == "stretch",
                                 bit_depth=meta.get("bit_depth"))
         started = time.perf_counter()
-        count, total_ms, user_quit = segment_frames(frames, segmenter, settings.max_frames, outputs, writer,
+        count, total_ms, user_quit = segment_frames(groups, segmenter, settings.max_frames, outputs, writer,
                                                     Viewer() if settings.view_img else None, stop)
     why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened else None
@@ -261,30 +268,32 @@ def segment(settings):
             "quit": user_quit}
 
 
-def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop):
-    """The loop: (frames segmented, total inference ms, whether the user quit the window). Without a window,
-    everything after the forward pass runs in a finisher thread beside the model (decoding is read ahead
-    by `frames`); a window must be drawn from this thread, so then they run in turn. Every output is
-    closed, and every frame inferred written, whatever ends the loop."""
+def segment_frames(groups, segmenter, max_frames, outputs, writer, viewer, stop):
+    """The loop, one forward pass per group of frames: (frames segmented, total inference ms, whether the user quit
+    the window). Without a window, everything after the forward pass runs in a finisher thread beside the model
+    (decoding is read ahead by `groups`); a window must be drawn from this thread, so then they run in turn.
+    Every output is closed, and every frame inferred written, whatever ends the loop."""
     finisher = None if viewer else Finisher(outputs, depth=2)
     count, total_ms, user_quit = 0, 0.0, False
     try:
-        for frame in frames:
+        for group in groups:
+            group = group[:max_frames - count] if max_frames else group  # live frames past the limit: not taken
             try:
-                prediction, inference_ms = infer(segmenter, frame)
-            except Stopped:  # a tiled frame cut short by Ctrl-C or SIGTERM: nothing of it is written
+                predictions, inference_ms = segment_group(segmenter, group)
+            except Stopped:  # a tiled frame cut short by Ctrl-C or SIGTERM: nothing of its group is written
                 break
-            count, total_ms = count + 1, total_ms + inference_ms
-            if finisher is not None:
-                finisher.submit(frame, prediction, inference_ms)
-            elif not viewer.show(frame, outputs(frame, prediction, inference_ms), stop.event):
-                user_quit = True
-                break
-            if (max_frames and count >= max_frames) or stop.is_set():
+            for frame, prediction in zip(group, predictions):
+                count, total_ms = count + 1, total_ms + inference_ms
+                if finisher is not None:
+                    finisher.submit(frame, prediction, inference_ms)
+                elif not viewer.show(frame, outputs(frame, prediction, inference_ms), stop.event):
+                    user_quit = True
+                    break
+            if user_quit or (max_frames and count >= max_frames) or stop.is_set():
                 break
     finally:
         try:
-            frames.close()
+            groups.close()
             if finisher is not None:
                 finisher.close()  # every frame inferred is written before the files are closed
         finally:

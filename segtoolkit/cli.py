@@ -162,6 +162,8 @@ class ArgumentParser(argparse.ArgumentParser):
             value = getattr(parsed, action.dest, None)
             if action.option_strings and isinstance(value, (str, Path)):
                 setattr(parsed, action.dest, expand_home(value))
+            elif action.option_strings and isinstance(value, tuple):  # OneOrMore's several values
+                setattr(parsed, action.dest, tuple(map(expand_home, value)))
         return parsed, extras
 
     def unknown(self, extras):
@@ -184,6 +186,17 @@ class ArgumentParser(argparse.ArgumentParser):
             message = f"{flag} {value} must be a {'whole number' if kind == 'int' else 'number'}"
         print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+class OneOrMore(argparse.Action):
+    """nargs="+" that keeps one value as it is and gives several as a tuple: `--source a.mp4` stays the string
+    every caller knows, `--source rtsp://a rtsp://b` is ('rtsp://a', 'rtsp://b')."""
+
+    def __init__(self, option_strings, dest, **options):
+        super().__init__(option_strings, dest, nargs="+", **options)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
 
 
 def expand_home(value):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames
+from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames, newest_unseen
 from helpers.cameras import FakeCamera
 from helpers.data import write_video
 from helpers.mjpeg_server import frame_number
@@ -79,6 +79,23 @@ def test_resolve_folder_glob_and_list(media, tmp_path):
     files, streams = resolve_sources(listing)
     assert [f.name for f in files] == ["a_colour.png", "f_clip.mp4", "e_photo.JPG"]
     assert streams == ["rtsp://u:p@cam/live"]
+
+
+def test_several_sources_are_expanded_in_turn_and_a_stream_given_twice_is_refused(media, tmp_path):
+    """--source given several values (detect.py keeps one value a string, several a tuple)."""
+    import detect
+    assert detect.parse_args(["--model", "m.pth.tar", "--source", "a.png"]).source == "a.png"
+    assert detect.parse_args(["--model", "m", "--source", "a.png", "rtsp://cam/1"]).source == ("a.png", "rtsp://cam/1")
+    files, streams = resolve_sources([str(media / "f_clip.mp4"), "rtsp://u:p@cam1/live", str(media / "a_colour.png")])
+    assert [f.name for f in files] == ["f_clip.mp4", "a_colour.png"] and streams == ["rtsp://u:p@cam1/live"]
+    listing = tmp_path / "cams.txt"
+    listing.write_text("http://cam2.local/video.mjpg\nrtsp://cam3/live\n")
+    assert resolve_sources(("rtsp://cam1/live", listing)) == ([], ["rtsp://cam1/live", "http://cam2.local/video.mjpg",
+                                                                  "rtsp://cam3/live"])
+    with pytest.raises(UserError, match=r"the stream rtsp://admin:\*\*\*@cam1/live is given twice"):
+        resolve_sources(["rtsp://admin:one@cam1/live", "rtsp://admin:two@cam1/live"])  # one name: rows, video, window
+    with pytest.raises(UserError, match="the stream rtsp://cam3/live is given twice"):
+        resolve_sources(["rtsp://cam3/live", listing])
 
 
 def test_resolve_reports_every_problem_before_any_work(media, tmp_path):
@@ -218,7 +235,7 @@ def test_http_stream_newest_frame_only(mjpeg_server):
     loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=10, stop_event=caller_stop)
     try:
         numbers, frames = [], []
-        for frame in loader:
+        for [frame] in loader:  # one stream: groups of one frame
             numbers.append(frame_number(frame.original))
             frames.append(frame)
             wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
@@ -245,7 +262,7 @@ def test_https_stream_with_self_signed_certificate(https_mjpeg_server):
     loader = LoadStreams([https_mjpeg_server.url], patch_size=64, timeout=10)
     try:
         frames = []
-        for frame in loader:
+        for [frame] in loader:
             frames.append(frame)
             wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
             if len(frames) == 5:
@@ -263,7 +280,7 @@ def test_https_stream_with_self_signed_certificate(https_mjpeg_server):
 def test_rtsp_stream_over_tcp(rtsp_server):
     loader = LoadStreams([rtsp_server.url], patch_size=64, timeout=10)
     try:
-        frames = [next(loader) for _ in range(3)]
+        frames = [frame for _ in range(3) for frame in next(loader)]
     finally:
         loader.close()
     assert loader.readers[0].used_transport == "tcp"
@@ -277,7 +294,7 @@ def test_rtmp_stream_newest_frame_only(rtmp_server):
     loader = LoadStreams([rtmp_server.url], patch_size=64, timeout=20)
     try:
         frames = []
-        for frame in loader:
+        for [frame] in loader:
             frames.append(frame)
             wait_for_newer_frames(loader, frame)  # slower than the 10 FPS stream
             if len(frames) == 5:
@@ -299,7 +316,7 @@ def test_webcam_newest_frame_only(fake_webcam, tmp_path):
     loader = LoadStreams(["0"], patch_size=64, timeout=5)
     try:
         frames = []
-        for frame in loader:
+        for [frame] in loader:
             frames.append(frame)
             wait_for_newer_frames(loader, frame)  # slower than the camera
             if len(frames) == 5:
@@ -318,7 +335,7 @@ def test_webcam_newest_frame_only(fake_webcam, tmp_path):
 def test_rtsp_falls_back_to_udp(rtsp_udp_only_server, capfd):
     loader = LoadStreams([rtsp_udp_only_server.url], patch_size=64, timeout=10)
     try:
-        frame = next(loader)
+        [frame] = next(loader)
     finally:
         loader.close()
     assert loader.readers[0].used_transport == "udp" and frame.original.shape == (120, 160, 3)
@@ -348,7 +365,7 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
     loader = LoadStreams([mjpeg_server.url], patch_size=64, timeout=6)
     restarted = MjpegServer(tmp_path, port=mjpeg_server.port, start_number=5000)
     try:
-        before = frame_number(next(loader).original)
+        before = frame_number(next(loader)[0].original)
         restarted.prepare()
         mjpeg_server.stop()
         wait_until(lambda: "no frame, reconnecting" in printed_so_far(), 60,
@@ -356,7 +373,7 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
         restarted.start()
         try:
             after = []
-            for frame in loader:  # frames left over from before the drop come first, then the new server's
+            for [frame] in loader:  # frames left over from before the drop come first, then the new server's
                 after.append(frame_number(frame.original))
                 if after[-1] >= 5000:
                     break
@@ -373,22 +390,85 @@ def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path
     assert not loader.readers[0].is_alive()
 
 
-def test_two_streams_take_turns(rtsp_server, mjpeg_server):
-    """A .txt list may hold several streams: each has its reader, and the loader alternates between them."""
+def test_two_streams_come_in_groups(rtsp_server, mjpeg_server):
+    """A .txt list may hold several streams: each has its reader, and each group holds the newest unseen frame of
+    every stream that has one, in source order."""
     loader = LoadStreams([rtsp_server.url, mjpeg_server.url], patch_size=64, timeout=10)
     try:
-        frames = []
-        for frame in loader:
-            frames.append(frame)
+        groups = []
+        for group in loader:
+            groups.append(group)
             # slower than both 10 FPS streams, so each has a new frame every time
             wait_until(lambda: all(r.sequence > seen for r, seen in zip(loader.readers, loader.consumed)), 60,
                        what=lambda: f"a new frame from each stream (readers at "
                                     f"{[r.sequence for r in loader.readers]}, consumed {loader.consumed})")
-            if len(frames) == 6:
+            if len(groups) == 3:
                 break
     finally:
         loader.close()
-    sizes = [f.original.shape[:2] for f in frames]
-    assert sizes.count((120, 160)) == 3 and sizes.count((128, 192)) == 3
-    assert all(a.path != b.path for a, b in zip(frames, frames[1:]))  # round robin while both deliver
+    assert [[f.path for f in group] for group in groups[1:]] == [[rtsp_server.url, mjpeg_server.url]] * 2
+    assert all([f.original.shape[:2] for f in group] == [(120, 160), (128, 192)] for group in groups[1:])
+    for stream in range(2):
+        indices = [group[stream].index for group in groups[1:]]
+        assert indices[1] > indices[0]  # never a frame twice
+    assert not any(reader.is_alive() for reader in loader.readers)
+
+
+# ---------------------------------------------------------------- LoadStreams' groups, without a network
+
+
+class FakeReader:
+    """What newest_unseen reads of a StreamReader: its newest frame and how many it has received."""
+
+    def __init__(self):
+        self.sequence, self.frame, self.capture = -1, None, None
+
+    def deliver(self, frame):
+        self.frame, self.sequence = frame, self.sequence + 1
+
+
+def test_a_group_takes_the_newest_unseen_frame_of_each_stream_and_never_one_twice():
+    readers = [FakeReader(), FakeReader(), FakeReader()]
+    consumed = [-1, -1, -1]
+    assert newest_unseen(readers, consumed) == []  # nothing received yet
+    readers[0].deliver("a0")
+    readers[2].deliver("c0")
+    readers[2].deliver("c1")  # arrived before the next forward pass: c0 is skipped, not queued
+    assert [(frame, index) for _, frame, index, _ in newest_unseen(readers, consumed)] == [("a0", 0), ("c1", 1)]
+    assert newest_unseen(readers, consumed) == []  # no frame twice
+    readers[1].deliver("b0")  # a stream that came late (or came back) joins the next group alone
+    assert [(reader, frame) for reader, frame, _, _ in newest_unseen(readers, consumed)] == [(readers[1], "b0")]
+    for reader, frame in zip(readers, ("a1", "b1", "c2")):
+        reader.deliver(frame)
+    assert [frame for _, frame, _, _ in newest_unseen(readers, consumed)] == ["a1", "b1", "c2"]  # source order
+    assert consumed == [1, 1, 2]
+
+
+def test_a_stream_that_ends_leaves_the_groups_and_the_others_go_on(fake_webcam, tmp_path):
+    """Two webcams (cv2.VideoCapture(0) and (1) play clips at 12 FPS): camera 1 is unplugged after 2 s and never
+    comes back; the groups go on with camera 0 alone, each frame once."""
+    (tmp_path / "dev" / "video1").touch()
+    clips = {0: write_video(tmp_path / "long.mp4", 240), 1: write_video(tmp_path / "short.mp4", 24)}
+    opened = set()
+
+    def open_camera(index):  # each camera plays its clip once; reopened, it delivers nothing (unplugged)
+        first = index not in opened
+        opened.add(index)
+        return FakeCamera(clips[index]) if first else cv2.VideoCapture()
+    fake_webcam(open_camera)
+    loader = LoadStreams(["0", "1"], patch_size=64, timeout=1)
+    try:
+        groups = []
+        for group in loader:
+            groups.append([(frame.path, frame.index, frame_number(frame.original)) for frame in group])
+            if loader.readers[1].finished and len(groups) > 5 and [path for path, _, _ in groups[-1]] == ["0"]:
+                break
+            wait_until(lambda: loader.readers[0].sequence > loader.consumed[0], 60, what="camera 0's next frame")
+    finally:
+        loader.close()
+    paths = [[path for path, _, _ in group] for group in groups]
+    assert ["0", "1"] in paths and paths[-1] == ["0"]
+    for source in ("0", "1"):
+        numbers = [number for group in groups for path, _, number in group if path == source]
+        assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers  # never a frame twice
     assert not any(reader.is_alive() for reader in loader.readers)

@@ -1,7 +1,9 @@
 """detect.py on live sources: RTSP, RTMP, HTTP(S) streams that drop and come back, and the webcam."""
 
 import re
+import signal
 import time
+from collections import Counter
 
 import cv2
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from helpers.cameras import FakeCamera
 from helpers.data import video_facts, write_video
 from helpers.detect_runs import cli, detect_process, read_rows, run_detect, wait_for_rows, wait_for_stderr
-from helpers.servers import wait_until
+from helpers.servers import RtspServer, wait_until
 
 
 # ---------------------------------------------------------------- streams
@@ -126,6 +128,74 @@ def test_rtsp_stream_survives_restart_and_ends_when_gone(trained_checkpoint, rts
     frames, fps, width, height = video_facts(out / f"127.0.0.1_{rtsp_server.port}_test.mp4")
     assert (frames, width, height) == (len(rows), 160, 120) and fps == pytest.approx(10, rel=0.25)
     assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
+
+
+def test_three_streams_in_one_run_one_drops_the_others_go_on_and_it_reconnects(trained_checkpoint, rtsp_server,
+                                                                                mjpeg_server, tmp_path):
+    """Two RTSP streams and an HTTP MJPEG stream in one detect.py, one forward pass over the newest frame of each.
+    The second RTSP server is stopped mid-run: the other two keep adding rows while it is down; started again on
+    its port, its rows resume. Each stream has its own video and its own name in the source column."""
+    second = RtspServer(tmp_path).start()
+    try:
+        dropped = second.url.replace("rtsp://", "rtsp://admin:s3cret@")
+        shown = {rtsp_server.url: rtsp_server.url, dropped: second.url.replace("rtsp://", "rtsp://admin:***@"),
+                 mjpeg_server.url: mjpeg_server.url}
+        first_url, dropped_url, mjpeg_url = shown.values()
+        out = tmp_path / "out"
+        with detect_process("--model", trained_checkpoint, "--source", rtsp_server.url, dropped, mjpeg_server.url,
+                            "--save-video", "--save-dir", out, "--stream-timeout", "60") as process:
+            def rows_of():
+                return Counter(row["source"] for row in read_rows(out)) if (out / "results.csv").exists() else {}
+
+            def waiting_for(what):
+                return lambda: f"{what}; rows so far {dict(rows_of())}; stderr: {process.output()[1][-2000:]}"
+
+            wait_until(lambda: all(rows_of().get(url, 0) >= 3 for url in shown.values()), 300,
+                       what=waiting_for("3 rows of each stream"))
+            second.prepare()  # booted now: the restart below only binds the port, however busy the machine
+            second.stop()
+            wait_for_stderr(process, rf"stream {re.escape(dropped_url)}: no frame, reconnecting")
+            at_drop = rows_of()
+            # the server stays down until this wait is over: the other two go on without it
+            wait_until(lambda: all(rows_of()[url] >= at_drop[url] + 5 for url in (first_url, mjpeg_url)), 120,
+                       what=waiting_for(f"5 more rows of the streams still up ({dict(at_drop)} at the drop)"))
+            assert "reconnected after" not in process.output()[1]
+            second.start()  # same port
+            wait_for_stderr(process, rf"stream {re.escape(dropped_url)}: reconnected after")
+            at_reconnect = rows_of()
+            wait_until(lambda: rows_of()[dropped_url] >= at_reconnect[dropped_url] + 3, 120,
+                       what=waiting_for(f"the reconnected stream's rows ({dict(at_reconnect)} at the reconnection)"))
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=120)
+    finally:
+        second.close()
+    assert process.returncode == 130, stderr
+    rows = read_rows(out)
+    assert {row["source"] for row in rows} == set(shown.values())
+    assert "s3cret" not in stdout + stderr + (out / "results.csv").read_text()
+    for url, name, size in ((first_url, f"127.0.0.1_{rtsp_server.port}_test.mp4", (160, 120)),
+                            (dropped_url, f"127.0.0.1_{second.port}_test.mp4", (160, 120)),
+                            (mjpeg_url, f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4", (192, 128))):
+        own = [row for row in rows if row["source"] == url]
+        indices = [int(row["frame"]) for row in own]
+        assert all(b > a for a, b in zip(indices, indices[1:])), (url, indices)  # never a frame twice
+        assert {row["video_file"] for row in own} == {name}
+        frames, _, width, height = video_facts(out / name)
+        assert (frames, (width, height)) == (len(own), size)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"127.0.0.1_{rtsp_server.port}_test.mp4",
+                                                           f"127.0.0.1_{second.port}_test.mp4",
+                                                           f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4",
+                                                           "results.csv"])
+
+
+def test_several_file_sources_are_named_in_the_source_column(trained_checkpoint, easy_held_out, clip, tmp_path,
+                                                              capsys):
+    """Files given as several --source values: each row's source is its file's path, as given."""
+    image = sorted((easy_held_out / "imgs").iterdir())[0]
+    code, stdout, stderr = cli(capsys, "--model", trained_checkpoint, "--source", clip, image, "--save-dir", tmp_path,
+                               "--nosave")
+    assert code == 0, stderr
+    assert Counter(row["source"] for row in read_rows(tmp_path)) == {str(clip): 20, str(image): 1}
 
 
 def test_webcam_runs_through_the_stream_reader(trained_checkpoint, fake_webcam, tmp_path, capsys):

@@ -1,14 +1,15 @@
 """What a --source string is, what it expands to, and how to show and name it safely.
 
 Pure functions (only the file system is read): `detect_source` classifies a source without opening it,
-`resolve_sources` expands folders, globs and .txt lists into files and stream addresses and fails on
-missing paths before any model work; `mask_credentials` and `safe_name` keep passwords out of the
-console, results.csv and file names, and file names inside the output folder.
+`resolve_sources` expands folders, globs and .txt lists (one --source value or several) into files and
+stream addresses and fails on missing paths before any model work; `mask_credentials` and `safe_name`
+keep passwords out of the console, results.csv and file names, and file names inside the output folder.
 
 Usage:
     from segtoolkit.data.sources import SourceKind, detect_source, resolve_sources
     detect_source("rtsp://cam.local/live")      # SourceKind.RTSP
     files, streams = resolve_sources("data/sample/imgs")
+    files, streams = resolve_sources(["rtsp://cam1.local/live", "cams.txt"])   # --source given several values
 """
 
 import enum
@@ -82,12 +83,28 @@ def media_files(paths):
     return [Path(p) for p in paths if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
 
 
-def resolve_sources(source):
+def resolve_sources(sources):
     """Expand --source into (files, streams): image/video paths and stream addresses (URLs, webcam indices).
 
-    A .txt list holds one source per line (files, folders, globs or streams; relative paths are relative
-    to the list's folder; '#' starts a comment line). Everything is checked here, before the model loads.
+    `sources` is one --source value or several (a list or tuple), expanded in turn. A .txt list holds one
+    source per line (files, folders, globs or streams; relative paths are relative to the list's folder;
+    '#' starts a comment line). Everything is checked here, before the model loads; a stream given twice
+    is refused, since its rows, video and window are named after it.
     """
+    files, streams = [], []
+    for source in sources if isinstance(sources, (list, tuple)) else [sources]:
+        more_files, more_streams = resolve_source(source)
+        files += more_files
+        streams += more_streams
+    shown = [mask_credentials(stream) for stream in streams]
+    twice = next((name for i, name in enumerate(shown) if name in shown[:i]), None)
+    if twice is not None:
+        raise UserError(f"--source: the stream {twice} is given twice; give each stream once")
+    return files, streams
+
+
+def resolve_source(source):
+    """(files, streams) of one --source value: see resolve_sources."""
     kind = detect_source(source)
     if kind != SourceKind.LIST:
         return expand_one(str(source).strip(), kind)
