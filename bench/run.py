@@ -29,6 +29,9 @@ the ratio holds where absolute times would not. docs/performance.md says how lon
   tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
   eval_cost         validation scored at each image's own size / scored at the patch, 1024x768 images: see
                     bench/eval_cost.py                                                        target <= 1.25
+  streams_latency   the age of the frame each row describes (server sent -> row written), three local streams
+                    at 10 FPS: median with one detect.py over the three / with one detect.py per stream; the 95th
+                    percentiles shown beside it: see bench/streams_latency.py                 target <= 1.25
 
 A benchmark that raises, or whose process dies, is a row of the table that says FAILED and why (one line), has
 no ratio line, and makes the exit code 1.
@@ -79,12 +82,13 @@ from segtoolkit.data.cache import CACHE_MODES
 from segtoolkit.training.precision import set_train_mode
 from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
+from bench.streams_latency import streams_latency  # noqa: F401 - main() runs it by name
 from train import UnetTraining
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: train.py and detect.py are run from it
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
               "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop",
-              "eval_cost")
+              "eval_cost", "streams_latency")
 EXTRAS = ("channels_last", "onnx_int8", "amp_training")
 # --smoke: each benchmark's smallest setting (a tiny model, a few images or frames), run for one round; the
 # ratios then say nothing, the run says that every benchmark still runs to its ratio
@@ -101,6 +105,7 @@ SMOKE = {
     "cache_rss_growth": dict(count=2, patch=64, batch=2, size=(96, 128)),
     "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
     "eval_cost": dict(patch=64, batch=2, count=2, size=(96, 128)),
+    "streams_latency": dict(patch=64, size=(96, 128), rows=8, skip=2),
     "channels_last": dict(encoder="resnet18", patch=64, batch=2),
     "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
     "amp_training": dict(patch=64, batch=2, steps=2),

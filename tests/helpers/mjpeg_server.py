@@ -2,7 +2,10 @@
 
 Every frame carries its own number in a strip of black/white blocks at the top (see `frame_number`),
 so a test can tell whether a client saw a frame twice or skipped frames. Bright ellipses move on a
-dark background below the strip. Listens on 127.0.0.1 only. With --certfile and --keyfile it speaks
+dark background below the strip. Listens on 127.0.0.1 only. With --log-sent FILE it appends a line
+`CLIENT K TIME` for every frame it sends: the client's number (0, 1... in the order they connected), the
+frame's number among those sent to that client (0-based: what a reader counts as it receives them) and
+the wall-clock time it was sent (bench/streams_latency.py reads it). With --certfile and --keyfile it speaks
 HTTPS only (TLS on the same port), like a camera behind a self-signed certificate.
 
 Usage:
@@ -14,6 +17,7 @@ Usage:
 
 import argparse
 import http.server
+import itertools
 import ssl
 import sys
 import threading
@@ -73,7 +77,21 @@ class Camera:
             return self.number, self.jpeg
 
 
-def make_handler(camera):
+class SentLog:
+    """--log-sent: one line per frame sent, `CLIENT K TIME` (see the module's docstring); a no-op without a file."""
+
+    def __init__(self, path):
+        self.handle = open(path, "a") if path else None
+        self.clients, self.lock = itertools.count(), threading.Lock()
+
+    def sent(self, client, k):
+        if self.handle is not None:
+            with self.lock:
+                self.handle.write(f"{client} {k} {time.time():.6f}\n")
+                self.handle.flush()
+
+
+def make_handler(camera, log):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path != "/stream.mjpg":
@@ -83,13 +101,14 @@ def make_handler(camera):
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
-            number = -1
+            number, client = -1, next(log.clients)
             try:
-                while True:
+                for k in itertools.count():
                     number, jpeg = camera.wait_newer(number)
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
                                      + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                     self.wfile.flush()
+                    log.sent(client, k)
             except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):  # the client left
                 pass
 
@@ -125,6 +144,7 @@ def main():
     parser.add_argument("--start", type=int, default=0, help="number of the first frame")
     parser.add_argument("--certfile", help="PEM certificate: serve HTTPS (needs --keyfile)")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument("--log-sent", help="append `CLIENT K TIME` to this file for every frame sent")
     parser.add_argument("--hold", action="store_true", help="print 'holding', listen only after a line on stdin "
                         "(tests/helpers/servers.py prepare(): a restart without the interpreter's start-up time)")
     args = parser.parse_args()
@@ -132,13 +152,13 @@ def main():
         print("holding", flush=True)
         if not sys.stdin.readline():  # the test ended without starting this server
             return
-    camera = Camera(args.fps, args.width, args.height, args.start)
+    camera, log = Camera(args.fps, args.width, args.height, args.start), SentLog(args.log_sent)
     if args.certfile:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
-        server = TlsServer(("127.0.0.1", args.port), make_handler(camera), context)
+        server = TlsServer(("127.0.0.1", args.port), make_handler(camera, log), context)
     else:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(camera))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(camera, log))
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()

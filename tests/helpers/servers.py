@@ -147,14 +147,17 @@ def self_signed_certificate(folder):
 
 
 class MjpegServer(ServerProcess):
-    """certificate=(cert.pem, key.pem): HTTPS only, at an https:// url."""
+    """certificate=(cert.pem, key.pem): HTTPS only, at an https:// url; log_sent: a file where the server logs
+    when it sent each frame to each client (mjpeg_server.py --log-sent)."""
 
-    def __init__(self, log_dir, port=None, fps=10, width=192, height=128, start_number=0, certificate=None):
+    def __init__(self, log_dir, port=None, fps=10, width=192, height=128, start_number=0, certificate=None,
+                 log_sent=None):
         self.port, self.certificate = port or free_port(), certificate
-        tls = ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])] if certificate else []
+        extra = ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])] if certificate else []
+        extra += ["--log-sent", str(log_sent)] if log_sent else []
         self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.port}/stream.mjpg"
         super().__init__([sys.executable, str(HERE / "mjpeg_server.py"), "--port", str(self.port), "--fps", str(fps),
-                          "--width", str(width), "--height", str(height), "--start", str(start_number), *tls],
+                          "--width", str(width), "--height", str(height), "--start", str(start_number), *extra],
                          Path(log_dir) / f"mjpeg-{self.port}.log")
 
 
