@@ -11,26 +11,21 @@ pass over the newest frame of each, issue 26) / one detect.py per stream.
 One thread per process by default: on a 2-core machine shared with other work (load 7-14), the one process
 with 2 OpenMP threads took seconds per group (its threads spin waiting for each other while the others hold
 the cores): median ages of 0.5-2 s against 20 ms with 1 thread, a measure of the machine's load rather than
-of batching. --threads N gives each process N.
+of batching. streams_latency(..., threads=N) gives each process N.
 
 A row names its frame by `frame`, the frames its stream's reader received so far (0-based); the server numbers
 the frames it sent each client the same way, so the two meet. Each detect.py opens each stream once (checked:
 a second connection, FFmpeg probing say, would make the numbers disagree).
 
-Usage:
-    python3 -m bench.streams_latency                  # Unet/resnet18 at 256, 320x240 streams, 60 rows a stream
-    python3 -m bench.streams_latency --rounds 1 --rows 20
-    python3 -m bench.run --only streams_latency       # as a row of the benchmarks' table
-
-Prints the measurement, then a line `ratio streams_latency VALUE`.
+Usage (Unet/resnet18 at 256, 320x240 streams, 60 rows a stream; a row of the benchmarks' table):
+    python3 -m bench.run --only streams_latency
+    python3 -m bench.run --only streams_latency --rounds 1
 """
 
-import argparse
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.machine import cpu_name
 from segtoolkit.models.checkpoints import save_checkpoint
 from segtoolkit.models.factory import build_model, model_meta
 from tests.helpers.servers import MjpegServer
@@ -147,24 +141,3 @@ def streams_latency(work, rounds, workers, encoder="resnet18", patch=256, size=(
                   f"3 MJPEG streams {size[1]}x{size[0]} at 10 FPS, Unet/{encoder} patch {patch}, {rows} rows a "
                   f"stream ({skip} first left out), {threads} thread(s) in each detect.py process")
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="alternations; each side keeps its best")
-    parser.add_argument("--rows", type=int, default=60, help="rows a stream, per run")
-    parser.add_argument("--threads", type=int, default=1, help="threads of each detect.py process (default 1)")
-    return parser.parse_args(argv)
-
-
-def main(args):
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-streams-") as work:
-        result = streams_latency(work, args.rounds, 0, rows=args.rows, threads=args.threads)
-    print(f"{result.name}: {result.value:.3f} (target {result.target}, {'met' if result.met else 'NOT met'}): "
-          f"{result.measured}; {result.setting}")
-    print(f"ratio {result.name} {result.value:.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(parse_args()))
