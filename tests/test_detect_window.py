@@ -12,7 +12,7 @@ import pytest
 from helpers.data import LONG_CLIP_FRAMES, video_facts
 from helpers.detect_runs import QUIET_ENV, detect_process, read_rows, wait_for_rows
 from dataloaders import Frame
-from helpers.servers import wait_until
+from helpers.servers import MjpegServer, wait_until
 
 
 # ---------------------------------------------------------------- the window, on a virtual display
@@ -149,6 +149,36 @@ def test_view_img_on_a_live_stream_and_q_quits(trained_checkpoint, mjpeg_server,
     assert f"{len(rows)} frame(s)" in stdout.splitlines()[-1]
     frames, fps, width, height = video_facts(tmp_path / f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4")
     assert (frames, width, height) == (len(rows), 192, 128) and fps == pytest.approx(10, rel=0.2)  # playable, whole
+
+
+def test_view_img_on_two_streams_has_a_window_each(trained_checkpoint, mjpeg_server, xvfb_display, tmp_path):
+    """Two MJPEG streams in one run (one forward pass over the newest frame of each): a window named after each
+    stream shows its overlay; q in one ends the run, every output complete."""
+    second = MjpegServer(tmp_path, width=160, height=96).start()
+    env = {**QUIET_ENV, "DISPLAY": xvfb_display}
+    out = tmp_path / "out"
+    try:
+        with detect_process("--model", trained_checkpoint, "--source", mjpeg_server.url, second.url, "--view-img",
+                            "--save-video", "--save-dir", out, "--stream-timeout", "10", env=env) as process:
+            wait_for_rows(process, out, 10)
+            for url in (mjpeg_server.url, second.url):
+                window_id, shown = wait_for_window_showing(
+                    xvfb_display, f"detect.py {url}", tmp_path / "screen.png", process,
+                    lambda shown: shown.shape[1] >= 400 and shown.mean() > 20 and overlay_green(shown).mean() > 0.02)
+                assert shown.shape[1] >= 400 and overlay_green(shown).mean() > 0.02, (url, describe(shown))
+            assert process.poll() is None  # both streams still running
+            press_key(xvfb_display, window_id, "q", process)
+            stdout, stderr = process.communicate(timeout=60)
+    finally:
+        second.close()
+    assert process.returncode == 0, stderr
+    assert "(quit)" in stdout.splitlines()[-1]
+    rows = read_rows(out)
+    for url, video, size in ((mjpeg_server.url, f"127.0.0.1_{mjpeg_server.port}_stream.mjpg.mp4", (192, 128)),
+                             (second.url, f"127.0.0.1_{second.port}_stream.mjpg.mp4", (160, 96))):
+        own = [row for row in rows if row["source"] == url]
+        frames, _, width, height = video_facts(out / video)
+        assert own and (frames, (width, height)) == (len(own), size)
 
 
 def test_an_image_window_is_enlarged_and_waits_for_its_key(monkeypatch):
