@@ -295,7 +295,8 @@ def restore_env(key, value):
 
 
 class LoadStreams:
-    """Live sources (RTSP, RTMP, HTTP, webcams): one reader thread each, newest frame only.
+    """Live sources (RTSP, RTMP, HTTP, webcams): one reader thread each, newest frame only, all connected at once
+    (a stream not opened within `timeout` is a UserError, as alone).
 
     Iteration yields groups, one per forward pass: a list of Frames, the newest unseen frame of every
     stream that has one, in source order (never a frame twice; a stream with nothing new is left out of
@@ -317,12 +318,33 @@ class LoadStreams:
         self.readers = [StreamReader(str(source), timeout, rtsp_transport, self.condition,
                                      (self.closing, self.stop_event)) for source in sources]
         try:
-            for reader in self.readers:
-                self.start_reader(reader, timeout)
+            self.start_readers(timeout)
         except BaseException:
             self.close()
             raise
         self.consumed = [-1] * len(self.readers)
+
+    def start_readers(self, timeout):
+        """Connect every stream at once, so many cameras start in the time of the slowest (each measures its frame
+        rate for seconds) rather than of all in turn. When one fails the others stop trying, and the first
+        failure in source order is raised."""
+        failures = [None] * len(self.readers)
+
+        def start(i):
+            try:
+                self.start_reader(self.readers[i], timeout)
+            except BaseException as error:  # raised below, in the caller's thread
+                failures[i] = error
+                self.closing.set()
+        starters = [threading.Thread(target=start, args=(i,), daemon=True, name=f"connect {reader.name_shown}")
+                    for i, reader in enumerate(self.readers)]
+        for starter in starters:
+            starter.start()
+        for starter in starters:
+            starter.join()
+        failure = next((error for error in failures if error is not None), None)
+        if failure is not None:
+            raise failure
 
     def start_reader(self, reader, timeout):
         started = time.monotonic()

@@ -1,5 +1,6 @@
 """Source detection (pure), LoadImages on every file kind, LoadStreams against real RTSP and HTTP servers."""
 
+import re
 import ssl
 import threading
 import time
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import dataloaders
 from dataloaders import Frame, LoadImages, LoadStreams, ffmpeg_options, iterate_frames, newest_unseen
 from helpers.cameras import FakeCamera
 from helpers.data import write_video
@@ -351,6 +353,23 @@ def test_unreachable_stream_is_a_clear_error_within_timeout():
     with pytest.raises(UserError, match=r"stream http://127.0.0.1:\d+/x: could not read a frame within 2 s"):
         LoadStreams([f"http://127.0.0.1:{free_port()}/x"], patch_size=64, timeout=2)
     assert time.monotonic() - started < 15
+
+
+def test_one_unreachable_stream_among_several_is_the_error_and_the_others_are_closed(mjpeg_server, rtsp_server):
+    """Streams connect at once; one that cannot be opened is the error (as alone), the others stop and release."""
+    unreachable = f"http://127.0.0.1:{free_port()}/x"
+    created = []
+    real_reader = dataloaders.StreamReader
+
+    def recording_reader(*args):
+        created.append(real_reader(*args))
+        return created[-1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataloaders, "StreamReader", recording_reader)
+        with pytest.raises(UserError, match=rf"stream {re.escape(unreachable)}: could not read a frame within 2 s"):
+            LoadStreams([mjpeg_server.url, unreachable, rtsp_server.url], patch_size=64, timeout=2)
+    assert len(created) == 3 and not any(reader.is_alive() for reader in created)
+    assert all(reader.capture is None or not reader.capture.isOpened() for reader in created)
 
 
 def test_stream_reconnects_after_server_restart_then_ends(mjpeg_server, tmp_path, capfd):
