@@ -215,7 +215,7 @@ class BareLoop:
         return steps * batch_size / (time.perf_counter() - started)
 
 
-def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0, crop=False):
+def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp="off", seed=0, crop=False):
     """UnetTraining as train.py builds it (binary, augmentation on), evaluation pushed beyond the run."""
     meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
@@ -232,7 +232,7 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
 # ---------------------------------------------------------------- the five benchmarks
 
 
-def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp=False):
+def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp="off"):
     pairs = write_images(work / "data", batch * steps, seed=1)
     trainer = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
                            epochs=rounds + 2, use_amp=use_amp)  # beyond the rounds: no final evaluation
@@ -246,7 +246,7 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
     return Result("trainer_overhead", best["trainer"] / best["bare"], ">= 0.95",
                   f"UnetTraining {best['trainer']:.1f} img/s, train_step alone {best['bare']:.1f} img/s",
                   f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()} "
-                  f"amp {'on' if use_amp else 'off'}")
+                  f"amp {use_amp}")
 
 
 def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64, crop=False):
@@ -587,7 +587,7 @@ def amp_training(work, rounds, workers, encoder="resnet18", patch=128, batch=8, 
     """Extra: train.py --use-amp (bfloat16 autocast on the CPU) against float32, UnetTraining images/s."""
     pairs = write_images(work / "data", batch * steps, seed=4)
     trainers = {amp: make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                                  epochs=rounds + 2, use_amp=amp) for amp in (False, True)}
+                                  epochs=rounds + 2, use_amp="on" if amp else "off") for amp in (False, True)}
     for trainer in trainers.values():
         trainer_epoch_rate(trainer)  # warm-up: worker start, oneDNN kernels
     best = alternate(rounds, float32=lambda: trainer_epoch_rate(trainers[False]),
