@@ -1,4 +1,4 @@
-"""detect.py under torchrun (real processes, gloo on the CPU), and detect.py --resume-run."""
+"""detect.py and val.py under torchrun (real processes, gloo on the CPU), and detect.py --resume-run."""
 
 import csv
 import json
@@ -180,3 +180,32 @@ def test_sources_are_dealt_in_turn_and_same_named_ones_stay_together():
     assert share(sources, 1, 2) == ["b.png", "d.mp4"]
     assert share(sources, 0, 1) == sources
 
+
+def close_to(a, b, tolerance=1e-9):
+    """JSON values equal, numbers within `tolerance` (NaN equal to NaN)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(close_to(a[key], b[key], tolerance) for key in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(close_to(x, y, tolerance) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return (a != a and b != b) or abs(a - b) <= tolerance
+    return a == b
+
+
+@slow
+def test_val_in_two_processes_scores_what_one_scores(untrained_checkpoint, tiny_data, tmp_path):
+    common = ["val.py", "--model", untrained_checkpoint, "--data", tiny_data, "--batch-size", "5", "--workers", "0",
+              "--save-masks"]  # 12 images: batches of 5, 5 and 2, the first and last in the first process
+    one = run([sys.executable, *map(str, common), "--save-dir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun_command(*common, "--save-dir", tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("evaluating ") == 1  # rank 0 speaks
+    single, sharded = (json.loads((tmp_path / name / "val_results.json").read_text()) for name in ("one", "two"))
+    assert single["images"] == 12 and single["val/loss"] > 0
+    assert close_to(sharded, single)
+    assert (tmp_path / "two" / "per_image.csv").read_text() == (tmp_path / "one" / "per_image.csv").read_text()
+    masks = sorted(path.name for path in (tmp_path / "one" / "masks").iterdir())
+    assert len(masks) == 12 and masks == sorted(path.name for path in (tmp_path / "two" / "masks").iterdir())
+    assert all((tmp_path / "one" / "masks" / name).read_bytes() == (tmp_path / "two" / "masks" / name).read_bytes()
+               for name in masks)
