@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers.detect_runs import QUIET_ENV, detect_command
+import detect
+from helpers.detect_runs import QUIET_ENV
 from helpers.paths import REPO
 from helpers.servers import wait_until
 from segtoolkit.outputs.shards import Finished, merge_parts, part_name, share, source_order
@@ -24,7 +25,8 @@ TIMING = {"inference_ms"}  # the columns that differ between any two runs
 
 
 def torchrun_command(*arguments):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *map(str, arguments)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            *map(str, arguments)]
 
 
 def run(command, timeout=900):
@@ -153,6 +155,21 @@ def test_a_process_killed_mid_run_loses_only_its_frames_and_a_resume_finishes_th
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "frame(s) done already" in resumed.stdout
     assert_same_run(save_dir, one_process)  # every frame once, in source order, each file as one process's
+
+
+def test_one_process_resumes_a_run_cut_short(untrained_checkpoint, images, one_process, tmp_path):
+    save_dir = tmp_path / "cut"
+    arguments = detect_arguments(untrained_checkpoint, images, None)[1:]
+    assert detect.main(detect.parse_args(list(map(str, [*arguments, "--save-dir", save_dir, "--max-frames", 7])))) == 0
+    # the 8th frame cut short by a kill: its mask and polygons written, its row cut off
+    cut = str(images / "img_07.png")
+    (save_dir / "masks" / "img_07.png").write_bytes(b"half a file")
+    with open(save_dir / "polygons.jsonl", "a") as handle:
+        handle.write(json.dumps({"source": cut, "frame": 0, "polygons": []}) + "\n")
+    with open(save_dir / "results.csv", "a") as handle:
+        handle.write(f"{cut},0,12.")
+    assert detect.main(detect.parse_args(list(map(str, [*arguments, "--resume-run", save_dir])))) == 0
+    assert_same_run(save_dir, one_process)  # the cut frame done again under its own name, not img_07_2
 
 
 def test_merge_keeps_complete_rows_and_a_resume_sorts_and_drops_cut_frames(tmp_path):
