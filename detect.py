@@ -81,7 +81,8 @@ class DetectSettings:
     """detect.py's flags: each field is the flag --field-name, its default and help written once, here."""
     source: str = setting(group="Data", help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or "
                           "webcam index (a path that exists is never a glob, even with [ ] * ? in its name)")
-    max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total")
+    max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total (under torchrun: "
+                                     "in each process)")
     stream_timeout: float = setting(30.0, group="Data", help="seconds to keep reconnecting a dropped stream before "
                                     "ending it (default: 30)")
     rtsp_transport: str = setting("auto", group="Data", choices=RTSP_TRANSPORTS,

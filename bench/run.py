@@ -322,6 +322,9 @@ def detect_rate(work, model_file, video, frames, *flags):
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+FRAME_LINE = re.compile(r"image \d+/\d+ (\S+) \d+x\d+:")  # detect.py's line for an image: its path
+
+
 def sharded_rate(work, model_file, images, processes, threads):
     """Images/s of detect.py over `images` in `processes` torchrun processes of `threads` threads each (one: a plain
     python3 detect.py), from its per-frame lines, stamped as they come: the frames finished while every process
@@ -337,9 +340,9 @@ def sharded_rate(work, model_file, images, processes, threads):
                                     "--source", str(images), "--save-dir", str(work / f"detect-{processes}")],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                    env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        for line in process.stdout:
-            if line.startswith("image "):
-                stamps[rank_of[line.split()[2]]].append(time.perf_counter())
+        for line in process.stdout:  # torchrun runs python -u: two processes' lines may share one
+            for path in FRAME_LINE.findall(line):
+                stamps[rank_of[path]].append(time.perf_counter())
     shutil.rmtree(work / f"detect-{processes}", ignore_errors=True)
     if process.wait() != 0 or sum(map(len, stamps)) != len(files):
         raise RuntimeError(f"detect.py in {processes} process(es) printed {sum(map(len, stamps))} frame lines for "

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import detect
-from helpers.detect_runs import QUIET_ENV
+from helpers.detect_runs import QUIET_ENV, cli
 from helpers.paths import REPO
 from helpers.servers import wait_until
 from segtoolkit.outputs.shards import Finished, merge_parts, part_name, share, source_order
@@ -170,6 +170,20 @@ def test_one_process_resumes_a_run_cut_short(untrained_checkpoint, images, one_p
         handle.write(f"{cut},0,12.")
     assert detect.main(detect.parse_args(list(map(str, [*arguments, "--resume-run", save_dir])))) == 0
     assert_same_run(save_dir, one_process)  # the cut frame done again under its own name, not img_07_2
+
+
+def test_resume_run_mistakes_are_one_line_errors(untrained_checkpoint, images, tmp_path, capsys):
+    given = ["--model", untrained_checkpoint, "--source", images]
+    code, _, err = cli(capsys, *given, "--resume-run", tmp_path / "none")
+    assert code == 2 and f"error: --resume-run {tmp_path / 'none'} is not a detect.py run folder" in err
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.csv").write_text("source,frame\r\n")
+    code, _, err = cli(capsys, *given, "--resume-run", run_dir, "--save-dir", tmp_path / "other")
+    assert code == 2 and err.strip().endswith("is the folder written to; drop --save-dir")
+    code, _, err = cli(capsys, *given, "--resume-run", run_dir, "--save-coco")
+    assert code == 2 and "error: --save-coco covers a whole run in one process" in err
+    assert sorted(path.name for path in run_dir.iterdir()) == ["results.csv"]
 
 
 def test_merge_keeps_complete_rows_and_a_resume_sorts_and_drops_cut_frames(tmp_path):
