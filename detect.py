@@ -280,6 +280,8 @@ def segment(settings):
     writer, outputs = make_outputs(meta, save_dir or Path(settings.project) / settings.name, not save_dir,
                                    settings.save_video and not settings.nosave, not settings.nosave, files, exports,
                                    results_name=part(RESULTS_FILE))
+    if merges:
+        check_merged_columns(writer, process)
     order = source_order(files, streams)
     finished = resumed_frames(writer, order, process) if settings.resume_run is not None else Finished()
     files, streams = my_sources(finished.left(files), streams, process)
@@ -310,12 +312,25 @@ def shared_run_dir(save_dir, settings):
     return save_dir
 
 
+def check_merged_columns(writer, process):
+    """The results.csv that rank 0 merges into must take the parts' columns: checked by rank 0 before any
+    process writes, and refused by every one (segtoolkit.outputs.detections.ResultWriter.check_existing)."""
+    problem = None
+    if process.is_main:
+        try:
+            writer.check_existing(RESULTS_FILE)
+        except UserError as error:  # raised below by every process, not only this one
+            problem = str(error)
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise UserError(problem)
+
+
 def resumed_frames(writer, order, process):
     """--resume-run: rank 0 merges what the run left (parts of processes that never merged, a row cut off)
     into results.csv, then every process reads the frames it lists (Finished); the files its rows name keep
     their names, a file no row names is a cut-short frame's and is written again."""
     if process.is_main:
-        writer.check_existing(RESULTS_FILE)
         merge_parts(writer.save_dir, order, resumed=True)
     distributed.barrier()
     finished = Finished.read(writer.save_dir)

@@ -183,6 +183,8 @@ def test_resume_run_mistakes_are_one_line_errors(untrained_checkpoint, images, t
     assert code == 2 and err.strip().endswith("is the folder written to; drop --save-dir")
     code, _, err = cli(capsys, *given, "--resume-run", run_dir, "--save-coco")
     assert code == 2 and "error: --save-coco covers a whole run in one process" in err
+    code, _, err = cli(capsys, *given, "--resume-run", run_dir)  # another model's, or an earlier detect.py's
+    assert code == 2 and "holds a results.csv with other columns" in err  # checked before any process writes
     assert sorted(path.name for path in run_dir.iterdir()) == ["results.csv"]
 
 
