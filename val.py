@@ -458,7 +458,10 @@ def build_parser():
 
 def val_from_args(args):
     """evaluate() with the command line's settings; the exit code: 130 when stopped, else 0."""
-    return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
+    try:
+        return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
+    finally:
+        distributed.teardown()
 
 
 def main(args):
