@@ -107,7 +107,7 @@ SMOKE = {
     "cache_rss_growth": dict(count=2, patch=64, batch=2, size=(96, 128)),
     "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
     "eval_cost": dict(patch=64, batch=2, count=2, size=(96, 128)),
-    "shard_scaling": dict(encoder="resnet18", patch=64, count=8, size=(96, 128)),
+    "shard_scaling": dict(encoder="resnet18", patch=64, count=8, size=(96, 128), strict=False),
     "channels_last": dict(encoder="resnet18", patch=64, batch=2),
     "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
     "amp_training": dict(patch=64, batch=2, steps=2),
@@ -326,11 +326,12 @@ def detect_rate(work, model_file, video, frames, *flags):
 FRAME_LINE = re.compile(r"image \d+/\d+ (\S+) \d+x\d+:")  # detect.py's line for an image: its path
 
 
-def sharded_rate(work, model_file, images, processes, threads):
+def sharded_rate(work, model_file, images, processes, threads, strict=True):
     """Images/s of detect.py over `images` in `processes` torchrun processes of `threads` threads each (one: a plain
     python3 detect.py), from its per-frame lines, stamped as they come: the frames finished while every process
     segments (from the last process's first frame to the first process's last), so neither the start of torch in
-    each process nor the wait for the slower one counts."""
+    each process nor the wait for the slower one counts. `strict=False` (--smoke, a few tiny images done before the
+    other process starts): the rate over the whole span instead of failing."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] if processes > 1 else []
     files = sorted(images.iterdir())
     rank_of = {str(path): rank for rank in range(processes) for path in share(files, rank, processes)}
@@ -351,12 +352,14 @@ def sharded_rate(work, model_file, images, processes, threads):
     start, end = max(times[0] for times in stamps), min(times[-1] for times in stamps)
     done = sum(start < stamp <= end for times in stamps for stamp in times)
     if done < len(files) // (2 * processes):
+        if not strict:
+            return (len(files) - 1) / (max(times[-1] for times in stamps) - min(times[0] for times in stamps))
         raise RuntimeError(f"the {processes} processes segmented side by side for {done} frames only (one started "
                            f"after the other had nearly finished); give more images")
     return done / (end - start)
 
 
-def shard_scaling(work, rounds, workers, encoder="resnet34", patch=256, count=64, size=(480, 640)):
+def shard_scaling(work, rounds, workers, encoder="resnet34", patch=256, count=64, size=(480, 640), strict=True):
     write_images(work, count, size)
     torch.manual_seed(0)
     checkpoint = work / "model.pth.tar"
@@ -364,9 +367,9 @@ def shard_scaling(work, rounds, workers, encoder="resnet34", patch=256, count=64
     cores = 2 * max(1, len(os.sched_getaffinity(0)) // 2)  # torchrun's processes get cores // 2 threads each
     # beside it, one process of one thread: on a busy machine the 2 threads of one process wait for each other (an
     # OpenMP barrier per layer), which no figure of sharding should be read without
-    best = alternate(rounds, one=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores),
-                     two=lambda: sharded_rate(work, checkpoint, work / "imgs", 2, 1),
-                     single=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores // 2))
+    best = alternate(rounds, one=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores, strict),
+                     two=lambda: sharded_rate(work, checkpoint, work / "imgs", 2, 1, strict),
+                     single=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores // 2, strict))
     return Result("shard_scaling", best["two"] / best["one"], ">= 0.90",
                   f"torchrun 2 processes {best['two']:.2f} images/s, one process {best['one']:.2f} images/s (with "
                   f"{cores // 2} thread(s): {best['single']:.2f})",
