@@ -36,8 +36,9 @@ a frame segmented by tiles is abandoned at its next batch of tiles instead, and 
 its tiles take longer than 2 s.
 Under torchrun each process takes a share of the sources (segtoolkit.outputs.shards says which) on its own
 device (cuda:LOCAL_RANK, or on the CPU cores // processes threads) and writes its part of results.csv and
-polygons.jsonl into the run folder rank 0 made at the start; rank 0 merges the parts in source order at the end. --resume-run DIR finishes a run that was
-cut short (by a kill, Ctrl-C or a failed process): the frames its results.csv lists are skipped.
+polygons.jsonl into the run folder rank 0 made at the start; rank 0 merges the parts in source order at the
+end. --resume-run DIR finishes a run that was cut short (by a kill, Ctrl-C or a failed process): the frames
+its results.csv lists are skipped.
 """
 
 import os
