@@ -11,6 +11,8 @@ Usage:
     files, streams = resolve_sources("data/sample/imgs")
     for frame in iterate_frames(files, streams, patch_size=128):
         print(frame.path, frame.index, frame.count, frame.original.shape)
+    for batch in iterate_batches(iterate_frames(files, streams, patch_size=128), 8, limit=100):
+        print(len(batch))                       # up to 8 Frames of files per list; a stream's one by one
 """
 
 import os
@@ -33,7 +35,7 @@ from segtoolkit.data.sources import (VIDEO_SUFFIXES, SourceKind, detect_source, 
                                      safe_name)
 
 __all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "RTSP_TRANSPORTS", "SourceKind", "detect_source",
-           "resolve_sources", "mask_credentials", "safe_name"]
+           "resolve_sources", "mask_credentials", "safe_name", "iterate_batches"]
 RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 MAX_STREAM_FPS = 240  # FFmpeg reports the RTP clock or a 90k time base for some streams: not a frame rate
 FPS_WARMUP = 0.5
@@ -412,3 +414,23 @@ def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_
         yield from live
     finally:
         live.close()
+
+
+def iterate_batches(frames, size, limit=None):
+    """Lists of up to `size` consecutive Frames of `frames` (iterate_frames'), in order and `limit` (None: no
+    limit) frames at most in all, so --max-frames is exact whatever the size. File frames (images, video
+    frames) are grouped, also across files; a live stream's frame comes alone, as it arrives, since waiting
+    for more would make it older. Closing the frames is the caller's."""
+    batch, given = [], 0
+    for frame in frames:
+        if frame.is_stream and batch:
+            yield batch
+            given, batch = given + len(batch), []
+        batch.append(frame)
+        if frame.is_stream or len(batch) == size or given + len(batch) == limit:
+            yield batch
+            given, batch = given + len(batch), []
+            if given == limit:
+                return  # no frame read past the limit
+    if batch:
+        yield batch
