@@ -127,7 +127,7 @@ class DetectSettings:
 
 
 class Segmenter:
-    """Each frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.inference.full_size): its mask
+    """Each frame's Prediction at its own size, by a FullSizePredictor (segtoolkit.inference.full_size): its mask
     of class indices and, with `probabilities` (--save-probs), the class probabilities, both from the logits
     upsampled to the frame (the mask is decided after upsampling, as val.py and train.py count it). Models
     fitted into the patch see frame.image, which the loader letterboxed or stretched; crop-trained models (or

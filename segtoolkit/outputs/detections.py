@@ -108,8 +108,8 @@ class ResultWriter:
         # prefixed: a class named foreground or largest_polygon made a second column of that name as <name>_px,
         # and csv.DictReader kept one of the two; no fixed column starts with px_
         classes = [f"px_{name}" for name in (self.class_names or [])[1:]]
-        return ["source", "frame", "inference_ms", "batch_size", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS,
-                *self.exports.columns]
+        return ["source", "frame", "inference_ms", "batch_size", "largest_polygon_px", "foreground_px", *classes,
+                *FILE_COLUMNS, *self.exports.columns]
 
     def check_existing(self):
         """True when save_dir holds a results.csv to append to; one with other columns is a UserError (call it
