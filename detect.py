@@ -137,9 +137,6 @@ class Segmenter:
     def __init__(self, full_size, probabilities=False):
         self.full_size, self.probabilities = full_size, probabilities
 
-    def __call__(self, frame):
-        return self.many([frame])[0]
-
     def many(self, frames):
         """The Predictions of a list of Frames, in order. A tiled batch cut short by Ctrl-C or SIGTERM (between
         two passes of tiles) gives the frames finished before the cut; cli.Stopped when none was."""

@@ -1,8 +1,8 @@
 """Sliding-window inference: an image of any size segmented at full resolution by tiles of the model's patch
 size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap, as
-MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile at
-a time, so memory holds the uint8 image, the result and one or two row bands of tiles, never a float copy of
-the whole image.
+MMSegmentation and nnU-Net do. Tiles go through the model in batches (across images too, for detect.py and
+val.py --batch-size), and the image is normalized one tile at a time, so memory holds the uint8 image, the result
+and one or two row bands of tiles, never a float copy of the whole image.
 
 Bounded and stoppable: --tile-overlap above MAX_OVERLAP (each pixel inside more than MAX_TILES_PER_PIXEL tiles) is
 refused, since 0.99 made a 1000x750 image 643,000 tiles of 64 px; a frame whose tiles take longer than
@@ -13,6 +13,7 @@ Usage:
     tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"], stop=event)
     logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
     for start, stop, logits in tiler.finished_rows(rgb): ...   # C x rows x W, one band in memory at a time
+    first, second = tiler.rows_of_each([rgb, other])          # finished_rows of each, tiles batched across both
 Masks, and logits at the size of an image shrunk by --scale, come from segtoolkit.inference.full_size.
 """
 
