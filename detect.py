@@ -255,7 +255,8 @@ def segment(settings):
     check_model_flags(meta, settings.classes, settings.encoder, settings.model)
     tiled = FullSizePredictor.sees_tiles(meta, settings.tile)  # before the predictor: the stop message says it
     stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
-                       "finishing this frame, then closing outputs")
+                       "finishing this frame, then closing outputs" if settings.batch_size == 1 else
+                       "finishing this batch of frames, then closing outputs")
     # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
     overlap, batch, weighting = run_config(checkpoint).tile_settings(settings.tile_overlap, settings.tile_batch,
                                                                      settings.tile_weighting)
