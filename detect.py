@@ -15,6 +15,8 @@ Usage:
     python detect.py --model best.pth.tar --source data/sample/imgs --save-json --save-probs  # polygons, probs
     python detect.py --model best.pth.tar --source new_imgs --save-coco --rank-uncertain 20  # pre-labels, to label
     python detect.py --model best.pth.tar --source data/sample/imgs --batch-size 8 --device cuda  # 8 per pass
+    torchrun --nproc-per-node 4 detect.py --model best.pth.tar --source big_folder   # 4 processes (GPUs), one run
+    python detect.py --model best.pth.tar --source big_folder --resume-run runs/detect/exp  # finish a cut-short run
 
 Writes to runs/detect/exp (exp2, exp3... never overwriting; --save-dir DIR is used as is, and a second
 run into it appends to its results.csv): for each image the annotated image and masks/<name>.png (0/255
@@ -36,6 +38,11 @@ frames of its --batch-size batch finished before it are written), and shows a pr
 take longer than 2 s. --batch-size N writes what 1 writes, but for results.csv's inference_ms (the batch's
 time per frame) and batch_size (the frames in its forward passes); the convolution library may pick another
 kernel for another batch shape, whose last bits differ (--save-probs: one float16 step on a few pixels).
+Under torchrun each process takes a share of the sources (segtoolkit.outputs.shards says which) on its own
+device (cuda:LOCAL_RANK, or on the CPU cores // processes threads) and writes its part of results.csv and
+polygons.jsonl into the run folder rank 0 made at the start; rank 0 merges the parts in source order at the
+end. --resume-run DIR finishes a run that was cut short (by a kill, Ctrl-C or a failed process): the frames
+its results.csv lists are skipped.
 """
 
 import os
@@ -54,8 +61,10 @@ from segtoolkit.training.config import check_run_name, open_model, run_config
 from segtoolkit.data.classes import output_colours
 from segtoolkit.data.coco import CocoWriter, check_coco_output
 from segtoolkit.outputs.detections import ResultWriter, Viewer, check_display
-from segtoolkit.outputs.files import check_output_folder
-from segtoolkit.distributed import resolve_device
+from segtoolkit.outputs.files import check_output_folder, make_run_dir
+from segtoolkit import distributed
+from segtoolkit.outputs.shards import (POLYGONS_FILE, RESULTS_FILE, Finished, check_resume_run, merge_parts, part_name,
+                                       share, source_order)
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.inference.full_size import CONF_THRES_HELP, FullSizePredictor, check_conf_thres, collect
 from segtoolkit.data.imaging import check_patch_size
@@ -77,7 +86,8 @@ class DetectSettings:
     """detect.py's flags: each field is the flag --field-name, its default and help written once, here."""
     source: str = setting(group="Data", help="image, video, folder, glob, .txt list, rtsp://, rtmp://, http(s):// or "
                           "webcam index (a path that exists is never a glob, even with [ ] * ? in its name)")
-    max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total")
+    max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total (under torchrun: "
+                                     "in each process)")
     batch_size: int = setting(1, group="Data", help="frames of files (images, videos) per forward pass: a model "
                               "fitting frames into its patch sees N of them at once, a tiled one (--tile) takes "
                               "--tile-batch tiles at a time across N frames; outputs as with 1, results.csv's "
@@ -103,6 +113,9 @@ class DetectSettings:
     project: Path = project_setting(Path("runs") / "detect", "Output")
     name: str = name_setting("Output")
     save_dir: Path | None = save_dir_setting(": a second run adds its rows to its results.csv, never overwriting")
+    resume_run: Path | None = setting(None, group="Output", metavar="DIR", help="finish a run that was cut short (a "
+                                      "killed process, Ctrl-C): write into DIR, skipping the frames its results.csv "
+                                      "lists (also under torchrun, with any number of processes)")
     save_video: bool = setting(False, group="Output", help="write an annotated MP4 per video or stream (.avi, MJPEG, "
                                "for an odd frame size)")
     nosave: bool = setting(False, group="Output", help="write no images, masks or videos (results.csv, and what "
@@ -228,6 +241,19 @@ def check_flags(settings):
         raise UserError(f"--batch-size {settings.batch_size} must be at least 1 (frames per forward pass)")
     if settings.patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
         check_patch_size(settings.patch_size)
+    if settings.resume_run is not None:
+        if settings.save_dir is not None:
+            raise UserError(f"--resume-run {settings.resume_run} is the folder written to; drop --save-dir")
+        check_resume_run(settings.resume_run)
+    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    for flag, given in (("--view-img", settings.view_img), ("--save-coco", settings.save_coco),
+                        ("--rank-uncertain", settings.rank_uncertain is not None)):
+        if given and (sharded or settings.resume_run is not None):
+            raise UserError(f"{flag} covers a whole run in one process; run without torchrun and --resume-run, or "
+                            f"drop {flag}")
+
+
+WAIT_MINUTES = 7 * 24 * 60
 
 
 def run(**flags):
@@ -243,9 +269,11 @@ def segment(settings):
     None in the summary when no frame was segmented (nothing was written then).
     """
     check_flags(settings)
-    device = resolve_device(settings.device)
+    # a process waits at the end for the others, which may have hours of video left
+    process, device = distributed.setup(settings.device, timeout_minutes=WAIT_MINUTES)
+    distributed.share_cores(device)
     files, streams = resolve_sources(settings.source)  # missing paths fail here, before the model loads
-    save_dir = Path(settings.save_dir) if settings.save_dir else None
+    save_dir = Path(settings.save_dir or settings.resume_run) if settings.save_dir or settings.resume_run else None
     check_output_folder(save_dir, settings.project)
     check_ranking(settings.rank_uncertain, settings.rank_gap, save_dir)
     check_coco_output(settings.save_coco, settings.coco_rle, save_dir)
@@ -266,26 +294,108 @@ def segment(settings):
     rank = settings.rank_uncertain
     scores = settings.save_probs or settings.save_coco or rank is not None
     segmenter = Segmenter(full_size, probabilities=scores)
+    merges = process.distributed or settings.resume_run is not None  # rank 0 merges parts, or sorts the resumed
+    part = (lambda name: part_name(name, process.rank)) if process.distributed else (lambda name: name)
     exports = FrameExports(meta["class_names"], meta["classes"], settings.save_json, settings.save_probs,
                            coco=CocoWriter(meta["class_names"], settings.coco_rle) if settings.save_coco else None,
                            ranking=UncertainFrames(rank, settings.rank_gap, output_colours(meta) if meta["classes"] > 1
-                                                   else None) if rank is not None else None)
+                                                   else None) if rank is not None else None,
+                           polygons_name=part(POLYGONS_FILE))
+    if merges:  # one folder for every process: rank 0's
+        save_dir = Path(distributed.broadcast_object(str(shared_run_dir(save_dir, settings)) if process.is_main
+                                                     else None))
     writer, outputs = make_outputs(meta, save_dir or Path(settings.project) / settings.name, not save_dir,
-                                   settings.save_video and not settings.nosave, not settings.nosave, files, exports)
+                                   settings.save_video and not settings.nosave, not settings.nosave, files, exports,
+                                   results_name=part(RESULTS_FILE))
+    if merges:
+        check_merged_columns(writer, process)
+    order = source_order(files, streams)
+    finished = resumed_frames(writer, order, process) if settings.resume_run is not None else Finished()
+    files, streams = my_sources(finished.left(files), streams, process)
+    outputs.file_total = len(files)
     with stop:
         frames = iterate_frames(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
                                 meta["std"], settings.stream_timeout, settings.rtsp_transport, stop.event,
                                 prefetch=0 if settings.view_img else max(2, settings.batch_size),
                                 stretch=full_size.resize == "stretch", bit_depth=meta.get("bit_depth"))
         started = time.perf_counter()
-        count, total_ms, user_quit = segment_frames(frames, segmenter, settings.max_frames, outputs, writer,
-                                                    Viewer() if settings.view_img else None, stop,
+        count, total_ms, user_quit = segment_frames(unfinished(frames, finished), segmenter, settings.max_frames,
+                                                    outputs, writer, Viewer() if settings.view_img else None, stop,
                                                     settings.batch_size)
     why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
-    save_dir = writer.save_dir if writer.opened else None
+    save_dir = writer.save_dir if writer.opened or merges else None
     print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
+    if merges:
+        finish_parts(save_dir, order, process, stop.is_set(), settings.resume_run is not None)
     return {"frames": count, "save_dir": save_dir, "interrupted": stop.is_set() and not user_quit,
             "quit": user_quit}
+
+
+def shared_run_dir(save_dir, settings):
+    """Rank 0: the folder every process writes to, created now (--save-dir or --resume-run as is, else the
+    first free one of project/name, name2...)."""
+    if save_dir is None:
+        return make_run_dir(Path(settings.project) / settings.name)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return save_dir
+
+
+def check_merged_columns(writer, process):
+    """The results.csv that rank 0 merges into must take the parts' columns: checked by rank 0 before any
+    process writes, and refused by every one (segtoolkit.outputs.detections.ResultWriter.check_existing)."""
+    problem = None
+    if process.is_main:
+        try:
+            writer.check_existing(RESULTS_FILE)
+        except UserError as error:  # raised below by every process, not only this one
+            problem = str(error)
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise UserError(problem)
+
+
+def resumed_frames(writer, order, process):
+    """--resume-run: rank 0 merges what the run left (parts of processes that never merged, a row cut off)
+    into results.csv, then every process reads the frames it lists (Finished); the files its rows name keep
+    their names, a file no row names is a cut-short frame's and is written again."""
+    if process.is_main:
+        merge_parts(writer.save_dir, order, resumed=True)
+    distributed.barrier()
+    finished = Finished.read(writer.save_dir)
+    writer.listed = finished.files
+    if process.is_main:
+        print(f"resuming {writer.save_dir}: {len(finished.frames)} frame(s) done already", flush=True)
+    return finished
+
+
+def unfinished(frames, finished):
+    """The frames that --resume-run's results.csv does not list; closing it closes `frames`."""
+    try:
+        for frame in frames:
+            if not finished.skips(frame):
+                yield frame
+    finally:
+        frames.close()
+
+
+def my_sources(files, streams, process):
+    """(files, streams) of this process (segtoolkit.outputs.shards.share): all of them alone."""
+    mine = set(share(files + streams, process.rank, process.world_size))
+    return [path for path in files if path in mine], [stream for stream in streams if stream in mine]
+
+
+def finish_parts(save_dir, order, process, stopped, resumed):
+    """Once every process is done, rank 0 merges the parts (and sorts a resumed run) into results.csv and
+    polygons.jsonl; a stopped process leaves its part for --resume-run."""
+    if stopped:
+        print(f"the rows so far are in {save_dir}; finish the run with --resume-run {save_dir}", file=sys.stderr,
+              flush=True)
+        return
+    distributed.barrier()
+    if process.is_main:
+        merged = merge_parts(save_dir, order, resumed)
+        print(f"results.csv of {process.world_size} process(es): {merged} row(s) merged in source order, in "
+              f"{save_dir}", flush=True)
 
 
 def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop, batch_size=1):
@@ -324,7 +434,7 @@ def segment_frames(frames, segmenter, max_frames, outputs, writer, viewer, stop,
     return count, total_ms, user_quit
 
 
-def make_outputs(meta, save_dir, increment, save_video, save_images, files, exports=None):
+def make_outputs(meta, save_dir, increment, save_video, save_images, files, exports=None, results_name=RESULTS_FILE):
     """(ResultWriter, FrameOutputs) for the run. The folder is created with the first frame, so a stream that
     never delivers one leaves nothing behind; a results.csv there that cannot be appended to fails now.
     Masks, overlay and legend share the classes' colours: the training ones of --mask-colors, if given."""
@@ -332,7 +442,7 @@ def make_outputs(meta, save_dir, increment, save_video, save_images, files, expo
     class_names = names if meta["classes"] > 1 else None
     colours = output_colours(meta)
     writer = ResultWriter(save_dir, class_names, save_images=save_images, save_video=save_video, increment=increment,
-                          sources=files, colours=colours, exports=exports)
+                          sources=files, colours=colours, exports=exports, results_name=results_name)
     writer.check_existing()
     return writer, FrameOutputs(writer, colours, class_names, len(files))
 
@@ -359,7 +469,10 @@ def detect_from_args(args):
     if not args.verbose:  # FFmpeg and OpenCV print a warning per failed RTSP transport or reconnect attempt
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    return EXIT_STOPPED if segment(settings_from(DetectSettings, args))["interrupted"] else EXIT_OK
+    try:
+        return EXIT_STOPPED if segment(settings_from(DetectSettings, args))["interrupted"] else EXIT_OK
+    finally:
+        distributed.teardown()
 
 
 def main(args):

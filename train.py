@@ -80,7 +80,7 @@ class UnetTraining:
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr,
                                                              total_steps=config.epochs * self.steps_per_epoch)
-        self.autocast, self.scaler = resolve_precision(device, config.use_amp)
+        self.autocast, self.scaler, self.precision = resolve_precision(device, config.use_amp)
         self.criterion = make_loss(config.loss or default_loss(config.classes), config.classes,
                                    class_weights).to(device)
         self.early_stopping = EarlyStopping(config.patience)
@@ -512,7 +512,7 @@ def summary(trainer):
                          f"{config.augment if trainer.train_set.transform is not None else 'none'}, inputs "
                          f"normalized {config.normalize}, result: the {config.select} evaluation's weights"),
             ("runtime", f"{trainer.device}, {trainer.process.world_size} process(es), mixed precision "
-                        f"{'on' if config.use_amp else 'off'}"),
+                        f"{trainer.precision}"),
             ("run folder", str(trainer.run_dir))]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)

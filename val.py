@@ -8,6 +8,7 @@ Usage:
     python val.py --model best-checkpoint.onnx --data my_data/holdout         # a folder with imgs/ and masks/
     python val.py --model best-checkpoint.pth.tar --coco export/holdout.json  # a COCO file (segtoolkit.data.coco)
     python val.py --model best-checkpoint.onnx --data-dir my_data --search-files --val-split 0.2 --test-split 0.1
+    torchrun --nproc-per-node 2 val.py --model best-checkpoint.pth.tar     # two processes (GPUs), one result
 
 Data: a train.py checkpoint lists the files of its run, and without a data flag val.py takes its test split
 (its validation split when it has none; --split chooses). Otherwise, or for an exported model (which lists
@@ -33,6 +34,9 @@ model's logits upsampled bilinearly to the image (the letterbox padding cut away
 or argmaxed, against the original mask (segtoolkit.evaluation.scoring); the loss is computed where the model works
 (the patch, or the image at a crop-trained model's --scale). Colour masks are read with the colours the
 model was trained with (--mask-colors FILE reads them with others); palette PNGs as their indices.
+Under torchrun each process scores every N-th batch (batch k: process k % N, so each batch, and its mean
+loss, is the one a single process scores) on its own device; the confusion matrices and loss sums are summed
+over the processes and the per-image rows gathered, so val_results.json is a single process's.
 Exit codes: 0 done, 1 the run failed (an output could not be written, a DataLoader worker killed), 2 bad
 input (a one-line error naming the file or flag), 130 stopped by Ctrl-C or SIGTERM (no results written).
 """
@@ -42,7 +46,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import make_dataset
@@ -53,7 +57,7 @@ from segtoolkit.cli import (StopRequest, device_setting, half_setting, model_fil
                             verbose_setting)
 from segtoolkit.training.config import (SAMPLE_DIR, SPLIT_FILES, RunConfig, check_run_name, locate, open_model,
                                         run_config, sample_split_file)
-from segtoolkit.distributed import resolve_device
+from segtoolkit import distributed
 from segtoolkit.errors import EXIT_OK, EXIT_STOPPED, UserError
 from segtoolkit.data.loaders import collate
 from segtoolkit.evaluation.scoring import accumulate
@@ -333,8 +337,11 @@ def evaluate(settings):
     """Evaluate settings.model on a labelled split and write the results. Returns a summary dict: metrics,
     save_dir (None when stopped), interrupted."""
     check_flags(settings)
-    device = resolve_device(settings.device)
+    process, device = distributed.setup(settings.device)
+    distributed.share_cores(device)
     folder = RunFolder(settings.save_dir, settings.project, settings.name)
+    if process.distributed:  # one folder for every process: rank 0's, made now
+        folder.created = Path(distributed.broadcast_object(str(folder.path) if process.is_main else None))
     meta, predictor, checkpoint = open_model(settings.model, device, settings.half)
     chosen = coco_data(settings.coco, meta, settings.data_dir, settings.img_dir) if settings.coco else \
         choose_data(settings, checkpoint)
@@ -344,17 +351,18 @@ def evaluate(settings):
                                             conf_thres=settings.conf_thres)
     dataset = make_dataset(chosen.pairs, **read_options(meta, settings), threads=max(2, settings.workers),
                            evaluation=True, mode=full_size.dataset_mode, scale=full_size.scale)
+    say = print if process.is_main else lambda *args, **kwargs: None
     for line in label_warnings(class_pixel_counts(dataset), meta["classes"], settings.ignore_index,
                                meta["class_names"], split=chosen.split or "evaluation"):
-        print(f"warning: {line}", file=sys.stderr, flush=True)
+        say(f"warning: {line}", file=sys.stderr, flush=True)
     how = f"whole images by sliding window of {meta['patch_size']}" if settings.tile else f"patch {meta['patch_size']}"
     how += f", batch {settings.batch_size}"
-    print(f"evaluating {settings.model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}",
-          flush=True)
+    say(f"evaluating {settings.model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}"
+        + (f", {process.world_size} processes" if process.distributed else ""), flush=True)
     weights = loss_weights(settings, checkpoint, meta["classes"])
     with StopRequest("stopping after this batch; no results are written") as stop:
-        stats, per_image = score(full_size, dataset, meta, settings, weights, folder, stop)
-    if stop.is_set():
+        stats, per_image = score(full_size, dataset, meta, settings, weights, folder, stop, process)
+    if distributed.any_process(stop.is_set(), device):
         print("stopped: no results written" + (f" (the masks so far are in {folder.created})" if folder.created
                                                else ""), flush=True)
         return {"metrics": None, "save_dir": None, "interrupted": True}
@@ -362,6 +370,8 @@ def evaluate(settings):
     metrics = stats.compute(chosen.prefix, class_names if meta["classes"] > 1 else None)
     matrix = stats.reduced()[0]
     rows = class_rows(matrix, class_names)
+    if not process.is_main:
+        return {"metrics": metrics, "save_dir": folder.path, "interrupted": False}
     write_outputs(folder, metrics, matrix, rows, per_image, chosen=chosen, meta=meta, settings=settings,
                   weights=weights)
     print("\n".join(class_table(rows, metrics, chosen.prefix, meta["classes"])))
@@ -371,15 +381,24 @@ def evaluate(settings):
     return {"metrics": metrics, "save_dir": folder.path, "interrupted": False}
 
 
-def score(full_size, dataset, meta, settings, weights, folder, stop):
+def score(full_size, dataset, meta, settings, weights, folder, stop, process=distributed.Process()):
     """The split through the model in order, counted by train.py's loop (segtoolkit.evaluation.scoring.accumulate):
-    (ConfusionStats, PerImageScores); each mask written as its image is scored with --save-masks."""
+    (ConfusionStats, PerImageScores); each mask written as its image is scored with --save-masks. Under torchrun
+    each process scores its batches (batch_share); the stats are summed, the rows gathered by rank 0."""
     workers, classes = settings.workers, meta["classes"]
-    loader = DataLoader(dataset, settings.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                        worker_init_fn=ignore_sigint_in_worker if workers else None)
+    mine = batch_share(len(dataset), settings.batch_size, process.rank, process.world_size)
+    loader = DataLoader(Subset(dataset, mine), settings.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, worker_init_fn=ignore_sigint_in_worker if workers else None)
     criterion = make_loss(settings.loss, classes, weights)
-    per_image = PerImageScores(dataset.pairs, classes, meta["class_names"])
-    masks = MaskWriter(folder, dataset.pairs, classes, tuple(output_colours(meta))) if settings.save_masks else None
+    pairs = [dataset.pairs[i] for i in mine]
+    per_image = PerImageScores(pairs, classes, meta["class_names"])
+    masks = None
+    if settings.save_masks:
+        colours = tuple(output_colours(meta))
+        # the names one process would give, decided once: a name taken twice gets _2 in the split's order
+        names = distributed.broadcast_object(MaskWriter(folder, dataset.pairs, classes).plan() if process.is_main
+                                             else None) if process.distributed else None
+        masks = MaskWriter(folder, pairs, classes, colours, names=names and [names[i] for i in mine])
 
     def on_image(mask, matrix):
         per_image.add(matrix)
@@ -387,13 +406,22 @@ def score(full_size, dataset, meta, settings, weights, folder, stop):
             masks.add(mask)
 
     hint = "no results were written"
-    bar = tqdm(total=len(loader), desc="val", unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=len(loader), desc="val", unit="batch", dynamic_ncols=True, disable=not process.is_main)
     batches = until_stopped(guarded_batches(loader, "evaluation", lambda: hint, bar), stop)
     with worker_crash_as_error(lambda: hint):
         stats = accumulate(full_size, batches, ConfusionStats(classes, settings.ignore_index),
                            criterion=criterion, on_image=on_image)
     bar.close()
+    if process.distributed:  # every image's row, in the split's order
+        gathered = distributed.gather_objects((mine, per_image.rows))
+        per_image.rows = [row for _, row in sorted((index, row) for indices, rows in gathered
+                                                   for index, row in zip(indices, rows))]
     return stats, per_image
+
+
+def batch_share(count, batch_size, rank, world_size):
+    """The images of this process: those of every world_size-th batch of one process's batches, from `rank`."""
+    return [index for index in range(count) if index // batch_size % world_size == rank]
 
 
 def until_stopped(batches, stop):
@@ -432,7 +460,10 @@ def build_parser():
 
 def val_from_args(args):
     """evaluate() with the command line's settings; the exit code: 130 when stopped, else 0."""
-    return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
+    try:
+        return EXIT_STOPPED if evaluate(settings_from(ValSettings, args))["interrupted"] else EXIT_OK
+    finally:
+        distributed.teardown()
 
 
 def main(args):

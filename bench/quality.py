@@ -13,6 +13,11 @@ images at their original resolution; train.py's own printout is shown beside it 
              pedestrian; lane marks and pedestrians under 0.3% of the pixels) and void 255 on class
              borders, given as --ignore-index 255. Patch 128, batch 4, 16 epochs. Scored by the macro Dice
              over the 8 classes.
+  photos     mosaics of real photographs made by bench.photo_mosaic from a fixed seed (21): 120 training and
+             40 validation images 240x180, each 3-7 regions cut from seven photographs that scikit-image
+             ships (brick, grass, gravel, moon, tissue, space, retina; training pieces from the left 60% of
+             each photograph, validation pieces from the right 40%), void labelled 7 on class borders, given
+             as --ignore-index 7 (CamVid's convention). Patch 128, batch 4, 16 epochs. Macro Dice over the 7.
 
 The sides:
   train.py   `python3 train.py` with only --encoder resnet18 --encoder-weights none, --patch-size,
@@ -32,6 +37,8 @@ The sides:
              the same order (tests/test_parity.py holds its first steps' losses equal); what still differs:
              train.py shrinks images with INTER_AREA where the reference uses cv2.resize's INTER_LINEAR
              ('reference area' is the reference resizing as train.py does).
+  train.py --FLAG VALUE ...  any other train.py flags added to the default command: one difference from
+             the reference at a time, for ablations (e.g. "train.py --augment none").
   reference area  the reference below resizing images as train.py's --resize stretch does (INTER_AREA when
              shrinking both sides, else INTER_LINEAR), in training and scoring: on the same seed it should
              score as 'train.py parity' does.
@@ -53,13 +60,14 @@ are wall-clock seconds: train.py's include its
 start-up, its per-epoch validation and checkpoint writing, which the reference loop does not do.
 
 Usage:
-    python3 -m bench.quality                          # both data sets: about 35 min on a quiet 2-core CPU
+    python3 -m bench.quality                          # all data sets: about 50 min on a quiet 2-core CPU
     python3 -m bench.quality --only synthetic --seed 1
     python3 -m bench.quality --only membrane --sides "train.py --crop"   # one side
     python3 -m bench.quality --quick                  # tiny (few images, patch 64, 1 epoch), every default side:
                                                       # checks that it all runs (the smoke the test suite runs)
     python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
     python3 -m bench.quality --seeds 3                # every side on seeds 0, 1, 2: mean, spread, paired difference
+    python3 -m bench.quality --only photos --seeds 3 --epochs 6 --sides reference train.py "train.py --augment none"
 
 Prints one table per data set and seed, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or
 foreground_dice, dice_CLASS for each class, seconds). With --seeds N > 1 every side trains on the same N seeds
@@ -73,6 +81,7 @@ paired differences.
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -86,6 +95,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from bench.machine import cpu_name
+from bench.photo_mosaic import CLASS_NAMES as MOSAIC_CLASSES, VOID as MOSAIC_VOID, write_photo_mosaic
 from bench.street_scenes import CLASS_NAMES, VOID, write_street_scenes
 from segtoolkit.models.checkpoints import CHECKPOINT_NAMES, load_checkpoint
 from segtoolkit.inference.full_size import FullSizePredictor, collect, restore
@@ -97,7 +107,7 @@ from segtoolkit.inference.predictor import TorchPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
-DATASETS = ("membrane", "synthetic")
+DATASETS = ("membrane", "synthetic", "photos")
 REFERENCE_WEIGHT_DECAY = 1e-2  # the plain loop's AdamW decay (torch's default)
 # train.py flags that describe the plain reference loop (its loss, bce or ce, is train.py's default too)
 PARITY_FLAGS = ("--augment", "none", "--normalize", "unit", "--weight-decay", f"{REFERENCE_WEIGHT_DECAY:g}",
@@ -107,8 +117,11 @@ SIDE_FLAGS = {"train.py": (), "reference": None, "train.py --crop": ("--crop",),
               "train.py --resize letterbox": ("--resize", "letterbox"), "train.py parity": PARITY_FLAGS,
               "reference area": None}
 SIDES = tuple(SIDE_FLAGS)
+ONE_WORD = {"train.py --crop": "train.py_crop", "train.py --resize letterbox": "train.py_letterbox",
+            "train.py parity": "train.py_parity", "reference area": "reference_area"}  # the machine lines' names
 DEFAULT_SIDES = SIDES[:3]  # letterbox only on request: on the square membrane slices it is the default side
 STREETS_SEED = 13  # the synthetic data never changes with --seed: only the training does
+MOSAIC_SEED = 21  # nor the photo mosaics
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,26 @@ def synthetic_setting(work, quick=False, epochs=None):
                    f"160-320 px wide, {len(CLASS_NAMES)} classes + void {VOID}", Path(work) / "streets",
                    tuple(split["train"]), tuple(split["val"]), classes=len(CLASS_NAMES), ignore_index=VOID,
                    class_names=CLASS_NAMES, patch=patch, batch=batch, epochs=epochs or default_epochs)
+
+
+def photos_setting(work, quick=False, epochs=None):
+    """Mosaics of real photographs written into work/photos by bench.photo_mosaic (120 / 40 images 240x180;
+    quick: 8 / 4 at patch 64): 7 classes, void labelled 7 and given as --ignore-index 7 (as CamVid's void 11)."""
+    train, val = (8, 4) if quick else (120, 40)
+    patch, batch, default_epochs = (64, 2, 1) if quick else (128, 4, 16)
+    split = write_photo_mosaic(Path(work) / "photos", train=train, val=val, seed=MOSAIC_SEED)
+    return Setting("photos", f"mosaics of real photographs (bench.photo_mosaic, seed {MOSAIC_SEED}), {train} train / "
+                   f"{val} val images 240x180, {len(MOSAIC_CLASSES)} classes + void {MOSAIC_VOID}",
+                   Path(work) / "photos", tuple(split["train"]), tuple(split["val"]), classes=len(MOSAIC_CLASSES),
+                   ignore_index=MOSAIC_VOID, class_names=MOSAIC_CLASSES, patch=patch, batch=batch,
+                   epochs=epochs or default_epochs)
+
+
+def make_setting(name, work, quick=False, epochs=None):
+    """The Setting of one of DATASETS."""
+    if name == "membrane":
+        return membrane_setting(quick, epochs)
+    return (synthetic_setting if name == "synthetic" else photos_setting)(work, quick, epochs)
 
 
 def read_pair(setting, path):
@@ -331,7 +364,7 @@ def measure(setting, side, seed, threads, work):
     """Train one side and score it; a Result with the per-class Dice and the wall times."""
     started = time.perf_counter()
     if side.startswith("train.py"):
-        checkpoint, note = run_train_py(setting, seed, threads, work, SIDE_FLAGS[side])
+        checkpoint, note = run_train_py(setting, seed, threads, work, side_flags(side))
         trained = time.perf_counter()
         predict = checkpoint_predictor(checkpoint)
     else:
@@ -389,7 +422,7 @@ def summarise(setting, runs):
         per_class = [mean_std([r.dice[i] for r in results]) for i in range(len(setting.class_names))]
         seconds = mean_std([r.seconds for r in results])[0]
         rows.append([side, f"{mean:.4f} +- {std:.4f}", *(f"{m:.4f}" for m, _ in per_class), f"{seconds:.0f}"])
-        prefix = f"quality {setting.name} {side}"
+        prefix = f"quality {setting.name} {one_word(side)}"
         lines += [f"{prefix} {setting.metric} {mean:.4f}", f"{prefix} {setting.metric}_std {std:.4f}"]
         lines += [f"{prefix} dice_{name} {m:.4f}" for name, (m, _) in zip(setting.class_names, per_class)]
         lines.append(f"{prefix} seconds {seconds:.1f}")
@@ -402,32 +435,41 @@ def summarise(setting, runs):
                      for i in range(len(setting.class_names))]
         rows.append([f"{side} - reference (paired)", f"{mean:+.4f} +- {std:.4f}", *(f"{m:+.4f}" for m in per_class),
                      ""])
-        prefix = f"quality {setting.name} {side}"
+        prefix = f"quality {setting.name} {one_word(side)}"
         lines += [f"{prefix} diff_{setting.metric} {mean:+.4f}", f"{prefix} diff_{setting.metric}_std {std:.4f}"]
     seeds = ", ".join(str(seed) for seed in sorted({r.seed for results in runs for r in results}))
     header = (f"{setting.name} over seeds {seeds} (mean +- sample std; per-class columns are means): "
               f"Unet/resnet18 random init, patch {setting.patch}, batch {setting.batch}, {setting.epochs} epochs")
-    return aligned(header, columns, rows), one_word_sides(lines)
+    return aligned(header, columns, rows), lines
 
 
-def one_word_sides(lines):
-    words = {"train.py --crop": "train.py_crop", "train.py --resize letterbox": "train.py_letterbox",
-             "train.py parity": "train.py_parity",
-             "reference area": "reference_area"}  # one word a field
-    for side, word in words.items():
-        lines = [line.replace(side, word) for line in lines]
-    return lines
+def one_word(side):
+    """A side's name as one word for the machine lines: train.py_crop, train.py_augment_none..."""
+    return ONE_WORD.get(side) or side.replace(" --", "_").replace(" ", "_")
+
+
+def side_flags(side):
+    """train.py's extra flags for a side: a named side's, or those written after 'train.py ' (an ablation)."""
+    return SIDE_FLAGS[side] if side in SIDE_FLAGS else tuple(shlex.split(side)[1:])
+
+
+def side_name(text):
+    """--sides: a named side, or 'train.py FLAG...' for train.py with extra flags."""
+    if text in SIDE_FLAGS or (text.startswith("train.py --") and shlex.split(text)[0] == "train.py"):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: choose one of {', '.join(repr(side) for side in SIDES)}, or "
+                                     "'train.py --FLAG VALUE ...' for train.py with extra flags")
 
 
 def machine_lines(setting, results):
     """`quality DATASET SIDE METRIC VALUE` lines: the headline, each class's Dice, the training seconds."""
     lines = []
     for r in results:
-        prefix = f"quality {setting.name} {r.side}"
+        prefix = f"quality {setting.name} {one_word(r.side)}"
         lines.append(f"{prefix} {setting.metric} {r.headline:.4f}")
         lines += [f"{prefix} dice_{name} {d:.4f}" for name, d in zip(setting.class_names, r.dice)]
         lines.append(f"{prefix} seconds {r.seconds:.1f}")
-    return one_word_sides(lines)
+    return lines
 
 
 def machine(threads):
@@ -446,13 +488,15 @@ def make_parser(description, choose_dataset=True):
     """The benchmark's options (bench.membrane_dice builds the same without --only)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if choose_dataset:
-        parser.add_argument("--only", choices=DATASETS, default=None, help="run one data set (default: both)")
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(DEFAULT_SIDES),
+        parser.add_argument("--only", choices=DATASETS, default=None, help="run one data set (default: all three)")
+    parser.add_argument("--sides", nargs="+", type=side_name, default=list(DEFAULT_SIDES), metavar="SIDE",
                         help="which sides to train (default: the first three; 'train.py --crop' is issue 14's crop "
                              "training with sliding-window evaluation, scored at full resolution too; 'train.py "
                              "--resize letterbox' trains and scores on letterboxed images, the default before "
                              "stretch; 'train.py parity' is train.py with the flags that describe the reference; "
-                             "'reference area' the reference resizing images as train.py does)")
+                             "'reference area' the reference resizing images as train.py does; 'train.py --FLAG "
+                             "VALUE ...' is train.py with those flags added, for ablations; named sides: "
+                             f"{', '.join(SIDES)})")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for both sides (default: membrane 10, synthetic 16; quick 1)")
     parser.add_argument("--seed", type=int, default=0,
@@ -482,8 +526,7 @@ def main(args):
         work = Path(args.work or temp)
         work.mkdir(parents=True, exist_ok=True)
         for name in names:
-            setting = membrane_setting(args.quick, args.epochs) if name == "membrane" else \
-                synthetic_setting(work, args.quick, args.epochs)
+            setting = make_setting(name, work, args.quick, args.epochs)
             runs = []
             for seed in range(args.seed, args.seed + args.seeds):
                 results = []

@@ -25,6 +25,10 @@ the ratio holds where absolute times would not. docs/performance.md says how lon
                     runtime: target >= 2.5 on a bfloat16 CPU, >= 1.3 on others
   detect_overhead_fast  detect.py end to end, as detect_overhead, with the runtime that runs the forward pass
                     fastest on this CPU / that runtime's forward pass alone                   target >= 0.95
+  shard_scaling     images/s of `torchrun --nproc-per-node 2 detect.py` over a folder of 640x480 images (the
+                    cores split: one thread each on 2 cores) / one detect.py with all the threads, Unet/resnet34 at
+                    256; each side counted while all its processes segment; one process with half the threads
+                    shown beside it                                                            target >= 0.90
   batch_throughput  detect.py over 64 images 640x480 with --batch-size 8 / with --batch-size 1: frames per second,
                     same model (Unet/resnet34 at 256) and threads; --device cuda runs both on the GPU, the figure
                     a GPU user needs (a CPU's cores are busy with one frame already)         target >= 0.95
@@ -81,6 +85,7 @@ from segtoolkit.models.factory import build_model, model_meta
 from segtoolkit.inference.full_size import FullSizePredictor
 from segtoolkit.inference.predictor import TorchPredictor, half_dtype, load_predictor, native_bfloat16
 from segtoolkit.data.cache import CACHE_MODES
+from segtoolkit.outputs.shards import share
 from segtoolkit.training.precision import set_train_mode
 from bench.eval_cost import eval_cost  # noqa: F401 - main() runs it by name
 from bench.fullres import cache_rss_growth, epoch_scaling_crop, tile_overhead  # noqa: F401 - main() runs them by name
@@ -89,7 +94,7 @@ from train import UnetTraining
 REPO = Path(__file__).resolve().parents[1]  # the checkout: train.py and detect.py are run from it
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
               "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop",
-              "eval_cost", "batch_throughput")
+              "eval_cost", "shard_scaling", "batch_throughput")
 DEVICE_BENCHMARKS = ("batch_throughput",)  # the ones --device moves; the others run on the CPU
 EXTRAS = ("channels_last", "onnx_int8", "amp_training")
 # --smoke: each benchmark's smallest setting (a tiny model, a few images or frames), run for one round; the
@@ -107,6 +112,7 @@ SMOKE = {
     "cache_rss_growth": dict(count=2, patch=64, batch=2, size=(96, 128)),
     "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
     "eval_cost": dict(patch=64, batch=2, count=2, size=(96, 128)),
+    "shard_scaling": dict(encoder="resnet18", patch=64, count=8, size=(96, 128), strict=False),
     "batch_throughput": dict(encoder="resnet18", patch=64, count=8, batch=4),
     "channels_last": dict(encoder="resnet18", patch=64, batch=2),
     "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
@@ -222,7 +228,7 @@ class BareLoop:
         return steps * batch_size / (time.perf_counter() - started)
 
 
-def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp=False, seed=0, crop=False):
+def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp="off", seed=0, crop=False):
     """UnetTraining as train.py builds it (binary, augmentation on), evaluation pushed beyond the run."""
     meta = model_meta("Unet", encoder, 1, patch, input_mode="tile" if crop else "letterbox")
     options = dict(patch_size=patch, classes=1, mean=meta["mean"], std=meta["std"], threads=max(2, workers))
@@ -239,7 +245,7 @@ def make_trainer(pairs, work, *, encoder, patch, batch, workers, epochs, use_amp
 # ---------------------------------------------------------------- the five benchmarks
 
 
-def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp=False):
+def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch=8, steps=12, use_amp="off"):
     pairs = write_images(work / "data", batch * steps, seed=1)
     trainer = make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
                            epochs=rounds + 2, use_amp=use_amp)  # beyond the rounds: no final evaluation
@@ -253,7 +259,7 @@ def trainer_overhead(work, rounds, workers, encoder="resnet18", patch=128, batch
     return Result("trainer_overhead", best["trainer"] / best["bare"], ">= 0.95",
                   f"UnetTraining {best['trainer']:.1f} img/s, train_step alone {best['bare']:.1f} img/s",
                   f"Unet/{encoder} patch {patch} batch {batch} workers {workers} threads {torch.get_num_threads()} "
-                  f"amp {'on' if use_amp else 'off'}")
+                  f"amp {use_amp}")
 
 
 def epoch_scaling(work, rounds, workers, encoder="resnet18", patch=128, batch=8, count=64, crop=False):
@@ -322,6 +328,60 @@ def detect_rate(work, model_file, video, frames, *flags, first=1):
         raise RuntimeError(f"detect.py printed {len(stamps)} frame lines for {frames} frames, exit "
                            f"{process.returncode}: {errors.read_text()[-2000:]}")
     return (len(stamps) - first) / (stamps[-1] - stamps[0])
+
+
+FRAME_LINE = re.compile(r"image \d+/\d+ (\S+) \d+x\d+:")  # detect.py's line for an image: its path
+
+
+def sharded_rate(work, model_file, images, processes, threads, strict=True):
+    """Images/s of detect.py over `images` in `processes` torchrun processes of `threads` threads each (one: a plain
+    python3 detect.py), from its per-frame lines, stamped as they come: the frames finished while every process
+    segments (from the last process's first frame to the first process's last), so neither the start of torch in
+    each process nor the wait for the slower one counts. `strict=False` (--smoke, a few tiny images done before the
+    other process starts): the rate over the whole span instead of failing."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] if processes > 1 else []
+    files = sorted(images.iterdir())
+    rank_of = {str(path): rank for rank in range(processes) for path in share(files, rank, processes)}
+    stamps = [[] for _ in range(processes)]
+    errors = work / "detect-stderr.txt"
+    with open(errors, "w") as stderr:
+        process = subprocess.Popen([sys.executable, *launcher, str(REPO / "detect.py"), "--model", str(model_file),
+                                    "--source", str(images), "--save-dir", str(work / f"detect-{processes}")],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        for line in process.stdout:  # torchrun runs python -u: two processes' lines may share one
+            for path in FRAME_LINE.findall(line):
+                stamps[rank_of[path]].append(time.perf_counter())
+    shutil.rmtree(work / f"detect-{processes}", ignore_errors=True)
+    if process.wait() != 0 or sum(map(len, stamps)) != len(files):
+        raise RuntimeError(f"detect.py in {processes} process(es) printed {sum(map(len, stamps))} frame lines for "
+                           f"{len(files)} images, exit {process.returncode}: {errors.read_text()[-2000:]}")
+    start, end = max(times[0] for times in stamps), min(times[-1] for times in stamps)
+    done = sum(start < stamp <= end for times in stamps for stamp in times)
+    if done < len(files) // (2 * processes):
+        if not strict:
+            return (len(files) - 1) / (max(times[-1] for times in stamps) - min(times[0] for times in stamps))
+        raise RuntimeError(f"the {processes} processes segmented side by side for {done} frames only (one started "
+                           f"after the other had nearly finished); give more images")
+    return done / (end - start)
+
+
+def shard_scaling(work, rounds, workers, encoder="resnet34", patch=256, count=64, size=(480, 640), strict=True):
+    write_images(work, count, size)
+    torch.manual_seed(0)
+    checkpoint = work / "model.pth.tar"
+    save_checkpoint(checkpoint, build_model("Unet", encoder, 1), model_meta("Unet", encoder, 1, patch))
+    cores = 2 * max(1, len(os.sched_getaffinity(0)) // 2)  # torchrun's processes get cores // 2 threads each
+    # beside it, one process of one thread: on a busy machine the 2 threads of one process wait for each other (an
+    # OpenMP barrier per layer), which no figure of sharding should be read without
+    best = alternate(rounds, one=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores, strict),
+                     two=lambda: sharded_rate(work, checkpoint, work / "imgs", 2, 1, strict),
+                     single=lambda: sharded_rate(work, checkpoint, work / "imgs", 1, cores // 2, strict))
+    return Result("shard_scaling", best["two"] / best["one"], ">= 0.90",
+                  f"torchrun 2 processes {best['two']:.2f} images/s, one process {best['one']:.2f} images/s (with "
+                  f"{cores // 2} thread(s): {best['single']:.2f})",
+                  f"Unet/{encoder} patch {patch}, {count} images {size[1]}x{size[0]}, {cores // 2} thread(s) each "
+                  f"against {cores} in one process, gloo")
 
 
 def frames_rate(predictor, tensors):
@@ -616,7 +676,7 @@ def amp_training(work, rounds, workers, encoder="resnet18", patch=128, batch=8, 
     """Extra: train.py --use-amp (bfloat16 autocast on the CPU) against float32, UnetTraining images/s."""
     pairs = write_images(work / "data", batch * steps, seed=4)
     trainers = {amp: make_trainer(pairs, work, encoder=encoder, patch=patch, batch=batch, workers=workers,
-                                  epochs=rounds + 2, use_amp=amp) for amp in (False, True)}
+                                  epochs=rounds + 2, use_amp="on" if amp else "off") for amp in (False, True)}
     for trainer in trainers.values():
         trainer_epoch_rate(trainer)  # warm-up: worker start, oneDNN kernels
     best = alternate(rounds, float32=lambda: trainer_epoch_rate(trainers[False]),

@@ -1,4 +1,5 @@
-"""torch.distributed plumbing for train.py: torchrun's environment, device choice and reductions.
+"""torch.distributed plumbing for train.py, detect.py and val.py: torchrun's environment, device choice,
+the CPU's cores and reductions.
 
 A plain `python train.py` runs as a group of one: every helper here then does nothing special, so
 the trainer has a single code path.
@@ -66,6 +67,17 @@ def setup(device_name="auto", timeout_minutes=30):
     return process, device
 
 
+def share_cores(device):
+    """On the CPU under torchrun, this machine's cores split between its processes (LOCAL_WORLD_SIZE): torch's
+    threads = cores // processes, unless OMP_NUM_THREADS says otherwise. torchrun sets OMP_NUM_THREADS=1 when
+    it is not set, so 1 counts as not set; returns the threads used."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    given = os.environ.get("OMP_NUM_THREADS", "1")
+    if device.type == "cpu" and local > 1 and given == "1":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    return torch.get_num_threads()
+
+
 def wrap(model, device, sync_bn=False):
     """DistributedDataParallel under torchrun (BatchNorm made SyncBatchNorm first with --sync-bn, which
     PyTorch runs on GPUs only); the model itself in a single process."""
@@ -105,6 +117,15 @@ def broadcast_object(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_objects(value):
+    """Every process's value, in rank order (a list of one alone)."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def barrier():

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -93,10 +94,10 @@ def test_target_direction(target, value, met):
 
 
 @pytest.mark.slow
-def test_quality_smoke_both_data_sets_print_a_table_and_scores_in_0_1_for_every_side(tmp_path):
-    """python3 -m bench.quality --quick, as a user runs it: both data sets (4 / 2 membrane slices, 8 / 4 street
-    scenes), patch 64, 1 epoch, seed 0, every default side: train.py in its own process, the reference loop in
-    the benchmark's, all scored by the benchmark. The figures themselves are not tested."""
+def test_quality_smoke_every_data_set_prints_a_table_and_scores_in_0_1_for_every_side(tmp_path):
+    """python3 -m bench.quality --quick, as a user runs it: the three data sets (4 / 2 membrane slices, 8 / 4 street
+    scenes, 8 / 4 photo mosaics), patch 64, 1 epoch, seed 0, every default side: train.py in its own process, the
+    reference loop in the benchmark's, all scored by the benchmark. The figures themselves are not tested."""
     from bench import quality
     done = subprocess.run([sys.executable, "-m", "bench.quality", "--quick", "--threads", "1", "--work", str(tmp_path)],
                           cwd=REPO, env=SMOKE_ENV, capture_output=True, text=True, timeout=3600)
@@ -105,24 +106,60 @@ def test_quality_smoke_both_data_sets_print_a_table_and_scores_in_0_1_for_every_
     for dataset in quality.DATASETS:
         header = next(line for line in out.splitlines() if line.startswith(f"{dataset}: "))
         assert "patch 64, batch 2, 1 epochs, seed 0" in header
-    assert out.count("train.py - reference") == 2 and out.count("train.py --crop - reference") == 2
-    assert out.count("note: train.py printed best val Dice") == 4
+    sets = len(quality.DATASETS)
+    assert out.count("train.py - reference") == sets and out.count("train.py --crop - reference") == sets
+    assert out.count("note: train.py printed best val Dice") == 2 * sets
     values = {}
     for line in out.splitlines():
         if line.startswith("quality "):
             _, dataset, side, metric, value = line.split()
             values[dataset, side, metric] = float(value)
-    names = {"membrane": ("background", "foreground"), "synthetic": quality.CLASS_NAMES}
-    for dataset, metric in (("membrane", "foreground_dice"), ("synthetic", "macro_dice")):
+    names = {"membrane": ("background", "foreground"), "synthetic": quality.CLASS_NAMES,
+             "photos": quality.MOSAIC_CLASSES}
+    for dataset, metric in (("membrane", "foreground_dice"), ("synthetic", "macro_dice"), ("photos", "macro_dice")):
         for side in ("train.py", "reference", "train.py_crop"):  # the machine lines' one-word names of the sides
             assert 0 <= values[dataset, side, metric] <= 1
             assert values[dataset, side, "seconds"] > 0
             for name in names[dataset]:  # nan: the class is absent from the validation masks
                 dice = values[dataset, side, f"dice_{name}"]
                 assert dice != dice or 0 <= dice <= 1
-    assert len(values) == 3 * (2 + 2) + 3 * (len(quality.CLASS_NAMES) + 2)
+    assert len(values) == sum(3 * (len(classes) + 2) for classes in names.values())
     for dataset in quality.DATASETS:
         assert (tmp_path / "runs" / dataset / "best-checkpoint.pth.tar").is_file()
+
+
+def test_quality_ablation_sides_are_train_py_with_extra_flags():
+    """'train.py --FLAG VALUE ...' sides add their flags to train.py's default command; the machine lines name them
+    in one word; anything else is refused in one line."""
+    from bench import quality
+    assert quality.side_flags("train.py --augment none") == ("--augment", "none")
+    assert quality.side_flags("train.py --crop") == ("--crop",) and quality.side_flags("train.py") == ()
+    assert quality.one_word("train.py --weight-decay 0.001") == "train.py_weight-decay_0.001"
+    assert quality.one_word("train.py --resize letterbox") == "train.py_letterbox"
+    done = subprocess.run([sys.executable, "-m", "bench.quality", "--sides", "train --augment none"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "'train.py --FLAG VALUE ...'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_photo_mosaic_is_real_photographs_split_by_side_with_void_borders(tmp_path):
+    """bench.photo_mosaic: the same seed gives the same files; every mask holds only the 7 classes and void 7, void
+    a thin share of the pixels; training and validation pieces come from disjoint columns of each photograph."""
+    from bench import photo_mosaic
+    split = photo_mosaic.write_photo_mosaic(tmp_path / "a", train=3, val=2, seed=5)
+    again = photo_mosaic.write_photo_mosaic(tmp_path / "b", train=3, val=2, seed=5)
+    assert len(split["train"]) == 3 and len(split["val"]) == 2 and split == again
+    void = []
+    for path in split["train"] + split["val"]:
+        image = cv2.imread(str(tmp_path / "a" / path))
+        assert image.shape == (photo_mosaic.HEIGHT, photo_mosaic.WIDTH, 3)
+        assert (image == cv2.imread(str(tmp_path / "b" / path))).all()
+        mask = cv2.imread(str(tmp_path / "a" / "masks" / path.split("/")[-1]), cv2.IMREAD_UNCHANGED)
+        assert set(np.unique(mask)) <= set(range(photo_mosaic.VOID + 1))
+        void.append((mask == photo_mosaic.VOID).mean())
+    assert 0.01 < np.mean(void) < 0.3  # void is a thin band on borders, not the image
+    photo = np.arange(100)[None, :, None].repeat(4, axis=0).repeat(3, axis=2)
+    train_part, val_part = photo_mosaic.part(photo, True), photo_mosaic.part(photo, False)
+    assert train_part.max() < val_part.min() and train_part.shape[1] + val_part.shape[1] == 100
 
 
 def oracle(setting, spoil_void_with=None):

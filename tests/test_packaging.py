@@ -84,4 +84,4 @@ def test_pyproject_declares_the_pins_of_requirements_txt():
     assert sorted(project["dependencies"]) == pinned
     assert set(project["optional-dependencies"]["dev"]) == {line.strip() for line in
                                                             (REPO / "requirements-dev.txt").read_text().splitlines()
-                                                            if line.strip() and not line.startswith("-r")}
+                                                            if line.strip() and not line.startswith(("-r", "#"))}

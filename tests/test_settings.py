@@ -145,3 +145,35 @@ def test_tile_flags_are_checked_the_same_way_before_anything_loads(command, argv
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, stored, expected", [([], None, None), (["--use-amp"], None, "on"),
+                                                    (["--use-amp", "off"], None, "off"),
+                                                    (["--use-amp", "auto"], None, "auto"),
+                                                    (None, True, "on"), (None, False, "off")])
+def test_use_amp_takes_auto_on_off_and_the_bare_switch_and_reads_old_runs_switch(argv, stored, expected):
+    """--use-amp alone is on (what the switch was); a run stored with the switch (True/False) reads as on/off."""
+    if argv is not None:
+        config = RunConfig.from_namespace(train.parse_args(argv))
+        assert config.use_amp == (expected or RunConfig().use_amp)
+    else:
+        assert RunConfig.from_dict({"use_amp": stored}).use_amp == expected
+
+
+@pytest.mark.parametrize("mode, device, native, expected", [
+    ("auto", "cpu", ["AVX-512 BF16"], "bfloat16 (auto)"), ("auto", "cpu", [], "off (auto: the CPU has no native "
+                                                                               "bfloat16)"),
+    ("on", "cpu", [], "bfloat16"), ("off", "cpu", ["AMX"], "off"), (True, "cpu", [], "bfloat16"),
+    (False, "cpu", ["AMX"], "off")])
+def test_amp_auto_is_bfloat16_only_on_cpus_with_native_bfloat16(mode, device, native, expected, monkeypatch):
+    """auto: bfloat16 autocast where the CPU has it natively (fast), float32 where it would only be emulated (slow);
+    on: asked for, so on anyway; the gradient scaler is never enabled on the CPU."""
+    import torch
+
+    from segtoolkit.training import precision
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: native)
+    autocast, scaler, described = precision.resolve_precision(torch.device(device), mode)
+    assert described == expected and not scaler.is_enabled()
+    with autocast():
+        product = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert product.dtype == (torch.bfloat16 if expected.startswith("bfloat16") else torch.float32)

@@ -85,11 +85,15 @@ class ResultWriter:
     already there is appended to. `sources` (the files of the run) decides which names keep their extension.
     `colours` (RGB per class) colours the palette masks of several classes; one class writes 0/255 masks.
     A write that fails raises RunFailure after removing that frame's files: each row's files exist.
+    `results_name`: results.csv, or a process's part of it under torchrun (segtoolkit.outputs.shards);
+    `reusable`: with --resume-run, the files its results.csv names (a file it does not name is a cut-short
+    frame's, written again under its name instead of numbered _2).
     """
 
     def __init__(self, save_dir, class_names=None, save_images=True, save_video=False, increment=False, sources=(),
-                 colours=None, exports=None):
-        self.save_dir, self.increment = Path(save_dir), increment
+                 colours=None, exports=None, results_name="results.csv", reusable=None):
+        self.save_dir, self.increment, self.results_name = Path(save_dir), increment, results_name
+        self.listed = reusable
         self.class_names, self.save_images, self.save_video = class_names, save_images, save_video
         self.colours = (colours or class_colours(len(class_names))) if class_names else None
         self.exports = exports or NoExports()
@@ -111,10 +115,10 @@ class ResultWriter:
         return ["source", "frame", "inference_ms", "batch_size", "largest_polygon_px", "foreground_px", *classes,
                 *FILE_COLUMNS, *self.exports.columns]
 
-    def check_existing(self):
-        """True when save_dir holds a results.csv to append to; one with other columns is a UserError (call it
-        before any work, so the run stops before anything is written)."""
-        path = self.save_dir / "results.csv"
+    def check_existing(self, name=None):
+        """True when save_dir holds a results.csv (or `name`) to append to; one with other columns is a UserError
+        (call it before any work, so the run stops before anything is written)."""
+        path = self.save_dir / (name or self.results_name)
         if self.increment or not path.is_file() or path.stat().st_size == 0:
             return False
         with open(path, newline="", encoding="utf-8", errors="replace") as handle:
@@ -130,7 +134,7 @@ class ResultWriter:
         else:
             self.save_dir.mkdir(parents=True, exist_ok=True)
         append = self.check_existing()
-        path = self.save_dir / "results.csv"
+        path = self.save_dir / self.results_name
         self.csv_file = open(path, "a", newline="", encoding="utf-8")
         self.csv = csv.writer(self.csv_file)
         if not append:
@@ -145,11 +149,13 @@ class ResultWriter:
         stems collide), numbered _2, _3... while the stem is taken in this run or a name exists in save_dir."""
         stem = safe_name(source, keep_suffix=safe_name(source).casefold() in self.keep_suffix)
         candidate, number = stem, 2
-        while candidate.casefold() in self.used_stems or any((self.save_dir / name).exists()
-                                                              for name in names_for(candidate)):
+        while candidate.casefold() in self.used_stems or any(self.taken(name) for name in names_for(candidate)):
             candidate, number = f"{stem}_{number}", number + 1
         self.used_stems.add(candidate.casefold())  # case-folded: the folder may be copied to a macOS or Windows disk
         return candidate
+
+    def taken(self, name):
+        return (self.save_dir / name).exists() and (self.listed is None or name in self.listed)
 
     def output_names(self, frame, stem):
         """Every file `stem` names for this frame (a video's: for its first frame), relative to save_dir."""
@@ -192,7 +198,7 @@ class ResultWriter:
                 self.exports.rollback()
                 raise
         except OSError as error:  # full disk, folder removed or made read-only, a file where a folder was
-            raise write_failure(error.filename or self.save_dir / "results.csv", error.strerror or error) from None
+            raise write_failure(error.filename or self.save_dir / self.results_name, error.strerror or error) from None
 
     def write_files(self, frame, mask, annotated, probabilities):
         """The frame's files, then the exports'; returns results.csv's file columns (names relative to

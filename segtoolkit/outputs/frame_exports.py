@@ -31,8 +31,10 @@ POLYGONS_FILE = "polygons.jsonl"
 class FrameExports:
     """--save-json and --save-probs for a ResultWriter: the calls of detect_outputs.NoExports."""
 
-    def __init__(self, class_names, classes, save_json=False, save_probs=False, coco=None, ranking=None):
+    def __init__(self, class_names, classes, save_json=False, save_probs=False, coco=None, ranking=None,
+                 polygons_name=POLYGONS_FILE):
         self.class_names, self.save_json, self.save_probs = list(class_names), save_json, save_probs
+        self.polygons_name = polygons_name  # a process's part under torchrun (segtoolkit.outputs.shards)
         self.coco, self.ranking, self.save_dir = coco, ranking, None  # a CocoWriter, an UncertainFrames
         self.suffix = probability_suffix(classes)
         self.json_file = self.json_path = None
@@ -54,7 +56,7 @@ class FrameExports:
         self.save_dir = save_dir
         if not self.save_json:
             return
-        self.json_path = save_dir / POLYGONS_FILE
+        self.json_path = save_dir / self.polygons_name
         cut = self.json_path.is_file() and self.json_path.stat().st_size and not ends_with_newline(self.json_path)
         self.json_file = open(self.json_path, "a", encoding="utf-8")
         if cut:  # a line cut off by a crash: ours start on a line of their own

@@ -187,15 +187,20 @@ class MaskWriter:
     one class, palette PNGs of class indices in `colours` for several); a name already taken gets _2, _3...
     The labels are the ones the metrics counted (segtoolkit.inference.full_size.to_labels at the image's size)."""
 
-    def __init__(self, folder, pairs, classes, colours=None):
-        self.folder, self.pairs = folder, pairs
+    def __init__(self, folder, pairs, classes, colours=None, names=None):
+        self.folder, self.pairs, self.names = folder, pairs, names  # names: plan()'s, decided once for all
         self.colours = colours if classes > 1 else None
         self.written, self.used = 0, set()
 
     def add(self, mask):
         """The next image's predicted labels (HxW at its size), in the split's order."""
-        write_mask(self.claim(self.pairs[self.written][0]), mask, self.colours)
+        path = Path(self.names[self.written]) if self.names else self.claim(self.pairs[self.written][0])
+        write_mask(path, mask, self.colours)
         self.written += 1
+
+    def plan(self):
+        """Every image's mask path, as add() would claim them one by one (val.py under torchrun)."""
+        return [str(self.claim(image)) for image, _ in self.pairs]
 
     def claim(self, image):
         folder = self.folder.path / "masks"

@@ -52,7 +52,9 @@ DATA_FIELDS = ("data_dir", "img_dir", "mask_dir", "train_list", "val_list", "tes
 PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", "project", "mask_colors", "coco",
                "val_coco")
 # what a configuration stored before a field existed meant, where that is not the field's default today
-STORED_BEFORE = {"resize": "letterbox", "crops_per_image": 1}
+STORED_BEFORE = {"resize": "letterbox", "crops_per_image": 1, "use_amp": "off"}
+AMP_MODES = ("auto", "on", "off")  # --use-amp; segtoolkit.training.precision.resolve_precision decides what auto is
+AMP_DEFAULT = "off"
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,10 @@ class RunConfig:
     weight_decay: float = setting(1e-2, group="Optimization", help="AdamW weight decay")
     clip_grad: float = setting(255.0, group="Optimization", help="gradient norm clipping threshold (0: no "
                                "clipping)")
-    use_amp: bool = setting(False, group="Optimization", help="mixed precision: float16 + gradient scaler on CUDA, "
-                            "bfloat16 on CPU")
+    use_amp: str = setting(AMP_DEFAULT, group="Optimization", choices=AMP_MODES, nargs="?", const="on",
+                           help="mixed precision: on is float16 + gradient scaler on CUDA, bfloat16 autocast on the "
+                           "CPU; auto is on for CUDA and for CPUs with native bfloat16 (AVX-512 BF16, AMX), off "
+                           f"elsewhere; --use-amp alone is on (default: {AMP_DEFAULT})")
     eval_step: int | None = setting(None, group="Optimization", help="evaluate every N optimizer steps (default: "
                                     "once per epoch; the run's last step is always evaluated)")
     patience: int = setting(10, group="Optimization", help="stop when val Dice has not improved for this many "
@@ -222,6 +226,8 @@ class RunConfig:
         stored = {**STORED_BEFORE, **stored}
         if stored.get("no_augment") and "augment" not in stored:  # written before --augment existed
             stored["augment"] = "none"
+        if isinstance(stored["use_amp"], bool):  # a switch until December 2026
+            stored["use_amp"] = "on" if stored["use_amp"] else "off"
         stored["loss"] = stored_loss(stored.get("loss"))  # a bare tversky: written before it took its weights
         return cls(**{key: value for key, value in stored.items() if key in known})
 
