@@ -12,6 +12,8 @@ Usage:
     files, streams = resolve_sources("data/sample/imgs")
     for frame in iterate_frames(files, streams, patch_size=128):
         print(frame.path, frame.index, frame.count, frame.original.shape)
+    for batch in iterate_batches(iterate_frames(files, streams, patch_size=128), 8, limit=100):
+        print(len(batch))                       # up to 8 Frames of files per list; a stream's one by one
     for group in iterate_groups(files, streams, patch_size=128):   # detect.py's: one list per forward pass
         print([frame.path for frame in group])
 """
@@ -35,8 +37,8 @@ from segtoolkit.inference.pipeline import Prefetcher
 from segtoolkit.data.sources import (VIDEO_SUFFIXES, SourceKind, detect_source, mask_credentials, resolve_sources,
                                      safe_name)
 
-__all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "iterate_groups", "RTSP_TRANSPORTS", "SourceKind",
-           "detect_source", "resolve_sources", "mask_credentials", "safe_name"]
+__all__ = ["Frame", "LoadImages", "LoadStreams", "iterate_frames", "iterate_batches", "iterate_groups",
+           "RTSP_TRANSPORTS", "SourceKind", "detect_source", "resolve_sources", "mask_credentials", "safe_name"]
 RTSP_TRANSPORTS = ("auto", "tcp", "udp")
 MAX_STREAM_FPS = 240  # FFmpeg reports the RTP clock or a 90k time base for some streams: not a frame rate
 FPS_WARMUP = 0.5
@@ -442,13 +444,18 @@ def iterate_frames(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_
 
 
 def iterate_groups(files, streams, patch_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, stream_timeout=30.0,
-                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False, bit_depth=None):
-    """What detect.py runs one forward pass over: lists of Frames. Each frame of the files alone, then the
-    streams' groups (LoadStreams: the newest unseen frame of every stream that has one). The arguments are
-    iterate_frames'; closing the generator releases every capture."""
-    for frame in iterate_frames(files, [], patch_size, mean, std, stop_event=stop_event, prefetch=prefetch,
-                                stretch=stretch, bit_depth=bit_depth):
-        yield [frame]
+                   rtsp_transport="auto", stop_event=None, prefetch=0, stretch=False, bit_depth=None, batch_size=1,
+                   limit=None, skip=None):
+    """What detect.py runs one forward pass over: lists of Frames. The files' frames `batch_size` at a time
+    (iterate_batches: `limit` frames at most; frames for which `skip(frame)` is true left out, as --resume-run
+    leaves the ones done), then the streams' groups (LoadStreams: the newest unseen frame of every stream that
+    has one). The other arguments are iterate_frames'; closing the generator releases every capture."""
+    frames = iterate_frames(files, [], patch_size, mean, std, stop_event=stop_event, prefetch=prefetch,
+                            stretch=stretch, bit_depth=bit_depth)
+    try:
+        yield from iterate_batches((frame for frame in frames if not (skip and skip(frame))), batch_size, limit)
+    finally:
+        frames.close()
     yield from iterate_stream_groups(streams, patch_size, mean, std, stream_timeout, rtsp_transport, stop_event,
                                      stretch)
 
@@ -462,3 +469,23 @@ def iterate_stream_groups(streams, patch_size, mean, std, stream_timeout, rtsp_t
         yield from live
     finally:
         live.close()
+
+
+def iterate_batches(frames, size, limit=None):
+    """Lists of up to `size` consecutive Frames of `frames` (iterate_frames'), in order and `limit` (None: no
+    limit) frames at most in all, so --max-frames is exact whatever the size. File frames (images, video
+    frames) are grouped, also across files; a live stream's frame comes alone, as it arrives, since waiting
+    for more would make it older. Closing the frames is the caller's."""
+    batch, given = [], 0
+    for frame in frames:
+        if frame.is_stream and batch:
+            yield batch
+            given, batch = given + len(batch), []
+        batch.append(frame)
+        if frame.is_stream or len(batch) == size or given + len(batch) == limit:
+            yield batch
+            given, batch = given + len(batch), []
+            if given == limit:
+                return  # no frame read past the limit
+    if batch:
+        yield batch

@@ -15,6 +15,7 @@ Usage:
     python detect.py --model best.pth.tar --source clip.mp4 --half           # bfloat16 CPUs, float16 GPUs
     python detect.py --model best.pth.tar --source data/sample/imgs --save-json --save-probs  # polygons, probs
     python detect.py --model best.pth.tar --source new_imgs --save-coco --rank-uncertain 20  # pre-labels, to label
+    python detect.py --model best.pth.tar --source data/sample/imgs --batch-size 8 --device cuda  # 8 per pass
     torchrun --nproc-per-node 4 detect.py --model best.pth.tar --source big_folder   # 4 processes (GPUs), one run
     python detect.py --model best.pth.tar --source big_folder --resume-run runs/detect/exp  # finish a cut-short run
 
@@ -35,9 +36,13 @@ takes the newest unseen frame of every stream that has one, so a stream that dro
 other. Each stream has its own video, window and rows (results.csv's `source` column names it). A write that
 fails (full disk) stops the run with exit code 1; everything written before it is complete and listed in
 results.csv. --view-img shows the overlay live (q or Esc quits; an image stays until a key is pressed). Ctrl-C
-(or SIGTERM) finishes the current forward pass (one frame, or one per stream), closes every output (videos stay
-playable) and exits with code 130; a frame segmented by tiles is abandoned at its next batch of tiles instead,
-and shows a progress bar when its tiles take longer than 2 s.
+(or SIGTERM) finishes the current forward pass (one frame; with --batch-size, a batch; with streams, one frame per
+stream), closes every output (videos stay playable) and exits with code 130; a frame segmented by tiles is
+abandoned at its next batch of tiles instead (the frames of its batch finished before it are written), and shows a
+progress bar when its tiles take longer than 2 s. --batch-size N writes what 1 writes, but for results.csv's
+inference_ms (the batch's time per frame) and batch_size (the frames in its forward passes: with streams, the
+streams that had a new frame); the convolution library may pick another kernel for another batch shape, whose last
+bits differ (--save-probs: one float16 step on a few pixels).
 Under torchrun each process takes a share of the sources (segtoolkit.outputs.shards says which) on its own
 device (cuda:LOCAL_RANK, or on the CPU cores // processes threads) and writes its part of results.csv and
 polygons.jsonl into the run folder rank 0 made at the start; rank 0 merges the parts in source order at the
@@ -90,6 +95,11 @@ class DetectSettings:
         "list, for many: streams are then read side by side, each forward pass over the newest frame of each")
     max_frames: int | None = setting(None, group="Data", help="stop after this many frames in total (under torchrun: "
                                      "in each process)")
+    batch_size: int = setting(1, group="Data", help="frames of files (images, videos) per forward pass: a model "
+                              "fitting frames into its patch sees N of them at once, a tiled one (--tile) takes "
+                              "--tile-batch tiles at a time across N frames; outputs as with 1, results.csv's "
+                              "inference_ms is the batch's time per frame (live streams: each pass takes the "
+                              "newest frame of every stream, whatever N)")
     stream_timeout: float = setting(30.0, group="Data", help="seconds to keep reconnecting a dropped stream before "
                                     "ending it (default: 30)")
     rtsp_transport: str = setting("auto", group="Data", choices=RTSP_TRANSPORTS,
@@ -138,26 +148,38 @@ class DetectSettings:
 
 
 class Segmenter:
-    """One frame's Prediction at the frame's own size, by a FullSizePredictor (segtoolkit.inference.full_size): its mask
+    """Each frame's Prediction at its own size, by a FullSizePredictor (segtoolkit.inference.full_size): its mask
     of class indices and, with `probabilities` (--save-probs), the class probabilities, both from the logits
     upsampled to the frame (the mask is decided after upsampling, as val.py and train.py count it). Models
     fitted into the patch see frame.image, which the loader letterboxed or stretched; crop-trained models (or
-    --tile) see the whole frame (times the model's --scale) by sliding window."""
+    --tile) see the whole frame (times the model's --scale) by sliding window. Several frames share their
+    forward passes (FullSizePredictor.blocks_of_each, the path of one frame too)."""
 
     def __init__(self, full_size, probabilities=False):
         self.full_size, self.probabilities = full_size, probabilities
 
-    def __call__(self, frame):
-        blocks = self.full_size.blocks(frame.original, (frame.image, frame.letterbox))
-        return Prediction(*collect(blocks, frame.original.shape[:2], self.full_size.conf_thres, self.probabilities))
+    def many(self, frames):
+        """The Predictions of a list of Frames, in order. A tiled batch cut short by Ctrl-C or SIGTERM (between
+        two passes of tiles) gives the frames finished before the cut; cli.Stopped when none was."""
+        fitted = None if self.full_size.tiled else [(frame.image, frame.letterbox) for frame in frames]
+        blocks = self.full_size.blocks_of_each([frame.original for frame in frames], fitted)
+        predictions = []
+        try:
+            for frame, frame_blocks in zip(frames, blocks):
+                predictions.append(Prediction(*collect(frame_blocks, frame.original.shape[:2],
+                                                       self.full_size.conf_thres, self.probabilities)))
+        except Stopped:
+            if not predictions:
+                raise
+        return predictions
 
 
-def segment_group(segmenter, group):
-    """(Predictions, inference milliseconds per frame) for one group of Frames (dataloaders.iterate_groups: a
-    file's frame alone, or the newest frame of each live stream): see Segmenter for their size."""
+def infer(segmenter, frames):
+    """(Predictions, inference milliseconds per frame: the batch's time over its frames) for a list of Frames;
+    fewer Predictions than frames when Ctrl-C or SIGTERM cut a tiled batch short (Segmenter.many)."""
     began = time.perf_counter()
-    predictions = [segmenter(frame) for frame in group]
-    return predictions, (time.perf_counter() - began) * 1000 / len(group)
+    predictions = segmenter.many(frames)
+    return predictions, (time.perf_counter() - began) * 1000 / len(predictions)
 
 
 # ---------------------------------------------------------------- the run
@@ -184,8 +206,9 @@ class FrameOutputs:
         self.writer, self.colours, self.class_names, self.file_total = writer, colours, class_names, file_total
         self.means, self.file_number = RunningMean(), 0
 
-    def __call__(self, frame, prediction, inference_ms):
-        """Write and print one frame (a Prediction); returns the annotated RGB image."""
+    def __call__(self, frame, prediction, inference_ms, batch_size=1):
+        """Write and print one frame (a Prediction; inference_ms: its batch's time per frame, of batch_size
+        frames); returns the annotated RGB image."""
         mask = prediction.mask
         regions = find_regions(mask)
         largest = largest_area(regions)  # holes subtracted, as polygons.jsonl's areas
@@ -193,9 +216,10 @@ class FrameOutputs:
         lines = [f"{inference_ms:.1f} ms ({1000 / max(inference_ms, 1e-6):.1f} FPS)",
                  f"largest polygon {largest:.0f} px", f"mean {mean:.0f} px"]
         annotated = draw_overlay(frame.original, mask, regions, self.colours, lines, self.class_names)
-        self.writer.add(frame, mask, annotated, inference_ms, largest, prediction.probabilities)
+        self.writer.add(frame, mask, annotated, inference_ms, largest, prediction.probabilities, batch_size)
         self.file_number += frame.index == 0 and not frame.is_stream
-        print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms, "
+        batch = f" (per frame of a batch of {batch_size})" if batch_size > 1 else ""
+        print(f"{describe(frame, self.file_number, self.file_total)}: {inference_ms:.1f} ms{batch}, "
               f"largest polygon {largest:.0f} px", flush=True)
         return annotated
 
@@ -221,6 +245,8 @@ def check_flags(settings):
     check_conf_thres(settings.conf_thres)
     if settings.max_frames is not None and settings.max_frames < 1:
         raise UserError(f"--max-frames {settings.max_frames} must be at least 1")
+    if settings.batch_size < 1:
+        raise UserError(f"--batch-size {settings.batch_size} must be at least 1 (frames per forward pass)")
     if settings.patch_size is not None:  # 0 too: it must not fall back to the checkpoint's size unnoticed
         check_patch_size(settings.patch_size)
     if settings.resume_run is not None:
@@ -265,7 +291,8 @@ def segment(settings):
     check_model_flags(meta, settings.classes, settings.encoder, settings.model)
     tiled = FullSizePredictor.sees_tiles(meta, settings.tile)  # before the predictor: the stop message says it
     stop = StopRequest("stopping this frame at its next batch of tiles, then closing outputs" if tiled else
-                       "finishing this frame, then closing outputs")
+                       "finishing this frame, then closing outputs" if settings.batch_size == 1 else
+                       "finishing this batch of frames, then closing outputs")
     # stop: Ctrl-C or SIGTERM abandons a tiled frame between two batches of tiles (cli.Stopped)
     overlap, batch, weighting = run_config(checkpoint).tile_settings(settings.tile_overlap, settings.tile_batch,
                                                                      settings.tile_weighting)
@@ -297,11 +324,12 @@ def segment(settings):
     with stop:
         groups = iterate_groups(files, streams, None if full_size.tiled else full_size.patch_size, meta["mean"],
                                 meta["std"], settings.stream_timeout, settings.rtsp_transport, stop.event,
-                                prefetch=0 if settings.view_img else 2, stretch=full_size.resize == "stretch",
-                                bit_depth=meta.get("bit_depth"))
+                                prefetch=0 if settings.view_img else max(2, settings.batch_size),
+                                stretch=full_size.resize == "stretch", bit_depth=meta.get("bit_depth"),
+                                batch_size=settings.batch_size, limit=settings.max_frames, skip=finished.skips)
         started = time.perf_counter()
-        count, total_ms, user_quit = segment_frames(unfinished(groups, finished), segmenter, settings.max_frames,
-                                                    outputs, writer, Viewer() if settings.view_img else None, stop)
+        count, total_ms, user_quit = segment_frames(groups, segmenter, settings.max_frames, outputs, writer,
+                                                    Viewer() if settings.view_img else None, stop, settings.batch_size)
     why = " (interrupted)" if stop.is_set() and not user_quit else " (quit)" if user_quit else ""
     save_dir = writer.save_dir if writer.opened or merges else None
     print_summary(count, total_ms, time.perf_counter() - started, why, save_dir)
@@ -348,18 +376,6 @@ def resumed_frames(writer, order, process):
     return finished
 
 
-def unfinished(groups, finished):
-    """The groups of frames without those that --resume-run's results.csv lists (a group left empty is dropped);
-    closing it closes `groups`."""
-    try:
-        for group in groups:
-            left = [frame for frame in group if not finished.skips(frame)]
-            if left:
-                yield left
-    finally:
-        groups.close()
-
-
 def my_sources(files, streams, process):
     """(files, streams) of this process (segtoolkit.outputs.shards.share): all of them alone."""
     mine = set(share(files + streams, process.rank, process.world_size))
@@ -380,28 +396,30 @@ def finish_parts(save_dir, order, process, stopped, resumed):
               f"{save_dir}", flush=True)
 
 
-def segment_frames(groups, segmenter, max_frames, outputs, writer, viewer, stop):
-    """The loop, one forward pass per group of frames: (frames segmented, total inference ms, whether the user quit
-    the window). Without a window, everything after the forward pass runs in a finisher thread beside the model
-    (decoding is read ahead by `groups`); a window must be drawn from this thread, so then they run in turn.
-    Every output is closed, and every frame inferred written, whatever ends the loop."""
-    finisher = None if viewer else Finisher(outputs, depth=2)
+def segment_frames(groups, segmenter, max_frames, outputs, writer, viewer, stop, batch_size=1):
+    """The loop, one forward pass per group of frames (dataloaders.iterate_groups: up to `batch_size` file frames,
+    never past max_frames, or the newest frame of each live stream): (frames segmented, total inference ms, whether
+    the user quit the window). The frames are then written one by one. Without a window, everything after the
+    forward pass runs in a finisher thread beside the model (decoding is read ahead by `groups`); a window must be
+    drawn from this thread, so then they run in turn. Every output is closed, and every frame inferred written (but
+    those of a group after the one the window was quit on), whatever ends the loop."""
+    finisher = None if viewer else Finisher(outputs, depth=max(2, batch_size))
     count, total_ms, user_quit = 0, 0.0, False
     try:
         for group in groups:
             group = group[:max_frames - count] if max_frames else group  # live frames past the limit: not taken
             try:
-                predictions, inference_ms = segment_group(segmenter, group)
-            except Stopped:  # a tiled frame cut short by Ctrl-C or SIGTERM: nothing of its group is written
+                predictions, inference_ms = infer(segmenter, group)
+            except Stopped:  # a tiled batch cut short by Ctrl-C or SIGTERM before a frame was done: none written
                 break
             for frame, prediction in zip(group, predictions):
                 count, total_ms = count + 1, total_ms + inference_ms
                 if finisher is not None:
-                    finisher.submit(frame, prediction, inference_ms)
-                elif not viewer.show(frame, outputs(frame, prediction, inference_ms), stop.event):
+                    finisher.submit(frame, prediction, inference_ms, len(group))
+                elif not viewer.show(frame, outputs(frame, prediction, inference_ms, len(group)), stop.event):
                     user_quit = True
                     break
-            if user_quit or (max_frames and count >= max_frames) or stop.is_set():
+            if user_quit or len(predictions) < len(group) or (max_frames and count >= max_frames) or stop.is_set():
                 break
     finally:
         try:

@@ -103,7 +103,9 @@ class ValSettings:
     seed: int | None = setting(None, group=DATA, help="as train.py's (default: 0)")
     split: str | None = setting(None, group=DATA, choices=SPLITS, help="part of the checkpoint's split or of "
                                 "--search-files (default: test, or val without one)")
-    batch_size: int | None = setting(None, group=METRICS, help="images per batch (the loss is a batch mean)")
+    batch_size: int | None = setting(None, group=METRICS, help="images per forward pass, as detect.py's (the loss is "
+                                     "a batch mean); a tiled model (--tile) takes --tile-batch tiles at a time across "
+                                     "the batch's images, its loss per image (default for it: 1)")
     ignore_index: int | None = setting(None, group=METRICS, help="mask value left out of loss and metrics")
     loss: str | None = setting(None, group=METRICS, help="loss spec as train.py's --loss (bce, ce, ce+dice...)")
     class_weights: str | None = setting(None, group=METRICS, help="one weight per class, comma-separated")
@@ -154,7 +156,7 @@ def resolve(settings, meta, checkpoint):
                                                      settings.tile_weighting)
     resolved = settings.replace(ignore_index=config.ignore_index if ignore_index is None else ignore_index,
                                 loss=settings.loss or config.loss or default_loss(classes),
-                                batch_size=1 if tiled else settings.batch_size or config.batch_size, tile=tiled,
+                                batch_size=settings.batch_size or (1 if tiled else config.batch_size), tile=tiled,
                                 tile_overlap=overlap, tile_batch=batch, tile_weighting=weighting)
     if resolved.ignore_index is not None and 0 <= resolved.ignore_index < classes:
         raise UserError(f"--ignore-index {resolved.ignore_index} is one of the model's classes 0..{classes - 1}; "
@@ -353,8 +355,8 @@ def evaluate(settings):
     for line in label_warnings(class_pixel_counts(dataset), meta["classes"], settings.ignore_index,
                                meta["class_names"], split=chosen.split or "evaluation"):
         say(f"warning: {line}", file=sys.stderr, flush=True)
-    how = f"whole images by sliding window of {meta['patch_size']}" if settings.tile else \
-        f"patch {meta['patch_size']}, batch {settings.batch_size}"
+    how = f"whole images by sliding window of {meta['patch_size']}" if settings.tile else f"patch {meta['patch_size']}"
+    how += f", batch {settings.batch_size}"
     say(f"evaluating {settings.model} on {chosen.description}: {len(dataset)} images, {how}, loss {settings.loss}"
         + (f", {process.world_size} processes" if process.distributed else ""), flush=True)
     weights = loss_weights(settings, checkpoint, meta["classes"])

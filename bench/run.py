@@ -29,6 +29,9 @@ the ratio holds where absolute times would not. docs/performance.md says how lon
                     cores split: one thread each on 2 cores) / one detect.py with all the threads, Unet/resnet34 at
                     256; each side counted while all its processes segment; one process with half the threads
                     shown beside it                                                            target >= 0.90
+  batch_throughput  detect.py over 64 images 640x480 with --batch-size 8 / with --batch-size 1: frames per second,
+                    same model (Unet/resnet34 at 256) and threads; --device cuda runs both on the GPU, the figure
+                    a GPU user needs (a CPU's cores are busy with one frame already)         target >= 0.95
 
   tile_overhead, cache_rss_growth, epoch_scaling_crop: full resolution, see bench/fullres.py
   eval_cost         validation scored at each image's own size / scored at the patch, 1024x768 images: see
@@ -45,6 +48,7 @@ Usage:
     python3 -m bench.run --smoke                          # every one, extras too, once at its smallest size: checks
                                                           # that each runs and prints a ratio (the tests run it)
     python3 -m bench.run --only onnx_speedup detect_overhead
+    python3 -m bench.run --only batch_throughput --device cuda   # detect.py --batch-size on the GPU
     python3 -m bench.run --rounds 5                       # more alternations: steadier on a busy machine
     python3 -m bench.run --only channels_last             # extra: does channels_last help on this CPU?
     python3 -m bench.run --only onnx_int8                 # extra: export.py --int8 against eager and float32
@@ -94,7 +98,8 @@ from train import UnetTraining
 REPO = Path(__file__).resolve().parents[1]  # the checkout: train.py and detect.py are run from it
 BENCHMARKS = ("trainer_overhead", "detect_overhead", "preload_memory", "epoch_scaling", "onnx_speedup", "half_speedup",
               "openvino_speedup", "detect_overhead_fast", "tile_overhead", "cache_rss_growth", "epoch_scaling_crop",
-              "eval_cost", "shard_scaling", "streams_latency")
+              "eval_cost", "shard_scaling", "batch_throughput", "streams_latency")
+DEVICE_BENCHMARKS = ("batch_throughput",)  # the ones --device moves; the others run on the CPU
 EXTRAS = ("channels_last", "onnx_int8", "amp_training")
 # --smoke: each benchmark's smallest setting (a tiny model, a few images or frames), run for one round; the
 # ratios then say nothing, the run says that every benchmark still runs to its ratio
@@ -112,6 +117,7 @@ SMOKE = {
     "epoch_scaling_crop": dict(patch=64, batch=2, count=4),
     "eval_cost": dict(patch=64, batch=2, count=2, size=(96, 128)),
     "shard_scaling": dict(encoder="resnet18", patch=64, count=8, size=(96, 128), strict=False),
+    "batch_throughput": dict(encoder="resnet18", patch=64, count=8, batch=4),
     "streams_latency": dict(patch=64, size=(96, 128), rows=8, skip=2),
     "channels_last": dict(encoder="resnet18", patch=64, batch=2),
     "onnx_int8": dict(encoder="resnet18", patch=64, frames=1),
@@ -313,19 +319,20 @@ def preload_memory(work, rounds, workers, count=512, patch=256, size=(480, 640))
                   f"{count} images {size[1]}x{size[0]} -> patch {patch} (RGB + mask), {threads} preload threads")
 
 
-def detect_rate(work, model_file, video, frames, *flags):
-    """detect.py as a user runs it, timed at each per-frame line it prints: frames 2..N, so both sides leave out
-    the first frame's one-off set-up (oneDNN kernels, allocator), as the forward pass's warm-up does."""
+def detect_rate(work, model_file, video, frames, *flags, first=1):
+    """detect.py as a user runs it, timed at each per-frame line it prints: from the first frame's line (the first
+    forward pass done, with its one-off set-up: oneDNN kernels, allocator, as the forward pass's warm-up leaves
+    out) to the last one, over the frames after that pass (`first`: its frames, the --batch-size)."""
     errors = work / "detect-stderr.txt"
     with open(errors, "w") as stderr:
         process = subprocess.Popen([sys.executable, str(REPO / "detect.py"), "--model", str(model_file), "--source",
                                     str(video), "--save-video", "--save-dir", str(work / "detect"), *flags],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        stamps = [time.perf_counter() for line in process.stdout if line.startswith("video ")]
+        stamps = [time.perf_counter() for line in process.stdout if line.startswith(("video ", "image "))]
     if process.wait() != 0 or len(stamps) != frames:
         raise RuntimeError(f"detect.py printed {len(stamps)} frame lines for {frames} frames, exit "
                            f"{process.returncode}: {errors.read_text()[-2000:]}")
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return (len(stamps) - first) / (stamps[-1] - stamps[0])
 
 
 FRAME_LINE = re.compile(r"image \d+/\d+ (\S+) \d+x\d+:")  # detect.py's line for an image: its path
@@ -407,6 +414,27 @@ def detect_overhead(work, rounds, workers, encoder="resnet34", patch=256, frames
     return Result("detect_overhead", best["detect"] / best["forward"], ">= 0.90",
                   f"detect.py {best['detect']:.2f} FPS, forward alone {best['forward']:.2f} FPS",
                   f"Unet/{encoder} patch {patch} batch 1, {len(tensors)} frames 640x480 -> MP4, PyTorch, "
+                  f"threads {torch.get_num_threads()}")
+
+
+def batch_throughput(work, rounds, workers, encoder="resnet34", patch=256, count=64, batch=8, device="cpu"):
+    """detect.py over `count` 640x480 images with --batch-size `batch` against 1, on `device`: end to end (reading,
+    the forward passes, writing images, masks and results.csv), each run in a fresh process (a run's folder
+    removed before the next), both with the same model file, threads and device."""
+    write_images(work / "data", count, seed=4)
+    torch.manual_seed(0)
+    checkpoint = work / "model.pth.tar"
+    save_checkpoint(checkpoint, build_model("Unet", encoder, 1), model_meta("Unet", encoder, 1, patch))
+
+    def rate(size):
+        shutil.rmtree(work / "detect", ignore_errors=True)
+        return detect_rate(work, checkpoint, work / "data" / "imgs", count, "--batch-size", str(size), "--device",
+                           device, first=size)
+
+    best = alternate(rounds, batched=lambda: rate(batch), single=lambda: rate(1))
+    return Result("batch_throughput", best["batched"] / best["single"], ">= 0.95",
+                  f"--batch-size {batch} {best['batched']:.2f} FPS, --batch-size 1 {best['single']:.2f} FPS",
+                  f"Unet/{encoder} patch {patch}, {count} images 640x480, device {device}, "
                   f"threads {torch.get_num_threads()}")
 
 
@@ -734,6 +762,8 @@ def parse_args(argv=None):
                         help="each benchmark at its smallest size (a tiny model, a few images), one round: checks that "
                              "every one runs to its ratio; the ratios mean nothing at these sizes")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as train.py --workers")
+    parser.add_argument("--device", help=f"device of {', '.join(DEVICE_BENCHMARKS)} (detect.py --device: cuda, cuda:1; "
+                                         f"default cpu); the others run on the CPU")
     parser.add_argument("--same-process", action="store_true",
                         help="run every benchmark in this process (default: each in a process of its own, so that "
                              "one's runtimes and threads, OpenVINO's say, cannot slow or crash the next's)")
@@ -747,7 +777,8 @@ def parse_args(argv=None):
 def run_here(name, work, args):
     """One benchmark in this process: its Results, or a Failure (the traceback goes to stderr) when it raises."""
     try:
-        outcome = globals()[name](work, args.rounds, args.workers, **(SMOKE[name] if args.smoke else {}))
+        device = {"device": args.device} if args.device and name in DEVICE_BENCHMARKS else {}
+        outcome = globals()[name](work, args.rounds, args.workers, **(SMOKE[name] if args.smoke else {}), **device)
     except Exception as error:  # one benchmark's failure is a row of the report, not the end of the run
         traceback.print_exc()
         return [Failure(name, one_line(f"{type(error).__name__}: {error}"))]
@@ -759,7 +790,8 @@ def run_in_child(name, work, args):
     before writing it (a crash, a signal) is a Failure with its exit status and its last line on stderr."""
     result_file = work / "results.json"
     command = [sys.executable, "-m", "bench.run", "--only", name, "--rounds", str(args.rounds), "--workers",
-               str(args.workers), "--same-process", "--result-file", str(result_file)] + ["--smoke"] * args.smoke
+               str(args.workers), "--same-process", "--result-file", str(result_file)] + ["--smoke"] * args.smoke \
+        + (["--device", args.device] if args.device else [])
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(done.stderr)
     if result_file.exists():

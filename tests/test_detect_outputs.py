@@ -161,8 +161,8 @@ def test_multiclass_masks_and_per_class_columns(multiclass_checkpoint, easy_held
                        "--conf-thres", "0", "--save-dir", tmp_path / "any")
     assert code == 0, err
     row = read_rows(tmp_path / "any")[0]
-    assert list(row) == ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", "px_cell",
-                         "px_nucleus", "image_file", "mask_file", "video_file"]
+    assert list(row) == ["source", "frame", "inference_ms", "batch_size", "largest_polygon_px", "foreground_px",
+                         "px_cell", "px_nucleus", "image_file", "mask_file", "video_file"]
     mask = read_mask(tmp_path / "any" / "masks" / "easy_001.png")  # a palette PNG: its indices
     assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == cv2.imread(
         str(easy_held_out / "imgs" / "easy_001.png")).shape[:2]

@@ -28,7 +28,7 @@ import contextlib
 
 import torch
 
-from segtoolkit.inference.full_size import collect, restore
+from segtoolkit.inference.full_size import collect
 from segtoolkit.evaluation.metrics import ConfusionStats, confusion_matrix
 
 
@@ -40,23 +40,26 @@ def accumulate(full_size, batches, stats, *, criterion=None, device=torch.device
     in order. `full_size`: a FullSizePredictor. Returns `stats`."""
     for batch in batches:
         if full_size.tiled:
-            for image, target, mask in zip(batch.images, batch.targets, batch.masks):
-                score_tiled(full_size, image.numpy(), target, mask, stats, criterion, device, on_image)
+            score_tiled(full_size, batch, stats, criterion, device, on_image)
             continue
-        logits = full_size.predictor(batch.images)
+        logits, blocks = full_size.fitted_blocks(batch.images, batch.boxes)
         if criterion is not None:
             stats.add_loss(criterion(logits.to(device), batch.targets.to(device)), len(logits))
-        for image_logits, mask, box in zip(logits, batch.masks, batch.boxes):
-            score(full_size, restore(image_logits, box), mask, stats, on_image)
+        for image_blocks, mask in zip(blocks, batch.masks):
+            score(full_size, image_blocks, mask, stats, on_image)
     return stats
 
 
-def score_tiled(full_size, image, target, mask, stats, criterion, device, on_image):
-    """One image by sliding window; the loss on its logits at the model's scale, filled as rows finish."""
-    seen = ModelRows(image.shape[:2]) if criterion is not None else None
-    score(full_size, full_size.tile_blocks(image, tuple(mask.shape[-2:]), seen), mask, stats, on_image)
-    if seen is not None:
-        stats.add_loss(criterion(seen.logits[None].to(device), target[None].to(device)), 1)
+def score_tiled(full_size, batch, stats, criterion, device, on_image):
+    """A batch of images by sliding window, their tiles through the model together; the loss of each image
+    on its logits at the model's scale, filled as rows finish."""
+    images = [image.numpy() for image in batch.images]
+    seen = [ModelRows(image.shape[:2]) for image in images] if criterion is not None else None
+    blocks = full_size.tile_blocks(images, [tuple(mask.shape[-2:]) for mask in batch.masks], seen)
+    for number, (image_blocks, mask) in enumerate(zip(blocks, batch.masks)):
+        score(full_size, image_blocks, mask, stats, on_image)
+        if seen is not None:
+            stats.add_loss(criterion(seen[number].logits[None].to(device), batch.targets[number][None].to(device)), 1)
 
 
 def score(full_size, blocks, mask, stats, on_image=None):

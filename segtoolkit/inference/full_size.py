@@ -22,6 +22,7 @@ Usage:
     mask = full.mask(rgb)                                        # uint8 HxW at the image's size
     logits = full.logits(rgb)                                    # float32 CxHxW at the image's size
     for start, stop, logits in full.blocks(rgb): ...             # CxRxW: rows start:stop of the image
+    first, second = full.blocks_of_each([rgb, other])            # forward passes shared; read them in order
     inputs = full.inputs(rgb)                                    # what the model is fed: the patch, or tiles
     dataset = make_dataset(..., evaluation=True, mode=full.dataset_mode)   # images stored as they are fitted
     mask, probabilities = collect(restore(patch_logits, box), (height, width), probabilities=True)
@@ -212,19 +213,32 @@ class FullSizePredictor:
         """(start, stop, float32 C x rows x W logits) of a uint8 RGB HxWx3 image at its size, top to bottom.
         `fitted`: the image's (input, Letterbox) made by `fit` already (detect.py's frame loaders fit frames in
         their reader thread), used by whole-image models; a tiled one tiles the image itself."""
+        return self.blocks_of_each([image], None if fitted is None else [fitted])[0]
+
+    def blocks_of_each(self, images, fitted=None):
+        """`blocks` of several images, one generator each (each at its image's size), their forward passes
+        shared: the fitted patches of whole-image models in one pass; the tiles of tiled ones --tile-batch at a
+        time across the images (TilePasses). The one path for one image or many (detect.py --batch-size, val.py):
+        read the generators in order. `fitted`: each image's (input, Letterbox), as for `blocks`."""
         if self.tiled:
-            return self.tile_blocks(scaled(image, self.scale), image.shape[:2])
-        return self.fitted_blocks(*(fitted or self.fit(image)))
+            return self.tile_blocks([scaled(image, self.scale) for image in images],
+                                    [image.shape[:2] for image in images])
+        fitted = fitted or [self.fit(image) for image in images]
+        return self.fitted_blocks(torch.stack([tensor for tensor, _ in fitted]), [box for _, box in fitted])[1]
 
-    def fitted_blocks(self, tensor, box):
-        """The blocks of an image already fitted into the patch (`fit`, or detect.py's frame loader)."""
-        return restore(self.predictor(tensor.unsqueeze(0))[0], box)
+    def fitted_blocks(self, batch, boxes):
+        """(patch logits N x C x P x P, each image's blocks at its size) of a batch of images already fitted into
+        the patch (`fit`, detect.py's frame loader, an evaluation dataset), in one forward pass."""
+        logits = self.predictor(batch)
+        return logits, [restore(image_logits, box) for image_logits, box in zip(logits, boxes)]
 
-    def tile_blocks(self, image, size, seen=None):
-        """The blocks at `size` (the original height, width) of an image already shrunk by --scale, by sliding
-        window; `seen(start, stop, logits)` gets each block at the shrunk size first (the loss's)."""
-        rows = self.tiler.finished_rows(image)
-        return upsample_rows(rows if seen is None else watched(rows, seen), image.shape[:2], size)
+    def tile_blocks(self, images, sizes, seen=None):
+        """The blocks at `sizes` (the original heights, widths) of images already shrunk by --scale, by sliding
+        window, one generator each (Tiler.rows_of_each: read them in order); `seen`, one callable per image or
+        None, gets each block at the shrunk size first (start, stop, logits: the loss's)."""
+        rows = self.tiler.rows_of_each(images)
+        return [upsample_rows(rows if see is None else watched(rows, see), image.shape[:2], size)
+                for rows, image, size, see in zip(rows, images, sizes, seen or [None] * len(images))]
 
     def logits(self, image):
         """float32 CxHxW logits of a uint8 RGB image at its size (all of them in memory: prefer blocks)."""

@@ -1,8 +1,8 @@
 """Sliding-window inference: an image of any size segmented at full resolution by tiles of the model's patch
 size, overlapping by a fraction, their logits blended with Gaussian (or linear) weights where they overlap, as
-MMSegmentation and nnU-Net do. Tiles go through the model in batches, and the image is normalized one tile at
-a time, so memory holds the uint8 image, the result and one or two row bands of tiles, never a float copy of
-the whole image.
+MMSegmentation and nnU-Net do. Tiles go through the model in batches (across images too, for detect.py and
+val.py --batch-size), and the image is normalized one tile at a time, so memory holds the uint8 image, the result
+and one or two row bands of tiles, never a float copy of the whole image.
 
 Bounded and stoppable: --tile-overlap above MAX_OVERLAP (each pixel inside more than MAX_TILES_PER_PIXEL tiles) is
 refused, since 0.99 made a 1000x750 image 643,000 tiles of 64 px; a frame whose tiles take longer than
@@ -13,10 +13,12 @@ Usage:
     tiler = Tiler(predictor, tile=256, overlap=0.25, batch=4, mean=meta["mean"], std=meta["std"], stop=event)
     logits = tiler.logits(rgb)                 # float32 CxHxW at the image's size
     for start, stop, logits in tiler.finished_rows(rgb): ...   # C x rows x W, one band in memory at a time
+    first, second = tiler.rows_of_each([rgb, other])          # finished_rows of each, tiles batched across both
 Masks, and logits at the size of an image shrunk by --scale, come from segtoolkit.inference.full_size.
 """
 
 import math
+from collections import deque
 from functools import lru_cache
 
 import numpy as np
@@ -121,12 +123,14 @@ class Tiler:
             out[:, start:stop] = logits
         return out
 
-    def finished_rows(self, image):
-        """(start, stop, logits C x rows x W) of each block of rows once no later band of tiles overlaps it."""
+    def finished_rows(self, image, tiles=None):
+        """(start, stop, logits C x rows x W) of each block of rows once no later band of tiles overlaps it.
+        `tiles`: the image's (top, left, logits) from TilePasses (default: passes of this image alone)."""
         height, width = image.shape[:2]
         pending, done = [], 0
         tops = tile_starts(height, self.tile, self.stride)
-        for number, band in enumerate(self.bands(image)):
+        tiles = TilePasses(self, [image]).tiles(0) if tiles is None else tiles
+        for number, band in enumerate(self.bands(image, tiles)):
             pending.append(band)
             finished = height if number == len(tops) - 1 else tops[number + 1]
             if finished > done:
@@ -134,34 +138,35 @@ class Tiler:
                 done = finished
                 pending = [band for band in pending if band[0] + band[1].shape[1] > done]
 
-    def bands(self, image):
-        """(top, summed weighted logits CxTxW, summed weights TxW) of each row of tiles, top to bottom. Tiles go
-        through the model `batch` at a time in reading order, across rows, so every forward pass but the last
-        is full (a row of 5 tiles in batches of 4 would make every other pass a single tile); a row is given
-        as soon as its last tile is done, so memory holds one or two rows, never the image's logits."""
+    def rows_of_each(self, images):
+        """finished_rows of several images, one generator each, their tiles through the model together
+        (TilePasses); read them in order."""
+        passes = TilePasses(self, images)
+        return [self.finished_rows(image, passes.tiles(number)) for number, image in enumerate(images)]
+
+    def bands(self, image, tiles):
+        """(top, summed weighted logits CxTxW, summed weights TxW) of each row of tiles, top to bottom, from the
+        image's tiles in reading order; a row is given as soon as its last tile is done, so memory holds one or
+        two rows, never the image's logits."""
         height, width = image.shape[:2]
-        lefts, places = tile_starts(width, self.tile, self.stride), self.places(image)
+        lefts = tile_starts(width, self.tile, self.stride)
         rows = {}  # top: (summed weighted logits, summed weights) of the rows whose tiles are coming
-        bar = tqdm(total=len(places), desc=f"{width}x{height} image", unit="tile", leave=False, dynamic_ncols=True,
-                   delay=PROGRESS_DELAY, disable=not self.progress)
-        for start in range(0, len(places), self.batch):
-            if self.stop is not None and self.stop.is_set():  # Ctrl-C or SIGTERM: between two batches
-                bar.close()
-                raise Stopped(f"stopped after {start} of {len(places)} tiles")
-            chunk = places[start:start + self.batch]
-            logits = self.predictor(torch.stack([self.tile_input(image, top, left) for top, left in chunk]))
-            bar.update(len(chunk))
-            for (top, left), tile_logits in zip(chunk, logits):
+        bar = tqdm(total=len(self.places(image)), desc=f"{width}x{height} image", unit="tile", leave=False,
+                   dynamic_ncols=True, delay=PROGRESS_DELAY, disable=not self.progress)
+        try:
+            for top, left, tile_logits in tiles:
+                bar.update()
                 height_here, columns = min(self.tile, height - top), min(self.tile, width - left)
                 if top not in rows:
-                    rows[top] = torch.zeros(logits.shape[1], height_here, width), torch.zeros(height_here, width)
+                    rows[top] = torch.zeros(tile_logits.shape[0], height_here, width), torch.zeros(height_here, width)
                 total, weight = rows[top]
                 w = self.weights[:height_here, :columns]
                 total[:, :, left:left + columns] += tile_logits[:, :height_here, :columns] * w
                 weight[:, left:left + columns] += w
                 if left == lefts[-1]:  # in reading order, the row's last tile
                     yield top, *rows.pop(top)
-        bar.close()
+        finally:
+            bar.close()
 
     def places(self, image):
         """(top, left) of every tile of an image (HxW...), in reading order."""
@@ -191,3 +196,33 @@ class Tiler:
                 total[:, low - start:high - start] += band_total[:, low - top:high - top]
                 weight[low - start:high - start] += band_weight[low - top:high - top]
         return total / weight
+
+
+class TilePasses:
+    """The tiles of several images through the model `batch` at a time in reading order, image after image, so
+    every forward pass but the last is full, also across images (a row of 5 tiles in batches of 4 would make
+    every other pass a single tile; so would images of one tile each). `tiles(number)` gives one image's
+    (top, left, logits) in reading order, running passes as they are needed; tiles a pass made for a later
+    image wait for it (at most a pass's). With the tiler's `stop` set, the next pass raises cli.Stopped."""
+
+    def __init__(self, tiler, images):
+        self.tiler, self.images = tiler, images
+        self.places = [(number, top, left) for number, image in enumerate(images) for top, left in tiler.places(image)]
+        self.sent, self.made = 0, {number: deque() for number in range(len(images))}
+
+    def tiles(self, number):
+        for _ in range(len(self.tiler.places(self.images[number]))):
+            while not self.made[number]:
+                self.run_pass()
+            yield self.made[number].popleft()
+
+    def run_pass(self):
+        tiler = self.tiler
+        if tiler.stop is not None and tiler.stop.is_set():  # Ctrl-C or SIGTERM: between two passes
+            raise Stopped(f"stopped after {self.sent} of {len(self.places)} tiles")
+        chunk = self.places[self.sent:self.sent + tiler.batch]
+        logits = tiler.predictor(torch.stack([tiler.tile_input(self.images[number], top, left)
+                                              for number, top, left in chunk]))
+        self.sent += len(chunk)
+        for (number, top, left), tile_logits in zip(chunk, logits):
+            self.made[number].append((top, left, tile_logits))

@@ -112,8 +112,8 @@ class ResultWriter:
         # prefixed: a class named foreground or largest_polygon made a second column of that name as <name>_px,
         # and csv.DictReader kept one of the two; no fixed column starts with px_
         classes = [f"px_{name}" for name in (self.class_names or [])[1:]]
-        return ["source", "frame", "inference_ms", "largest_polygon_px", "foreground_px", *classes, *FILE_COLUMNS,
-                *self.exports.columns]
+        return ["source", "frame", "inference_ms", "batch_size", "largest_polygon_px", "foreground_px", *classes,
+                *FILE_COLUMNS, *self.exports.columns]
 
     def check_existing(self, name=None):
         """True when save_dir holds a results.csv (or `name`) to append to; one with other columns is a UserError
@@ -177,14 +177,16 @@ class ResultWriter:
             self.source_stems[frame.path] = stem
         return stem
 
-    def add(self, frame, mask, annotated, inference_ms, largest, probabilities=None):
+    def add(self, frame, mask, annotated, inference_ms, largest, probabilities=None, batch_size=1):
         """Write one frame's outputs, then its row; `mask` holds class indices at the original size,
-        `probabilities` the model's when the exports write them (detect.py --save-probs)."""
+        `probabilities` the model's when the exports write them (detect.py --save-probs); inference_ms is the
+        time per frame of the forward passes of its batch of batch_size frames (detect.py --batch-size)."""
         try:
             if not self.opened:
                 self.open()
             files = self.write_files(frame, mask, annotated, probabilities)
-            row = [frame.path, frame.index, f"{inference_ms:.2f}", f"{largest:.1f}", int(np.count_nonzero(mask))]
+            row = [frame.path, frame.index, f"{inference_ms:.2f}", batch_size, f"{largest:.1f}",
+                   int(np.count_nonzero(mask))]
             if self.class_names:
                 counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
                 row += [int(c) for c in counts[1:len(self.class_names)]]
