@@ -14,8 +14,8 @@ Usage:
         print(frame.path, frame.index, frame.count, frame.original.shape)
     for batch in iterate_batches(iterate_frames(files, streams, patch_size=128), 8, limit=100):
         print(len(batch))                       # up to 8 Frames of files per list; a stream's one by one
-    for group in iterate_groups(files, streams, patch_size=128):   # detect.py's: one list per forward pass
-        print([frame.path for frame in group])
+    for group in iterate_groups(files, streams, patch_size=128, batch_size=8):   # detect.py's: one per forward pass
+        print([frame.path for frame in group])  # up to 8 frames of files, or the newest frame of each stream
 """
 
 import os
