@@ -33,8 +33,8 @@ The sides:
              longest side scaled to the patch, padded; scored through the same letterbox.
   train.py parity  the same command plus PARITY_FLAGS, the flags that describe the reference loop: --augment
              none --normalize unit --weight-decay 0.01 --resize stretch --select last --patience 0
-             --clip-grad 0. With the same seed it starts from the reference's weights and sees its batches in
-             the same order (tests/test_parity.py holds its first steps' losses equal); what still differs:
+             --clip-grad 0 --use-amp off. With the same seed it starts from the reference's weights and sees its
+             batches in the same order (tests/test_parity.py holds its first steps' losses equal); what still differs:
              train.py shrinks images with INTER_AREA where the reference uses cv2.resize's INTER_LINEAR
              ('reference area' is the reference resizing as train.py does).
   train.py --FLAG VALUE ...  any other train.py flags added to the default command: one difference from
@@ -111,7 +111,8 @@ DATASETS = ("membrane", "synthetic", "photos")
 REFERENCE_WEIGHT_DECAY = 1e-2  # the plain loop's AdamW decay (torch's default)
 # train.py flags that describe the plain reference loop (its loss, bce or ce, is train.py's default too)
 PARITY_FLAGS = ("--augment", "none", "--normalize", "unit", "--weight-decay", f"{REFERENCE_WEIGHT_DECAY:g}",
-                "--resize", "stretch", "--select", "last", "--patience", "0", "--clip-grad", "0")
+                "--resize", "stretch", "--select", "last", "--patience", "0", "--clip-grad", "0",
+                "--use-amp", "off")
 SIDE_FLAGS = {"train.py": (), "reference": None, "train.py --crop": ("--crop",),  # crop: issue 14, crops + sliding
               # window; letterbox: the default before stretch, longest side to the patch and padding
               "train.py --resize letterbox": ("--resize", "letterbox"), "train.py parity": PARITY_FLAGS,

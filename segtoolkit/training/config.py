@@ -54,7 +54,7 @@ PATH_FIELDS = ("data_dir", "train_list", "val_list", "test_list", "load_model", 
 # what a configuration stored before a field existed meant, where that is not the field's default today
 STORED_BEFORE = {"resize": "letterbox", "crops_per_image": 1, "use_amp": "off"}
 AMP_MODES = ("auto", "on", "off")  # --use-amp; segtoolkit.training.precision.resolve_precision decides what auto is
-AMP_DEFAULT = "off"
+AMP_DEFAULT = "auto"  # no quality lost over 3 seeds on three sets (docs/quality.md), 1.7x faster on BF16 CPUs
 
 
 @dataclass(frozen=True)
