@@ -17,11 +17,12 @@ Usage:
     python3 -m bench.photo_mosaic --out /tmp/photos                                # to look at them
 """
 
-import argparse
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from bench.street_scenes import data_set_parser, image_names, print_shares, save_split
 
 CLASS_NAMES = ("brick", "grass", "gravel", "moon", "tissue", "space", "retina")
 VOID = len(CLASS_NAMES)  # as CamVid: void is the class count, given as --ignore-index
@@ -102,46 +103,21 @@ def make_mosaic(rng, photos, training):
 def write_photo_mosaic(root, train=120, val=40, seed=21):
     """Write train + val mosaics as root/imgs/NNNNN.png and root/masks/NNNNN.png, and train.txt, val.txt
     (one image path per line, relative to root); returns {"train": [paths], "val": [paths]}."""
-    root = Path(root)
-    (root / "imgs").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    photos = photographs()
-    names = [f"imgs/{index:05d}.png" for index in range(train + val)]
+    root, names = Path(root), image_names(root, train + val)
+    rng, photos = np.random.default_rng(seed), photographs()
     for number, name in enumerate(names):
         image, mask = make_mosaic(rng, photos, training=number < train)
         cv2.imwrite(str(root / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(root / "masks" / Path(name).name), mask)
-    split = {"train": names[:train], "val": names[train:]}
-    for part_name, paths in split.items():
-        (root / f"{part_name}.txt").write_text("".join(f"{path}\n" for path in paths))
-    return split
-
-
-def class_shares(root, paths):
-    """{class name or 'void': share of all pixels} over the masks of `paths`."""
-    counts = np.zeros(256, np.int64)
-    for path in paths:
-        counts += np.bincount(cv2.imread(str(Path(root) / "masks" / Path(path).name), 0).ravel(), minlength=256)
-    total = counts.sum()
-    return {**{name: counts[label] / total for label, name in enumerate(CLASS_NAMES)}, "void": counts[VOID] / total}
+    return save_split(root, names, train)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder to write imgs/, masks/, train.txt, val.txt")
-    parser.add_argument("--train", type=int, default=120, help="training images (default: 120)")
-    parser.add_argument("--val", type=int, default=40, help="validation images (default: 40)")
-    parser.add_argument("--seed", type=int, default=21, help="the one seed everything comes from (default: 21)")
-    return parser.parse_args(argv)
+    return data_set_parser(__doc__, val=40, seed=21).parse_args(argv)
 
 
 def main(args):
-    split = write_photo_mosaic(args.out, args.train, args.val, args.seed)
-    for part_name, paths in split.items():
-        shares = class_shares(args.out, paths)
-        listed = ", ".join(f"{name} {share:.2%}" for name, share in shares.items())
-        print(f"{part_name} ({len(paths)} images): {listed}")
+    print_shares(args.out, write_photo_mosaic(args.out, args.train, args.val, args.seed), CLASS_NAMES, VOID)
     return 0
 
 

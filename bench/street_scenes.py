@@ -262,44 +262,61 @@ def make_scene(rng):
 def write_street_scenes(root, train=120, val=30, seed=13):
     """Write train + val scenes as root/imgs/NNNNN.png and root/masks/NNNNN.png, and train.txt, val.txt
     (one image path per line, relative to root); returns {"train": [paths], "val": [paths]}."""
-    root = Path(root)
-    (root / "imgs").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
+    root, names = Path(root), image_names(root, train + val)
     rng = np.random.default_rng(seed)
-    names = [f"imgs/{index:05d}.png" for index in range(train + val)]
     for name in names:
         image, mask = make_scene(rng)
         cv2.imwrite(str(root / name), image)
         cv2.imwrite(str(root / "masks" / Path(name).name), mask)
+    return save_split(root, names, train)
+
+
+def image_names(root, count):
+    """imgs/00000.png... for `count` images, with root/imgs and root/masks made."""
+    for folder in ("imgs", "masks"):
+        (Path(root) / folder).mkdir(parents=True, exist_ok=True)
+    return [f"imgs/{index:05d}.png" for index in range(count)]
+
+
+def save_split(root, names, train):
+    """The first `train` of `names` for training, the rest for validation, written to root/train.txt and val.txt."""
     split = {"train": names[:train], "val": names[train:]}
     for part, paths in split.items():
-        (root / f"{part}.txt").write_text("".join(f"{path}\n" for path in paths))
+        (Path(root) / f"{part}.txt").write_text("".join(f"{path}\n" for path in paths))
     return split
 
 
-def class_shares(root, paths):
+def class_shares(root, paths, class_names=CLASS_NAMES, void=VOID):
     """{class name or 'void': share of all pixels} over the masks of `paths`."""
     counts = np.zeros(256, np.int64)
     for path in paths:
         counts += np.bincount(cv2.imread(str(Path(root) / "masks" / Path(path).name), 0).ravel(), minlength=256)
     total = counts.sum()
-    return {**{name: counts[label] / total for label, name in enumerate(CLASS_NAMES)}, "void": counts[VOID] / total}
+    return {**{name: counts[label] / total for label, name in enumerate(class_names)}, "void": counts[void] / total}
+
+
+def data_set_parser(description, val, seed):
+    """The command line of a generated data set (this one, bench.photo_mosaic)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write imgs/, masks/, train.txt, val.txt")
+    parser.add_argument("--train", type=int, default=120, help="training images (default: 120)")
+    parser.add_argument("--val", type=int, default=val, help=f"validation images (default: {val})")
+    parser.add_argument("--seed", type=int, default=seed, help=f"the one seed everything comes from (default: {seed})")
+    return parser
+
+
+def print_shares(root, split, class_names=CLASS_NAMES, void=VOID):
+    for part, paths in split.items():
+        shares = class_shares(root, paths, class_names, void)
+        print(f"{part} ({len(paths)} images): " + ", ".join(f"{name} {share:.2%}" for name, share in shares.items()))
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder to write imgs/, masks/, train.txt, val.txt")
-    parser.add_argument("--train", type=int, default=120, help="training images (default: 120)")
-    parser.add_argument("--val", type=int, default=30, help="validation images (default: 30)")
-    parser.add_argument("--seed", type=int, default=13, help="the one seed everything comes from (default: 13)")
-    return parser.parse_args(argv)
+    return data_set_parser(__doc__, val=30, seed=13).parse_args(argv)
 
 
 def main(args):
-    split = write_street_scenes(args.out, args.train, args.val, args.seed)
-    for part, paths in split.items():
-        shares = class_shares(args.out, paths)
-        print(f"{part} ({len(paths)} images): " + ", ".join(f"{name} {share:.2%}" for name, share in shares.items()))
+    print_shares(args.out, write_street_scenes(args.out, args.train, args.val, args.seed))
     return 0
 
 
