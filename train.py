@@ -259,8 +259,9 @@ class UnetTraining:
 
     def full_size(self, model):
         """The model seeing images as detect.py will, from the run's meta: fitted into the patch, or by sliding
-        window with the run's --tile-overlap, --tile-weighting and --tile-batch."""
-        return FullSizePredictor.from_meta(lambda batch: run_batch(model, batch, self.device, self.autocast),
+        window with the run's --tile-overlap, --tile-weighting and --tile-batch. In float32 under --use-amp too,
+        as val.py and detect.py run: the run's Dice and IoU are then the figures val.py gives for its checkpoint."""
+        return FullSizePredictor.from_meta(lambda batch: run_batch(model, batch, self.device),
                                            self.meta, overlap=self.config.tile_overlap,
                                            tile_batch=self.config.tile_batch, weighting=self.config.tile_weighting)
 

@@ -76,7 +76,7 @@ def square_copy(data, folder):
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tiny_data, tmp_path, run_name):
     tiny_data = square_copy(tiny_data, tmp_path / "square")
     common = ("--epochs", "2", "--lr", "0.05", "--no-augment", "--freeze-bn", "--wandb-mode", "disabled", "--seed", "3",
-              "--patience", "0")
+              "--patience", "0", "--use-amp", "off")  # float32: bfloat16's rounding is not what this compares
     two = torchrun(tiny_command(tiny_data, f"{run_name}-ddp", "--batch-size", "2", *common))
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, *tiny_command(tiny_data, f"{run_name}-one", "--batch-size", "4", *common)],
