@@ -253,7 +253,7 @@ def check_flags(settings):
         if settings.save_dir is not None:
             raise UserError(f"--resume-run {settings.resume_run} is the folder written to; drop --save-dir")
         check_resume_run(settings.resume_run)
-    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    sharded = distributed.launched_world_size() > 1
     for flag, given in (("--view-img", settings.view_img), ("--save-coco", settings.save_coco),
                         ("--rank-uncertain", settings.rank_uncertain is not None)):
         if given and (sharded or settings.resume_run is not None):

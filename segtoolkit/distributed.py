@@ -53,10 +53,14 @@ def resolve_device(name="auto", local_rank=0):
     return device
 
 
+def launched_world_size():
+    """The number of processes torchrun started (WORLD_SIZE; 1 without torchrun), before any group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device_name="auto", timeout_minutes=30):
     """Join the process group when launched by torchrun; return (Process, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    process = Process(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    process = Process(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), launched_world_size())
     device = resolve_device(device_name, process.local_rank)
     if process.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

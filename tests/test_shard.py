@@ -172,6 +172,13 @@ def test_one_process_resumes_a_run_cut_short(untrained_checkpoint, images, one_p
     assert_same_run(save_dir, one_process)  # the cut frame done again under its own name, not img_07_2
 
 
+def test_whole_run_outputs_are_refused_under_torchrun(untrained_checkpoint, images, capsys, monkeypatch):
+    """Under torchrun with 2 processes (WORLD_SIZE 2) a whole-run output is a one-line error before any set-up."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = cli(capsys, "--model", untrained_checkpoint, "--source", images, "--rank-uncertain", 3)
+    assert code == 2 and "error: --rank-uncertain covers a whole run in one process" in err
+
+
 def test_resume_run_mistakes_are_one_line_errors(untrained_checkpoint, images, tmp_path, capsys):
     given = ["--model", untrained_checkpoint, "--source", images]
     code, _, err = cli(capsys, *given, "--resume-run", tmp_path / "none")
