@@ -41,8 +41,10 @@ stream), closes every output (videos stay playable) and exits with code 130; a f
 abandoned at its next batch of tiles instead (the frames of its batch finished before it are written), and shows a
 progress bar when its tiles take longer than 2 s. --batch-size N writes what 1 writes, but for results.csv's
 inference_ms (the batch's time per frame) and batch_size (the frames in its forward passes: with streams, the
-streams that had a new frame); the convolution library may pick another kernel for another batch shape, whose last
-bits differ (--save-probs: one float16 step on a few pixels).
+streams that had a new frame). On the CPU, PyTorch convolves a single small input (the deep layers of a model
+under 256 px) with its own kernel and a batch with oneDNN's, whose last bits differ: there --save-probs may differ by
+a float16 step and a pixel whose probability is that close to the boundary may flip. From patch 256 every layer takes
+oneDNN either way (Unet/resnet18: 31 of 31 convolutions), and the outputs are byte for byte those of 1 (tested).
 Under torchrun each process takes a share of the sources (segtoolkit.outputs.shards says which) on its own
 device (cuda:LOCAL_RANK, or on the CPU cores // processes threads) and writes its part of results.csv and
 polygons.jsonl into the run folder rank 0 made at the start; rank 0 merges the parts in source order at the

@@ -1,8 +1,8 @@
 """detect.py and val.py --batch-size N: the frames of files N per forward pass, the outputs those of --batch-size 1.
 
 What may differ: results.csv's inference_ms (the batch's time per frame) and batch_size; the annotated images and
-videos, which print that time; and --save-probs by at most one float16 step, since the convolution library may pick
-another kernel for another batch shape, whose last bits differ (the masks are compared pixel for pixel).
+videos, which print that time. Under 256 px PyTorch convolves a single image's small inputs with its own kernel and
+a batch's with oneDNN (--save-probs one float16 step apart there); from 256 px both take oneDNN, byte for byte.
 """
 
 import json
@@ -88,11 +88,44 @@ def test_batch_of_3_writes_what_batch_of_1_writes(kind, untrained_checkpoint, st
         [line.split(":")[0] for line in one_lines if line.startswith(("image ", "video "))]
 
 
+@pytest.fixture(scope="module")
+def checkpoints_256(tmp_path_factory):
+    """Untrained binary Unet/resnet18 checkpoints at patch 256: letterbox and stretch."""
+    folder = tmp_path_factory.mktemp("patch-256")
+    for kind in ("letterbox", "stretch"):
+        torch.manual_seed(2)
+        save_checkpoint(folder / f"{kind}.pth.tar", build_model("Unet", "resnet18", 1),
+                        model_meta("Unet", "resnet18", 1, 256, input_mode=kind))
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_at_patch_256_the_default_backend_writes_batch_1s_bytes(kind, checkpoints_256, easy_held_out, tmp_path,
+                                                                capsys):
+    """PyTorch's default backend (oneDNN on) at patch 256, where every convolution of a single image takes oneDNN
+    as a batch's does: masks, --save-probs and polygons.jsonl byte for byte, the rows equal but for timing."""
+    model = checkpoints_256 / f"{'stretch' if kind == 'stretch' else 'letterbox'}.pth.tar"
+    assert torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    one, _ = detect_run(capsys, tmp_path / "one", model, easy_held_out / "imgs", 1, *MODELS[kind])
+    three, _ = detect_run(capsys, tmp_path / "three", model, easy_held_out / "imgs", 3, *MODELS[kind])
+    assert len(one) == len(three) == 8
+    assert [{k: v for k, v in row.items() if k not in TIMING} for row in one] == \
+        [{k: v for k, v in row.items() if k not in TIMING} for row in three]
+    compared = 0
+    for name in ("masks", "probs"):
+        for path in sorted((tmp_path / "one" / name).glob("*.png")):
+            assert path.read_bytes() == (tmp_path / "three" / name / path.name).read_bytes(), path
+            compared += 1
+    assert compared == 16
+    assert (tmp_path / "one" / "polygons.jsonl").read_bytes() == (tmp_path / "three" / "polygons.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_with_onednn_only_ties_to_the_last_bits_differ(kind, untrained_checkpoint, stretch_checkpoint, easy_held_out,
                                                        tmp_path, capsys):
-    """The default backend (oneDNN on this CPU): masks equal pixel for pixel but where the probability is within
-    a float16 step of the boundary (0.5), and the probabilities within one float16 step."""
+    """The default backend at patch 64, where a single image's deep layers take PyTorch's own convolution and a
+    batch's oneDNN: masks equal pixel for pixel but where the probability is within a float16 step of the boundary
+    (0.5), and the probabilities within one float16 step."""
     model = stretch_checkpoint if kind == "stretch" else untrained_checkpoint
     detect_run(capsys, tmp_path / "one", model, easy_held_out / "imgs", 1, *MODELS[kind])
     detect_run(capsys, tmp_path / "three", model, easy_held_out / "imgs", 3, *MODELS[kind])
