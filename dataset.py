@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from segtoolkit.data.augment import DEFAULT_AUGMENTATION, load_augmentation
+from segtoolkit.data.augment import AUGMENTED, load_augmentation
 from segtoolkit.errors import UserError
 from segtoolkit.data.loaders import EvalSample
 from segtoolkit.data.imaging import (IMAGENET_MEAN, IMAGENET_STD, Letterbox, check_patch_size, fit_longest_side,
@@ -208,11 +208,11 @@ class StoreView:
 
 
 def as_transform(augment):
-    """--augment as a pipeline: False/None none, True the default preset, a name or file, or a pipeline."""
+    """--augment as a pipeline: False/None none, True the `upright` preset, a name or file, or a pipeline."""
     if augment is None or augment is False:
         return None
     if augment is True:
-        return load_augmentation(DEFAULT_AUGMENTATION)
+        return load_augmentation(AUGMENTED)
     return load_augmentation(augment) if isinstance(augment, (str, Path)) else augment
 
 
