@@ -113,6 +113,10 @@ def test_a_configuration_stored_before_a_setting_existed_reads_as_it_was_trained
     assert (stored.resize, stored.crops_per_image) == (STORED_BEFORE["resize"], STORED_BEFORE["crops_per_image"])
     assert stored.tile_weighting == "gaussian"  # what every run evaluated with before --tile-weighting
     assert (RunConfig().resize, RunConfig().crops_per_image) == (None, None)  # the command line's: decided later
+    # augmentation: upright before --augment none became the default; --no-augment before --augment existed
+    assert (stored.augment, RunConfig().augment) == ("upright", "none")
+    assert RunConfig.from_dict({"epochs": 3, "no_augment": True}).augment == "none"
+    assert RunConfig.from_dict({"epochs": 3, "augment": "topdown"}).augment == "topdown"
 
 
 def test_val_tile_flags_default_to_the_models_run_and_take_detects_values_when_given():
