@@ -38,7 +38,8 @@ The sides:
              train.py shrinks images with INTER_AREA where the reference uses cv2.resize's INTER_LINEAR
              ('reference area' is the reference resizing as train.py does).
   train.py --FLAG VALUE ...  any other train.py flags added to the default command: one difference from
-             the reference at a time, for ablations (e.g. "train.py --augment none").
+             the reference at a time, for ablations (e.g. "train.py --augment upright", the default until
+             2026-12-05).
   reference area  the reference below resizing images as train.py's --resize stretch does (INTER_AREA when
              shrinking both sides, else INTER_LINEAR), in training and scoring: on the same seed it should
              score as 'train.py parity' does.
@@ -67,7 +68,7 @@ Usage:
                                                       # checks that it all runs (the smoke the test suite runs)
     python3 -m bench.quality --work /tmp/quality      # keep the data and train.py's run folders
     python3 -m bench.quality --seeds 3                # every side on seeds 0, 1, 2: mean, spread, paired difference
-    python3 -m bench.quality --only photos --seeds 3 --epochs 6 --sides reference train.py "train.py --augment none"
+    python3 -m bench.quality --only photos --seeds 3 --epochs 6 --sides reference train.py "train.py --augment upright"
 
 Prints one table per data set and seed, then lines `quality DATASET SIDE METRIC VALUE` (METRIC: macro_dice or
 foreground_dice, dice_CLASS for each class, seconds). With --seeds N > 1 every side trains on the same N seeds
